@@ -1,0 +1,60 @@
+# Two commands do all the set-up on a fresh machine that has python3:
+#   make run   - the window, with the embedded coordinator and a local agent
+#   make test  - the whole suite (Qt offscreen), ruff and import-linter
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+AGENT_VENV ?= .venv-agent
+QT_LIB := $(VENV)/lib/python*/site-packages/PySide6/Qt
+
+.PHONY: install run test lint unit agent-only bench clean sysdeps
+
+# Reinstalls only when pyproject.toml changed, so a second `make test` starts at once.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[gui,test]'
+	@touch $(STAMP)
+
+# Qt needs a few system libraries (EGL, xkbcommon, fontconfig); install them only when missing.
+sysdeps: $(STAMP)
+	@missing=$$(ldd $(QT_LIB)/plugins/platforms/libqoffscreen.so $(QT_LIB)/plugins/platforms/libqxcb.so \
+	    $(QT_LIB)/lib/libQt6Gui.so.6 2>/dev/null | grep "not found" | sort -u); \
+	if [ -n "$$missing" ]; then \
+	    echo "Qt needs system libraries:"; echo "$$missing"; \
+	    if [ "$$(id -u)" = 0 ]; then \
+	        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	            libegl1 libgl1 libopengl0 libxkbcommon0 libxkbcommon-x11-0 libfontconfig1 libdbus-1-3 \
+	            libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libxcb-xinerama0 libxcb-randr0 \
+	            libxcb-render-util0 libxcb-image0 libglib2.0-0 fonts-dejavu-core >/dev/null; \
+	    else echo "run as root, or install them with your package manager"; exit 1; fi; \
+	fi
+
+install: $(STAMP) sysdeps
+
+run: install
+	$(VENV)/bin/dtf-gui
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+# A test machine installs only `dtf` (no extras): the agent must import and start without Qt,
+# numpy, scipy or sqlite-utils being present at all.
+agent-only:
+	@test -x $(AGENT_VENV)/bin/python || $(PYTHON) -m venv $(AGENT_VENV)
+	@$(AGENT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e . >/dev/null
+	$(AGENT_VENV)/bin/python -m dtf_agent.selfcheck
+
+unit: install
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q tests/unit
+
+test: install lint agent-only
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -ra --durations=15
+
+bench: install
+	$(PY) tests/bench/dispatch.py
+
+clean:
+	rm -rf $(VENV) $(AGENT_VENV) .pytest_cache .ruff_cache

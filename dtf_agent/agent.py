@@ -1,0 +1,300 @@
+"""The agent: connect, register, heartbeat, run tasks, report results until acknowledged.
+
+One thread owns the DEALER socket and runs :meth:`Agent.run`. Task runners finish on their own
+threads; they push outcomes onto a queue and wake the loop through a pipe that the zmq.Poller
+watches, so the socket is only ever touched by the loop thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from dtf_agent import __version__, hardware
+from dtf_agent import protocol as p
+from dtf_agent.runners.command import CommandRun, Outcome
+from dtf_agent.transport import hostname, make_socket
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AgentSettings:
+    address: str
+    worker_id: str
+    slots: int = 1
+    tags: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+    heartbeat_interval: float = 5.0
+    resend_interval: float = 5.0
+    register_retry: float = 2.0
+    default_timeout: float | None = None
+    tail_bytes: int = 4096
+    work_dir: str | None = None
+    max_message_size: int = p.DEFAULT_MAX_MESSAGE_SIZE
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings) -> None:
+        self.s = settings
+        self._stop = threading.Event()
+        self._done: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.registered = False
+        self.fatal_error: str | None = None
+        self.running: dict[str, CommandRun] = {}
+        self.attempts: dict[str, int] = {}
+        self.unacked: dict[str, tuple[p.ResultRecord, float]] = {}
+        self._outbox: list[p.ResultRecord] = []
+        self._started: list[str] = []
+        self.bad_frames = 0
+        self.completed = 0
+        # Unique across restarts of this agent, cheap per result.
+        self._rid_prefix = f"{settings.worker_id}-{os.urandom(4).hex()}-"
+        self._rid_counter = itertools.count(1)
+        self._own_work_dir = settings.work_dir is None
+        self.work_dir = Path(settings.work_dir or tempfile.mkdtemp(prefix="dtf-agent-"))
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.capabilities = hardware.detect_capabilities(str(self.work_dir))
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            p.Welcome: self._on_welcome,
+            p.Refused: self._on_refused,
+            p.Assign: self._on_assign,
+            p.Cancel: self._on_cancel,
+            p.ResultAck: self._on_ack,
+        }
+        self._runners: dict[str, Callable[[p.TaskSpec], None]] = {
+            "noop": self._run_noop,
+            "command": self._run_command,
+        }
+
+    # -- called from any thread --------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # the pipe is full, so the loop is awake anyway
+
+    def _finished(self, outcome: Outcome) -> None:
+        """Runner threads land here: hand over and wake the loop, touch nothing else."""
+        self._done.put(outcome)
+        self._wake()
+
+    # -- the loop (owns the socket) -------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until stop(); returns a process exit code."""
+        ctx = zmq.Context()
+        sock = make_socket(ctx, zmq.DEALER, identity=self.s.worker_id.encode(),
+                           max_message_size=self.s.max_message_size)
+        sock.connect(self.s.address)
+        self.sock = sock
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        now = time.monotonic()
+        next_register = now
+        next_heartbeat = now + self.s.heartbeat_interval
+        next_resend = now + self.s.resend_interval
+        log.info("agent %s connecting to %s with %d slot(s)", self.s.worker_id, self.s.address, self.s.slots)
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if not self.registered and now >= next_register:
+                    self._send(self._register_msg())
+                    next_register = now + self.s.register_retry
+                if self.registered and now >= next_heartbeat:
+                    self._send(self._heartbeat_msg())
+                    next_heartbeat = now + self.s.heartbeat_interval
+                if now >= next_resend:
+                    self._resend_unacked(now)
+                    next_resend = now + self.s.resend_interval
+                deadline = min(next_heartbeat if self.registered else next_register, next_resend)
+                timeout_ms = max(0, int((deadline - time.monotonic()) * 1000)) + 1
+                for s, _ in poller.poll(timeout_ms):
+                    if s is sock:
+                        self._drain_socket()
+                    else:
+                        self._drain_wake()
+                self._collect_done()
+                self._flush()
+                if self.fatal_error:
+                    return 2
+        finally:
+            self._shutdown()
+            sock.close(linger=200)
+            ctx.term()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            if self._own_work_dir:
+                shutil.rmtree(self.work_dir, ignore_errors=True)
+        return 0
+
+    def _send(self, msg: p.Message) -> None:
+        try:
+            self.sock.send(p.encode(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            log.warning("send queue full; %s dropped (it will be resent)", type(msg).__name__)
+
+    def _drain_socket(self) -> None:
+        sock = self.sock
+        while True:
+            try:
+                frame = sock.recv(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            try:
+                msg = p.decode(frame)
+                handler = self._handlers[type(msg)]
+            except (p.ProtocolError, KeyError) as exc:
+                self.bad_frames += 1
+                log.warning("dropped a bad frame from the coordinator (%s); %d so far", exc, self.bad_frames)
+                continue
+            handler(msg)
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _register_msg(self) -> p.Register:
+        return p.Register(
+            protocol_version=p.PROTOCOL_VERSION, worker_id=self.s.worker_id, hostname=hostname(),
+            agent_version=__version__, slots=self.s.slots, capabilities=self.capabilities,
+            tags=list(self.s.tags), groups=list(self.s.groups), running=list(self.running),
+        )
+
+    def _heartbeat_msg(self) -> p.Heartbeat:
+        m = hardware.live_metrics(str(self.work_dir))
+        return p.Heartbeat(cpu_percent=m["cpu_percent"], memory_percent=m["memory_percent"],
+                           disk_percent=m["disk_percent"], running=list(self.running))
+
+    # -- handlers: one per message type ------------------------------------------------------
+
+    def _on_welcome(self, msg: p.Welcome) -> None:
+        self.registered = True
+        self.s.heartbeat_interval = msg.heartbeat_interval
+        log.info("registered with coordinator %s as %s", msg.coordinator_id, msg.worker_id)
+        # Results the coordinator may not have seen (it restarted, or we reconnected) go again now.
+        self._resend_unacked(float("inf"))
+
+    def _on_refused(self, msg: p.Refused) -> None:
+        if msg.reregister:
+            self.registered = False
+            self._send(self._register_msg())
+            return
+        log.error("coordinator refused this agent: %s", msg.reason)
+        if msg.fatal:
+            self.fatal_error = msg.reason
+            self.stop()
+
+    def _on_assign(self, msg: p.Assign) -> None:
+        for spec in msg.tasks:
+            if spec.task_id in self.running:
+                continue  # a duplicate assignment (resent after a reconnect): already on it
+            runner = self._runners.get(spec.type)
+            if runner is None:
+                self._report(spec, Outcome(spec.task_id, "failure", time.time(), time.time(),
+                                           error=f"this agent cannot run task type {spec.type!r}"))
+                continue
+            self.attempts[spec.task_id] = spec.attempt
+            runner(spec)
+
+    def _on_cancel(self, msg: p.Cancel) -> None:
+        for task_id in msg.task_ids:
+            run = self.running.get(task_id)
+            if run is not None:
+                run.cancel()
+
+    def _on_ack(self, msg: p.ResultAck) -> None:
+        for rid in msg.result_ids:
+            self.unacked.pop(rid, None)
+
+    # -- runners ------------------------------------------------------------------------------
+
+    def _run_noop(self, spec: p.TaskSpec) -> None:
+        now = time.time()
+        self._report(spec, Outcome(spec.task_id, "success", now, now, exit_code=0))
+
+    def _run_command(self, spec: p.TaskSpec) -> None:
+        run = CommandRun(spec, self.work_dir, self._finished, tail_bytes=self.s.tail_bytes,
+                         default_timeout=self.s.default_timeout)
+        self.running[spec.task_id] = run
+        self._started.append(spec.task_id)
+        run.start()
+
+    def _collect_done(self) -> None:
+        while True:
+            try:
+                outcome = self._done.get_nowait()
+            except queue.Empty:
+                return
+            run = self.running.pop(outcome.task_id, None)
+            spec = run.spec if run else p.TaskSpec(task_id=outcome.task_id)
+            self._report(spec, outcome)
+
+    def _report(self, spec: p.TaskSpec, o: Outcome) -> None:
+        rec = p.ResultRecord(
+            result_id=f"{self._rid_prefix}{next(self._rid_counter)}", task_id=o.task_id, status=o.status,
+            start_time=o.start_time, end_time=o.end_time, execution_time=max(0.0, o.end_time - o.start_time),
+            exit_code=o.exit_code, error=o.error, metrics=o.metrics, stdout_tail=o.stdout_tail,
+            stderr_tail=o.stderr_tail, test_id=str(spec.parameters.get("test_id", "")), attempt=spec.attempt,
+        )
+        self.attempts.pop(o.task_id, None)
+        self._outbox.append(rec)
+        self.completed += 1
+
+    def _flush(self) -> None:
+        """One frame per loop turn for everything that happened in it."""
+        if self._started:
+            self._send(p.TaskStarted(task_ids=self._started, time=time.time()))
+            self._started = []
+        if self._outbox:
+            now = time.monotonic()
+            for rec in self._outbox:
+                self.unacked[rec.result_id] = (rec, now)
+            self._send(p.Results(results=self._outbox))
+            self._outbox = []
+
+    def _resend_unacked(self, now: float) -> None:
+        if not self.registered or not self.unacked:
+            return
+        due = [rec for rec, sent in self.unacked.values() if now - sent >= self.s.resend_interval]
+        if due:
+            log.info("resending %d unacknowledged result(s)", len(due))
+            t = time.monotonic()
+            for rec in due:
+                self.unacked[rec.result_id] = (rec, t)
+            for i in range(0, len(due), 1000):
+                self._send(p.Results(results=due[i:i + 1000]))
+
+    def _shutdown(self) -> None:
+        for run in list(self.running.values()):
+            run.cancel()
+        for run in list(self.running.values()):
+            run.join(timeout=10)
+        self._collect_done()
+        if self.registered:
+            self._flush()
+            self._send(p.Goodbye(reason="agent stopping"))

@@ -1,0 +1,242 @@
+"""Run a ``command`` task in its own process group, so a timeout or cancel kills the whole tree.
+
+A small waiter thread per running task blocks in ``wait`` and hands the finished outcome back to
+the agent's loop through a callback; it never touches the agent's socket (libzmq sockets are
+not thread-safe) and never lets an exception die silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from dtf_agent.protocol import TaskSpec
+
+log = logging.getLogger(__name__)
+
+_SHELL_CHARS = set("|&;<>()$`\\\"'*?[]#~=%{}\n")
+KILL_GRACE_S = 2.0
+
+
+@dataclass
+class Outcome:
+    """What the agent turns into a ResultRecord."""
+
+    task_id: str
+    status: str  # success | failure
+    start_time: float
+    end_time: float
+    exit_code: int | None = None
+    error: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+
+
+def _argv(command: str | list[str]) -> tuple[str | list[str], bool]:
+    """A plain command is exec'd directly (one fork less than a shell); anything with shell
+    syntax runs under /bin/sh, as the engineer who typed it expects."""
+    if isinstance(command, list):
+        return [str(a) for a in command], False
+    if _SHELL_CHARS & set(command):
+        return command, True
+    return shlex.split(command), False
+
+
+def _tail(path: Path, limit: int) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - limit))
+            return fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _read_metrics(path: Path) -> tuple[dict[str, float], str]:
+    """The task's own metrics: a JSON object of numbers in $DTF_RESULT_FILE."""
+    if not path.exists() or path.stat().st_size == 0:
+        return {}, ""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return {}, f"DTF_RESULT_FILE is not valid JSON: {exc}"
+    if not isinstance(data, dict):
+        return {}, "DTF_RESULT_FILE must hold a JSON object of metric name -> number"
+    metrics: dict[str, float] = {}
+    bad = []
+    for key, value in data.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            metrics[str(key)] = float(value)
+        else:
+            bad.append(str(key))
+    note = f"non-numeric metrics ignored: {', '.join(bad)}" if bad else ""
+    return metrics, note
+
+
+def kill_tree(proc: subprocess.Popen[bytes], grace: float = KILL_GRACE_S) -> None:
+    """SIGTERM the task's process group and every descendant, then SIGKILL what is left.
+
+    Descendants are collected first because a child may have left the group (setsid); the group
+    kill catches the ones that were forked while we looked.
+    """
+    try:
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        descendants = []
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for child in descendants:
+            try:
+                child.send_signal(sig)
+            except psutil.Error:
+                pass
+        if sig == signal.SIGTERM:
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                continue
+            _, alive = psutil.wait_procs(descendants, timeout=grace)
+            if not alive:
+                return
+            descendants = alive
+    proc.wait()
+    psutil.wait_procs(descendants, timeout=grace)
+
+
+class CommandRun:
+    """One running command task; ``cancel`` may be called from the agent's loop thread."""
+
+    def __init__(
+        self,
+        spec: TaskSpec,
+        work_dir: Path,
+        on_done: Callable[[Outcome], None],
+        *,
+        tail_bytes: int = 4096,
+        default_timeout: float | None = None,
+    ) -> None:
+        self.spec = spec
+        self.on_done = on_done
+        self.tail_bytes = tail_bytes
+        self.timeout = spec.timeout if spec.timeout is not None else default_timeout
+        self._cancelled = threading.Event()
+        self._dir = Path(tempfile.mkdtemp(prefix=f"task-{spec.task_id[:40]}-", dir=work_dir))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start_time = time.time()
+        self._thread = threading.Thread(target=self._run, name=f"task-{spec.task_id}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            outcome = self._execute()
+        except Exception as exc:
+            log.exception("task %s: runner failed", self.spec.task_id)
+            outcome = Outcome(self.spec.task_id, "failure", self.start_time, time.time(),
+                              error=f"runner error: {type(exc).__name__}: {exc}")
+        try:
+            self.on_done(outcome)
+        finally:
+            _cleanup(self._dir)
+
+    def _execute(self) -> Outcome:
+        params: dict[str, Any] = self.spec.parameters
+        command = params.get("command")
+        if not command:
+            return Outcome(self.spec.task_id, "failure", self.start_time, time.time(),
+                           error="command task has no 'command' parameter")
+        argv, shell = _argv(command)
+        result_file = self._dir / "result.json"
+        env = dict(os.environ)
+        env.update({str(k): str(v) for k, v in (params.get("env") or {}).items()})
+        env["DTF_RESULT_FILE"] = str(result_file)
+        env["DTF_TASK_ID"] = self.spec.task_id
+        env["DTF_ATTEMPT"] = str(self.spec.attempt)
+        cwd = params.get("cwd") or None
+        out_path, err_path = self._dir / "stdout", self._dir / "stderr"
+        self.start_time = time.time()
+        t0 = time.perf_counter()
+        if self._cancelled.is_set():
+            return Outcome(self.spec.task_id, "failure", self.start_time, time.time(), error="cancelled")
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            try:
+                self.proc = subprocess.Popen(
+                    argv, shell=shell, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, cwd=cwd,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                return Outcome(self.spec.task_id, "failure", self.start_time, time.time(),
+                               error=f"cannot start {command!r}: {exc}")
+            error = ""
+            try:
+                code: int | None = self.proc.wait(timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                kill_tree(self.proc)
+                code = self.proc.returncode
+                error = f"timed out after {self.timeout:g} s; process tree killed"
+            if self._cancelled.is_set():
+                # The group got SIGTERM from cancel(); make sure nothing it forked survives.
+                kill_tree(self.proc)
+                error = "cancelled"
+            elif not error:
+                # A command may exit and leave background children in its group behind.
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        end = self.start_time + (time.perf_counter() - t0)
+        metrics, note = _read_metrics(result_file)
+        if not error and code != 0:
+            error = f"exit code {code}"
+        if note:
+            error = f"{error}; {note}" if error else note
+        status = "success" if code == 0 and not error.startswith(("timed out", "cancelled")) else "failure"
+        outcome = Outcome(
+            self.spec.task_id, status, self.start_time, end, exit_code=code, error=error if status != "success"
+            or note else "", metrics=metrics, stdout_tail=_tail(out_path, self.tail_bytes),
+            stderr_tail=_tail(err_path, self.tail_bytes),
+        )
+        return outcome
+
+
+def _cleanup(path: Path) -> None:
+    for child in path.iterdir():
+        try:
+            child.unlink()
+        except OSError:
+            pass
+    try:
+        path.rmdir()
+    except OSError:
+        pass

@@ -1,0 +1,348 @@
+"""`dtf` (the headless face of the coordinator) and `dtf-gui` (the window).
+
+Qt is imported only by `dtf-gui`, so `dtf serve` runs on a server without a display.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from dtf_agent.config import ConfigError
+from dtf_agent.paths import dtf_home, read_coordinator_file, remove_coordinator_file, write_coordinator_file
+from dtf_gui.client import Client, ClientError
+from dtf_gui.coordinator.config import CoordinatorConfig, load_coordinator_config
+from dtf_gui.coordinator.server import Coordinator, ServerSettings
+
+log = logging.getLogger("dtf")
+
+
+def settings_from_config(cfg: CoordinatorConfig, home: Path, args: argparse.Namespace) -> ServerSettings:
+    """coordinator.yaml, then command-line flags on top."""
+    db = getattr(args, "db", None) or cfg.database.path or str(home / "dtf.sqlite")
+
+    def flag(name: str, default: Any) -> Any:
+        value = getattr(args, name, None)
+        return default if value is None else value
+
+    return ServerSettings(
+        host=flag("host", cfg.server.host), client_port=flag("port", cfg.server.port),
+        agent_port=flag("agent_port", cfg.server.agent_port), events_port=flag("events_port", cfg.server.events_port),
+        db_path=db, heartbeat_interval=cfg.health_monitor.heartbeat_interval,
+        heartbeat_timeout=cfg.health_monitor.heartbeat_timeout, event_interval=cfg.server.event_interval,
+        flush_interval=cfg.database.flush_interval, batch_size=cfg.database.batch_size,
+        retry_limit=cfg.task_scheduler.retry_limit, default_priority=cfg.task_scheduler.default_priority,
+        max_message_size=cfg.server.max_message_size,
+    )
+
+
+def add_server_flags(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--config", metavar="FILE", help="coordinator.yaml (default: $DTF_HOME/coordinator.yaml)")
+    ap.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 for agents on the LAN)")
+    ap.add_argument("--port", type=int, help="client API port (default 8080; 0 = any free port)")
+    ap.add_argument("--agent-port", type=int, help="agent port (default 8081; 0 = any free port)")
+    ap.add_argument("--events-port", type=int, help="live events port (default 8082; 0 = any free port)")
+    ap.add_argument("--db", metavar="PATH", help="SQLite database (default: $DTF_HOME/dtf.sqlite)")
+    ap.add_argument("--insecure", action="store_true",
+                    help="plain-text sockets; for a quick local try only")
+
+
+def load_server(args: argparse.Namespace) -> tuple[ServerSettings, Path]:
+    home = dtf_home()
+    cfg = load_coordinator_config(args.config, default_path=home / "coordinator.yaml")
+    if cfg.security.enabled and not (args.insecure or cfg.security.insecure):
+        log.warning("CURVE encryption is not implemented yet in this build: sockets are PLAIN TEXT. "
+                    "Bind to 127.0.0.1 or a trusted lab network only.")
+    return settings_from_config(cfg, home, args), home
+
+
+def coordinator_info(coord: Coordinator) -> dict[str, Any]:
+    return {
+        "pid": os.getpid(),
+        "client_endpoint": coord.endpoint("clients"),
+        "agent_endpoint": coord.endpoint("agents"),
+        "events_endpoint": coord.endpoint("events"),
+        "db": str(coord.s.db_path),
+        "coordinator_id": coord.s.coordinator_id,
+        "started": time.time(),
+    }
+
+
+# -- dtf serve ------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings, home = load_server(args)
+    coord = Coordinator(settings).start()
+    info = coordinator_info(coord)
+    write_coordinator_file(info, home)
+    print(f"DTF coordinator {settings.coordinator_id}")
+    print(f"  clients: {info['client_endpoint']}")
+    print(f"  agents:  {info['agent_endpoint']}")
+    print(f"  events:  {info['events_endpoint']}")
+    print(f"  db:      {info['db']}", flush=True)
+    done = threading.Event()
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        while not done.wait(1.0):
+            if not coord.is_running:
+                print("dtf serve: the coordinator loop stopped unexpectedly; see the log", file=sys.stderr)
+                return 1
+    finally:
+        coord.stop()
+        remove_coordinator_file(os.getpid(), home)
+    return 0
+
+
+# -- client commands ------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> Client:
+    endpoint = args.coordinator
+    if not endpoint:
+        info = read_coordinator_file()
+        if not info:
+            raise ClientError("no coordinator found: start `dtf serve` (or the window), or pass "
+                              "--coordinator tcp://HOST:8080")
+        endpoint = info["client_endpoint"]
+    return Client(endpoint, timeout=args.timeout_s)
+
+
+def _print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if v > 1e9:  # a timestamp
+            return time.strftime("%H:%M:%S", time.localtime(v))
+        return f"{v:.3g}"
+    if isinstance(v, (list, dict)):
+        return json.dumps(v)[:40]
+    return str(v)[:60]
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        fields: dict[str, Any] = {"type": args.type}
+        if args.command is not None:
+            fields["command"] = args.command
+        if args.priority is not None:
+            fields["priority"] = args.priority
+        if args.timeout is not None:
+            fields["timeout"] = args.timeout
+        if args.test_id:
+            fields["test_id"] = args.test_id
+        if args.count > 1:
+            ids = c.call("create_tasks", {"tasks": [fields] * args.count})["task_ids"]
+        else:
+            ids = [c.call("create_task", fields)["task_id"]]
+        if not args.wait:
+            print("\n".join(ids))
+            return 0
+        final = _wait_for(c, ids, args.wait_timeout)
+    failed = [t for t in final if t["status"] != "completed"]
+    if args.json:
+        print(json.dumps(final, indent=2, default=str))
+    else:
+        for t in final:
+            res = (t.get("result_list") or [{}])[-1]
+            raw = res.get("raw_data") or {}
+            print(f"{t['task_id']}: {t['status']}" + (f" ({t['error']})" if t.get("error") else ""))
+            if raw.get("stdout_tail"):
+                print(raw["stdout_tail"].rstrip())
+    return 1 if failed else 0
+
+
+def _wait_for(c: Client, ids: list[str], timeout: float) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    pending = list(ids)
+    done: dict[str, dict[str, Any]] = {}
+    delay = 0.05
+    while pending:
+        for tid in list(pending):
+            t = c.call("get_task", {"task_id": tid})
+            if t["status"] in ("completed", "failed", "cancelled"):
+                done[tid] = t
+                pending.remove(tid)
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            raise ClientError(f"{len(pending)} task(s) not finished after {timeout:g} s: {', '.join(pending[:5])}")
+        time.sleep(delay)  # polling a remote service, not synchronising a test
+        delay = min(delay * 1.5, 1.0)
+    return [done[i] for i in ids]
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        st = c.call("get_status")
+    if args.json:
+        print(json.dumps(st, indent=2))
+        return 0
+    print(f"coordinator {st['coordinator_id']} up {st['uptime_s']:.0f} s")
+    print(f"workers: {st['workers_online']} online of {st['workers_known']} known")
+    print("tasks:   " + ", ".join(f"{k} {v}" for k, v in st["tasks"].items()))
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        rows = c.call("list_tasks", {"status": args.status, "limit": args.limit})
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        for r in rows:
+            r["command"] = (r.get("parameters") or {}).get("command")
+            r["why"] = r.get("status_reason") or r.get("error")
+        _print_table(rows, ["task_id", "type", "status", "priority", "worker_id", "create_time", "command",
+                            "why"])
+    return 0
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        rows = c.call("list_workers")
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        for r in rows:
+            caps = r.get("capabilities") or {}
+            r["cpus"] = caps.get("cpu_count")
+            r["memory_gb"] = caps.get("memory_gb")
+            r["gpus"] = caps.get("gpu_count")
+        _print_table(rows, ["worker_id", "hostname", "status", "slots", "cpus", "memory_gb", "gpus", "last_seen"])
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        rows = c.call("list_results", {"task_id": args.task, "limit": args.limit})
+    out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
+    try:
+        if args.format == "json":
+            json.dump(rows, out, indent=2, default=str)
+            out.write("\n")
+        else:
+            metric_names = sorted({k for r in rows for k in (r.get("metrics") or {})})
+            base = ["result_id", "task_id", "worker_id", "test_id", "timestamp", "status", "execution_time",
+                    "exit_code", "error"]
+            w = csv.writer(out)
+            w.writerow(base + [f"metric.{m}" for m in metric_names])
+            for r in rows:
+                w.writerow([r.get(k) for k in base] + [(r.get("metrics") or {}).get(m) for m in metric_names])
+    finally:
+        if args.output:
+            out.close()
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        for tid in args.task_ids:
+            r = c.call("cancel_task", {"task_id": tid})
+            print(f"{tid}: {r['status']}")
+    return 0
+
+
+def dtf_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="dtf", description="DTF coordinator, headless.")
+    ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def client_cmd(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--coordinator", metavar="tcp://HOST:PORT",
+                        help="client endpoint (default: the local coordinator from $DTF_HOME/coordinator.json)")
+        sp.add_argument("--timeout-s", type=float, default=30.0, help="seconds to wait for an answer")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = sub.add_parser("serve", help="run the coordinator without a window")
+    add_server_flags(sp)
+    sp.set_defaults(fn=cmd_serve)
+
+    sp = client_cmd("submit", cmd_submit, "submit a task")
+    sp.add_argument("--command", help="shell command to run on a worker")
+    sp.add_argument("--type", default="command", choices=["command", "noop"])
+    sp.add_argument("--priority", type=int)
+    sp.add_argument("--timeout", type=float, help="seconds before the task is killed")
+    sp.add_argument("--test-id", help="groups results of the same test across runs")
+    sp.add_argument("--count", type=int, default=1, help="submit this many copies")
+    sp.add_argument("--wait", action="store_true", help="wait until the task(s) finish; exit 1 if any failed")
+    sp.add_argument("--wait-timeout", type=float, default=3600.0)
+    sp.add_argument("--json", action="store_true")
+
+    sp = client_cmd("status", cmd_status, "coordinator summary")
+    sp.add_argument("--json", action="store_true")
+    sp = client_cmd("tasks", cmd_tasks, "list tasks")
+    sp.add_argument("--status")
+    sp.add_argument("--limit", type=int, default=50)
+    sp.add_argument("--json", action="store_true")
+    sp = client_cmd("workers", cmd_workers, "list workers")
+    sp.add_argument("--json", action="store_true")
+    sp = client_cmd("results", cmd_results, "export results")
+    sp.add_argument("--format", choices=["csv", "json"], default="csv")
+    sp.add_argument("--task", help="only this task's results")
+    sp.add_argument("--limit", type=int, default=10_000)
+    sp.add_argument("--output", "-o", help="file to write (default: stdout)")
+    sp = client_cmd("cancel", cmd_cancel, "cancel tasks")
+    sp.add_argument("task_ids", nargs="+")
+    return ap
+
+
+def dtf_main(argv: list[str] | None = None) -> int:
+    args = dtf_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s dtf %(levelname)s %(message)s")
+    try:
+        return args.fn(args)
+    except ConfigError as exc:
+        print(f"dtf: {exc}", file=sys.stderr)
+        return 2
+    except ClientError as exc:
+        print(f"dtf: {exc}", file=sys.stderr)
+        return 1
+
+
+def gui_main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="dtf-gui", description="DTF window with an embedded coordinator.")
+    add_server_flags(ap)
+    ap.add_argument("--no-local-agent", action="store_true", help="do not start an agent on this machine")
+    ap.add_argument("--local-slots", type=int, default=None, help="slots of the local agent")
+    ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s dtf-gui %(levelname)s %(message)s")
+    try:
+        settings, home = load_server(args)
+    except ConfigError as exc:
+        print(f"dtf-gui: {exc}", file=sys.stderr)
+        return 2
+    from dtf_gui.ui.app import run_app  # Qt only from here on
+
+    return run_app(settings, home, local_agent=not args.no_local_agent, local_slots=args.local_slots)
+
+
+if __name__ == "__main__":
+    sys.exit(dtf_main())

@@ -1,0 +1,227 @@
+"""The client API: one handler per operation, arguments validated by a Struct per operation.
+
+The operation names are the seed's REST/WebSocket operations (create_task, get_task, list_tasks,
+list_workers, get_worker, list_results, get_status ...). The CLI, scripts and the window all use
+this table; the window reaches it over an inproc endpoint of the same ROUTER.
+Handlers run in the coordinator thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from dtf_agent import protocol as p
+from dtf_gui.coordinator.state import TaskTable, new_task_id
+from dtf_gui.coordinator.store import RESULT_COLUMNS, result_row_to_dict
+
+if TYPE_CHECKING:
+    from dtf_gui.coordinator.server import Coordinator
+
+log = logging.getLogger(__name__)
+
+TASK_TYPES = ("command", "noop")
+MAX_LIST = 100_000
+
+
+class ApiError(Exception):
+    """A request the coordinator refuses; the message goes back to the client as is."""
+
+
+class _Args(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class CreateTask(_Args):
+    type: str = "command"
+    command: str | list[str] | None = None
+    parameters: dict[str, Any] = msgspec.field(default_factory=dict)
+    priority: int | None = None
+    timeout: float | None = None
+    dependencies: list[str] = msgspec.field(default_factory=list)
+    requirements: dict[str, Any] = msgspec.field(default_factory=dict)
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    task_id: str | None = None
+    retry_limit: int | None = None
+    test_id: str = ""
+
+
+class CreateTasks(_Args):
+    tasks: list[CreateTask]
+
+
+class TaskRef(_Args):
+    task_id: str
+
+
+class WorkerRef(_Args):
+    worker_id: str
+
+
+class ListTasks(_Args):
+    status: str | None = None
+    worker_id: str | None = None
+    limit: int = 100
+
+
+class ListResults(_Args):
+    task_id: str | None = None
+    worker_id: str | None = None
+    limit: int = 1000
+
+
+class NoArgs(_Args):
+    pass
+
+
+class ClientApi:
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.c = coordinator
+        self.ops: dict[str, tuple[type[_Args], Callable[[Any], Any]]] = {
+            "ping": (NoArgs, self.ping),
+            "create_task": (CreateTask, self.create_task),
+            "create_tasks": (CreateTasks, self.create_tasks),
+            "get_task": (TaskRef, self.get_task),
+            "list_tasks": (ListTasks, self.list_tasks),
+            "cancel_task": (TaskRef, self.cancel_task),
+            "list_workers": (NoArgs, self.list_workers),
+            "get_worker": (WorkerRef, self.get_worker),
+            "list_results": (ListResults, self.list_results),
+            "get_status": (NoArgs, self.get_status),
+        }
+
+    def handle(self, req: p.Request) -> p.Reply:
+        problem = p.version_problem(req.protocol_version)
+        if problem:
+            return p.Reply(req_id=req.req_id, ok=False, error=problem)
+        entry = self.ops.get(req.op)
+        if entry is None:
+            return p.Reply(req_id=req.req_id, ok=False,
+                           error=f"unknown operation {req.op!r}; known: {', '.join(sorted(self.ops))}")
+        schema, fn = entry
+        try:
+            args = msgspec.convert(req.args, schema, strict=False)
+        except msgspec.ValidationError as exc:
+            return p.Reply(req_id=req.req_id, ok=False, error=f"{req.op}: invalid arguments: {exc}")
+        try:
+            return p.Reply(req_id=req.req_id, data=fn(args))
+        except ApiError as exc:
+            return p.Reply(req_id=req.req_id, ok=False, error=str(exc))
+        except Exception as exc:
+            log.exception("client operation %s failed", req.op)
+            return p.Reply(req_id=req.req_id, ok=False, error=f"{req.op} failed: {type(exc).__name__}: {exc}")
+
+    # -- operations -------------------------------------------------------------------------------
+
+    def ping(self, _: NoArgs) -> dict[str, Any]:
+        return {"protocol_version": p.PROTOCOL_VERSION, "coordinator_id": self.c.s.coordinator_id}
+
+    def _task_dict(self, a: CreateTask) -> dict[str, Any]:
+        if a.type not in TASK_TYPES:
+            raise ApiError(f"unknown task type {a.type!r}; known: {', '.join(TASK_TYPES)}")
+        params = dict(a.parameters)
+        if a.command is not None:
+            params["command"] = a.command
+        if a.type == "command" and not params.get("command"):
+            raise ApiError("a command task needs a command")
+        if a.timeout is not None and a.timeout <= 0:
+            raise ApiError(f"timeout must be positive, got {a.timeout}")
+        if a.retry_limit is not None and a.retry_limit < 0:
+            raise ApiError(f"retry_limit must be 0 or more, got {a.retry_limit}")
+        test_id = a.test_id or str(params.get("test_id", ""))
+        return {
+            "task_id": a.task_id or new_task_id(), "type": a.type, "status": "pending",
+            "priority": self.c.s.default_priority if a.priority is None else a.priority,
+            "parameters": params, "dependencies": list(a.dependencies), "requirements": a.requirements,
+            "metadata": a.metadata, "timeout": a.timeout, "attempt": 0, "test_id": test_id,
+            "retry_limit": a.retry_limit,
+        }
+
+    def _check_new_ids(self, tasks: list[dict[str, Any]]) -> None:
+        ids = [t["task_id"] for t in tasks]
+        if len(set(ids)) != len(ids):
+            raise ApiError("task ids repeat within one request")
+        given = [i for i in ids if self.c.tasks.get(i) is None]
+        clash = self.c.store.existing_task_ids(given) if given else set()
+        if clash:
+            raise ApiError(f"task id(s) already exist: {', '.join(sorted(clash)[:10])}")
+
+    def create_task(self, a: CreateTask) -> dict[str, Any]:
+        task = self._task_dict(a)
+        self._check_new_ids([task])
+        accepted, refused = self.c.submit([task])
+        if refused:
+            raise ApiError(f"task {task['task_id']} refused: {refused[task['task_id']]}")
+        return TaskTable.public(accepted[0])
+
+    def create_tasks(self, a: CreateTasks) -> dict[str, Any]:
+        tasks = [self._task_dict(t) for t in a.tasks]
+        self._check_new_ids(tasks)
+        accepted, refused = self.c.submit(tasks)
+        if refused:
+            detail = "; ".join(f"{k}: {v}" for k, v in list(refused.items())[:20])
+            raise ApiError(f"{len(refused)} of {len(tasks)} task(s) refused ({detail}); "
+                           f"the other {len(accepted)} were accepted")
+        return {"task_ids": [r["task_id"] for r in accepted]}
+
+    def get_task(self, a: TaskRef) -> dict[str, Any]:
+        rec = self.c.tasks.get(a.task_id)
+        if rec is not None:
+            out = TaskTable.public(rec)
+        else:
+            rows = self.c.store.load_tasks("WHERE task_id=?", (a.task_id,))
+            if not rows:
+                raise ApiError(f"no task {a.task_id!r}")
+            out = rows[0]
+        out["why"] = out.get("status_reason") or ""
+        out["result_list"] = self.c.store.load_results("WHERE task_id=? ORDER BY timestamp", (a.task_id,))
+        return out
+
+    def list_tasks(self, a: ListTasks) -> list[dict[str, Any]]:
+        where, params = [], []
+        if a.status:
+            if a.status not in p.TASK_STATUSES:
+                raise ApiError(f"unknown status {a.status!r}; known: {', '.join(p.TASK_STATUSES)}")
+            where.append("status=?")
+            params.append(a.status)
+        if a.worker_id:
+            where.append("worker_id=?")
+            params.append(a.worker_id)
+        sql = ("WHERE " + " AND ".join(where) if where else "") + " ORDER BY create_time DESC, rowid DESC LIMIT ?"
+        params.append(max(1, min(a.limit, MAX_LIST)))
+        return self.c.store.load_tasks(sql, params)
+
+    def cancel_task(self, a: TaskRef) -> dict[str, Any]:
+        if self.c.tasks.get(a.task_id) is None:
+            raise ApiError(f"no active task {a.task_id!r}")
+        self.c.cancel(a.task_id)
+        return {"task_id": a.task_id, "status": self.c.tasks.get(a.task_id)["status"]}
+
+    def list_workers(self, _: NoArgs) -> list[dict[str, Any]]:
+        self.c.store.flush()
+        return self.c.store.load_workers()
+
+    def get_worker(self, a: WorkerRef) -> dict[str, Any]:
+        w = self.c.workers.get(a.worker_id)
+        if w is None:
+            raise ApiError(f"no worker {a.worker_id!r}")
+        return dict(w.row)
+
+    def list_results(self, a: ListResults) -> list[dict[str, Any]]:
+        where, params = [], []
+        if a.task_id:
+            where.append("task_id=?")
+            params.append(a.task_id)
+        if a.worker_id:
+            where.append("worker_id=?")
+            params.append(a.worker_id)
+        sql = ("WHERE " + " AND ".join(where) if where else "") + " ORDER BY timestamp DESC LIMIT ?"
+        params.append(max(1, min(a.limit, MAX_LIST)))
+        rows = self.c.store.query(f"SELECT {','.join(RESULT_COLUMNS)} FROM results {sql}", params)
+        return [result_row_to_dict(r) for r in rows]
+
+    def get_status(self, _: NoArgs) -> dict[str, Any]:
+        return self.c.stats()

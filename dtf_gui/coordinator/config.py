@@ -1,0 +1,169 @@
+"""coordinator.yaml: the coordinator's schema; loading and validation live in dtf_agent.config.
+
+Section and key names follow the seed's coordinator.yaml (server, database, security,
+task_scheduler, result_aggregator, health_monitor, load_balancer). Every key has a default, so
+``load_coordinator_config()`` with no file is a working local setup.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from dtf_agent.config import ConfigError, dump_config, load_config
+
+__all__ = [
+    "ConfigError",
+    "CoordinatorConfig",
+    "DatabaseSection",
+    "HealthMonitorSection",
+    "LoadBalancerSection",
+    "ResultAggregatorSection",
+    "SecuritySection",
+    "ServerSection",
+    "TaskSchedulerSection",
+    "dump_defaults",
+    "load_coordinator_config",
+]
+
+Port = Annotated[int, Meta(ge=0, le=65535)]
+# Bounds must sit on the int itself, inside the Optional: msgspec refuses ``ge`` on ``int | None``.
+PositiveInt = Annotated[int, Meta(ge=1)]
+
+
+class ServerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Sockets and event batching."""
+
+    host: Annotated[str, Meta(
+        description="address the sockets bind to; 0.0.0.0 lets agents on other machines in")] = "127.0.0.1"
+    port: Annotated[Port, Meta(description="client API (CLI, scripts) ROUTER port; 0 picks a free port")] = 8080
+    agent_port: Annotated[Port, Meta(description="agents' ROUTER port; 0 picks a free port")] = 8081
+    events_port: Annotated[Port, Meta(description="live events PUB port; 0 picks a free port")] = 8082
+    max_message_size: Annotated[int, Meta(
+        ge=1024, description="bytes; larger frames are refused by ZeroMQ (ZMQ_MAXMSGSIZE)")] = 16 * 1024 * 1024
+    event_interval: Annotated[float, Meta(
+        gt=0, description="seconds between batched event publications to the window and clients")] = 0.1
+    advertise: Annotated[bool, Meta(
+        description="announce _dtf._tcp.local. via mDNS so that agents find this coordinator")] = True
+    interfaces: Annotated[list[str], Meta(
+        description="IP addresses mDNS uses; empty means all interfaces")] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        ports = {"port": self.port, "agent_port": self.agent_port, "events_port": self.events_port}
+        taken: dict[int, str] = {}
+        for name, value in ports.items():
+            if value and value in taken:
+                raise ValueError(f"{name}: {value} is also {taken[value]}; each socket needs its own port")
+            taken[value] = name
+
+
+class DatabaseSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """SQLite storage (the coordinator is its only writer)."""
+
+    path: Annotated[str | None, Meta(description="SQLite file; null puts it under DTF home")] = None
+    flush_interval: Annotated[float, Meta(
+        gt=0, description="seconds between flushes of batched inserts (results, metrics, events)")] = 0.25
+    batch_size: Annotated[int, Meta(
+        ge=1, description="rows that trigger a flush before flush_interval is up")] = 5000
+
+
+class SecuritySection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Encryption and trust."""
+
+    enabled: Annotated[bool, Meta(
+        description="CURVE encryption on every socket and approval of agent keys")] = True
+    insecure: Annotated[bool, Meta(
+        description="plain-text sockets, any agent accepted (like --insecure); for a quick local try")] = False
+    enrollment_token: Annotated[str | None, Meta(
+        description="agents presenting this token get their key approved without a click")] = None
+
+
+class TaskSchedulerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Queueing, priorities, retries and dependencies."""
+
+    default_priority: Annotated[int, Meta(description="priority of a task submitted without one")] = 5
+    max_queue_size: Annotated[int, Meta(
+        ge=1, description="pending tasks held at most; submissions beyond it are refused")] = 1_000_000
+    retry_limit: Annotated[int, Meta(ge=0, description="times a failed task is retried before it stays failed")] = 3
+    aging_interval: Annotated[float, Meta(
+        gt=0, description="seconds a task waits before its priority is raised one step (no starvation)")] = 60.0
+    retry_backoff_base: Annotated[float, Meta(
+        gt=0, description="seconds before the first retry; doubled on each further retry")] = 1.0
+    retry_backoff_max: Annotated[float, Meta(gt=0, description="seconds the retry delay never exceeds")] = 60.0
+    lost_limit: Annotated[int, Meta(
+        ge=0, description="times a task may go back to the queue because its worker vanished")] = 3
+    dependency_failure: Annotated[Literal["fail", "run"], Meta(
+        description="when a dependency fails: fail its dependents, or run them anyway")] = "fail"
+
+    def __post_init__(self) -> None:
+        if self.retry_backoff_max < self.retry_backoff_base:
+            raise ValueError(f"retry_backoff_max: {self.retry_backoff_max} is below "
+                             f"retry_backoff_base ({self.retry_backoff_base})")
+
+
+class ResultAggregatorSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Statistics, anomalies and comparisons."""
+
+    anomaly_threshold: Annotated[float, Meta(
+        gt=0, description="z-score beyond which a metric value is flagged as an anomaly")] = 2.5
+    cache_ttl: Annotated[float, Meta(
+        ge=0, description="seconds an aggregate is reused before it is computed again; 0 disables")] = 10.0
+    comparative_lookback_days: Annotated[int, Meta(
+        ge=1, description="days of history a new result is compared against")] = 7
+
+
+class HealthMonitorSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Worker liveness."""
+
+    heartbeat_interval: Annotated[float, Meta(
+        gt=0, description="seconds between heartbeats that agents are asked to keep")] = 5.0
+    heartbeat_timeout: Annotated[float, Meta(
+        gt=0, description="seconds of silence after which a worker is offline and its tasks requeued")] = 30.0
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_timeout <= self.heartbeat_interval:
+            raise ValueError(f"heartbeat_timeout: {self.heartbeat_timeout} must exceed "
+                             f"heartbeat_interval ({self.heartbeat_interval})")
+
+
+class LoadBalancerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Which worker gets the next task."""
+
+    strategy: Annotated[Literal["fair_share", "round_robin", "least_loaded"], Meta(
+        description="fair_share, round_robin or least_loaded")] = "fair_share"
+    worker_cap: Annotated[PositiveInt | None, Meta(
+        description="workers one submission may occupy at once, leaving room for others; null: no cap")] = None
+    task_cap_per_worker: Annotated[PositiveInt | None, Meta(
+        description="tasks in flight on one worker; null: its concurrent_tasks slots")] = None
+
+
+class CoordinatorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """coordinator.yaml: every key is optional."""
+
+    server: ServerSection = msgspec.field(default_factory=ServerSection)
+    database: DatabaseSection = msgspec.field(default_factory=DatabaseSection)
+    security: SecuritySection = msgspec.field(default_factory=SecuritySection)
+    task_scheduler: TaskSchedulerSection = msgspec.field(default_factory=TaskSchedulerSection)
+    result_aggregator: ResultAggregatorSection = msgspec.field(default_factory=ResultAggregatorSection)
+    health_monitor: HealthMonitorSection = msgspec.field(default_factory=HealthMonitorSection)
+    load_balancer: LoadBalancerSection = msgspec.field(default_factory=LoadBalancerSection)
+
+
+def load_coordinator_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
+                            *, default_path: str | os.PathLike[str] | None = None) -> CoordinatorConfig:
+    """Load coordinator.yaml (see ``dtf_agent.config.load_config`` for ``path``, ``env``, ``default_path``)."""
+    return load_config(path, CoordinatorConfig, env=env, default_path=default_path)
+
+
+_HEADER = """\
+coordinator.yaml: configuration of the DTF coordinator (dtf serve --config, or the window).
+Every key is optional and shows its default. ${VAR} and ${VAR:-default} expand from the environment."""
+
+
+def dump_defaults() -> str:
+    """coordinator.yaml with every key at its default and a comment each (resources/coordinator.example.yaml)."""
+    return dump_config(CoordinatorConfig(), header=_HEADER)

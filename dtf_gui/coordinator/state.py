@@ -1,0 +1,99 @@
+"""The coordinator's in-memory tasks (owned by the coordinator thread).
+
+Active tasks live in a dict in storage form (see ``store.encode_task``) plus decoded copies of
+the fields the loop needs on the hot path (``_parameters``, ``_dependencies`` ...). Finished tasks
+stay for a while in a bounded recent set so late or resent results are recognised without a
+database read; older ones are only in SQLite.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter, OrderedDict
+from typing import Any
+
+from dtf_agent.protocol import TERMINAL_STATUSES
+from dtf_gui.coordinator.store import TASK_COLUMNS, encode_task
+
+RECENT_FINISHED = 50_000
+
+
+def new_task_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+class TaskTable:
+    def __init__(self, recent_limit: int = RECENT_FINISHED) -> None:
+        self.active: dict[str, dict[str, Any]] = {}
+        self.recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.recent_limit = recent_limit
+        self.finished_counts: Counter[str] = Counter()
+
+    def get(self, task_id: str) -> dict[str, Any] | None:
+        t = self.active.get(task_id)
+        if t is None:
+            t = self.recent.get(task_id)
+        return t
+
+    def was_finished(self, task_id: str) -> bool:
+        return task_id in self.recent
+
+    def add_new(self, task: dict[str, Any]) -> dict[str, Any]:
+        """``task`` has plain values (validated by the API). Returns the live record."""
+        rec = encode_task(task)
+        rec["_parameters"] = task.get("parameters") or {}
+        rec["_dependencies"] = list(task.get("dependencies") or ())
+        rec["_requirements"] = task.get("requirements") or {}
+        rec["_retry_limit"] = task.get("retry_limit")
+        self.active[rec["task_id"]] = rec
+        return rec
+
+    def add_from_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A task loaded back from SQLite (JSON columns decoded by the store)."""
+        return self.add_new(row)
+
+    def discard(self, task_id: str) -> None:
+        self.active.pop(task_id, None)
+
+    def finished(self, task_id: str) -> None:
+        rec = self.active.pop(task_id, None)
+        if rec is None:
+            return
+        self.finished_counts[rec["status"]] += 1
+        self.recent[task_id] = rec
+        if len(self.recent) > self.recent_limit:
+            self.recent.popitem(last=False)
+
+    def status_counts(self) -> dict[str, int]:
+        counts = Counter(t["status"] for t in self.active.values())
+        counts.update(self.finished_counts)
+        return {s: counts.get(s, 0) for s in ("pending", "assigned", "running", "completed", "failed",
+                                              "cancelled")}
+
+    @staticmethod
+    def summary(task: dict[str, Any]) -> dict[str, Any]:
+        """What the window and the event stream need of a task: small, no JSON to decode."""
+        params = task.get("_parameters") or {}
+        return {
+            "task_id": task["task_id"], "type": task["type"], "status": task["status"],
+            "priority": task["priority"], "worker_id": task["worker_id"], "create_time": task["create_time"],
+            "start_time": task["start_time"], "end_time": task["end_time"], "attempt": task["attempt"],
+            "command": params.get("command") if isinstance(params.get("command"), str) else None,
+            "error": task["error"], "status_reason": task["status_reason"], "test_id": task["test_id"],
+        }
+
+    @staticmethod
+    def public(task: dict[str, Any]) -> dict[str, Any]:
+        """The whole task as the client API returns it (JSON columns decoded)."""
+        out = {}
+        for c in TASK_COLUMNS:
+            v = task.get(c)
+            if c in ("parameters", "dependencies", "requirements", "metadata") and isinstance(v, str):
+                v = json.loads(v)
+            out[c] = v
+        return out
+
+
+def is_terminal(status: str) -> bool:
+    return status in TERMINAL_STATUSES

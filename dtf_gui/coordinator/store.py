@@ -1,0 +1,345 @@
+"""SQLite: the schema, its migrations, and the coordinator's single writer.
+
+Only the coordinator thread writes (WAL, synchronous=NORMAL). Writes on the hot path are
+buffered and flushed as one transaction with ``executemany`` at a size or an interval, never a
+commit per row: a flood of results costs a few transactions a second, not thousands.
+Task rows are coalesced by id before a flush, so a task that is submitted, assigned and finished
+within one flush window is written once.
+
+Readers (CLI exports, reports, the aggregator's loads) open their own read-only connections with
+:func:`connect_readonly`.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+SCHEMA_VERSION = 1
+
+# Column order used by the coalesced task upsert. Kept in one place because the loader and the
+# writer must agree on it.
+TASK_COLUMNS: tuple[str, ...] = (
+    "task_id",
+    "type",
+    "status",
+    "priority",
+    "create_time",
+    "start_time",
+    "end_time",
+    "worker_id",
+    "parameters",
+    "dependencies",
+    "requirements",
+    "results",
+    "error",
+    "metadata",
+    "timeout",
+    "attempt",
+    "test_id",
+    "status_reason",
+)
+# Stored as JSON text. In memory the coordinator keeps these columns already encoded (they
+# rarely change), so a flush is one itemgetter call per task, not a json.dumps per column.
+_JSON_TASK_COLUMNS = frozenset({"parameters", "dependencies", "requirements", "metadata"})
+_task_row = operator.itemgetter(*TASK_COLUMNS)
+
+RESULT_COLUMNS: tuple[str, ...] = (
+    "result_id",
+    "task_id",
+    "worker_id",
+    "test_id",
+    "timestamp",
+    "status",
+    "execution_time",
+    "exit_code",
+    "error",
+    "metrics",
+    "hardware_metrics",
+    "environment",
+    "raw_data",
+    "metadata",
+    "attempt",
+)
+
+WORKER_COLUMNS: tuple[str, ...] = (
+    "worker_id",
+    "hostname",
+    "status",
+    "hardware_id",
+    "capabilities",
+    "tags",
+    "slots",
+    "last_seen",
+    "first_seen",
+    "current_task",
+    "performance_metrics",
+    "health_status",
+    "metadata",
+)
+_JSON_WORKER_COLUMNS = frozenset({"capabilities", "tags", "current_task", "performance_metrics",
+                                  "health_status", "metadata"})
+
+
+def _migration_1(db: sqlite_utils.Database) -> None:
+    db["tasks"].create(
+        {
+            "task_id": str, "type": str, "status": str, "priority": int, "create_time": float,
+            "start_time": float, "end_time": float, "worker_id": str, "parameters": str,
+            "dependencies": str, "requirements": str, "results": str, "error": str, "metadata": str,
+            "timeout": float, "attempt": int, "test_id": str, "status_reason": str,
+        },
+        pk="task_id",
+    )
+    db["tasks"].create_index(["status"])
+    db["workers"].create(
+        {
+            "worker_id": str, "hostname": str, "status": str, "hardware_id": str, "capabilities": str,
+            "tags": str, "slots": int, "last_seen": float, "first_seen": float, "current_task": str,
+            "performance_metrics": str, "health_status": str, "metadata": str,
+        },
+        pk="worker_id",
+    )
+    db["results"].create(
+        {
+            "result_id": str, "task_id": str, "worker_id": str, "test_id": str, "timestamp": float,
+            "status": str, "execution_time": float, "exit_code": int, "error": str, "metrics": str,
+            "hardware_metrics": str, "environment": str, "raw_data": str, "metadata": str, "attempt": int,
+        },
+        pk="result_id",
+    )
+    db["results"].create_index(["task_id"])
+    db["results"].create_index(["test_id", "timestamp"])
+    # The long form of every metric, so aggregation over millions of rows runs in SQL and numpy.
+    db["metrics"].create({"result_id": str, "name": str, "value": float})
+    db["metrics"].create_index(["result_id"])
+    db["metrics"].create_index(["name"])
+    db["events"].create({"id": int, "time": float, "kind": str, "subject": str, "data": str}, pk="id")
+    db["events"].create_index(["time"])
+
+
+# Each entry upgrades the schema from version i to i+1. Append, never edit a released one.
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1]
+
+
+def _dumps(value: Any) -> str | None:
+    if value is None:
+        return None
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def _loads(value: str | None) -> Any:
+    if value is None or value == "":
+        return None
+    return json.loads(value)
+
+
+def _tune(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=5000")
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the database up to SCHEMA_VERSION; returns the version found before."""
+    found = conn.execute("PRAGMA user_version").fetchone()[0]
+    if found > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"database schema version {found} is newer than this DTF understands ({SCHEMA_VERSION}); "
+            "upgrade DTF or point --db at another file"
+        )
+    db = sqlite_utils.Database(conn)
+    for version in range(found, SCHEMA_VERSION):
+        with conn:
+            MIGRATIONS[version](db)
+            conn.execute(f"PRAGMA user_version={version + 1}")
+    return found
+
+
+def connect_readonly(path: str | Path) -> sqlite3.Connection:
+    """A reader's own connection. It never blocks the writer (WAL)."""
+    conn = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def encode_task(task: dict[str, Any]) -> dict[str, Any]:
+    """A task dict with plain values -> storage form (all columns, JSON columns encoded)."""
+    out = {c: task.get(c) for c in TASK_COLUMNS}
+    for key in _JSON_TASK_COLUMNS:
+        value = out[key]
+        if value is not None and not isinstance(value, str):
+            out[key] = _dumps(value)
+    return out
+
+
+def task_row_to_dict(row: Sequence[Any]) -> dict[str, Any]:
+    out = dict(zip(TASK_COLUMNS, row, strict=True))
+    for key in _JSON_TASK_COLUMNS:
+        out[key] = _loads(out[key])
+    return out
+
+
+def worker_row_to_dict(row: Sequence[Any]) -> dict[str, Any]:
+    out = dict(zip(WORKER_COLUMNS, row, strict=True))
+    for key in _JSON_WORKER_COLUMNS:
+        out[key] = _loads(out[key])
+    return out
+
+
+def result_row_to_dict(row: Sequence[Any]) -> dict[str, Any]:
+    out = dict(zip(RESULT_COLUMNS, row, strict=True))
+    for key in ("metrics", "hardware_metrics", "environment", "raw_data", "metadata"):
+        out[key] = _loads(out[key])
+    return out
+
+
+class Store:
+    """The single writer. Use it from one thread only (the coordinator's)."""
+
+    def __init__(self, path: str | Path, *, batch_size: int = 5000, flush_interval: float = 0.25) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        _tune(self.conn)
+        migrate(self.conn)
+        self._tasks: dict[str, dict[str, Any]] = {}
+        self._workers: dict[str, tuple[Any, ...]] = {}
+        self._results: list[tuple[Any, ...]] = []
+        self._metrics: list[tuple[str, str, float]] = []
+        self._events: list[tuple[float, str, str, str]] = []
+        self._last_flush = time.monotonic()
+        self.rows_written = 0
+        cols = ",".join(TASK_COLUMNS)
+        marks = ",".join("?" * len(TASK_COLUMNS))
+        updates = ",".join(f"{c}=excluded.{c}" for c in TASK_COLUMNS[1:])
+        self._task_sql = f"INSERT INTO tasks ({cols}) VALUES ({marks}) ON CONFLICT(task_id) DO UPDATE SET {updates}"
+        wcols = ",".join(WORKER_COLUMNS)
+        wmarks = ",".join("?" * len(WORKER_COLUMNS))
+        wupdates = ",".join(f"{c}=excluded.{c}" for c in WORKER_COLUMNS[1:] if c != "first_seen")
+        self._worker_sql = (
+            f"INSERT INTO workers ({wcols}) VALUES ({wmarks}) ON CONFLICT(worker_id) DO UPDATE SET {wupdates}"
+        )
+        rcols = ",".join(RESULT_COLUMNS)
+        rmarks = ",".join("?" * len(RESULT_COLUMNS))
+        self._result_sql = f"INSERT OR IGNORE INTO results ({rcols}) VALUES ({rmarks})"
+
+    # -- buffered writes ----------------------------------------------------------------------
+
+    def put_task(self, task: dict[str, Any]) -> None:
+        """Queue a task for writing. ``task`` is the live record in storage form (every
+        TASK_COLUMNS key present, JSON columns already encoded, see :func:`encode_task`); it is
+        read at flush time, so its last state before a flush is what lands."""
+        self._tasks[task["task_id"]] = task
+        self._maybe_flush()
+
+    def put_worker(self, worker: dict[str, Any]) -> None:
+        self._workers[worker["worker_id"]] = tuple(
+            _dumps(worker.get(c)) if c in _JSON_WORKER_COLUMNS else worker.get(c) for c in WORKER_COLUMNS
+        )
+        self._maybe_flush()
+
+    def put_result(self, result: dict[str, Any]) -> None:
+        """Queue a result row and its metrics in the long table. The caller has already
+        decided that this result is new (the coordinator deduplicates by task attempt);
+        INSERT OR IGNORE on the primary key is the last guard."""
+        metrics = result.get("metrics") or {}
+        self._results.append(
+            tuple(
+                _dumps(result.get(c)) if c in ("metrics", "hardware_metrics", "environment", "raw_data",
+                                               "metadata") else result.get(c)
+                for c in RESULT_COLUMNS
+            )
+        )
+        rid = result["result_id"]
+        for name, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._metrics.append((rid, name, float(value)))
+        self._maybe_flush()
+
+    def put_event(self, kind: str, subject: str, data: dict[str, Any], when: float | None = None) -> None:
+        self._events.append((time.time() if when is None else when, kind, subject, _dumps(data) or "{}"))
+
+    def existing_task_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` are already in the table (flushed rows only; the caller knows the rest)."""
+        found: set[str] = set()
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            sql = f"SELECT task_id FROM tasks WHERE task_id IN ({','.join('?' * len(chunk))})"
+            found.update(r[0] for r in self.conn.execute(sql, chunk))
+        return found
+
+    def pending_rows(self) -> int:
+        return len(self._tasks) + len(self._workers) + len(self._results) + len(self._metrics) + len(self._events)
+
+    def _maybe_flush(self) -> None:
+        if len(self._results) + len(self._tasks) >= self.batch_size:
+            self.flush()
+
+    def flush_due(self, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        return bool(self.pending_rows()) and now - self._last_flush >= self.flush_interval
+
+    def flush(self) -> int:
+        """Write everything queued in one transaction. Returns the number of rows written."""
+        self._last_flush = time.monotonic()
+        n = self.pending_rows()
+        if not n:
+            return 0
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            if self._tasks:
+                conn.executemany(self._task_sql, map(_task_row, self._tasks.values()))
+            if self._workers:
+                conn.executemany(self._worker_sql, self._workers.values())
+            if self._results:
+                conn.executemany(self._result_sql, self._results)
+            if self._metrics:
+                conn.executemany("INSERT INTO metrics (result_id, name, value) VALUES (?,?,?)", self._metrics)
+            if self._events:
+                conn.executemany("INSERT INTO events (time, kind, subject, data) VALUES (?,?,?,?)", self._events)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._tasks.clear()
+        self._workers.clear()
+        self._results.clear()
+        self._metrics.clear()
+        self._events.clear()
+        self.rows_written += n
+        return n
+
+    # -- reads on the writer's connection (flush first so they see everything) ----------------
+
+    def query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        self.flush()
+        return self.conn.execute(sql, tuple(params)).fetchall()
+
+    def load_tasks(self, where: str = "", params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        sql = f"SELECT {','.join(TASK_COLUMNS)} FROM tasks {where}"
+        return [task_row_to_dict(r) for r in self.query(sql, params)]
+
+    def load_workers(self) -> list[dict[str, Any]]:
+        return [worker_row_to_dict(r) for r in self.query(f"SELECT {','.join(WORKER_COLUMNS)} FROM workers")]
+
+    def load_results(self, where: str = "", params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        sql = f"SELECT {','.join(RESULT_COLUMNS)} FROM results {where}"
+        return [result_row_to_dict(r) for r in self.query(sql, params)]
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self.conn.close()
