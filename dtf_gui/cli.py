@@ -67,25 +67,13 @@ def load_server(args: argparse.Namespace) -> tuple[ServerSettings, Path]:
     return settings_from_config(cfg, home, args), home
 
 
-def coordinator_info(coord: Coordinator) -> dict[str, Any]:
-    return {
-        "pid": os.getpid(),
-        "client_endpoint": coord.endpoint("clients"),
-        "agent_endpoint": coord.endpoint("agents"),
-        "events_endpoint": coord.endpoint("events"),
-        "db": str(coord.s.db_path),
-        "coordinator_id": coord.s.coordinator_id,
-        "started": time.time(),
-    }
-
-
 # -- dtf serve ------------------------------------------------------------------------------------
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings, home = load_server(args)
     coord = Coordinator(settings).start()
-    info = coordinator_info(coord)
+    info = coord.info()
     write_coordinator_file(info, home)
     print(f"DTF coordinator {settings.coordinator_id}")
     print(f"  clients: {info['client_endpoint']}")

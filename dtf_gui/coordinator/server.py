@@ -142,6 +142,18 @@ class Coordinator:
     def serve_forever(self) -> None:
         self._thread_main()
 
+    def info(self) -> dict[str, Any]:
+        """What `coordinator.json` holds: how local clients and agents reach this coordinator."""
+        return {
+            "pid": os.getpid(),
+            "client_endpoint": self.endpoint("clients"),
+            "agent_endpoint": self.endpoint("agents"),
+            "events_endpoint": self.endpoint("events"),
+            "db": str(self.s.db_path),
+            "coordinator_id": self.s.coordinator_id,
+            "started": self.started_at,
+        }
+
     @property
     def is_running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()

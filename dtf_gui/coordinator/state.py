@@ -81,6 +81,7 @@ class TaskTable:
             "start_time": task["start_time"], "end_time": task["end_time"], "attempt": task["attempt"],
             "command": params.get("command") if isinstance(params.get("command"), str) else None,
             "error": task["error"], "status_reason": task["status_reason"], "test_id": task["test_id"],
+            "why": task["error"] or task["status_reason"],
         }
 
     @staticmethod

@@ -1,0 +1,67 @@
+"""`dtf-gui`: the window with its embedded coordinator and a local agent."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QApplication
+
+from dtf_agent.paths import remove_coordinator_file, write_coordinator_file
+from dtf_agent.transport import hostname
+from dtf_gui.coordinator.local_agent import LocalAgent
+from dtf_gui.coordinator.server import ServerSettings
+from dtf_gui.ui.bridge import CoordinatorBridge
+from dtf_gui.ui.main_window import MainWindow
+
+log = logging.getLogger(__name__)
+
+
+class Session:
+    """Everything one window owns: the coordinator, the local agent, and the order they stop in."""
+
+    def __init__(self, settings: ServerSettings, home: Path, *, local_agent: bool = True,
+                 local_slots: int | None = None) -> None:
+        self.home = home
+        self.bridge = CoordinatorBridge(settings)
+        self.bridge.start()
+        # The same file `dtf serve` writes, so the CLI and agents on this machine find the window's coordinator.
+        write_coordinator_file(self.bridge.coordinator.info(), home)
+        self.agent: LocalAgent | None = None
+        if local_agent:
+            self.agent = LocalAgent(self.bridge.coordinator.endpoint("agents"), f"{hostname()}-local",
+                                    slots=local_slots, log_path=home / "local-agent.log").start()
+        self.window = MainWindow(self.bridge)
+        self.window.on_close(self.close)
+        self._closed = False
+
+    def close(self) -> None:
+        """Agent first (it reports what it was running), then the coordinator."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.agent is not None:
+            self.agent.stop()
+        self.bridge.stop()
+        remove_coordinator_file(os.getpid(), self.home)
+
+
+def run_app(settings: ServerSettings, home: Path, *, local_agent: bool = True, local_slots: int | None = None) -> int:
+    app = QApplication.instance() or QApplication(sys.argv)
+    app.setApplicationName("DTF")
+    session = Session(settings, home, local_agent=local_agent, local_slots=local_slots)
+    session.window.show()
+    # Ctrl-C in the terminal closes the window in order; the timer lets Python see the signal.
+    signal.signal(signal.SIGINT, lambda *_: session.window.close())
+    signal.signal(signal.SIGTERM, lambda *_: session.window.close())
+    tick = QTimer()
+    tick.timeout.connect(lambda: None)
+    tick.start(250)
+    try:
+        return app.exec()
+    finally:
+        session.close()

@@ -1,0 +1,86 @@
+"""The one object through which the window talks to the coordinator.
+
+Events arrive on the coordinator's thread, already batched (10-20 Hz); the bridge hands each batch
+over as ONE queued Qt signal, so the GUI thread sees one slot call per batch, never one per event.
+Commands go the other way as client-API requests over the coordinator's inproc endpoint, from a
+socket that lives in the GUI thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from PySide6.QtCore import QObject, Signal
+
+from dtf_agent import protocol as p
+from dtf_gui.client import Client, ClientError
+from dtf_gui.coordinator.server import Coordinator, ServerSettings
+
+log = logging.getLogger(__name__)
+
+
+class CoordinatorBridge(QObject):
+    # list[protocol.Event]; emitted from the coordinator thread, delivered queued in the GUI thread.
+    eventsReady = Signal(object)
+    workersChanged = Signal(list)
+    tasksChanged = Signal(list)
+    statsChanged = Signal(dict)
+    errorRaised = Signal(str)
+
+    def __init__(self, settings: ServerSettings, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.coordinator = Coordinator(settings, event_sinks=[self._on_events_coordinator_thread])
+        self.eventsReady.connect(self._on_events_gui_thread)
+        self._client: Client | None = None
+        self.last_stats: dict[str, Any] = {}
+        self.batches_received = 0
+
+    def start(self) -> None:
+        self.coordinator.start()
+        # inproc endpoints only connect within one zmq context: the coordinator's.
+        self._client = Client(self.coordinator.inproc_endpoint, ctx=self.coordinator.ctx, timeout=10.0)
+
+    def stop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self.coordinator.stop()
+
+    # -- coordinator thread: hand over, touch nothing else ----------------------------------------
+
+    def _on_events_coordinator_thread(self, events: list[p.Event]) -> None:
+        self.eventsReady.emit(events)
+
+    # -- GUI thread ---------------------------------------------------------------------------------
+
+    def _on_events_gui_thread(self, events: list[p.Event]) -> None:
+        self.batches_received += 1
+        workers = [e.data for e in events if e.kind == "worker"]
+        tasks = [e.data for e in events if e.kind == "task"]
+        if workers:
+            self.workersChanged.emit(workers)
+        if tasks:
+            self.tasksChanged.emit(tasks)
+        for e in events:
+            if e.kind == "stats":
+                self.last_stats = e.data
+                self.statsChanged.emit(e.data)
+
+    def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
+        """A client-API request; errors are shown to the engineer, not raised into Qt."""
+        if self._client is None:
+            self.errorRaised.emit("the coordinator is not running")
+            return None
+        try:
+            return self._client.call(op, args)
+        except ClientError as exc:
+            self.errorRaised.emit(str(exc))
+            return None
+
+    def submit_task(self, fields: dict[str, Any]) -> str | None:
+        data = self.call("create_task", fields)
+        return data["task_id"] if data else None
+
+    def cancel_task(self, task_id: str) -> bool:
+        return self.call("cancel_task", {"task_id": task_id}) is not None

@@ -1,0 +1,151 @@
+"""Qt item models fed by batches of coordinator events.
+
+One ``apply(batch)`` per event batch: rows that changed get one dataChanged over their span, new
+rows one beginInsertRows, so a flood of task updates costs the view a handful of signals.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
+from PySide6.QtGui import QBrush, QColor
+
+Index = QModelIndex | QPersistentModelIndex
+Formatter = Callable[[Any], str]
+
+STATUS_COLOURS = {
+    "online": "#2e7d32", "busy": "#1565c0", "offline": "#9e9e9e", "error": "#c62828",
+    "pending": "#6d6d6d", "assigned": "#8e6c00", "running": "#1565c0", "completed": "#2e7d32",
+    "failed": "#c62828", "cancelled": "#9e9e9e",
+}
+
+
+def fmt_time(v: Any) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(v)) if v else ""
+
+
+def fmt_pct(v: Any) -> str:
+    return f"{v:.0f}%" if isinstance(v, (int, float)) else ""
+
+
+def fmt_plain(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, (list, tuple)):
+        return ", ".join(map(str, v))
+    return str(v)
+
+
+class Column:
+    def __init__(self, key: str, title: str, fmt: Formatter = fmt_plain) -> None:
+        self.key, self.title, self.fmt = key, title, fmt
+
+
+class KeyedTableModel(QAbstractTableModel):
+    """Rows are dicts identified by ``key``; ``apply`` upserts a batch of them."""
+
+    def __init__(self, key: str, columns: Sequence[Column], *, max_rows: int = 10_000) -> None:
+        super().__init__()
+        self.key = key
+        self.columns = list(columns)
+        self.max_rows = max_rows
+        self._rows: list[dict[str, Any]] = []
+        self._pos: dict[str, int] = {}
+
+    # -- Qt API -----------------------------------------------------------------------------------
+
+    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008 - Qt's own signature
+        return 0 if parent.isValid() else len(self._rows)
+
+    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self.columns)
+
+    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid() or index.row() >= len(self._rows):
+            return None
+        row = self._rows[index.row()]
+        col = self.columns[index.column()]
+        if role == Qt.ItemDataRole.DisplayRole:
+            return col.fmt(row.get(col.key))
+        if role == Qt.ItemDataRole.ForegroundRole and col.key == "status":
+            colour = STATUS_COLOURS.get(str(row.get("status")))
+            return QBrush(QColor(colour)) if colour else None
+        if role == Qt.ItemDataRole.ToolTipRole:
+            value = row.get(col.key)
+            return None if value is None else str(value)
+        if role == Qt.ItemDataRole.UserRole:
+            return row.get(self.key)
+        return None
+
+    def headerData(self, section: int, orientation: Qt.Orientation,
+                   role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
+            if 0 <= section < len(self.columns):
+                return self.columns[section].title
+        return None
+
+    # -- feeding ----------------------------------------------------------------------------------
+
+    def row_for(self, key: str) -> dict[str, Any] | None:
+        i = self._pos.get(key)
+        return None if i is None else self._rows[i]
+
+    def keys(self) -> list[str]:
+        return [r[self.key] for r in self._rows]
+
+    def apply(self, batch: Sequence[dict[str, Any]]) -> None:
+        changed: list[int] = []
+        new: list[dict[str, Any]] = []
+        for item in batch:
+            k = item[self.key]
+            i = self._pos.get(k)
+            if i is None:
+                new.append(dict(item))
+                self._pos[k] = -1  # placeholder so a repeat within the batch updates the new row
+            elif i == -1:
+                for n in new:
+                    if n[self.key] == k:
+                        n.update(item)
+            else:
+                self._rows[i].update(item)
+                changed.append(i)
+        if changed:
+            self.dataChanged.emit(self.index(min(changed), 0), self.index(max(changed), len(self.columns) - 1))
+        if new:
+            first = len(self._rows)
+            self.beginInsertRows(QModelIndex(), first, first + len(new) - 1)
+            for j, row in enumerate(new):
+                self._pos[row[self.key]] = first + j
+            self._rows.extend(new)
+            self.endInsertRows()
+        if len(self._rows) > self.max_rows:
+            self._trim()
+
+    def _trim(self) -> None:
+        """Drop the oldest rows beyond max_rows; the database keeps everything."""
+        excess = len(self._rows) - self.max_rows
+        self.beginRemoveRows(QModelIndex(), 0, excess - 1)
+        del self._rows[:excess]
+        self._pos = {r[self.key]: i for i, r in enumerate(self._rows)}
+        self.endRemoveRows()
+
+
+def workers_model() -> KeyedTableModel:
+    return KeyedTableModel("worker_id", [
+        Column("worker_id", "Worker"), Column("hostname", "Host"), Column("status", "Status"),
+        Column("running", "Running"), Column("slots", "Slots"), Column("cpu_percent", "CPU", fmt_pct),
+        Column("memory_percent", "Memory", fmt_pct), Column("tags", "Tags"),
+        Column("last_seen", "Last seen", fmt_time),
+    ])
+
+
+def tasks_model(max_rows: int = 10_000) -> KeyedTableModel:
+    return KeyedTableModel("task_id", [
+        Column("task_id", "Task"), Column("status", "Status"), Column("type", "Type"),
+        Column("command", "Command"), Column("priority", "Priority"), Column("worker_id", "Worker"),
+        Column("attempt", "Attempt"), Column("create_time", "Submitted", fmt_time),
+        Column("end_time", "Finished", fmt_time), Column("why", "Error / reason"),
+    ], max_rows=max_rows)

@@ -1,0 +1,30 @@
+"""GUI fixtures: a real window (offscreen) with its embedded coordinator and a real local agent."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+@pytest.fixture
+def gui_session(qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    from dtf_gui.coordinator.server import ServerSettings
+    from dtf_gui.ui.app import Session
+
+    monkeypatch.setenv("DTF_HOME", str(tmp_path))
+    settings = ServerSettings(client_port=0, agent_port=0, events_port=0, db_path=str(tmp_path / "dtf.sqlite"),
+                              heartbeat_interval=1.0, heartbeat_timeout=10.0)
+    session = Session(settings, tmp_path, local_slots=2)
+    qtbot.addWidget(session.window)
+    session.window.show()
+    try:
+        yield session
+    finally:
+        session.close()
+        assert session.agent is None or not session.agent.alive(), "local agent outlived the window"
+        assert not session.bridge.coordinator.is_running, "coordinator thread outlived the window"

@@ -1,0 +1,82 @@
+"""The window end to end: local agent appears, a task typed into the dialog completes, close is clean."""
+
+from __future__ import annotations
+
+import psutil
+from PySide6.QtWidgets import QDialogButtonBox
+
+from dtf_gui.ui.models import KeyedTableModel, tasks_model, workers_model
+
+
+def test_local_agent_appears_and_dialog_task_completes(qtbot, gui_session) -> None:
+    win = gui_session.window
+    qtbot.waitUntil(lambda: win.workers.rowCount() == 1, timeout=15_000)
+    worker = win.workers.row_for(win.workers.keys()[0])
+    assert worker["status"] in ("online", "busy")
+    assert "Workers online: 1" in win.workers_label.text() or qtbot.waitUntil(
+        lambda: "Workers online: 1" in win.workers_label.text(), timeout=5000) is None
+
+    dlg = win.open_new_task_dialog()
+    qtbot.keyClicks(dlg.command, "echo from-the-dialog")
+    dlg.buttons.button(QDialogButtonBox.StandardButton.Ok).click()
+
+    qtbot.waitUntil(lambda: win.tasks.rowCount() == 1, timeout=10_000)
+    task_id = win.tasks.keys()[0]
+    qtbot.waitUntil(lambda: win.tasks.row_for(task_id)["status"] == "completed", timeout=20_000)
+    row = win.tasks.row_for(task_id)
+    assert row["worker_id"] == worker["worker_id"]
+    assert row["command"] == "echo from-the-dialog"
+    # The result really landed in SQLite, with the command's output.
+    stored = gui_session.bridge.call("get_task", {"task_id": task_id})
+    assert stored["status"] == "completed"
+    assert stored["result_list"][0]["raw_data"]["stdout_tail"].strip() == "from-the-dialog"
+
+
+def test_empty_command_is_refused_in_the_dialog(qtbot, gui_session) -> None:
+    win = gui_session.window
+    dlg = win.open_new_task_dialog()
+    dlg.buttons.button(QDialogButtonBox.StandardButton.Ok).click()
+    assert dlg.isVisible()
+    assert "command" in dlg.error.text().lower()
+    assert win.tasks.rowCount() == 0
+
+
+def test_closing_the_window_stops_agent_and_coordinator(qtbot, gui_session) -> None:
+    win = gui_session.window
+    qtbot.waitUntil(lambda: win.workers.rowCount() == 1, timeout=15_000)
+    agent_pid = gui_session.agent.pid
+    win.close()
+    assert not gui_session.bridge.coordinator.is_running
+    assert not psutil.pid_exists(agent_pid) or psutil.Process(agent_pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_events_arrive_in_batches_not_one_signal_per_event(qtbot, gui_session) -> None:
+    win = gui_session.window
+    qtbot.waitUntil(lambda: win.workers.rowCount() == 1, timeout=15_000)
+    before = gui_session.bridge.batches_received
+    data = gui_session.bridge.call("create_tasks", {"tasks": [{"type": "noop"}] * 500})
+    assert len(data["task_ids"]) == 500
+    qtbot.waitUntil(lambda: gui_session.bridge.last_stats.get("tasks", {}).get("completed", 0) >= 500,
+                    timeout=20_000)
+    qtbot.waitUntil(lambda: all(win.tasks.row_for(t) and win.tasks.row_for(t)["status"] == "completed"
+                                for t in data["task_ids"]), timeout=10_000)
+    batches = gui_session.bridge.batches_received - before
+    # 500 tasks x (pending, assigned, completed) = 1,500 task events, carried in a few batches.
+    assert 0 < batches < 200
+
+
+def test_models_pass_qt_model_tester(qtmodeltester) -> None:
+    for model in (workers_model(), tasks_model(max_rows=3)):
+        key = model.key
+        model.apply([{key: "a", "status": "pending"}, {key: "b", "status": "running"}])
+        model.apply([{key: "a", "status": "completed"}, {key: "c"}, {key: "d"}, {key: "c", "status": "failed"}])
+        qtmodeltester.check(model, force_py=True)
+
+
+def test_keyed_model_upserts_and_trims() -> None:
+    m = KeyedTableModel("id", [], max_rows=3)
+    m.apply([{"id": "a", "v": 1}, {"id": "b", "v": 1}])
+    m.apply([{"id": "a", "v": 2}, {"id": "c", "v": 1}, {"id": "c", "v": 5}, {"id": "d", "v": 1}])
+    assert m.keys() == ["b", "c", "d"]
+    assert m.row_for("c")["v"] == 5
+    assert m.row_for("a") is None
