@@ -1,0 +1,501 @@
+"""Change-point detection for benchmark series.
+
+Default method ("edivisive"): windowed E-Divisive with a t-test merge, the scheme of Apache Otava
+(Fleming et al., "Hunter", ICPE 2023), with three differences that matter on real data:
+
+* a spike filter runs first, so a single outlier is reported as an anomaly and never as a level
+  change (E-Divisive alone happily splits a window around one wild point);
+* every window's best split is found at once for the whole series (one batched numpy computation
+  over a stack of windows), instead of one recursive Python search per window;
+* the merge drops the weakest candidate until every survivor is significant (Welch t-test between
+  the neighbouring segments), shows a large enough standardised effect, and leaves ``min_size``
+  points on each side.
+
+"permutation": the exact E-Divisive of Matteson & James with a seeded permutation test; O(n^2)
+per permutation, meant for short histories.
+
+:func:`gate_new_value` is the per-new-result check (percentage and t-test against the last N),
+as Bencher and Perfherder do; :func:`update_change_points` re-examines only the tail of a series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import special
+
+__all__ = [
+    "ChangePoint",
+    "GateResult",
+    "detect_change_points",
+    "gate_new_value",
+    "spike_mask",
+    "update_change_points",
+]
+
+_EPS = 1e-12
+
+
+@dataclass
+class ChangePoint:
+    """One level change. ``index`` is the first index of the new level."""
+
+    index: int
+    mean_before: float
+    std_before: float
+    mean_after: float
+    std_after: float
+    rel_change: float
+    p_value: float
+    direction: str
+    n_before: int = 0
+    n_after: int = 0
+    effect: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class GateResult:
+    """Outcome of :func:`gate_new_value` for one new value."""
+
+    flagged: bool
+    direction: str | None
+    rel_change: float
+    p_value: float
+    baseline_mean: float
+    baseline_std: float
+    n_baseline: int
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _as_array(values: Sequence[float] | NDArray[np.float64]) -> NDArray[np.float64]:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"detect_change_points: values must be one-dimensional, got shape {arr.shape}")
+    return arr
+
+
+def _welch_p(m1: NDArray, v1: NDArray, n1: NDArray, m2: NDArray, v2: NDArray, n2: NDArray) -> NDArray:
+    """Two-sided Welch t-test p-values from summary statistics (vectorised)."""
+    a = v1 / np.maximum(n1, 1)
+    b = v2 / np.maximum(n2, 1)
+    se2 = a + b
+    diff = np.abs(m2 - m1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = diff / np.sqrt(se2)
+        df = se2**2 / (a**2 / np.maximum(n1 - 1, 1) + b**2 / np.maximum(n2 - 1, 1))
+    df = np.where(np.isfinite(df) & (df > 0), df, np.maximum(n1 + n2 - 2, 1))
+    p = 2.0 * special.stdtr(df, -np.where(np.isfinite(t), t, 0.0))
+    # Two constant segments at different levels: infinitely significant; at the same level: not.
+    p = np.where(se2 <= _EPS, np.where(diff > _EPS, 0.0, 1.0), p)
+    return np.clip(p, 0.0, 1.0)
+
+
+def _direction(delta: float, higher_is_better: bool) -> str:
+    return "improvement" if (delta > 0) == higher_is_better else "regression"
+
+
+def spike_mask(values: Sequence[float] | NDArray[np.float64], *, threshold: float = 5.0,
+               half_window: int = 3, max_run: int = 1) -> NDArray[np.bool_]:
+    """Points that stand alone far from their neighbourhood: True where a spike is.
+
+    A point is a spike when it deviates from the median of its ``half_window`` neighbours on each
+    side (itself excluded) by more than ``threshold`` robust standard deviations of the series'
+    local noise, and no more than ``max_run`` consecutive points do so in the same direction (a
+    longer run is a level change, not a spike)."""
+    x = _as_array(values)
+    n = x.size
+    out = np.zeros(n, dtype=bool)
+    if n < 2 * half_window + 1 or half_window < 1:
+        return out
+    pad = np.pad(x, half_window, mode="reflect")
+    win = np.lib.stride_tricks.sliding_window_view(pad, 2 * half_window + 1)
+    resid = x - np.median(np.delete(win, half_window, axis=1), axis=1)
+    # Local noise from first differences: robust to level shifts (they are one difference each).
+    d = np.diff(x)
+    scale = 1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2.0)
+    if scale <= _EPS:
+        scale = 1.4826 * np.median(np.abs(resid - np.median(resid)))
+    if scale <= _EPS:
+        out = np.abs(resid) > _EPS
+    else:
+        out = np.abs(resid) > threshold * scale
+    if max_run >= 1 and out.any():
+        sign = np.sign(resid) * out
+        # Length of each run of equal nonzero sign: a run longer than max_run is a level, not a spike.
+        change = np.flatnonzero(np.diff(sign) != 0) + 1
+        starts = np.concatenate(([0], change))
+        lengths = np.diff(np.concatenate((starts, [n])))
+        run_len = np.repeat(lengths, lengths)
+        out &= run_len <= max_run
+    return out
+
+
+def _despike(x: NDArray[np.float64], mask: NDArray[np.bool_], half_window: int) -> NDArray[np.float64]:
+    if not mask.any():
+        return x
+    y = x.copy()
+    good = ~mask
+    idx = np.flatnonzero(mask)
+    # Replace each spike by the median of its non-spike neighbours (vectorised over spikes).
+    offs = np.arange(-half_window, half_window + 1)
+    nb = np.clip(idx[:, None] + offs[None, :], 0, x.size - 1)
+    vals = np.where(good[nb], x[nb], np.nan)
+    med = np.nanmedian(np.where(np.all(np.isnan(vals), axis=1)[:, None], x[nb], vals), axis=1)
+    y[idx] = med
+    return y
+
+
+# --------------------------------------------------------------------------------------------
+# E-Divisive core
+
+
+def _window_best_splits(x: NDArray[np.float64], starts: NDArray[np.intp], w: int,
+                        alpha: float = 1.0) -> tuple[NDArray[np.intp], NDArray[np.float64]]:
+    """Best E-Divisive split (tau maximising Q over kappa as well) of every window x[s:s+w].
+
+    Returns (tau as an absolute index, qhat) per window. All windows in one batched computation:
+    2-D prefix sums of the pairwise distance matrix give every block sum in O(1)."""
+    nw = starts.size
+    idx = starts[:, None] + np.arange(w)[None, :]
+    z = x[idx]  # (nw, w)
+    d = np.abs(z[:, :, None] - z[:, None, :])
+    if alpha != 1.0:
+        d = d**alpha
+    p = np.zeros((nw, w + 1, w + 1))
+    p[:, 1:, 1:] = d.cumsum(axis=1).cumsum(axis=2)
+    t = np.arange(w + 1)
+    tau = t[:, None]
+    kap = t[None, :]
+    # Block sums: cross = sum D[0:tau, tau:kap]; within X = sum D[0:tau, 0:tau]; within Y = D[tau:kap, tau:kap].
+    cross = p[:, tau, kap] - p[:, tau, tau]  # rows 0..tau, cols tau..kap (p[:,0,*] is zero)
+    wx = p[:, tau, tau]
+    wy = p[:, kap, kap] - p[:, tau, kap] - p[:, kap, tau] + p[:, tau, tau]
+    n = np.broadcast_to(tau, (w + 1, w + 1)).astype(np.float64)
+    m = (kap - tau).astype(np.float64)
+    valid = (n >= 2) & (m >= 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e = 2.0 * cross / (n * m) - wx / (n * (n - 1)) - wy / (m * (m - 1))
+        q = np.where(valid, (n * m / (n + m)) * e, -np.inf)
+    flat = q.reshape(nw, -1)
+    best = np.argmax(flat, axis=1)
+    qhat = flat[np.arange(nw), best]
+    tau_best = best // (w + 1)
+    return starts + tau_best, qhat
+
+
+def _qhat_series(z: NDArray[np.float64], min_size: int) -> tuple[int, float]:
+    """Best split of one whole series (exact E-Divisive), for the permutation method."""
+    tau, q = _window_best_splits(z, np.array([0]), z.size)
+    return int(tau[0]), float(q[0])
+
+
+# --------------------------------------------------------------------------------------------
+# merge
+
+
+class _Segs:
+    """O(1) segment mean/variance and straight-line fit residuals from prefix sums."""
+
+    def __init__(self, x: NDArray[np.float64]) -> None:
+        i = np.arange(x.size, dtype=np.float64) / max(x.size, 1)
+        self.c1 = np.concatenate(([0.0], np.cumsum(x)))
+        self.c2 = np.concatenate(([0.0], np.cumsum(x * x)))
+        self.ci = np.concatenate(([0.0], np.cumsum(i)))
+        self.cii = np.concatenate(([0.0], np.cumsum(i * i)))
+        self.cix = np.concatenate(([0.0], np.cumsum(i * x)))
+
+    def stats(self, a: NDArray, b: NDArray) -> tuple[NDArray, NDArray, NDArray]:
+        n = (b - a).astype(np.float64)
+        s1 = self.c1[b] - self.c1[a]
+        s2 = self.c2[b] - self.c2[a]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = s1 / n
+            var = np.maximum(s2 - n * mean**2, 0.0) / np.maximum(n - 1, 1)
+        return mean, var, n
+
+    def line_rss(self, a: NDArray, b: NDArray) -> NDArray:
+        """Residual sum of squares of the least-squares line through x[a:b]."""
+        n = (b - a).astype(np.float64)
+        sx = self.c1[b] - self.c1[a]
+        sxx = self.c2[b] - self.c2[a]
+        si = self.ci[b] - self.ci[a]
+        sii = self.cii[b] - self.cii[a]
+        six = self.cix[b] - self.cix[a]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cxx = sxx - sx * sx / n
+            cii = sii - si * si / n
+            cix = six - si * sx / n
+            rss = cxx - np.where(cii > 0, cix * cix / cii, 0.0)
+        return np.maximum(rss, 0.0)
+
+    def jump_given_trend(self, a: NDArray, t: NDArray, b: NDArray) -> tuple[NDArray, NDArray]:
+        """p-value of a jump at t on top of one common straight line through x[a:b] (the t-test of
+        the step coefficient in the regression x ~ 1 + i + [i >= t])."""
+        n = (b - a).astype(np.float64)
+        nd = (b - t).astype(np.float64)
+        si, sid = self.ci[b] - self.ci[a], self.ci[b] - self.ci[t]
+        sii = self.cii[b] - self.cii[a]
+        sx, sdx = self.c1[b] - self.c1[a], self.c1[b] - self.c1[t]
+        six = self.cix[b] - self.cix[a]
+        sxx = self.c2[b] - self.c2[a]
+        xtx = np.stack([np.stack([n, si, nd], -1), np.stack([si, sii, sid], -1), np.stack([nd, sid, nd], -1)], -2)
+        xty = np.stack([sx, six, sdx], -1)
+        xtx = xtx + np.eye(3) * 1e-12
+        beta = np.linalg.solve(xtx, xty[..., None])[..., 0]
+        rss_full = np.maximum(sxx - np.einsum("ki,ki->k", beta, xty), 0.0)
+        rss_lin = self.line_rss(a, b)
+        dof = np.maximum(n - 3, 1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f = (rss_lin - rss_full) / (rss_full / dof)
+        f = np.where(rss_full > _EPS, np.maximum(f, 0.0), np.where(rss_lin > _EPS, np.inf, 0.0))
+        p = 2.0 * special.stdtr(dof, -np.sqrt(f))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            jump = np.abs(beta[:, 2]) / np.sqrt(rss_full / dof)
+        jump = np.where(np.isfinite(jump), jump, np.where(np.abs(beta[:, 2]) > _EPS, np.inf, 0.0))
+        return p, jump
+
+
+def _score(segs: _Segs, cps: NDArray[np.intp], n: int) -> tuple[NDArray, ...]:
+    bounds = np.concatenate(([0], cps, [n]))
+    a, t, b = bounds[:-2], bounds[1:-1], bounds[2:]
+    m1, v1, n1 = segs.stats(a, t)
+    m2, v2, n2 = segs.stats(t, b)
+    p = _welch_p(m1, v1, n1, m2, v2, n2)
+    pooled = np.sqrt((v1 * np.maximum(n1 - 1, 0) + v2 * np.maximum(n2 - 1, 0)) / np.maximum(n1 + n2 - 2, 1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        effect = np.abs(m2 - m1) / pooled
+        rel = np.where(np.abs(m1) > _EPS, (m2 - m1) / np.abs(m1), np.where(np.abs(m2 - m1) > _EPS, np.inf, 0.0))
+    effect = np.where(np.isfinite(effect), effect, np.where(np.abs(m2 - m1) > _EPS, np.inf, 0.0))
+    # A step explains the two segments better than one straight line through both? On a steady
+    # trend every split looks "significant" to a t-test; this ratio is what tells a trend from a step.
+    jump_p, jump_effect = segs.jump_given_trend(a, t, b)
+    return p, effect, rel, m1, v1, n1, m2, v2, n2, jump_p, jump_effect
+
+
+def _merge(x: NDArray[np.float64], cands: NDArray[np.intp], *, max_pvalue: float, min_effect: float,
+           min_magnitude: float, min_size: int, max_trend_pvalue: float,
+           min_jump_effect: float, raw: NDArray[np.float64] | None = None) -> NDArray[np.intp]:
+    n = x.size
+    segs = _Segs(x)
+    raw_segs = _Segs(raw) if raw is not None and min_magnitude > 0 else None
+    cps = np.unique(cands)
+    cps = cps[(cps >= min_size) & (cps <= n - min_size)]
+    while cps.size:
+        p, effect, rel, _m1, _v1, n1, _m2, _v2, n2, jp, je = _score(segs, cps, n)
+        if raw_segs is not None:
+            # Relative change only means something in the caller's units, not the standardised ones.
+            rel = _score(raw_segs, cps, n)[2]
+        short = np.minimum(n1, n2) < min_size
+        weak = short | (p > max_pvalue) | (effect < min_effect) | (np.abs(rel) < min_magnitude)
+        weak |= (jp > max_trend_pvalue) | (je < min_jump_effect)
+        if not weak.any():
+            break
+        # Drop the weakest offender: short segments first, then the highest p-value, then the
+        # smallest effect. Its neighbours' statistics change, so rescore before the next drop.
+        key = np.where(short, 10.0, 0.0) + p - np.minimum(effect, 1e6) * 1e-9
+        key = np.where(weak, key, -np.inf)
+        cps = np.delete(cps, int(np.argmax(key)))
+    return cps
+
+
+def _build(x: NDArray[np.float64], cps: NDArray[np.intp], higher_is_better: bool) -> list[ChangePoint]:
+    if cps.size == 0:
+        return []
+    p, effect, rel, m1, v1, n1, m2, v2, n2, _jp, _je = _score(_Segs(x), cps, x.size)
+    out = []
+    for i, c in enumerate(cps.tolist()):
+        out.append(ChangePoint(
+            index=int(c), mean_before=float(m1[i]), std_before=float(np.sqrt(v1[i])), mean_after=float(m2[i]),
+            std_after=float(np.sqrt(v2[i])), rel_change=float(rel[i]), p_value=float(p[i]),
+            direction=_direction(float(m2[i] - m1[i]), higher_is_better), n_before=int(n1[i]),
+            n_after=int(n2[i]), effect=float(effect[i]),
+        ))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+
+DEFAULTS: dict[str, Any] = {
+    "window": 48,
+    "max_pvalue": 0.001,
+    "min_effect": 0.5,
+    "min_magnitude": 0.0,
+    "min_size": 3,
+    "max_trend_pvalue": 1e-6,
+    "min_jump_effect": 1.0,
+    "spike_threshold": 5.0,
+    "spike_half_window": 3,
+}
+
+
+def _edivisive_candidates(x: NDArray[np.float64], window: int, min_size: int) -> NDArray[np.intp]:
+    n = x.size
+    w = min(window, n)
+    if w < 2 * max(min_size, 2):
+        return np.empty(0, dtype=np.intp)
+    step = max(w // 4, 1)
+    starts = np.arange(0, n - w + 1, step)
+    if starts[-1] != n - w:
+        starts = np.append(starts, n - w)
+    taus, _q = _window_best_splits(x, starts.astype(np.intp), w)
+    return np.unique(taus)
+
+
+def detect_change_points(values: Sequence[float] | NDArray[np.float64], *, method: str = "edivisive",
+                         higher_is_better: bool = True, window: int | None = None,
+                         max_pvalue: float | None = None, min_effect: float | None = None,
+                         min_magnitude: float | None = None, min_size: int | None = None,
+                         spike_threshold: float | None = None, max_trend_pvalue: float | None = None,
+                         min_jump_effect: float | None = None,
+                         permutations: int = 199, seed: int = 0,
+                         ) -> list[ChangePoint]:
+    """Change points of a series in time order; see the module docstring for the methods.
+
+    ``min_magnitude`` is a minimum relative change (0.05 = 5 %); ``min_effect`` a minimum
+    standardised change (|mean difference| / pooled std); ``spike_threshold`` (robust z) controls
+    the spike filter (``0`` disables it)."""
+    x = _as_array(values)
+    if not np.all(np.isfinite(x)):
+        raise ValueError("detect_change_points: values contain NaN or infinity; drop or fill them first")
+    opt = dict(DEFAULTS)
+    for k, v in (("window", window), ("max_pvalue", max_pvalue), ("min_effect", min_effect),
+                 ("min_magnitude", min_magnitude), ("min_size", min_size), ("spike_threshold", spike_threshold),
+                 ("max_trend_pvalue", max_trend_pvalue), ("min_jump_effect", min_jump_effect)):
+        if v is not None:
+            opt[k] = v
+    ms = int(opt["min_size"])
+    if x.size < 2 * ms:
+        return []
+    if opt["spike_threshold"]:
+        mask = spike_mask(x, threshold=float(opt["spike_threshold"]), half_window=int(opt["spike_half_window"]))
+        xc = _despike(x, mask, int(opt["spike_half_window"]))
+    else:
+        xc = x
+    # Detection is scale-free; standardising keeps the prefix sums of squares well conditioned.
+    scale = float(np.std(xc))
+    xc = (xc - float(np.median(xc))) / (scale if scale > _EPS else 1.0)
+    if method == "edivisive":
+        cands = _edivisive_candidates(xc, int(opt["window"]), ms)
+    elif method == "permutation":
+        cands = _permutation_candidates(xc, ms, float(opt["max_pvalue"]), permutations, seed)
+    else:
+        raise ValueError(f"detect_change_points: unknown method {method!r} (use 'edivisive' or 'permutation')")
+    cps = _merge(xc, cands, max_pvalue=float(opt["max_pvalue"]), min_effect=float(opt["min_effect"]),
+                 min_magnitude=float(opt["min_magnitude"]), min_size=ms,
+                 max_trend_pvalue=float(opt["max_trend_pvalue"]),
+                 min_jump_effect=float(opt["min_jump_effect"]), raw=x)
+    cps = _refine(x, cps, 1)
+    # Report statistics on the raw values (what the user sees).
+    return _build(x, cps, higher_is_better)
+
+
+def _refine(x: NDArray[np.float64], cps: NDArray[np.intp], reach: int) -> NDArray[np.intp]:
+    """Move each change point by up to ``reach`` to where the raw series splits best.
+
+    The spike filter can pull the first point of a new level half-way back (its neighbourhood
+    median straddles the step), which would put the change one point late."""
+    if cps.size == 0:
+        return cps
+    n = x.size
+    segs = _Segs(x)
+    bounds = np.concatenate(([0], cps, [n]))
+    offs = np.arange(-reach, reach + 1)
+    a = bounds[:-2, None]
+    b = bounds[2:, None]
+    t = np.clip(cps[:, None] + offs[None, :], a + 1, b - 1)
+    m1, _v1, n1 = segs.stats(np.broadcast_to(a, t.shape), t)
+    m2, _v2, n2 = segs.stats(t, np.broadcast_to(b, t.shape))
+    score = np.abs(m2 - m1) * np.sqrt(n1 * n2 / (n1 + n2))
+    best = t[np.arange(cps.size), np.argmax(score, axis=1)]
+    return np.unique(best)
+
+
+def _permutation_candidates(x: NDArray[np.float64], min_size: int, max_pvalue: float, permutations: int,
+                            seed: int) -> NDArray[np.intp]:
+    """Exact E-Divisive: recursive bisection, each split tested against `permutations` shuffles
+    of its segment (seeded, so a given series always gives the same answer)."""
+    rng = np.random.default_rng(seed)
+    alpha = max(max_pvalue, 1.0 / (permutations + 1)) if permutations else max_pvalue
+    found: list[int] = []
+    pending = [(0, x.size)]
+    while pending:
+        a, b = pending.pop()
+        seg = x[a:b]
+        if seg.size < 2 * max(min_size, 2):
+            continue
+        tau, q = _qhat_series(seg, min_size)
+        # Batch all permutations into one stacked computation.
+        perm = np.argsort(rng.random((permutations, seg.size)), axis=1)
+        shuffled = seg[perm]
+        qs = np.array([_qhat_series(row, min_size)[1] for row in shuffled])
+        p = (1 + np.count_nonzero(qs >= q)) / (permutations + 1)
+        if p <= alpha and min_size <= tau <= seg.size - min_size:
+            found.append(a + tau)
+            pending.append((a, a + tau))
+            pending.append((a + tau, b))
+    return np.array(sorted(found), dtype=np.intp)
+
+
+def update_change_points(values: Sequence[float] | NDArray[np.float64], previous: Sequence[ChangePoint],
+                         *, tail: int | None = None, **options: Any) -> list[ChangePoint]:
+    """Change points after new values were appended, re-examining only the tail.
+
+    Change points before the tail are kept as they were (their after-statistics are refreshed only
+    for the last one, whose segment the new values extend); the tail starts at the last previous
+    change point that lies before ``len(values) - tail`` (default: two windows), so a level that is
+    still forming is judged with its full context."""
+    x = _as_array(values)
+    window = int(options.get("window") or DEFAULTS["window"])
+    tail = 2 * window if tail is None else int(tail)
+    cut = max(x.size - tail, 0)
+    keep = [cp for cp in previous if cp.index < cut]
+    start = keep[-1].index if keep else 0
+    if start == 0:
+        return detect_change_points(x, **options)
+    sub = detect_change_points(x[start:], **options)
+    shifted = [cp.index + start for cp in sub if cp.index + start > start]
+    cps = np.array([cp.index for cp in keep] + shifted, dtype=np.intp)
+    return _build(x, cps, bool(options.get("higher_is_better", True)))
+
+
+def gate_new_value(history: Sequence[float] | NDArray[np.float64], value: float, *, last_n: int = 30,
+                   max_pct: float = 0.05, max_pvalue: float = 0.01, higher_is_better: bool = True,
+                   min_history: int = 5) -> GateResult:
+    """Is ``value`` a regression (or an improvement) against the last ``last_n`` values?
+
+    Flags when both the percentage change exceeds ``max_pct`` and a one-sample t-test of the new
+    value against the baseline's mean (prediction interval form) gives p <= ``max_pvalue``."""
+    h = _as_array(history)[-last_n:]
+    v = float(value)
+    if h.size < min_history:
+        return GateResult(False, None, 0.0, 1.0, float(h.mean()) if h.size else float("nan"),
+                          float(h.std(ddof=1)) if h.size > 1 else 0.0, int(h.size), "not enough history")
+    mean = float(h.mean())
+    std = float(h.std(ddof=1))
+    rel = (v - mean) / abs(mean) if abs(mean) > _EPS else (0.0 if abs(v - mean) <= _EPS else float("inf"))
+    # Prediction-interval t statistic: the new value's spread is one observation's, not a mean's.
+    se = std * np.sqrt(1.0 + 1.0 / h.size)
+    if se <= _EPS:
+        p = 0.0 if abs(v - mean) > _EPS else 1.0
+    else:
+        p = float(2.0 * special.stdtr(h.size - 1, -abs(v - mean) / se))
+    flagged = abs(rel) > max_pct and p <= max_pvalue
+    direction = _direction(v - mean, higher_is_better) if flagged else None
+    reason = (f"{rel:+.1%} vs mean of last {h.size}, p={p:.2g}" if flagged
+              else "within tolerance")
+    return GateResult(flagged, direction, float(rel), p, mean, std, int(h.size), reason)

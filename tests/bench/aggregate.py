@@ -1,0 +1,104 @@
+"""Aggregator speed: 1,000,000 results in 200 groups.
+
+Goals: summary statistics <= 300 ms once loaded; loading from SQLite <= 1.5 s; change-point scan of
+1,000 series x 500 points <= 5 s; one incremental update (ingest of one result) <= 20 ms.
+
+    .venv/bin/python tests/bench/aggregate.py [--results 1000000] [--groups 200] [--repeat 5]
+
+Last line of output: one JSON object (medians of --repeat runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from dtf_gui.coordinator.aggregator import ResultAggregator, detect_change_points, summarize
+from dtf_gui.coordinator.store import Store
+
+
+def build_db(path: Path, n: int, groups: int) -> None:
+    st = Store(path)
+    rng = np.random.default_rng(0)
+    g = rng.integers(0, groups, n)
+    v = 100.0 + g + rng.standard_normal(n)
+    ts = np.sort(rng.uniform(0, 86400 * 30, n))
+    conn = st.conn
+    conn.execute("BEGIN")
+    conn.executemany(
+        "INSERT INTO results (result_id, task_id, worker_id, test_id, timestamp, status) VALUES (?,?,?,?,?,?)",
+        ((f"r{i}", f"t{i}", "w1", f"test{gi}", t, "completed") for i, (gi, t) in enumerate(zip(g.tolist(), ts.tolist(), strict=True))),
+    )
+    conn.executemany("INSERT INTO metrics (result_id, name, value) VALUES (?,?,?)",
+                     ((f"r{i}", "throughput", x) for i, x in enumerate(v.tolist())))
+    conn.execute("COMMIT")
+    st.close()
+
+
+def timed(fn: object, repeat: int) -> tuple[float, object]:
+    times = []
+    out = None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()  # type: ignore[operator]
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", type=int, default=1_000_000)
+    ap.add_argument("--groups", type=int, default=200)
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "bench.sqlite"
+        t0 = time.perf_counter()
+        build_db(db, args.results, args.groups)
+        build_s = time.perf_counter() - t0
+        agg = ResultAggregator(db, cache_ttl=0.0)
+        load_s, loaded = timed(lambda: agg.load_groups(), args.repeat)
+        keys, names, arrays = loaded  # type: ignore[misc]
+        assert sum(a.size for a in arrays) == args.results, "load lost rows"
+        stats_s, basic = timed(lambda: summarize(keys, names, arrays), args.repeat)
+        assert len(basic) == args.groups  # type: ignore[arg-type]
+        agg.close()
+
+    rng = np.random.default_rng(1)
+    series = 100 * (1 + 0.03 * rng.standard_normal((1000, 500)))
+    series[::3, 250:] *= 1.05
+    scan_s, found = timed(lambda: sum(len(detect_change_points(s)) for s in series), max(1, args.repeat // 2))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        inc = ResultAggregator(Path(tmp) / "none.sqlite")
+        hist = 100 * (1 + 0.03 * rng.standard_normal(1000))
+        inc.ingest([{"result_id": f"h{i}", "test_id": "t", "worker_id": "w", "metrics": {"throughput": float(x)}}
+                    for i, x in enumerate(hist)])
+        times = []
+        for i in range(50):
+            r = {"result_id": f"n{i}", "test_id": "t", "worker_id": "w", "metrics": {"throughput": 100.0}}
+            t0 = time.perf_counter()
+            inc.ingest([r])
+            times.append(time.perf_counter() - t0)
+        inc_s = statistics.median(times)
+
+    print(json.dumps({
+        "results": args.results, "groups": args.groups, "build_db_s": round(build_s, 2),
+        "load_s": round(load_s, 3), "load_goal_s": 1.5,
+        "stats_ms": round(stats_s * 1000, 1), "stats_goal_ms": 300,
+        "changepoint_scan_s": round(scan_s, 3), "changepoint_scan_goal_s": 5.0, "change_points_found": found,
+        "incremental_ms": round(inc_s * 1000, 2), "incremental_goal_ms": 20,
+    }))
+
+
+if __name__ == "__main__":
+    main()
