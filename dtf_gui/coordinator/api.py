@@ -190,7 +190,7 @@ class ClientApi:
         if a.worker_id:
             where.append("worker_id=?")
             params.append(a.worker_id)
-        sql = ("WHERE " + " AND ".join(where) if where else "") + " ORDER BY create_time DESC, rowid DESC LIMIT ?"
+        sql = ("WHERE " + " AND ".join(where) if where else "") + " ORDER BY create_time DESC, task_id LIMIT ?"
         params.append(max(1, min(a.limit, MAX_LIST)))
         return self.c.store.load_tasks(sql, params)
 

@@ -13,6 +13,7 @@ out the instructions it returns. The store is written only here, in batches.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import os
@@ -98,6 +99,9 @@ class Coordinator:
         self.sched = sch.Scheduler(sch.SchedulerConfig(retry_limit=settings.retry_limit))
         self.api = ClientApi(self)
         self._assign_out: dict[str, list[p.TaskSpec]] = {}
+        self._assign_tasks: list[dict[str, Any]] = []
+        # Round trips (task sent -> result held) of the most recent tasks, in seconds.
+        self._latency: collections.deque[float] = collections.deque(maxlen=20_000)
         self._acks_out: dict[bytes, list[str]] = {}
         self._ev_tasks: dict[str, dict[str, Any]] = {}
         self._ev_workers: dict[str, dict[str, Any]] = {}
@@ -187,7 +191,10 @@ class Coordinator:
         self.agents = make_socket(self.ctx, zmq.ROUTER, max_message_size=s.max_message_size)
         self.agents.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted agent takes its id back at once
         self.clients = make_socket(self.ctx, zmq.ROUTER, max_message_size=s.max_message_size)
-        self.pub = make_socket(self.ctx, zmq.PUB, max_message_size=s.max_message_size)
+        # XPUB rather than PUB: it tells us when someone subscribes, so per-task events are only
+        # built while somebody (a subscriber or the window) is listening.
+        self.pub = make_socket(self.ctx, zmq.XPUB, max_message_size=s.max_message_size)
+        self.subscribers = 0
         self.ports = {
             "agents": bind(self.agents, s.host, s.agent_port),
             "clients": bind(self.clients, s.host, s.client_port),
@@ -215,9 +222,10 @@ class Coordinator:
         rows = self.store.load_tasks("WHERE status NOT IN ('completed','failed','cancelled')")
         events = []
         for row in rows:
+            row["_stored"] = True
             task = self.tasks.add_from_row(row)
             if task["status"] != "pending":
-                task["status"] = "pending"
+                self.tasks.set_status(task, "pending")
                 task["worker_id"] = None
                 task["status_reason"] = "requeued after a coordinator restart"
                 self.store.put_task(task)
@@ -234,6 +242,7 @@ class Coordinator:
         poller = zmq.Poller()
         poller.register(self.agents, zmq.POLLIN)
         poller.register(self.clients, zmq.POLLIN)
+        poller.register(self.pub, zmq.POLLIN)
         now = time.monotonic()
         self._next_events = now + self.s.event_interval
         self._next_health = now + 1.0
@@ -246,8 +255,10 @@ class Coordinator:
                 try:
                     if sock is self.agents:
                         self._drain_agents()
-                    else:
+                    elif sock is self.clients:
                         self._drain_clients()
+                    else:
+                        self._drain_subscriptions()
                 except Exception:
                     self.counters.loop_errors += 1
                     log.exception("coordinator: error while handling messages (loop continues)")
@@ -387,6 +398,8 @@ class Coordinator:
         if w is None:
             return
         now = time.time()
+        held = time.perf_counter()
+        latency = self._latency
         acks = self._acks_out.setdefault(identity, [])
         events = []
         store = self.store
@@ -411,6 +424,9 @@ class Coordinator:
                 "metadata": None, "attempt": rec.attempt,
             })
             self.counters.results_stored += 1
+            sent = task.get("_sent")
+            if sent is not None:
+                latency.append(held - sent)
             task["results"] = rec.result_id
             task["start_time"] = task["start_time"] or rec.start_time
             task["end_time"] = rec.end_time or now
@@ -482,6 +498,7 @@ class Coordinator:
         self._assign_out.setdefault(ins.worker_id, []).append(
             p.TaskSpec(task_id=task["task_id"], type=task["type"], parameters=task["_parameters"],
                        timeout=task["timeout"], attempt=ins.attempt))
+        self._assign_tasks.append(task)
         self.counters.tasks_dispatched += 1
 
     def _do_status(self, ins: Any) -> None:
@@ -489,7 +506,7 @@ class Coordinator:
         if task is None:
             return
         status = ins.status
-        task["status"] = status
+        self.tasks.set_status(task, status)
         task["status_reason"] = ins.reason or None
         if ins.worker_id is not None:
             task["worker_id"] = ins.worker_id
@@ -505,7 +522,8 @@ class Coordinator:
             if status != "completed":
                 self.store.put_event(f"task_{status}", ins.task_id, {"reason": ins.reason})
         self.store.put_task(task)
-        self._ev_tasks[ins.task_id] = task
+        if self.listening:
+            self._ev_tasks[ins.task_id] = task
         if status in p.TERMINAL_STATUSES:
             self.tasks.finished(ins.task_id)
 
@@ -524,6 +542,10 @@ class Coordinator:
                 if w is not None:
                     self._send_agent(w.identity, p.Assign(tasks=specs))
             self._assign_out = {}
+            sent = time.perf_counter()
+            for task in self._assign_tasks:
+                task["_sent"] = sent
+            self._assign_tasks = []
         if self._acks_out:
             for identity, rids in self._acks_out.items():
                 if rids:
@@ -594,6 +616,21 @@ class Coordinator:
 
     # -- events -----------------------------------------------------------------------------------
 
+    @property
+    def listening(self) -> bool:
+        return bool(self.sinks) or self.subscribers > 0
+
+    def _drain_subscriptions(self) -> None:
+        while True:
+            try:
+                msg = self.pub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if msg[:1] == b"\x01":
+                self.subscribers += 1
+            elif msg[:1] == b"\x00":
+                self.subscribers = max(0, self.subscribers - 1)
+
     def _worker_event(self, w: WorkerRec) -> dict[str, Any]:
         r = w.row
         return {
@@ -613,8 +650,16 @@ class Coordinator:
             "workers_known": len(self.workers),
             "tasks": counts,
             "counters": dataclasses.asdict(self.counters),
+            "dispatch_latency_us": self._latency_summary(),
             "ports": dict(self.ports),
         }
+
+    def _latency_summary(self) -> dict[str, float]:
+        if not self._latency:
+            return {"p50": 0.0, "p99": 0.0, "n": 0}
+        xs = sorted(self._latency)
+        n = len(xs)
+        return {"p50": xs[n // 2] * 1e6, "p99": xs[min(n - 1, int(n * 0.99))] * 1e6, "n": n}
 
     def _emit_events(self) -> None:
         now = time.time()

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import sqlite_utils
 
 SCHEMA_VERSION = 1
@@ -50,6 +51,10 @@ TASK_COLUMNS: tuple[str, ...] = (
 # rarely change), so a flush is one itemgetter call per task, not a json.dumps per column.
 _JSON_TASK_COLUMNS = frozenset({"parameters", "dependencies", "requirements", "metadata"})
 _task_row = operator.itemgetter(*TASK_COLUMNS)
+TASK_MUTABLE_COLUMNS: tuple[str, ...] = (
+    "status", "priority", "start_time", "end_time", "worker_id", "results", "error", "attempt", "status_reason",
+)
+_task_update_row = operator.itemgetter(*TASK_MUTABLE_COLUMNS, "task_id")
 
 RESULT_COLUMNS: tuple[str, ...] = (
     "result_id",
@@ -89,16 +94,14 @@ _JSON_WORKER_COLUMNS = frozenset({"capabilities", "tags", "current_task", "perfo
 
 
 def _migration_1(db: sqlite_utils.Database) -> None:
-    db["tasks"].create(
-        {
-            "task_id": str, "type": str, "status": str, "priority": int, "create_time": float,
-            "start_time": float, "end_time": float, "worker_id": str, "parameters": str,
-            "dependencies": str, "requirements": str, "results": str, "error": str, "metadata": str,
-            "timeout": float, "attempt": int, "test_id": str, "status_reason": str,
-        },
-        pk="task_id",
+    # WITHOUT ROWID: tasks are found by their text id on every update, so the table is its own index.
+    db.execute(
+        "CREATE TABLE tasks (task_id TEXT PRIMARY KEY, type TEXT, status TEXT, priority INTEGER, "
+        "create_time FLOAT, start_time FLOAT, end_time FLOAT, worker_id TEXT, parameters TEXT, "
+        "dependencies TEXT, requirements TEXT, results TEXT, error TEXT, metadata TEXT, timeout FLOAT, "
+        "attempt INTEGER, test_id TEXT, status_reason TEXT) WITHOUT ROWID"
     )
-    db["tasks"].create_index(["status"])
+    # No index on status: it changes on every transition, and the active tasks are in memory.
     db["workers"].create(
         {
             "worker_id": str, "hostname": str, "status": str, "hardware_id": str, "capabilities": str,
@@ -128,11 +131,21 @@ def _migration_1(db: sqlite_utils.Database) -> None:
 # Each entry upgrades the schema from version i to i+1. Append, never edit a released one.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1]
 
+# The metrics of a result whose result_id is already stored are skipped like the result row
+# itself (INSERT OR IGNORE): a resent result must not double its metrics in the long table,
+# which aggregation sums over.
+_METRIC_SQL = ("INSERT INTO metrics (result_id, name, value) SELECT ?1, ?2, ?3 "
+               "WHERE NOT EXISTS (SELECT 1 FROM metrics WHERE result_id=?1 AND name=?2)")
+
+
+_json_encode = msgspec.json.Encoder(enc_hook=str).encode
+
 
 def _dumps(value: Any) -> str | None:
-    if value is None:
+    """JSON text for a column; None and empty containers are stored as NULL."""
+    if value is None or value == {} or value == []:
         return None
-    return json.dumps(value, separators=(",", ":"), default=str)
+    return _json_encode(value).decode()
 
 
 def _loads(value: str | None) -> Any:
@@ -145,6 +158,10 @@ def _tune(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=5000")
+    # Fewer, larger checkpoints: the writer thread pays for each one.
+    conn.execute("PRAGMA wal_autocheckpoint=8000")
+    conn.execute("PRAGMA cache_size=-65536")
+    conn.execute("PRAGMA temp_store=MEMORY")
 
 
 def migrate(conn: sqlite3.Connection) -> int:
@@ -157,9 +174,17 @@ def migrate(conn: sqlite3.Connection) -> int:
         )
     db = sqlite_utils.Database(conn)
     for version in range(found, SCHEMA_VERSION):
-        with conn:
+        # An explicit transaction: ``with conn:`` wraps nothing on an autocommit connection (the
+        # Store's) and never wraps DDL, so a migration failing halfway used to leave a schema the
+        # next start could not migrate again. SQLite's DDL is transactional; use it.
+        conn.execute("BEGIN")
+        try:
             MIGRATIONS[version](db)
             conn.execute(f"PRAGMA user_version={version + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
     return found
 
 
@@ -224,6 +249,10 @@ class Store:
         marks = ",".join("?" * len(TASK_COLUMNS))
         updates = ",".join(f"{c}=excluded.{c}" for c in TASK_COLUMNS[1:])
         self._task_sql = f"INSERT INTO tasks ({cols}) VALUES ({marks}) ON CONFLICT(task_id) DO UPDATE SET {updates}"
+        # A task already written once only changes these columns afterwards: a narrow UPDATE.
+        self._task_update_sql = (
+            f"UPDATE tasks SET {', '.join(f'{c}=?' for c in TASK_MUTABLE_COLUMNS)} WHERE task_id=?"
+        )
         wcols = ",".join(WORKER_COLUMNS)
         wmarks = ",".join("?" * len(WORKER_COLUMNS))
         wupdates = ",".join(f"{c}=excluded.{c}" for c in WORKER_COLUMNS[1:] if c != "first_seen")
@@ -300,19 +329,26 @@ class Store:
         conn.execute("BEGIN")
         try:
             if self._tasks:
-                conn.executemany(self._task_sql, map(_task_row, self._tasks.values()))
+                fresh = [t for t in self._tasks.values() if not t.get("_stored")]
+                known = [t for t in self._tasks.values() if t.get("_stored")]
+                if fresh:
+                    conn.executemany(self._task_sql, map(_task_row, fresh))
+                if known:
+                    conn.executemany(self._task_update_sql, map(_task_update_row, known))
             if self._workers:
                 conn.executemany(self._worker_sql, self._workers.values())
             if self._results:
                 conn.executemany(self._result_sql, self._results)
             if self._metrics:
-                conn.executemany("INSERT INTO metrics (result_id, name, value) VALUES (?,?,?)", self._metrics)
+                conn.executemany(_METRIC_SQL, self._metrics)
             if self._events:
                 conn.executemany("INSERT INTO events (time, kind, subject, data) VALUES (?,?,?,?)", self._events)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        for t in self._tasks.values():
+            t["_stored"] = True
         self._tasks.clear()
         self._workers.clear()
         self._results.clear()
