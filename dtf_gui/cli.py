@@ -23,6 +23,7 @@ from dtf_agent.config import ConfigError
 from dtf_agent.paths import dtf_home, read_coordinator_file, remove_coordinator_file, write_coordinator_file
 from dtf_gui.client import Client, ClientError
 from dtf_gui.coordinator.config import CoordinatorConfig, load_coordinator_config
+from dtf_gui.coordinator.scheduler import SchedulerConfig
 from dtf_gui.coordinator.server import Coordinator, ServerSettings
 
 log = logging.getLogger("dtf")
@@ -42,8 +43,20 @@ def settings_from_config(cfg: CoordinatorConfig, home: Path, args: argparse.Name
         db_path=db, heartbeat_interval=cfg.health_monitor.heartbeat_interval,
         heartbeat_timeout=cfg.health_monitor.heartbeat_timeout, event_interval=cfg.server.event_interval,
         flush_interval=cfg.database.flush_interval, batch_size=cfg.database.batch_size,
-        retry_limit=cfg.task_scheduler.retry_limit, default_priority=cfg.task_scheduler.default_priority,
+        scheduler=scheduler_config(cfg),
         max_message_size=cfg.server.max_message_size,
+        anomaly_threshold=cfg.result_aggregator.anomaly_threshold, cache_ttl=cfg.result_aggregator.cache_ttl,
+        comparative_lookback_days=cfg.result_aggregator.comparative_lookback_days,
+    )
+
+
+def scheduler_config(cfg: CoordinatorConfig) -> SchedulerConfig:
+    ts, lb = cfg.task_scheduler, cfg.load_balancer
+    return SchedulerConfig(
+        default_priority=ts.default_priority, max_queue_size=ts.max_queue_size, retry_limit=ts.retry_limit,
+        retry_backoff_base=ts.retry_backoff_base, retry_backoff_max=ts.retry_backoff_max, lost_limit=ts.lost_limit,
+        dependency_failure=ts.dependency_failure, aging_interval=ts.aging_interval, strategy=lb.strategy,
+        worker_cap=lb.worker_cap, task_cap_per_worker=lb.task_cap_per_worker,
     )
 
 
@@ -255,6 +268,36 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """The aggregator's three queries: statistics by group, anomalies, and a comparison report."""
+    query: dict[str, Any] = {"result_type": args.result_type, "aggregation_level": args.by}
+    if args.metric:
+        query["filter_params"] = {"metric": args.metric}
+    if args.since_hours:
+        now = time.time()
+        query["time_range"] = [now - args.since_hours * 3600, now]
+    op = {"stats": "aggregate_results", "anomalies": "get_result_anomalies",
+          "compare": "get_comparison_report"}[args.what]
+    with _client(args) as c:
+        data = c.call(op, query, timeout=max(args.timeout_s, 120))
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+        return 0
+    if args.what == "stats":
+        rows = [{"group": g, "metric": m, **st} for g, ms in data["basic_statistics"].items() for m, st in ms.items()]
+        _print_table(rows, ["group", "metric", "count", "mean", "median", "std", "p95", "min", "max", "cv"])
+    elif args.what == "anomalies":
+        _print_table(data, ["result_id", "metric", "value", "score", "expected_low", "expected_high"])
+    else:
+        rows = [{"group": g, "metric": m, **v} for g, ms in (data.get("comparisons") or {}).items()
+                for m, v in ms.items()] if isinstance(data.get("comparisons"), dict) else data.get("rows", [])
+        if rows:
+            _print_table(rows, sorted({k for r in rows for k in r})[:10])
+        else:
+            print(json.dumps(data, indent=2, default=str))
+    return 0
+
+
 def dtf_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="dtf", description="DTF coordinator, headless.")
     ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -296,6 +339,14 @@ def dtf_parser() -> argparse.ArgumentParser:
     sp.add_argument("--task", help="only this task's results")
     sp.add_argument("--limit", type=int, default=10_000)
     sp.add_argument("--output", "-o", help="file to write (default: stdout)")
+    sp = client_cmd("analyze", cmd_analyze, "statistics, anomalies and comparisons of results")
+    sp.add_argument("what", nargs="?", default="stats", choices=["stats", "anomalies", "compare"])
+    sp.add_argument("--by", default="test_id",
+                    help="group by: test_id, worker_id, hardware_id, type, or a parameter/metadata key; a,b for several")
+    sp.add_argument("--metric", help="only this metric")
+    sp.add_argument("--result-type", default="performance", choices=["performance", "execution", "all"])
+    sp.add_argument("--since-hours", type=float, help="only results of the last N hours")
+    sp.add_argument("--json", action="store_true")
     sp = client_cmd("cancel", cmd_cancel, "cancel tasks")
     sp.add_argument("task_ids", nargs="+")
     return ap

@@ -35,6 +35,20 @@ class _Args(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pass
 
 
+class RequirementArgs(_Args):
+    """What a worker must offer (all optional): tags it has, a hardware kind, memory, GPUs, OS, a
+    named worker or group. A misspelt key is refused rather than silently ignored."""
+
+    tags: list[str] = msgspec.field(default_factory=list)
+    hardware: str | None = None
+    min_memory_gb: float = 0.0
+    gpu_count: int = 0
+    gpu_memory_gb: float = 0.0
+    os: str | None = None
+    worker: str | None = None
+    group: str | None = None
+
+
 class CreateTask(_Args):
     type: str = "command"
     command: str | list[str] | None = None
@@ -42,11 +56,13 @@ class CreateTask(_Args):
     priority: int | None = None
     timeout: float | None = None
     dependencies: list[str] = msgspec.field(default_factory=list)
-    requirements: dict[str, Any] = msgspec.field(default_factory=dict)
+    requirements: RequirementArgs | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     task_id: str | None = None
     retry_limit: int | None = None
     test_id: str = ""
+    cpu_slots: int = 1
+    expected_duration: float | None = None
 
 
 class CreateTasks(_Args):
@@ -77,6 +93,25 @@ class NoArgs(_Args):
     pass
 
 
+class Analysis(_Args):
+    """The seed's aggregator calls: aggregate_results, get_result_anomalies, get_comparison_report."""
+
+    result_type: str = "performance"
+    aggregation_level: str | list[str] = "test_id"
+    filter_params: dict[str, Any] | None = None
+    time_range: tuple[float, float] | None = None
+    threshold: float | None = None
+    lookback_days: float | None = None
+
+
+class Deferred(msgspec.Struct):
+    """A request answered later, off the coordinator loop (see Coordinator._defer)."""
+
+    req_id: int
+    op: str
+    fn: Callable[[], Any]
+
+
 class ClientApi:
     def __init__(self, coordinator: Coordinator) -> None:
         self.c = coordinator
@@ -92,20 +127,28 @@ class ClientApi:
             "list_results": (ListResults, self.list_results),
             "get_status": (NoArgs, self.get_status),
         }
+        # Read-only analysis over possibly millions of rows: run on the analysis thread.
+        self.deferred_ops: dict[str, tuple[type[_Args], Callable[[Any], Any]]] = {
+            "aggregate_results": (Analysis, self.aggregate_results),
+            "get_result_anomalies": (Analysis, self.get_result_anomalies),
+            "get_comparison_report": (Analysis, self.get_comparison_report),
+        }
 
-    def handle(self, req: p.Request) -> p.Reply:
+    def handle(self, req: p.Request) -> p.Reply | Deferred:
         problem = p.version_problem(req.protocol_version)
         if problem:
             return p.Reply(req_id=req.req_id, ok=False, error=problem)
-        entry = self.ops.get(req.op)
+        entry = self.ops.get(req.op) or self.deferred_ops.get(req.op)
         if entry is None:
-            return p.Reply(req_id=req.req_id, ok=False,
-                           error=f"unknown operation {req.op!r}; known: {', '.join(sorted(self.ops))}")
+            known = ", ".join(sorted([*self.ops, *self.deferred_ops]))
+            return p.Reply(req_id=req.req_id, ok=False, error=f"unknown operation {req.op!r}; known: {known}")
         schema, fn = entry
         try:
             args = msgspec.convert(req.args, schema, strict=False)
         except msgspec.ValidationError as exc:
             return p.Reply(req_id=req.req_id, ok=False, error=f"{req.op}: invalid arguments: {exc}")
+        if req.op in self.deferred_ops:
+            return Deferred(req.req_id, req.op, lambda: fn(args))
         try:
             return p.Reply(req_id=req.req_id, data=fn(args))
         except ApiError as exc:
@@ -131,13 +174,20 @@ class ClientApi:
             raise ApiError(f"timeout must be positive, got {a.timeout}")
         if a.retry_limit is not None and a.retry_limit < 0:
             raise ApiError(f"retry_limit must be 0 or more, got {a.retry_limit}")
+        if a.cpu_slots < 1:
+            raise ApiError(f"cpu_slots must be at least 1, got {a.cpu_slots}")
         test_id = a.test_id or str(params.get("test_id", ""))
+        req = None
+        if a.requirements is not None:
+            # Only what differs from "no requirement" is kept, so the stored JSON says what was asked.
+            req = {k: v for k, v in msgspec.structs.asdict(a.requirements).items()
+                   if v not in (None, 0, 0.0, [])} or None
         return {
             "task_id": a.task_id or new_task_id(), "type": a.type, "status": "pending",
-            "priority": self.c.s.default_priority if a.priority is None else a.priority,
-            "parameters": params, "dependencies": list(a.dependencies), "requirements": a.requirements,
+            "priority": self.c.s.scheduler.default_priority if a.priority is None else a.priority,
+            "parameters": params, "dependencies": list(a.dependencies), "requirements": req,
             "metadata": a.metadata, "timeout": a.timeout, "attempt": 0, "test_id": test_id,
-            "retry_limit": a.retry_limit,
+            "retry_limit": a.retry_limit, "cpu_slots": a.cpu_slots, "expected_duration": a.expected_duration,
         }
 
     def _check_new_ids(self, tasks: list[dict[str, Any]]) -> None:
@@ -225,3 +275,17 @@ class ClientApi:
 
     def get_status(self, _: NoArgs) -> dict[str, Any]:
         return self.c.stats()
+
+    # -- analysis (run on the analysis thread; they only read) -------------------------------------
+
+    def aggregate_results(self, a: Analysis) -> dict[str, Any]:
+        return self.c.aggregator.aggregate_results(a.result_type, a.aggregation_level, a.filter_params,
+                                                   a.time_range)
+
+    def get_result_anomalies(self, a: Analysis) -> list[dict[str, Any]]:
+        return self.c.aggregator.get_result_anomalies(a.result_type, a.aggregation_level, a.filter_params,
+                                                      a.time_range, threshold=a.threshold)
+
+    def get_comparison_report(self, a: Analysis) -> dict[str, Any]:
+        return self.c.aggregator.get_comparison_report(a.result_type, a.aggregation_level, a.filter_params,
+                                                       a.time_range, lookback_days=a.lookback_days)

@@ -7,6 +7,7 @@ task_scheduler, result_aggregator, health_monitor, load_balancer). Every key has
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
 from typing import Annotated, Literal
@@ -15,6 +16,7 @@ import msgspec
 from msgspec import Meta
 
 from dtf_agent.config import ConfigError, dump_config, load_config
+from dtf_gui.coordinator.balancer import BUILTIN_STRATEGIES
 
 __all__ = [
     "ConfigError",
@@ -90,7 +92,8 @@ class TaskSchedulerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=T
         ge=1, description="pending tasks held at most; submissions beyond it are refused")] = 1_000_000
     retry_limit: Annotated[int, Meta(ge=0, description="times a failed task is retried before it stays failed")] = 3
     aging_interval: Annotated[float, Meta(
-        gt=0, description="seconds a task waits before its priority is raised one step (no starvation)")] = 60.0
+        ge=0, description="seconds a task waits before its priority is raised one step (no starvation); 0: off"
+    )] = 60.0
     retry_backoff_base: Annotated[float, Meta(
         gt=0, description="seconds before the first retry; doubled on each further retry")] = 1.0
     retry_backoff_max: Annotated[float, Meta(gt=0, description="seconds the retry delay never exceeds")] = 60.0
@@ -133,12 +136,21 @@ class HealthMonitorSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=T
 class LoadBalancerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Which worker gets the next task."""
 
-    strategy: Annotated[Literal["fair_share", "round_robin", "least_loaded"], Meta(
-        description="fair_share, round_robin or least_loaded")] = "fair_share"
+    strategy: Annotated[str, Meta(
+        description="duration_aware, fair_share, round_robin, least_loaded, best_fit, or package.module:Class"
+    )] = "duration_aware"
     worker_cap: Annotated[PositiveInt | None, Meta(
         description="workers one submission may occupy at once, leaving room for others; null: no cap")] = None
     task_cap_per_worker: Annotated[PositiveInt | None, Meta(
         description="tasks in flight on one worker; null: its concurrent_tasks slots")] = None
+
+    def __post_init__(self) -> None:
+        # Custom strategies are import paths, checked when the coordinator loads them; names are checked here.
+        if ":" not in self.strategy and self.strategy not in BUILTIN_STRATEGIES:
+            close = difflib.get_close_matches(self.strategy, list(BUILTIN_STRATEGIES), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"strategy: unknown strategy {self.strategy!r}{hint}; built-in: "
+                             f"{', '.join(sorted(BUILTIN_STRATEGIES))}, or an import path package.module:Class")
 
 
 class CoordinatorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -17,10 +17,12 @@ import collections
 import dataclasses
 import logging
 import os
+import queue
 import threading
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,9 @@ import zmq
 
 from dtf_agent import protocol as p
 from dtf_agent.transport import bind, make_socket
-from dtf_gui.coordinator import _interim_scheduler as sch
-from dtf_gui.coordinator.api import ApiError, ClientApi
+from dtf_gui.coordinator import scheduler as sch
+from dtf_gui.coordinator.aggregator import ResultAggregator
+from dtf_gui.coordinator.api import ApiError, ClientApi, Deferred
 from dtf_gui.coordinator.state import TaskTable
 from dtf_gui.coordinator.store import Store
 
@@ -51,9 +54,11 @@ class ServerSettings:
     event_interval: float = 0.1
     flush_interval: float = 0.25
     batch_size: int = 5000
-    retry_limit: int = 3
-    default_priority: int = 5
+    scheduler: sch.SchedulerConfig = field(default_factory=sch.SchedulerConfig)
     max_message_size: int = p.DEFAULT_MAX_MESSAGE_SIZE
+    anomaly_threshold: float = 2.5
+    cache_ttl: float = 10.0
+    comparative_lookback_days: float = 7.0
     coordinator_id: str = field(default_factory=lambda: os.urandom(4).hex())
 
 
@@ -96,7 +101,7 @@ class Coordinator:
         self.workers: dict[str, WorkerRec] = {}
         self.by_identity: dict[bytes, str] = {}
         self.tasks = TaskTable()
-        self.sched = sch.Scheduler(sch.SchedulerConfig(retry_limit=settings.retry_limit))
+        self.sched = sch.Scheduler(settings.scheduler)
         self.api = ClientApi(self)
         self._assign_out: dict[str, list[p.TaskSpec]] = {}
         self._assign_tasks: list[dict[str, Any]] = []
@@ -124,6 +129,15 @@ class Coordinator:
             sch.CancelOnWorker: self._do_cancel_on_worker,
         }
         self._rejections: dict[str, str] = {}
+        # Analysis (aggregations, change points) runs on one thread of its own so a query over a
+        # million rows never stalls dispatch; its answers come back to this loop through a queue
+        # and a wake-up pipe that the poller watches.
+        self._analysis = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dtf-analysis")
+        self._done: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._fresh_results: list[dict[str, Any]] = []
 
     # -- lifecycle (any thread) -------------------------------------------------------------------
 
@@ -201,11 +215,18 @@ class Coordinator:
             "events": bind(self.pub, s.host, s.events_port),
         }
         self.clients.bind(self.inproc_endpoint)
+        self.aggregator = ResultAggregator(s.db_path, anomaly_threshold=s.anomaly_threshold,
+                                           cache_ttl=s.cache_ttl,
+                                           comparative_lookback_days=s.comparative_lookback_days)
         self._recover()
         log.info("coordinator %s listening: agents %s, clients %s, events %s", s.coordinator_id,
                  self.ports["agents"], self.ports["clients"], self.ports["events"])
 
     def _close(self) -> None:
+        self._analysis.shutdown(wait=True, cancel_futures=True)
+        self.aggregator.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
         for wid, w in self.workers.items():
             if w.online:
                 w.row["status"] = "offline"
@@ -243,6 +264,7 @@ class Coordinator:
         poller.register(self.agents, zmq.POLLIN)
         poller.register(self.clients, zmq.POLLIN)
         poller.register(self.pub, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
         now = time.monotonic()
         self._next_events = now + self.s.event_interval
         self._next_health = now + 1.0
@@ -257,8 +279,10 @@ class Coordinator:
                         self._drain_agents()
                     elif sock is self.clients:
                         self._drain_clients()
-                    else:
+                    elif sock is self.pub:
                         self._drain_subscriptions()
+                    else:
+                        self._run_done()
                 except Exception:
                     self.counters.loop_errors += 1
                     log.exception("coordinator: error while handling messages (loop continues)")
@@ -288,6 +312,9 @@ class Coordinator:
     def _flush_store(self) -> None:
         try:
             self.store.flush()
+            if self._fresh_results:
+                batch, self._fresh_results = self._fresh_results, []
+                self._offload(lambda: self.aggregator.ingest(batch), self._on_findings)
         except Exception:
             self.counters.loop_errors += 1
             log.exception("coordinator: writing to %s failed; will retry", self.s.db_path)
@@ -365,7 +392,15 @@ class Coordinator:
         self._send_agent(identity, p.Welcome(protocol_version=p.PROTOCOL_VERSION, worker_id=msg.worker_id,
                                              heartbeat_interval=self.s.heartbeat_interval,
                                              coordinator_id=self.s.coordinator_id))
-        self._sched([sch.WorkerUp(now, self._worker_spec(row))])
+        events: list[Any] = [sch.WorkerUp(now, self._worker_spec(row))]
+        # After a coordinator restart the agent tells us what it is still running: keep that work
+        # rather than run it a second time elsewhere.
+        for tid in msg.running:
+            task = self.tasks.get(tid)
+            if task is not None and task["status"] == "pending":
+                task["worker_id"] = msg.worker_id
+                events.append(sch.Adopt(now, tid, msg.worker_id))
+        self._sched(events)
 
     def _on_heartbeat(self, identity: bytes, msg: p.Heartbeat) -> None:
         w = self._worker_for(identity)
@@ -413,7 +448,7 @@ class Coordinator:
                     or task["attempt"] != rec.attempt or task["worker_id"] != w.worker_id):
                 self.counters.duplicate_results += 1
                 continue
-            store.put_result({
+            stored = {
                 "result_id": rec.result_id, "task_id": rec.task_id, "worker_id": w.worker_id,
                 "test_id": rec.test_id or task["test_id"], "timestamp": rec.end_time or now,
                 "status": rec.status, "execution_time": rec.execution_time, "exit_code": rec.exit_code,
@@ -422,7 +457,9 @@ class Coordinator:
                 "raw_data": {"stdout_tail": rec.stdout_tail, "stderr_tail": rec.stderr_tail}
                 if (rec.stdout_tail or rec.stderr_tail) else None,
                 "metadata": None, "attempt": rec.attempt,
-            })
+            }
+            store.put_result(stored)
+            self._fresh_results.append(stored)
             self.counters.results_stored += 1
             sent = task.get("_sent")
             if sent is not None:
@@ -477,16 +514,30 @@ class Coordinator:
         for ins in self.sched.handle(events):
             handlers[type(ins)](ins)
 
-    def _task_spec(self, task: dict[str, Any]) -> Any:
-        req = task.get("_requirements") or {}
+    def _task_spec(self, task: dict[str, Any]) -> sch.TaskSpec:
+        req = task.get("_requirements")
         return sch.TaskSpec(
             task_id=task["task_id"], priority=task["priority"], dependencies=tuple(task["_dependencies"]),
-            requirements=sch.Requirements(tags=frozenset(req.get("tags", ()))), test_id=task["test_id"] or "",
+            requirements=sch.Requirements(
+                tags=frozenset(req.get("tags") or ()), hardware=req.get("hardware"),
+                min_memory_gb=req.get("min_memory_gb") or 0.0, gpu_count=req.get("gpu_count") or 0,
+                gpu_memory_gb=req.get("gpu_memory_gb") or 0.0, os=req.get("os"), worker=req.get("worker"),
+                group=req.get("group"),
+            ) if req else sch.NO_REQUIREMENTS,
+            test_id=task["test_id"] or "", cpu_slots=task.get("_cpu_slots") or 1,
             retry_limit=task.get("_retry_limit"), submit_time=task["create_time"],
+            expected_duration=task.get("_expected_duration"),
         )
 
-    def _worker_spec(self, row: dict[str, Any]) -> Any:
-        return sch.WorkerSpec(worker_id=row["worker_id"], slots=row["slots"], tags=frozenset(row["tags"] or ()))
+    def _worker_spec(self, row: dict[str, Any]) -> sch.WorkerSpec:
+        caps = row.get("capabilities") or {}
+        return sch.WorkerSpec(
+            worker_id=row["worker_id"], slots=row["slots"], tags=frozenset(row["tags"] or ()),
+            hardware=frozenset(caps.get("hardware") or ("cpu",)),
+            memory_gb=float(caps.get("memory_gb") or float("inf")), gpus=int(caps.get("gpu_count") or 0),
+            gpu_memory_gb=float(caps.get("gpu_memory_gb") or 0.0), os=str(caps.get("os") or ""),
+            groups=frozenset((row.get("metadata") or {}).get("groups") or ()),
+        )
 
     def _do_dispatch(self, ins: Any) -> None:
         task = self.tasks.get(ins.task_id)
@@ -552,6 +603,49 @@ class Coordinator:
                     self._send_agent(identity, p.ResultAck(result_ids=rids))
             self._acks_out = {}
 
+    # -- the analysis thread ----------------------------------------------------------------------
+
+    def _offload(self, fn: Callable[[], Any], then: Callable[[Future[Any]], None]) -> None:
+        """Run ``fn`` on the analysis thread; ``then(future)`` runs back in this loop."""
+
+        def done(fut: Future[Any]) -> None:  # runs on the analysis thread: hand over, wake, nothing else
+            self._done.put(lambda: then(fut))
+            try:
+                os.write(self._wake_w, b"x")
+            except (BlockingIOError, OSError):
+                pass
+
+        self._analysis.submit(fn).add_done_callback(done)
+
+    def _run_done(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                callback = self._done.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                callback()
+            except Exception:
+                self.counters.loop_errors += 1
+                log.exception("coordinator: handling an analysis answer failed")
+
+    def _on_findings(self, fut: Future[Any]) -> None:
+        exc = fut.exception()
+        if exc is not None:
+            self.counters.loop_errors += 1
+            log.error("result analysis failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
+            return
+        for finding in fut.result():
+            kind = finding.get("kind", "finding")
+            subject = finding.get("result_id") or ""
+            self.store.put_event(kind, str(subject), finding)
+            self._ev_other.append(p.Event(kind=kind, data=finding, time=time.time()))
+
     # -- task submission (called by the client API in this thread) --------------------------------
 
     def submit(self, tasks: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
@@ -609,10 +703,33 @@ class Coordinator:
                 self.counters.bad_frames += 1
                 continue
             reply = self.api.handle(msg)
+            if isinstance(reply, Deferred):
+                self._defer(identity, reply)
+                continue
             try:
                 sock.send_multipart([identity, p.encode(reply)], zmq.NOBLOCK)
             except zmq.ZMQError:
                 self.counters.unroutable += 1
+
+    def _defer(self, identity: bytes, d: Deferred) -> None:
+        """A read-only query that may take long: answered from the analysis thread."""
+        self.store.flush()  # the query must see every result already acknowledged
+
+        def reply(fut: Future[Any]) -> None:
+            exc = fut.exception()
+            if exc is None:
+                rep = p.Reply(req_id=d.req_id, data=fut.result())
+            elif isinstance(exc, (ApiError, ValueError, KeyError)):
+                rep = p.Reply(req_id=d.req_id, ok=False, error=f"{d.op}: {exc}")
+            else:
+                log.error("%s failed: %s", d.op, exc, exc_info=exc)
+                rep = p.Reply(req_id=d.req_id, ok=False, error=f"{d.op} failed: {type(exc).__name__}: {exc}")
+            try:
+                self.clients.send_multipart([identity, p.encode(rep)], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                self.counters.unroutable += 1
+
+        self._offload(d.fn, reply)
 
     # -- events -----------------------------------------------------------------------------------
 

@@ -59,6 +59,8 @@ class TaskTable:
         rec["_dependencies"] = list(task.get("dependencies") or ())
         rec["_requirements"] = task.get("requirements") or {}
         rec["_retry_limit"] = task.get("retry_limit")
+        rec["_cpu_slots"] = task.get("cpu_slots") or (rec["_requirements"] or {}).get("cpu_slots") or 1
+        rec["_expected_duration"] = task.get("expected_duration")
         rec["_stored"] = bool(task.get("_stored"))
         self.active[rec["task_id"]] = rec
         self.active_counts[rec["status"]] += 1

@@ -52,7 +52,7 @@ def test_no_file_gives_the_documented_defaults():
     assert coord.task_scheduler.retry_limit == 3
     assert coord.task_scheduler.dependency_failure == "fail"
     assert (coord.health_monitor.heartbeat_interval, coord.health_monitor.heartbeat_timeout) == (5.0, 30.0)
-    assert coord.load_balancer.strategy == "fair_share"
+    assert coord.load_balancer.strategy == "duration_aware"
     assert coord.result_aggregator.anomaly_threshold == 2.5
     assert coord.result_aggregator.comparative_lookback_days == 7
 
@@ -222,11 +222,19 @@ def test_out_of_range_values_are_refused(tmp_path):
 
 
 def test_choice_keys_list_the_choices_and_suggest(tmp_path):
+    err = error_of(tmp_path, "coordinator.yaml", "task_scheduler:\n  dependency_failure: fial\n", CoordinatorConfig)
+    msg = str(err)
+    assert "coordinator.yaml:2: task_scheduler.dependency_failure: invalid value 'fial'" in msg
+    assert "'fail', 'run'" in msg
+    assert "(did you mean 'fail'?)" in msg
+
+
+def test_unknown_strategy_names_the_built_ins_and_suggests(tmp_path):
     err = error_of(tmp_path, "coordinator.yaml", "load_balancer:\n  strategy: fairshare\n", CoordinatorConfig)
     msg = str(err)
-    assert "coordinator.yaml:2: load_balancer.strategy: invalid value 'fairshare'" in msg
-    assert "'fair_share', 'round_robin', 'least_loaded'" in msg
+    assert "coordinator.yaml:2: load_balancer.strategy" in msg
     assert "(did you mean 'fair_share'?)" in msg
+    assert "duration_aware" in msg and "package.module:Class" in msg
 
 
 def test_cross_field_checks_point_at_the_key(tmp_path):

@@ -163,32 +163,46 @@ def _despike(x: NDArray[np.float64], mask: NDArray[np.bool_], half_window: int) 
 # E-Divisive core
 
 
+def _split_weights(w: int) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
+    """(n, m, valid) over the (tau, kappa) grid of a window of w points, computed once per w."""
+    hit = _WEIGHTS.get(w)
+    if hit is None:
+        t = np.arange(w + 1)
+        n = np.broadcast_to(t[:, None], (w + 1, w + 1)).astype(np.float64)
+        m = (t[None, :] - t[:, None]).astype(np.float64)
+        hit = (n, m, (n >= 2) & (m >= 2))
+        _WEIGHTS[w] = hit
+    return hit
+
+
+_WEIGHTS: dict[int, tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]] = {}
+
+
 def _window_best_splits(x: NDArray[np.float64], starts: NDArray[np.intp], w: int,
                         alpha: float = 1.0) -> tuple[NDArray[np.intp], NDArray[np.float64]]:
     """Best E-Divisive split (tau maximising Q over kappa as well) of every window x[s:s+w].
 
     Returns (tau as an absolute index, qhat) per window. All windows in one batched computation:
-    2-D prefix sums of the pairwise distance matrix give every block sum in O(1)."""
+    2-D prefix sums of the pairwise distance matrix give every block sum in O(1). The block sums
+    need only the prefix-sum grid itself, its transpose and its diagonal (all views), so no
+    fancy-indexed copies of the (windows, w+1, w+1) grid are made."""
     nw = starts.size
-    idx = starts[:, None] + np.arange(w)[None, :]
-    z = x[idx]  # (nw, w)
+    z = np.lib.stride_tricks.sliding_window_view(x, w)[starts]  # (nw, w)
     d = np.abs(z[:, :, None] - z[:, None, :])
     if alpha != 1.0:
-        d = d**alpha
+        d **= alpha
     p = np.zeros((nw, w + 1, w + 1))
-    p[:, 1:, 1:] = d.cumsum(axis=1).cumsum(axis=2)
-    t = np.arange(w + 1)
-    tau = t[:, None]
-    kap = t[None, :]
+    np.cumsum(d, axis=1, out=d)
+    np.cumsum(d, axis=2, out=p[:, 1:, 1:])
+    diag = np.diagonal(p, axis1=1, axis2=2)
+    p_tt = diag[:, :, None]  # P[tau, tau]
+    p_kk = diag[:, None, :]  # P[kappa, kappa]
     # Block sums: cross = sum D[0:tau, tau:kap]; within X = sum D[0:tau, 0:tau]; within Y = D[tau:kap, tau:kap].
-    cross = p[:, tau, kap] - p[:, tau, tau]  # rows 0..tau, cols tau..kap (p[:,0,*] is zero)
-    wx = p[:, tau, tau]
-    wy = p[:, kap, kap] - p[:, tau, kap] - p[:, kap, tau] + p[:, tau, tau]
-    n = np.broadcast_to(tau, (w + 1, w + 1)).astype(np.float64)
-    m = (kap - tau).astype(np.float64)
-    valid = (n >= 2) & (m >= 2)
+    cross = p - p_tt  # rows 0..tau, cols tau..kap (P[0, *] is zero)
+    wy = p_kk - p - p.transpose(0, 2, 1) + p_tt
+    n, m, valid = _split_weights(w)
     with np.errstate(divide="ignore", invalid="ignore"):
-        e = 2.0 * cross / (n * m) - wx / (n * (n - 1)) - wy / (m * (m - 1))
+        e = 2.0 * cross / (n * m) - p_tt / (n * (n - 1)) - wy / (m * (m - 1))
         q = np.where(valid, (n * m / (n + m)) * e, -np.inf)
     flat = q.reshape(nw, -1)
     best = np.argmax(flat, axis=1)
@@ -271,7 +285,18 @@ class _Segs:
 
 def _score(segs: _Segs, cps: NDArray[np.intp], n: int) -> tuple[NDArray, ...]:
     bounds = np.concatenate(([0], cps, [n]))
-    a, t, b = bounds[:-2], bounds[1:-1], bounds[2:]
+    return _score_abt(segs, bounds[:-2], bounds[1:-1], bounds[2:])
+
+
+def _rel(segs: _Segs, a: NDArray, t: NDArray, b: NDArray) -> NDArray:
+    m1, _v1, _n1 = segs.stats(a, t)
+    m2, _v2, _n2 = segs.stats(t, b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(np.abs(m1) > _EPS, (m2 - m1) / np.abs(m1), np.where(np.abs(m2 - m1) > _EPS, np.inf, 0.0))
+
+
+def _score_abt(segs: _Segs, a: NDArray, t: NDArray, b: NDArray) -> tuple[NDArray, ...]:
+    """Statistics of a change at t between the segments x[a:t] and x[t:b] (vectorised over triples)."""
     m1, v1, n1 = segs.stats(a, t)
     m2, v2, n2 = segs.stats(t, b)
     p = _welch_p(m1, v1, n1, m2, v2, n2)
@@ -286,30 +311,81 @@ def _score(segs: _Segs, cps: NDArray[np.intp], n: int) -> tuple[NDArray, ...]:
     return p, effect, rel, m1, v1, n1, m2, v2, n2, jump_p, jump_effect
 
 
+# Up to this many candidates the merge scores every (left, candidate, right) triple it could ever
+# meet in one batched call (C(k+2, 3) triples); above it, it rescoring round by round first.
+_TABLE_MAX = 60
+_TRIPLES: dict[int, tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.intp]]] = {}
+
+
+def _triples(m: int) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.intp]]:
+    """All index triples i < j < l below m (cached per m)."""
+    hit = _TRIPLES.get(m)
+    if hit is None:
+        i, j, l = np.meshgrid(np.arange(m), np.arange(m), np.arange(m), indexing="ij")
+        keep = (i < j) & (j < l)
+        hit = (i[keep], j[keep], l[keep])
+        _TRIPLES[m] = hit
+    return hit
+
+
 def _merge(x: NDArray[np.float64], cands: NDArray[np.intp], *, max_pvalue: float, min_effect: float,
            min_magnitude: float, min_size: int, max_trend_pvalue: float,
            min_jump_effect: float, raw: NDArray[np.float64] | None = None) -> NDArray[np.intp]:
+    """Drop the weakest candidate until every survivor is strong (see the module docstring).
+
+    A candidate's strength depends only on itself and its two surviving neighbours, so with few
+    candidates every possible (left, candidate, right) triple is scored in one batched call and the
+    drop loop becomes table look-ups; the answer is the same as rescoring after every drop."""
     n = x.size
     segs = _Segs(x)
     raw_segs = _Segs(raw) if raw is not None and min_magnitude > 0 else None
     cps = np.unique(cands)
     cps = cps[(cps >= min_size) & (cps <= n - min_size)]
-    while cps.size:
-        p, effect, rel, _m1, _v1, n1, _m2, _v2, n2, jp, je = _score(segs, cps, n)
+
+    def weakness(a: NDArray, t: NDArray, b: NDArray) -> NDArray[np.float64]:
+        """Drop priority of a change at t between a and b; -inf when it is strong enough to keep."""
+        p, effect, rel, _m1, _v1, n1, _m2, _v2, n2, jp, je = _score_abt(segs, a, t, b)
         if raw_segs is not None:
             # Relative change only means something in the caller's units, not the standardised ones.
-            rel = _score(raw_segs, cps, n)[2]
+            rel = _rel(raw_segs, a, t, b)
         short = np.minimum(n1, n2) < min_size
         weak = short | (p > max_pvalue) | (effect < min_effect) | (np.abs(rel) < min_magnitude)
         weak |= (jp > max_trend_pvalue) | (je < min_jump_effect)
-        if not weak.any():
-            break
         # Drop the weakest offender: short segments first, then the highest p-value, then the
-        # smallest effect. Its neighbours' statistics change, so rescore before the next drop.
+        # smallest effect.
         key = np.where(short, 10.0, 0.0) + p - np.minimum(effect, 1e6) * 1e-9
-        key = np.where(weak, key, -np.inf)
-        cps = np.delete(cps, int(np.argmax(key)))
-    return cps
+        # NaN would never win a max(); np.argmax (the reference behaviour) picks it first.
+        key = np.where(np.isnan(key), np.inf, key)
+        return np.where(weak, key, -np.inf)
+
+    while cps.size > _TABLE_MAX:
+        bounds = np.concatenate(([0], cps, [n]))
+        key = weakness(bounds[:-2], bounds[1:-1], bounds[2:])
+        best = int(np.argmax(key))
+        if key[best] == -np.inf:
+            return cps
+        # Its neighbours' statistics change, so rescore before the next drop.
+        cps = np.delete(cps, best)
+    if cps.size == 0:
+        return cps
+    pts = np.concatenate(([0], cps, [n]))
+    m = pts.size
+    i, j, l = _triples(m)
+    table = np.full(m * m * m, -np.inf)
+    table[(i * m + j) * m + l] = weakness(pts[i], pts[j], pts[l])
+    look = table.tolist() if m <= 40 else table
+    mm = m * m
+    bnd = list(range(m))  # positions in pts of the survivors, with both ends
+    keys = [float(look[bnd[q] * mm + bnd[q + 1] * m + bnd[q + 2]]) for q in range(m - 2)]
+    while keys:
+        best = max(range(len(keys)), key=keys.__getitem__)
+        if keys[best] == -np.inf:
+            break
+        del bnd[best + 1], keys[best]
+        for q in (best - 1, best):
+            if 0 <= q < len(keys):
+                keys[q] = float(look[bnd[q] * mm + bnd[q + 1] * m + bnd[q + 2]])
+    return pts[bnd[1:-1]]
 
 
 def _build(x: NDArray[np.float64], cps: NDArray[np.intp], higher_is_better: bool) -> list[ChangePoint]:
