@@ -83,7 +83,15 @@ def load_server(args: argparse.Namespace) -> tuple[ServerSettings, Path]:
 # -- dtf serve ------------------------------------------------------------------------------------
 
 
+def fast_thread_switching() -> None:
+    """The coordinator loop shares the GIL with the SQLite writer and analysis threads. At the
+    default 5 ms switch interval a waiting loop can stall for a whole interval, which is the p99 of
+    a no-op task's round trip; 0.5 ms keeps dispatch latency low at a small throughput cost."""
+    sys.setswitchinterval(0.0005)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    fast_thread_switching()
     settings, home = load_server(args)
     coord = Coordinator(settings).start()
     info = coord.info()
@@ -380,6 +388,7 @@ def gui_main(argv: list[str] | None = None) -> int:
         return 2
     from dtf_gui.ui.app import run_app  # Qt only from here on
 
+    fast_thread_switching()
     return run_app(settings, home, local_agent=not args.no_local_agent, local_slots=args.local_slots)
 
 

@@ -213,8 +213,8 @@ class ClientApi:
         accepted, refused = self.c.submit(tasks)
         if refused:
             detail = "; ".join(f"{k}: {v}" for k, v in list(refused.items())[:20])
-            raise ApiError(f"{len(refused)} of {len(tasks)} task(s) refused ({detail}); "
-                           f"the other {len(accepted)} were accepted")
+            raise ApiError(f"submission refused, no task was added: {len(refused)} of {len(tasks)} task(s) "
+                           f"have problems: {detail}")
         return {"task_ids": [r["task_id"] for r in accepted]}
 
     def get_task(self, a: TaskRef) -> dict[str, Any]:
@@ -251,7 +251,6 @@ class ClientApi:
         return {"task_id": a.task_id, "status": self.c.tasks.get(a.task_id)["status"]}
 
     def list_workers(self, _: NoArgs) -> list[dict[str, Any]]:
-        self.c.store.flush()
         return self.c.store.load_workers()
 
     def get_worker(self, a: WorkerRef) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The coordinator's in-memory tasks (owned by the coordinator thread).
 
-Active tasks live in a dict in storage form (see ``store.encode_task``) plus decoded copies of
+Active tasks live in a dict in storage form (see ``TaskTable.add_new``) plus decoded copies of
 the fields the loop needs on the hot path (``_parameters``, ``_dependencies`` ...). Finished tasks
 stay for a while in a bounded recent set so late or resent results are recognised without a
 database read; older ones are only in SQLite.
@@ -15,7 +15,7 @@ from collections import Counter, OrderedDict
 from typing import Any
 
 from dtf_agent.protocol import TERMINAL_STATUSES
-from dtf_gui.coordinator.store import TASK_COLUMNS, encode_task
+from dtf_gui.coordinator.store import TASK_COLUMNS, json_or_none
 
 RECENT_FINISHED = 50_000
 
@@ -53,15 +53,25 @@ class TaskTable:
         return task_id in self.recent
 
     def add_new(self, task: dict[str, Any]) -> dict[str, Any]:
-        """``task`` has plain values (validated by the API). Returns the live record."""
-        rec = encode_task(task)
-        rec["_parameters"] = task.get("parameters") or {}
-        rec["_dependencies"] = list(task.get("dependencies") or ())
-        rec["_requirements"] = task.get("requirements") or {}
-        rec["_retry_limit"] = task.get("retry_limit")
-        rec["_cpu_slots"] = task.get("cpu_slots") or (rec["_requirements"] or {}).get("cpu_slots") or 1
-        rec["_expected_duration"] = task.get("expected_duration")
-        rec["_stored"] = bool(task.get("_stored"))
+        """``task`` has plain values (validated by the API). Returns the live record: storage form
+        (every TASK_COLUMNS key, JSON columns encoded once, here) plus decoded copies for the loop."""
+        g = task.get
+        params = g("parameters") or {}
+        deps = list(g("dependencies") or ())
+        req = g("requirements") or {}
+        meta = g("metadata")
+        rec = {
+            "task_id": task["task_id"], "type": g("type", "command"), "status": g("status") or "pending",
+            "priority": g("priority", 5), "create_time": g("create_time"), "start_time": g("start_time"),
+            "end_time": g("end_time"), "worker_id": g("worker_id"),
+            "parameters": json_or_none(params), "dependencies": json_or_none(deps),
+            "requirements": json_or_none(req), "results": g("results"), "error": g("error"),
+            "metadata": json_or_none(meta), "timeout": g("timeout"), "attempt": g("attempt") or 0,
+            "test_id": g("test_id") or "", "status_reason": g("status_reason"),
+            "_parameters": params, "_dependencies": deps, "_requirements": req,
+            "_retry_limit": g("retry_limit"), "_cpu_slots": g("cpu_slots") or req.get("cpu_slots") or 1,
+            "_expected_duration": g("expected_duration"), "_stored": bool(g("_stored")),
+        }
         self.active[rec["task_id"]] = rec
         self.active_counts[rec["status"]] += 1
         return rec

@@ -12,9 +12,13 @@ Readers (CLI exports, reports, the aggregator's loads) open their own read-only 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import operator
+import queue
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -22,6 +26,8 @@ from typing import Any
 
 import msgspec
 import sqlite_utils
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 
@@ -141,11 +147,17 @@ _METRIC_SQL = ("INSERT INTO metrics (result_id, name, value) SELECT ?1, ?2, ?3 "
 _json_encode = msgspec.json.Encoder(enc_hook=str).encode
 
 
-def _dumps(value: Any) -> str | None:
-    """JSON text for a column; None and empty containers are stored as NULL."""
-    if value is None or value == {} or value == []:
+def json_or_none(value: Any) -> str | None:
+    """JSON text for a column; None and empty containers are stored as NULL. Strings are taken
+    as already encoded."""
+    if not value:
         return None
+    if isinstance(value, str):
+        return value
     return _json_encode(value).decode()
+
+
+_dumps = json_or_none
 
 
 def _loads(value: str | None) -> Any:
@@ -227,10 +239,77 @@ def result_row_to_dict(row: Sequence[Any]) -> dict[str, Any]:
     return out
 
 
-class Store:
-    """The single writer. Use it from one thread only (the coordinator's)."""
+@dataclasses.dataclass
+class _Batch:
+    """Rows ready to write: immutable tuples, so the writer thread shares nothing mutable."""
 
-    def __init__(self, path: str | Path, *, batch_size: int = 5000, flush_interval: float = 0.25) -> None:
+    new_tasks: list[tuple[Any, ...]]
+    task_updates: list[tuple[Any, ...]]
+    workers: list[tuple[Any, ...]]
+    results: list[tuple[Any, ...]]
+    metrics: list[tuple[str, str, float]]
+    events: list[tuple[float, str, str, str]]
+
+    def __len__(self) -> int:
+        return (len(self.new_tasks) + len(self.task_updates) + len(self.workers) + len(self.results)
+                + len(self.metrics) + len(self.events))
+
+
+class _Writer:
+    """The thread that runs the transactions when the store is in background mode.
+
+    sqlite3 releases the GIL while SQLite works, so writing here lets the coordinator loop go on
+    decoding and dispatching on the other core instead of waiting for each commit. Batches are
+    written in order; one that fails is retried (nothing is dropped) and the error is logged and
+    counted, never swallowed.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.q: queue.Queue[_Batch | None] = queue.Queue()
+        self.errors = 0
+        self.last_error = ""
+        self.thread = threading.Thread(target=self._run, name="dtf-sqlite-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            batch = self.q.get()
+            try:
+                if batch is None:
+                    return
+                delay = 0.05
+                while True:
+                    try:
+                        self.store._write(batch)
+                        break
+                    except sqlite3.Error as exc:
+                        self.errors += 1
+                        self.last_error = f"{type(exc).__name__}: {exc}"
+                        log.error("writing to %s failed (%s); retrying in %.1f s", self.store.path, exc, delay)
+                        time.sleep(delay)  # a full disk or a lock held elsewhere: wait, then try again
+                        delay = min(delay * 2, 5.0)
+            except Exception:
+                self.errors += 1
+                log.exception("SQLite writer: unexpected error; the batch is lost")
+            finally:
+                self.q.task_done()
+
+    def stop(self) -> None:
+        self.q.put(None)
+        self.thread.join()
+
+
+class Store:
+    """The single writer of the database.
+
+    ``put_*`` and ``flush`` are called from one thread (the coordinator's). With
+    ``background=True`` the transactions run on a writer thread of the store's own; reads then go
+    through a separate connection after the queued writes have landed.
+    """
+
+    def __init__(self, path: str | Path, *, batch_size: int = 5000, flush_interval: float = 0.25,
+                 background: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.batch_size = batch_size
@@ -238,6 +317,12 @@ class Store:
         self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         _tune(self.conn)
         migrate(self.conn)
+        self._writer: _Writer | None = None
+        self._reader = self.conn
+        if background:
+            self._reader = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            self._reader.execute("PRAGMA busy_timeout=5000")
+            self._writer = _Writer(self)
         self._tasks: dict[str, dict[str, Any]] = {}
         self._workers: dict[str, tuple[Any, ...]] = {}
         self._results: list[tuple[Any, ...]] = []
@@ -282,14 +367,13 @@ class Store:
         """Queue a result row and its metrics in the long table. The caller has already
         decided that this result is new (the coordinator deduplicates by task attempt);
         INSERT OR IGNORE on the primary key is the last guard."""
-        metrics = result.get("metrics") or {}
-        self._results.append(
-            tuple(
-                _dumps(result.get(c)) if c in ("metrics", "hardware_metrics", "environment", "raw_data",
-                                               "metadata") else result.get(c)
-                for c in RESULT_COLUMNS
-            )
-        )
+        g = result.get
+        metrics = g("metrics") or {}
+        self._results.append((
+            result["result_id"], g("task_id"), g("worker_id"), g("test_id"), g("timestamp"), g("status"),
+            g("execution_time"), g("exit_code"), g("error"), _dumps(metrics), _dumps(g("hardware_metrics")),
+            _dumps(g("environment")), _dumps(g("raw_data")), _dumps(g("metadata")), g("attempt"),
+        ))
         rid = result["result_id"]
         for name, value in metrics.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -305,7 +389,7 @@ class Store:
         for i in range(0, len(ids), 500):
             chunk = ids[i:i + 500]
             sql = f"SELECT task_id FROM tasks WHERE task_id IN ({','.join('?' * len(chunk))})"
-            found.update(r[0] for r in self.conn.execute(sql, chunk))
+            found.update(r[0] for r in self._reader.execute(sql, chunk))
         return found
 
     def pending_rows(self) -> int:
@@ -319,49 +403,73 @@ class Store:
         now = time.monotonic() if now is None else now
         return bool(self.pending_rows()) and now - self._last_flush >= self.flush_interval
 
-    def flush(self) -> int:
-        """Write everything queued in one transaction. Returns the number of rows written."""
+    def flush(self, wait: bool = False) -> int:
+        """Write everything queued as one transaction; returns the number of rows.
+
+        In background mode the rows are handed to the writer thread; ``wait=True`` returns only
+        once everything handed over so far is committed."""
         self._last_flush = time.monotonic()
         n = self.pending_rows()
-        if not n:
-            return 0
+        if n:
+            batch = self._take()
+            if self._writer is None:
+                self._write(batch)
+            else:
+                self._writer.q.put(batch)
+        if wait and self._writer is not None:
+            self._writer.q.join()
+        return n
+
+    def _take(self) -> _Batch:
+        """Snapshot the queued rows. itemgetter reads a live task dict in one C call, under the
+        GIL, so each row is a consistent snapshot even though the loop goes on changing tasks."""
+        new, known = [], []
+        for t in self._tasks.values():
+            if t.get("_stored"):
+                known.append(_task_update_row(t))
+            else:
+                new.append(_task_row(t))
+                # The INSERT is queued before any later UPDATE of this task: the writer keeps order.
+                t["_stored"] = True
+        batch = _Batch(new, known, list(self._workers.values()), self._results, self._metrics, self._events)
+        self._tasks = {}
+        self._workers = {}
+        self._results = []
+        self._metrics = []
+        self._events = []
+        return batch
+
+    def _write(self, b: _Batch) -> None:
         conn = self.conn
         conn.execute("BEGIN")
         try:
-            if self._tasks:
-                fresh = [t for t in self._tasks.values() if not t.get("_stored")]
-                known = [t for t in self._tasks.values() if t.get("_stored")]
-                if fresh:
-                    conn.executemany(self._task_sql, map(_task_row, fresh))
-                if known:
-                    conn.executemany(self._task_update_sql, map(_task_update_row, known))
-            if self._workers:
-                conn.executemany(self._worker_sql, self._workers.values())
-            if self._results:
-                conn.executemany(self._result_sql, self._results)
-            if self._metrics:
-                conn.executemany(_METRIC_SQL, self._metrics)
-            if self._events:
-                conn.executemany("INSERT INTO events (time, kind, subject, data) VALUES (?,?,?,?)", self._events)
+            if b.new_tasks:
+                conn.executemany(self._task_sql, b.new_tasks)
+            if b.task_updates:
+                conn.executemany(self._task_update_sql, b.task_updates)
+            if b.workers:
+                conn.executemany(self._worker_sql, b.workers)
+            if b.results:
+                conn.executemany(self._result_sql, b.results)
+            if b.metrics:
+                conn.executemany(_METRIC_SQL, b.metrics)
+            if b.events:
+                conn.executemany("INSERT INTO events (time, kind, subject, data) VALUES (?,?,?,?)", b.events)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        for t in self._tasks.values():
-            t["_stored"] = True
-        self._tasks.clear()
-        self._workers.clear()
-        self._results.clear()
-        self._metrics.clear()
-        self._events.clear()
-        self.rows_written += n
-        return n
+        self.rows_written += len(b)
+
+    @property
+    def write_errors(self) -> int:
+        return self._writer.errors if self._writer else 0
 
     # -- reads on the writer's connection (flush first so they see everything) ----------------
 
     def query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
-        self.flush()
-        return self.conn.execute(sql, tuple(params)).fetchall()
+        self.flush(wait=True)
+        return self._reader.execute(sql, tuple(params)).fetchall()
 
     def load_tasks(self, where: str = "", params: Iterable[Any] = ()) -> list[dict[str, Any]]:
         sql = f"SELECT {','.join(TASK_COLUMNS)} FROM tasks {where}"
@@ -376,6 +484,9 @@ class Store:
 
     def close(self) -> None:
         try:
-            self.flush()
+            self.flush(wait=True)
         finally:
+            if self._writer is not None:
+                self._writer.stop()
+                self._reader.close()
             self.conn.close()
