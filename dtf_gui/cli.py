@@ -164,6 +164,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
             fields["timeout"] = args.timeout
         if args.test_id:
             fields["test_id"] = args.test_id
+        if args.depends_on:
+            fields["dependencies"] = args.depends_on
+        if args.retries is not None:
+            fields["retry_limit"] = args.retries
+        req: dict[str, Any] = {}
+        if args.tag:
+            req["tags"] = args.tag
+        for key in ("hardware", "min_memory_gb", "gpu_count", "os", "worker", "group"):
+            value = getattr(args, key)
+            if value is not None:
+                req[key] = value
+        if req:
+            fields["requirements"] = req
         if args.count > 1:
             ids = c.call("create_tasks", {"tasks": [fields] * args.count})["task_ids"]
         else:
@@ -225,7 +238,6 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     else:
         for r in rows:
             r["command"] = (r.get("parameters") or {}).get("command")
-            r["why"] = r.get("status_reason") or r.get("error")
         _print_table(rows, ["task_id", "type", "status", "priority", "worker_id", "create_time", "command",
                             "why"])
     return 0
@@ -274,6 +286,16 @@ def cmd_cancel(args: argparse.Namespace) -> int:
             r = c.call("cancel_task", {"task_id": tid})
             print(f"{tid}: {r['status']}")
     return 0
+
+
+def _task_command(op: str, extra: Callable[[argparse.Namespace], dict[str, Any]]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        with _client(args) as c:
+            r = c.call(op, {"task_id": args.task_id, **extra(args)})
+        print(f"{r['task_id']}: {r['status']}" + (f" - {r['why']}" if r.get("why") else ""))
+        return 0
+
+    return run
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -326,10 +348,19 @@ def dtf_parser() -> argparse.ArgumentParser:
     sp = client_cmd("submit", cmd_submit, "submit a task")
     sp.add_argument("--command", help="shell command to run on a worker")
     sp.add_argument("--type", default="command", choices=["command", "noop"])
-    sp.add_argument("--priority", type=int)
+    sp.add_argument("--priority", type=int, help="higher runs first (default 5)")
     sp.add_argument("--timeout", type=float, help="seconds before the task is killed")
     sp.add_argument("--test-id", help="groups results of the same test across runs")
     sp.add_argument("--count", type=int, default=1, help="submit this many copies")
+    sp.add_argument("--depends-on", action="append", metavar="TASK_ID", help="run only after this task completed")
+    sp.add_argument("--retries", type=int, help="retry limit for this task (0 = never retry)")
+    sp.add_argument("--tag", action="append", help="required worker tag (repeat for several)")
+    sp.add_argument("--hardware", help="required hardware kind: cpu, cuda, rocm ...")
+    sp.add_argument("--min-memory-gb", type=float)
+    sp.add_argument("--gpu-count", type=int, help="GPUs the task reserves")
+    sp.add_argument("--os", help="required OS (linux, windows, darwin)")
+    sp.add_argument("--worker", help="only this worker")
+    sp.add_argument("--group", help="only workers of this group")
     sp.add_argument("--wait", action="store_true", help="wait until the task(s) finish; exit 1 if any failed")
     sp.add_argument("--wait-timeout", type=float, default=3600.0)
     sp.add_argument("--json", action="store_true")
@@ -357,6 +388,18 @@ def dtf_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp = client_cmd("cancel", cmd_cancel, "cancel tasks")
     sp.add_argument("task_ids", nargs="+")
+    sp = client_cmd("assign", _task_command("assign_task", lambda a: {"worker_id": a.worker_id}),
+                    "pin a pending task to a worker (or move an assigned one)")
+    sp.add_argument("task_id")
+    sp.add_argument("worker_id")
+    sp = client_cmd("unassign", _task_command("unassign_task", lambda a: {}), "drop a pin; back to the queue")
+    sp.add_argument("task_id")
+    sp = client_cmd("retry", _task_command("retry_task", lambda a: {}), "run a failed or cancelled task again")
+    sp.add_argument("task_id")
+    sp = client_cmd("priority", _task_command("set_priority", lambda a: {"priority": a.priority}),
+                    "change a task's priority (higher runs first)")
+    sp.add_argument("task_id")
+    sp.add_argument("priority", type=int)
     return ap
 
 

@@ -9,12 +9,14 @@ Handlers run in the coordinator thread.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from dtf_agent import protocol as p
+from dtf_gui.coordinator import scheduler as sch
 from dtf_gui.coordinator.state import TaskTable, new_task_id
 from dtf_gui.coordinator.store import RESULT_COLUMNS, result_row_to_dict
 
@@ -73,6 +75,16 @@ class TaskRef(_Args):
     task_id: str
 
 
+class AssignArgs(_Args):
+    task_id: str
+    worker_id: str
+
+
+class PriorityArgs(_Args):
+    task_id: str
+    priority: int
+
+
 class WorkerRef(_Args):
     worker_id: str
 
@@ -122,6 +134,10 @@ class ClientApi:
             "get_task": (TaskRef, self.get_task),
             "list_tasks": (ListTasks, self.list_tasks),
             "cancel_task": (TaskRef, self.cancel_task),
+            "assign_task": (AssignArgs, self.assign_task),
+            "unassign_task": (TaskRef, self.unassign_task),
+            "retry_task": (TaskRef, self.retry_task),
+            "set_priority": (PriorityArgs, self.set_priority),
             "list_workers": (NoArgs, self.list_workers),
             "get_worker": (WorkerRef, self.get_worker),
             "list_results": (ListResults, self.list_results),
@@ -226,7 +242,8 @@ class ClientApi:
             if not rows:
                 raise ApiError(f"no task {a.task_id!r}")
             out = rows[0]
-        out["why"] = out.get("status_reason") or ""
+        out["why"] = (self.c.sched.why_waiting(a.task_id) if out["status"] in ("pending", "assigned")
+                      else out.get("error") or out.get("status_reason") or "")
         out["result_list"] = self.c.store.load_results("WHERE task_id=? ORDER BY timestamp", (a.task_id,))
         return out
 
@@ -242,13 +259,54 @@ class ClientApi:
             params.append(a.worker_id)
         sql = ("WHERE " + " AND ".join(where) if where else "") + " ORDER BY create_time DESC, task_id LIMIT ?"
         params.append(max(1, min(a.limit, MAX_LIST)))
-        return self.c.store.load_tasks(sql, params)
+        rows = self.c.store.load_tasks(sql, params)
+        for row in rows:
+            # Why a task waits is the scheduler's live knowledge, not a stored column.
+            row["why"] = (self.c.sched.why_waiting(row["task_id"]) if row["status"] in ("pending", "assigned")
+                          else row.get("error") or row.get("status_reason") or "")
+        return rows
 
     def cancel_task(self, a: TaskRef) -> dict[str, Any]:
         if self.c.tasks.get(a.task_id) is None:
             raise ApiError(f"no active task {a.task_id!r}")
         self.c.cancel(a.task_id)
         return {"task_id": a.task_id, "status": self.c.tasks.get(a.task_id)["status"]}
+
+    def _known(self, task_id: str) -> dict[str, Any]:
+        task = self.c.tasks.get(task_id)
+        if task is None:
+            raise ApiError(f"no task {task_id!r} (or it finished long ago; see `dtf tasks`)")
+        return task
+
+    def _state(self, task_id: str) -> dict[str, Any]:
+        task = self._known(task_id)
+        return {"task_id": task_id, "status": task["status"], "worker_id": task["worker_id"],
+                "priority": task["priority"], "why": self.c.sched.why_waiting(task_id)}
+
+    def assign_task(self, a: AssignArgs) -> dict[str, Any]:
+        self._known(a.task_id)
+        if a.worker_id not in self.c.workers:
+            known = ", ".join(sorted(self.c.workers)) or "none yet"
+            raise ApiError(f"cannot assign {a.task_id}: no worker {a.worker_id!r} (known: {known})")
+        self.c.command(sch.Assign(time.time(), a.task_id, a.worker_id), "assign")
+        return self._state(a.task_id)
+
+    def unassign_task(self, a: TaskRef) -> dict[str, Any]:
+        self._known(a.task_id)
+        self.c.command(sch.Unassign(time.time(), a.task_id), "unassign")
+        return self._state(a.task_id)
+
+    def retry_task(self, a: TaskRef) -> dict[str, Any]:
+        self._known(a.task_id)
+        self.c.command(sch.Retry(time.time(), a.task_id), "retry")
+        return self._state(a.task_id)
+
+    def set_priority(self, a: PriorityArgs) -> dict[str, Any]:
+        task = self._known(a.task_id)
+        self.c.command(sch.SetPriority(time.time(), a.task_id, a.priority), "change the priority of")
+        task["priority"] = a.priority
+        self.c.store.put_task(task)
+        return self._state(a.task_id)
 
     def list_workers(self, _: NoArgs) -> list[dict[str, Any]]:
         return self.c.store.load_workers()

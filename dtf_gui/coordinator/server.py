@@ -564,6 +564,10 @@ class Coordinator:
         if task is None:
             return
         status = ins.status
+        if status not in p.TERMINAL_STATUSES and task["task_id"] not in self.tasks.active:
+            self.tasks.revive(task["task_id"])
+            task["end_time"] = None
+            task["error"] = None
         self.tasks.set_status(task, status)
         task["status_reason"] = ins.reason or None
         if ins.worker_id is not None:
@@ -684,11 +688,18 @@ class Coordinator:
             self.store.put_task(t)
         return added, refused
 
-    def cancel(self, task_id: str) -> None:
+    def command(self, event: Any, what: str) -> None:
+        """One engineer's command about one task (cancel, assign, retry ...); raises ApiError with the
+        scheduler's reason when it is refused."""
         self._rejections.clear()
-        self._sched([sch.Cancel(time.time(), task_id)])
-        if task_id in self._rejections:
-            raise ApiError(f"cannot cancel {task_id}: {self._rejections.pop(task_id)}")
+        self._sched([event])
+        reason = self._rejections.pop(event.task_id, None)
+        self._rejections.clear()
+        if reason is not None:
+            raise ApiError(reason if reason.startswith("cannot") else f"cannot {what} {event.task_id}: {reason}")
+
+    def cancel(self, task_id: str) -> None:
+        self.command(sch.Cancel(time.time(), task_id), "cancel")
 
     # -- clients ----------------------------------------------------------------------------------
 

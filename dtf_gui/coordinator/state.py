@@ -101,6 +101,16 @@ class TaskTable:
         if len(self.recent) > self.recent_limit:
             self.recent.popitem(last=False)
 
+    def revive(self, task_id: str) -> dict[str, Any] | None:
+        """A finished task that runs again (retry): back among the active ones."""
+        rec = self.recent.pop(task_id, None)
+        if rec is None:
+            return self.active.get(task_id)
+        self.finished_counts[rec["status"]] -= 1
+        self.active[task_id] = rec
+        self.active_counts[rec["status"]] += 1
+        return rec
+
     def status_counts(self) -> dict[str, int]:
         counts = self.active_counts + self.finished_counts
         return {s: counts.get(s, 0) for s in ("pending", "assigned", "running", "completed", "failed",

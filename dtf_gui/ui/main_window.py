@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 import pyqtgraph as pg
-from PySide6.QtCore import QSortFilterProxyModel, Qt, QTimer
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtCore import QSortFilterProxyModel, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDragMoveEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHeaderView,
@@ -24,15 +24,52 @@ from PySide6.QtWidgets import (
 
 from dtf_gui.ui.bridge import CoordinatorBridge
 from dtf_gui.ui.dialogs import NewTaskDialog
-from dtf_gui.ui.models import KeyedTableModel, tasks_model, workers_model
+from dtf_gui.ui.models import TASK_IDS_MIME, KeyedTableModel, tasks_model, workers_model
 
 HISTORY_POINTS = 300
 
 
-def _table(model: KeyedTableModel, name: str) -> tuple[QTableView, QSortFilterProxyModel]:
+class WorkerDropView(QTableView):
+    """The workers table: drop tasks on a worker to assign them there."""
+
+    tasksDropped = Signal(list, str)  # task ids, worker id
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setAcceptDrops(True)
+        self.setDropIndicatorShown(True)
+
+    def _worker_at(self, event: QDropEvent | QDragMoveEvent) -> str | None:
+        index = self.indexAt(event.position().toPoint())
+        return index.data(Qt.ItemDataRole.UserRole) if index.isValid() else None
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if event.mimeData().hasFormat(TASK_IDS_MIME):
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    def dragMoveEvent(self, event: QDragMoveEvent) -> None:
+        if event.mimeData().hasFormat(TASK_IDS_MIME) and self._worker_at(event):
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        worker = self._worker_at(event)
+        if not worker or not event.mimeData().hasFormat(TASK_IDS_MIME):
+            event.ignore()
+            return
+        ids = [t for t in bytes(event.mimeData().data(TASK_IDS_MIME).data()).decode().split("\n") if t]
+        event.acceptProposedAction()
+        self.tasksDropped.emit(ids, worker)
+
+
+def _table(model: KeyedTableModel, name: str, view: QTableView | None = None,
+           ) -> tuple[QTableView, QSortFilterProxyModel]:
     proxy = QSortFilterProxyModel()
     proxy.setSourceModel(model)
-    view = QTableView()
+    view = view or QTableView()
     view.setObjectName(name)
     view.setModel(proxy)
     view.setSortingEnabled(True)
@@ -76,8 +113,12 @@ class MainWindow(QMainWindow):
         self.resize(1200, 760)
         self.workers = workers_model()
         self.tasks = tasks_model()
-        self.workers_view, _ = _table(self.workers, "workersView")
+        self.workers_view, _ = _table(self.workers, "workersView", WorkerDropView())
         self.tasks_view, _ = _table(self.tasks, "tasksView")
+        # Drag a task (or several) from the tasks table onto a worker to assign it there.
+        self.tasks_view.setDragEnabled(True)
+        self.tasks_view.setDragDropMode(QAbstractItemView.DragDropMode.DragOnly)
+        self.workers_view.tasksDropped.connect(self.assign_tasks)
         self.tasks_view.sortByColumn(7, Qt.SortOrder.DescendingOrder)
         self.throughput = ThroughputPlot()
 
@@ -162,6 +203,16 @@ class MainWindow(QMainWindow):
         task_id = self.bridge.submit_task(fields)
         if task_id:
             self.statusBar().showMessage(f"Submitted task {task_id}", 5000)
+
+    def assign_tasks(self, task_ids: list[str], worker_id: str) -> int:
+        """Pin tasks to a worker (drag-and-drop); refusals show in the status bar with the reason."""
+        done = 0
+        for tid in task_ids:
+            if self.bridge.call("assign_task", {"task_id": tid, "worker_id": worker_id}) is not None:
+                done += 1
+        if done:
+            self.statusBar().showMessage(f"Assigned {done} task(s) to {worker_id}", 5000)
+        return done
 
     def selected_task_ids(self) -> list[str]:
         ids = []

@@ -10,10 +10,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
+from PySide6.QtCore import QAbstractTableModel, QMimeData, QModelIndex, QPersistentModelIndex, Qt
 from PySide6.QtGui import QBrush, QColor
 
 Index = QModelIndex | QPersistentModelIndex
+TASK_IDS_MIME = "application/x-dtf-task-ids"
 Formatter = Callable[[Any], str]
 
 STATUS_COLOURS = {
@@ -47,9 +48,12 @@ class Column:
 class KeyedTableModel(QAbstractTableModel):
     """Rows are dicts identified by ``key``; ``apply`` upserts a batch of them."""
 
-    def __init__(self, key: str, columns: Sequence[Column], *, max_rows: int = 10_000) -> None:
+    def __init__(self, key: str, columns: Sequence[Column], *, max_rows: int = 10_000,
+                 drag_mime: str | None = None) -> None:
         super().__init__()
         self.key = key
+        # Rows of this model can be dragged (tasks onto workers) carrying their keys as this MIME type.
+        self.drag_mime = drag_mime
         self.columns = list(columns)
         self.max_rows = max_rows
         self._rows: list[dict[str, Any]] = []
@@ -79,6 +83,23 @@ class KeyedTableModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.UserRole:
             return row.get(self.key)
         return None
+
+    def flags(self, index: Index) -> Qt.ItemFlag:
+        base = super().flags(index)
+        if self.drag_mime and index.isValid():
+            return base | Qt.ItemFlag.ItemIsDragEnabled
+        return base
+
+    def mimeTypes(self) -> list[str]:
+        return [self.drag_mime] if self.drag_mime else []
+
+    def mimeData(self, indexes: Sequence[QModelIndex]) -> QMimeData:
+        data = QMimeData()
+        keys = sorted({self._rows[i.row()][self.key] for i in indexes if i.isValid() and i.row() < len(self._rows)})
+        if self.drag_mime:
+            data.setData(self.drag_mime, "\n".join(keys).encode())
+        data.setText(" ".join(keys))
+        return data
 
     def headerData(self, section: int, orientation: Qt.Orientation,
                    role: int = Qt.ItemDataRole.DisplayRole) -> Any:
@@ -148,4 +169,4 @@ def tasks_model(max_rows: int = 10_000) -> KeyedTableModel:
         Column("command", "Command"), Column("priority", "Priority"), Column("worker_id", "Worker"),
         Column("attempt", "Attempt"), Column("create_time", "Submitted", fmt_time),
         Column("end_time", "Finished", fmt_time), Column("why", "Error / reason"),
-    ], max_rows=max_rows)
+    ], max_rows=max_rows, drag_mime=TASK_IDS_MIME)

@@ -80,3 +80,57 @@ def test_keyed_model_upserts_and_trims() -> None:
     assert m.keys() == ["b", "c", "d"]
     assert m.row_for("c")["v"] == 5
     assert m.row_for("a") is None
+
+
+def _drop_on_worker(win, task_ids: list[str], worker_id: str) -> None:
+    """What a drag from the tasks table onto a worker row delivers: a drop event with the task ids."""
+    from PySide6.QtCore import QPointF, Qt
+    from PySide6.QtGui import QDropEvent
+
+    view = win.workers_view
+    proxy = view.model()
+    row = next(r for r in range(proxy.rowCount())
+               if proxy.index(r, 0).data(Qt.ItemDataRole.UserRole) == worker_id)
+    target = view.visualRect(proxy.index(row, 0)).center()
+    mime = win.tasks.mimeData([win.tasks.index(win.tasks.keys().index(t), 0) for t in task_ids])
+    event = QDropEvent(QPointF(target), Qt.DropAction.MoveAction, mime, Qt.MouseButton.LeftButton,
+                       Qt.KeyboardModifier.NoModifier)
+    view.dropEvent(event)
+    assert event.isAccepted()
+
+
+def test_dragging_a_task_onto_a_worker_pins_it_there(qtbot, gui_session) -> None:
+    win = gui_session.window
+    bridge = gui_session.bridge
+    qtbot.waitUntil(lambda: win.workers.rowCount() == 1, timeout=15_000)
+    worker_id = win.workers.keys()[0]
+    # Fill both slots of the local agent so the dragged task has to wait for room on that worker.
+    blockers = [bridge.submit_task({"command": "sleep 60"}) for _ in range(2)]
+    qtbot.waitUntil(lambda: all(bridge.call("get_task", {"task_id": b})["status"] == "running" for b in blockers),
+                    timeout=15_000)
+    task_id = bridge.submit_task({"command": "echo dragged"})
+    qtbot.waitUntil(lambda: win.tasks.row_for(task_id) is not None, timeout=5000)
+    assert bridge.call("get_task", {"task_id": task_id})["status"] == "pending"
+
+    _drop_on_worker(win, [task_id], worker_id)
+
+    why = bridge.call("get_task", {"task_id": task_id})["why"]
+    assert f"pinned to {worker_id}" in why
+    assert "Assigned 1 task" in win.statusBar().currentMessage()
+    for b in blockers:
+        bridge.cancel_task(b)
+    qtbot.waitUntil(lambda: bridge.call("get_task", {"task_id": task_id})["status"] == "completed", timeout=20_000)
+    assert bridge.call("get_task", {"task_id": task_id})["worker_id"] == worker_id
+
+
+def test_a_refused_drop_says_why(qtbot, gui_session) -> None:
+    win = gui_session.window
+    bridge = gui_session.bridge
+    qtbot.waitUntil(lambda: win.workers.rowCount() == 1, timeout=15_000)
+    worker_id = win.workers.keys()[0]
+    task_id = bridge.submit_task({"command": "echo needs-a-gpu", "requirements": {"tags": ["gpu"]}})
+    qtbot.waitUntil(lambda: win.tasks.row_for(task_id) is not None, timeout=5000)
+    _drop_on_worker(win, [task_id], worker_id)
+    message = win.statusBar().currentMessage()
+    assert "cannot assign" in message and "gpu" in message
+    assert bridge.call("get_task", {"task_id": task_id})["status"] == "pending"
