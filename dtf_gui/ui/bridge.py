@@ -20,12 +20,33 @@ from dtf_gui.coordinator.server import Coordinator, ServerSettings
 log = logging.getLogger(__name__)
 
 
+def finding_row(f: dict[str, Any]) -> dict[str, Any]:
+    """An anomaly or change point, flattened for the findings table."""
+    series = f.get("series") or {}
+    if f.get("kind") == "anomaly":
+        detail = f"value {f.get('value', 0):.4g}, robust z {f.get('score', 0):+.1f}"
+        lo, hi = (f.get("expected_range") or [None, None])[:2]
+        if lo is not None and hi is not None:
+            detail += f" (expected {lo:.4g} .. {hi:.4g})"
+    else:
+        detail = (f"{(f.get('rel_change') or 0) * 100:+.1f}% ({f.get('mean_before', 0):.4g} -> "
+                  f"{f.get('mean_after', 0):.4g}), p={f.get('p_value', 0):.2g}")
+    return {
+        "finding_id": f"{f.get('kind')}:{f.get('result_id')}:{f.get('metric')}",
+        "kind": "change point" if f.get("kind") == "change_point" else "anomaly",
+        "time": f.get("timestamp"), "test_id": series.get("test_id"), "worker_id": series.get("worker_id"),
+        "metric": f.get("metric"), "direction": f.get("direction"), "detail": detail,
+        "result_id": f.get("result_id"),
+    }
+
+
 class CoordinatorBridge(QObject):
     # list[protocol.Event]; emitted from the coordinator thread, delivered queued in the GUI thread.
     eventsReady = Signal(object)
     workersChanged = Signal(list)
     tasksChanged = Signal(list)
     statsChanged = Signal(dict)
+    findingsChanged = Signal(list)
     errorRaised = Signal(str)
 
     def __init__(self, settings: ServerSettings, parent: QObject | None = None) -> None:
@@ -62,6 +83,9 @@ class CoordinatorBridge(QObject):
             self.workersChanged.emit(workers)
         if tasks:
             self.tasksChanged.emit(tasks)
+        findings = [finding_row(e.data) for e in events if e.kind in ("anomaly", "change_point")]
+        if findings:
+            self.findingsChanged.emit(findings)
         for e in events:
             if e.kind == "stats":
                 self.last_stats = e.data

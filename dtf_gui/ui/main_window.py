@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QSplitter,
     QTableView,
+    QTabWidget,
     QToolBar,
     QVBoxLayout,
     QWidget,
@@ -24,7 +25,7 @@ from PySide6.QtWidgets import (
 
 from dtf_gui.ui.bridge import CoordinatorBridge
 from dtf_gui.ui.dialogs import NewTaskDialog
-from dtf_gui.ui.models import TASK_IDS_MIME, KeyedTableModel, tasks_model, workers_model
+from dtf_gui.ui.models import TASK_IDS_MIME, KeyedTableModel, findings_model, tasks_model, workers_model
 
 HISTORY_POINTS = 300
 
@@ -120,6 +121,8 @@ class MainWindow(QMainWindow):
         self.tasks_view.setDragDropMode(QAbstractItemView.DragDropMode.DragOnly)
         self.workers_view.tasksDropped.connect(self.assign_tasks)
         self.tasks_view.sortByColumn(7, Qt.SortOrder.DescendingOrder)
+        self.findings = findings_model()
+        self.findings_view, _ = _table(self.findings, "findingsView")
         self.throughput = ThroughputPlot()
 
         central = QWidget()
@@ -130,7 +133,10 @@ class MainWindow(QMainWindow):
         top.addWidget(self._titled("Throughput", self.throughput))
         top.setSizes([700, 500])
         split.addWidget(top)
-        split.addWidget(self._titled("Tasks", self.tasks_view))
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.tasks_view, "Tasks")
+        self.tabs.addTab(self.findings_view, "Anomalies && regressions")
+        split.addWidget(self.tabs)
         split.setSizes([280, 480])
         layout.addWidget(split)
         self.setCentralWidget(central)
@@ -157,6 +163,7 @@ class MainWindow(QMainWindow):
 
         bridge.workersChanged.connect(self.workers.apply)
         bridge.tasksChanged.connect(self.tasks.apply)
+        bridge.findingsChanged.connect(self._on_findings)
         bridge.statsChanged.connect(self._on_stats)
         bridge.errorRaised.connect(self._on_error)
         self._closing_hooks: list[Any] = []
@@ -189,6 +196,10 @@ class MainWindow(QMainWindow):
         self.tasks_label.setText(f"Pending: {tasks.get('pending', 0)}  Running: "
                                  f"{tasks.get('running', 0) + tasks.get('assigned', 0)}  "
                                  f"Completed: {tasks.get('completed', 0)}  Failed: {tasks.get('failed', 0)}")
+
+    def _on_findings(self, rows: list[dict[str, Any]]) -> None:
+        self.findings.apply(rows)
+        self.tabs.setTabText(1, f"Anomalies && regressions ({self.findings.rowCount()})")
 
     def _on_error(self, message: str) -> None:
         self.statusBar().showMessage(message, 10_000)

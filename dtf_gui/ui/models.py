@@ -20,7 +20,7 @@ Formatter = Callable[[Any], str]
 STATUS_COLOURS = {
     "online": "#2e7d32", "busy": "#1565c0", "offline": "#9e9e9e", "error": "#c62828",
     "pending": "#6d6d6d", "assigned": "#8e6c00", "running": "#1565c0", "completed": "#2e7d32",
-    "failed": "#c62828", "cancelled": "#9e9e9e",
+    "failed": "#c62828", "cancelled": "#9e9e9e", "regression": "#c62828", "improvement": "#2e7d32",
 }
 
 
@@ -74,8 +74,8 @@ class KeyedTableModel(QAbstractTableModel):
         col = self.columns[index.column()]
         if role == Qt.ItemDataRole.DisplayRole:
             return col.fmt(row.get(col.key))
-        if role == Qt.ItemDataRole.ForegroundRole and col.key == "status":
-            colour = STATUS_COLOURS.get(str(row.get("status")))
+        if role == Qt.ItemDataRole.ForegroundRole and col.key in ("status", "direction"):
+            colour = STATUS_COLOURS.get(str(row.get(col.key)))
             return QBrush(QColor(colour)) if colour else None
         if role == Qt.ItemDataRole.ToolTipRole:
             value = row.get(col.key)
@@ -170,3 +170,11 @@ def tasks_model(max_rows: int = 10_000) -> KeyedTableModel:
         Column("attempt", "Attempt"), Column("create_time", "Submitted", fmt_time),
         Column("end_time", "Finished", fmt_time), Column("why", "Error / reason"),
     ], max_rows=max_rows, drag_mime=TASK_IDS_MIME)
+
+
+def findings_model(max_rows: int = 5000) -> KeyedTableModel:
+    return KeyedTableModel("finding_id", [
+        Column("time", "Time", fmt_time), Column("kind", "Kind"), Column("direction", "Direction"),
+        Column("test_id", "Test"), Column("worker_id", "Worker"), Column("metric", "Metric"),
+        Column("result_id", "Result"), Column("detail", "Detail"),
+    ], max_rows=max_rows)
