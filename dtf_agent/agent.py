@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import zmq
 
 from dtf_agent import __version__, hardware
@@ -89,6 +90,11 @@ class Agent:
         self._wake()
 
     def _wake(self) -> None:
+        if self._wake_w < 0:
+            # run() has ended and closed the pipe: a late stop() (a signal during shutdown, or
+            # the window stopping an agent that already quit) must not write to a closed
+            # descriptor, or to whatever file has been given its number since.
+            return
         try:
             os.write(self._wake_w, b"x")
         except BlockingIOError:
@@ -113,7 +119,8 @@ class Agent:
         poller.register(self._wake_r, zmq.POLLIN)
         now = time.monotonic()
         next_register = now
-        next_heartbeat = now + self.s.heartbeat_interval
+        # An attribute, not a local: the Welcome brings the coordinator's interval and restarts it.
+        self._next_heartbeat = now + self.s.heartbeat_interval
         next_resend = now + self.s.resend_interval
         log.info("agent %s connecting to %s with %d slot(s)", self.s.worker_id, self.s.address, self.s.slots)
         try:
@@ -122,13 +129,13 @@ class Agent:
                 if not self.registered and now >= next_register:
                     self._send(self._register_msg())
                     next_register = now + self.s.register_retry
-                if self.registered and now >= next_heartbeat:
+                if self.registered and now >= self._next_heartbeat:
                     self._send(self._heartbeat_msg())
-                    next_heartbeat = now + self.s.heartbeat_interval
+                    self._next_heartbeat = now + self.s.heartbeat_interval
                 if now >= next_resend:
                     self._resend_unacked(now)
                     next_resend = now + self.s.resend_interval
-                deadline = min(next_heartbeat if self.registered else next_register, next_resend)
+                deadline = min(self._next_heartbeat if self.registered else next_register, next_resend)
                 timeout_ms = max(0, int((deadline - time.monotonic()) * 1000)) + 1
                 for s, _ in poller.poll(timeout_ms):
                     if s is sock:
@@ -143,8 +150,10 @@ class Agent:
             self._shutdown()
             sock.close(linger=200)
             ctx.term()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            wake_r, wake_w = self._wake_r, self._wake_w
+            self._wake_r = self._wake_w = -1
+            os.close(wake_r)
+            os.close(wake_w)
             if self._own_work_dir:
                 shutil.rmtree(self.work_dir, ignore_errors=True)
         return 0
@@ -195,6 +204,9 @@ class Agent:
     def _on_welcome(self, msg: p.Welcome) -> None:
         self.registered = True
         self.s.heartbeat_interval = msg.heartbeat_interval
+        # The first heartbeat was scheduled with this agent's own interval (5 s by default); a
+        # coordinator with a shorter timeout would mark a healthy agent offline before it came.
+        self._next_heartbeat = time.monotonic() + msg.heartbeat_interval
         log.info("registered with coordinator %s as %s", msg.coordinator_id, msg.worker_id)
         # Results the coordinator may not have seen (it restarted, or we reconnected) go again now.
         self._resend_unacked(float("inf"))
@@ -211,8 +223,15 @@ class Agent:
 
     def _on_assign(self, msg: p.Assign) -> None:
         for spec in msg.tasks:
-            if spec.task_id in self.running:
-                continue  # a duplicate assignment (resent after a reconnect): already on it
+            run = self.running.get(spec.task_id)
+            if run is not None:
+                # Already on it: the assignment was resent, or the coordinator took this agent for
+                # lost and dispatched the task to it again. Report under the newest attempt, or the
+                # coordinator drops the result as stale and the task never finishes.
+                if spec.attempt > run.spec.attempt:
+                    run.spec = msgspec.structs.replace(run.spec, attempt=spec.attempt)
+                    self._started.append(spec.task_id)
+                continue
             runner = self._runners.get(spec.type)
             if runner is None:
                 self._report(spec, Outcome(spec.task_id, "failure", time.time(), time.time(),

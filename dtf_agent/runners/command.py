@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,16 +88,22 @@ def _read_metrics(path: Path) -> tuple[dict[str, float], str]:
     return metrics, note
 
 
-def kill_tree(proc: subprocess.Popen[bytes], grace: float = KILL_GRACE_S) -> None:
+def kill_tree(proc: subprocess.Popen[bytes], grace: float = KILL_GRACE_S,
+              known: Sequence[psutil.Process] = ()) -> None:
     """SIGTERM the task's process group and every descendant, then SIGKILL what is left.
 
     Descendants are collected first because a child may have left the group (setsid); the group
-    kill catches the ones that were forked while we looked.
+    kill catches the ones that were forked while we looked. ``known`` are descendants seen
+    earlier: once the task's own process has exited, its orphans cannot be found from it.
     """
-    try:
-        descendants = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.Error:
-        descendants = []
+    descendants: list[psutil.Process] = []
+    if proc.returncode is None:  # once reaped, its pid may already belong to someone else
+        try:
+            descendants = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.Error:
+            pass
+    pids = {d.pid for d in descendants}
+    descendants += [k for k in known if k.pid not in pids]
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
@@ -140,6 +146,8 @@ class CommandRun:
         self._cancelled = threading.Event()
         self._dir = Path(tempfile.mkdtemp(prefix=f"task-{spec.task_id[:40]}-", dir=work_dir))
         self.proc: subprocess.Popen[bytes] | None = None
+        self._tree: list[psutil.Process] = []
+        self._escalate: threading.Timer | None = None
         self.start_time = time.time()
         self._thread = threading.Thread(target=self._run, name=f"task-{spec.task_id}", daemon=True)
 
@@ -147,13 +155,23 @@ class CommandRun:
         self._thread.start()
 
     def cancel(self) -> None:
+        """Non-blocking (the agent's loop calls it): SIGTERM now, SIGKILL after the grace period."""
         self._cancelled.set()
         proc = self.proc
         if proc is not None and proc.poll() is None:
+            # Remember the tree while the task's process still lives: once it exits, a child that
+            # left the group (setsid) is an orphan nothing could find any more, and it would
+            # outlive the cancel.
             try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
+                self._tree = psutil.Process(proc.pid).children(recursive=True)
+            except psutil.Error:
                 pass
+            _signal_tree(proc, self._tree, signal.SIGTERM)
+            # The waiter thread sits in wait(): a task that ignores SIGTERM would keep it there
+            # for ever, so a timer escalates.
+            self._escalate = threading.Timer(KILL_GRACE_S, _signal_tree, (proc, self._tree, signal.SIGKILL))
+            self._escalate.daemon = True
+            self._escalate.start()
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
@@ -165,6 +183,8 @@ class CommandRun:
             log.exception("task %s: runner failed", self.spec.task_id)
             outcome = Outcome(self.spec.task_id, "failure", self.start_time, time.time(),
                               error=f"runner error: {type(exc).__name__}: {exc}")
+        if self._escalate is not None:
+            self._escalate.cancel()  # the tree is gone; its pids must not be signalled later
         try:
             self.on_done(outcome)
         finally:
@@ -191,10 +211,22 @@ class CommandRun:
             return Outcome(self.spec.task_id, "failure", self.start_time, time.time(), error="cancelled")
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             try:
-                self.proc = subprocess.Popen(
-                    argv, shell=shell, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, cwd=cwd,
-                    start_new_session=True,
-                )
+                try:
+                    self.proc = subprocess.Popen(
+                        argv, shell=shell, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, cwd=cwd,
+                        start_new_session=True,
+                    )
+                except FileNotFoundError:
+                    if shell or not isinstance(command, str):
+                        raise
+                    # No such program: a shell builtin (`exit 3`, `cd dir`, `ulimit -a`) has no shell
+                    # syntax to give it away, and the engineer who typed it expects /bin/sh to run it.
+                    # Nothing ran, so trying again under sh is safe; sh also words a missing program
+                    # the usual way (exit code 127, "not found" on stderr).
+                    self.proc = subprocess.Popen(
+                        command, shell=True, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
+                        cwd=cwd, start_new_session=True,
+                    )
             except OSError as exc:
                 return Outcome(self.spec.task_id, "failure", self.start_time, time.time(),
                                error=f"cannot start {command!r}: {exc}")
@@ -207,7 +239,7 @@ class CommandRun:
                 error = f"timed out after {self.timeout:g} s; process tree killed"
             if self._cancelled.is_set():
                 # The group got SIGTERM from cancel(); make sure nothing it forked survives.
-                kill_tree(self.proc)
+                kill_tree(self.proc, known=self._tree)
                 error = "cancelled"
             elif not error:
                 # A command may exit and leave background children in its group behind.
@@ -228,6 +260,19 @@ class CommandRun:
             stderr_tail=_tail(err_path, self.tail_bytes),
         )
         return outcome
+
+
+def _signal_tree(proc: subprocess.Popen[bytes], tree: Sequence[psutil.Process], sig: int) -> None:
+    if proc.returncode is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+    for child in tree:
+        try:
+            child.send_signal(sig)  # psutil checks the pid still names the same process
+        except psutil.Error:
+            pass
 
 
 def _cleanup(path: Path) -> None:

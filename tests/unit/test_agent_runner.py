@@ -1,0 +1,393 @@
+"""The command runner: exit code, output tails and $DTF_RESULT_FILE metrics are captured; a
+timeout or a cancel kills the task's whole process tree, including children that left its group.
+And the agent's loop around it, against a fake coordinator: heartbeats, re-assignment, resends."""
+
+from __future__ import annotations
+
+import os
+import queue
+import shlex
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TypeVar
+
+import msgspec
+import psutil
+import pytest
+import zmq
+
+from dtf_agent import protocol as p
+from dtf_agent.agent import Agent, AgentSettings
+from dtf_agent.protocol import TaskSpec
+from dtf_agent.runners.command import CommandRun, Outcome
+from dtf_agent.transport import bind, make_socket
+from tests.helpers import alive, descendants, find_descendants, wait_until
+
+T = TypeVar("T")
+
+PY = shlex.quote(sys.executable)
+
+
+class Runner:
+    """Starts CommandRuns and hands back their outcomes; kills leftovers at teardown."""
+
+    def __init__(self, work_dir: Path) -> None:
+        self.work_dir = work_dir
+        self.done: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        self.runs: list[CommandRun] = []
+        self.seen: list[psutil.Process] = []
+
+    def start(self, command: str | list[str], *, timeout: float | None = None, task_id: str = "t1",
+              tail_bytes: int = 4096, default_timeout: float | None = None, **params: object) -> CommandRun:
+        spec = TaskSpec(task_id=task_id, parameters={"command": command, **params}, timeout=timeout)
+        run = CommandRun(spec, self.work_dir, self.done.put, tail_bytes=tail_bytes, default_timeout=default_timeout)
+        self.runs.append(run)
+        run.start()
+        return run
+
+    def outcome(self, timeout: float = 30) -> Outcome:
+        try:
+            return self.done.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no outcome within {timeout} s") from None
+
+    def run(self, command: str | list[str], **kw: object) -> Outcome:
+        self.start(command, **kw)  # type: ignore[arg-type]
+        return self.outcome()
+
+    def tree(self, run: CommandRun, needle: str, n: int) -> list[psutil.Process]:
+        """Wait until ``n`` processes matching ``needle`` run under the task, and return them."""
+        wait_until(lambda: run.proc is not None, 10)
+        assert run.proc is not None
+        pid = run.proc.pid
+        procs = wait_until(lambda: (lambda found: found if len(found) >= n else None)(find_descendants(pid, needle)),
+                           15, message=lambda: f"descendants of {pid}: {psutil.Process(pid).children(True)}")
+        self.seen.extend(procs)
+        return procs
+
+    def close(self) -> None:
+        for run in self.runs:
+            run.cancel()
+        for run in self.runs:
+            run.join(10)
+        # Whatever a broken runner left behind dies here, so one failure cannot leak processes.
+        for run in self.runs:
+            if run.proc is not None and run.proc.poll() is None:
+                self.seen.extend(descendants(run.proc.pid))
+                try:
+                    os.killpg(run.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                run.proc.wait(10)
+        for pr in alive(self.seen):
+            pr.kill()
+
+
+@pytest.fixture
+def runner(tmp_path: Path):
+    r = Runner(tmp_path)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def assert_all_gone(procs: list[psutil.Process]) -> None:
+    # kill_tree has already waited for them; a short poll absorbs the kernel's bookkeeping.
+    wait_until(lambda: not alive(procs), 5, message=lambda: f"still alive: {alive(procs)}")
+
+
+# ------------------------------------------------------------------------------ what is captured
+
+
+def test_success_captures_exit_code_and_stdout_tail(runner):
+    o = runner.run("echo hello world")
+    assert (o.status, o.exit_code, o.error) == ("success", 0, "")
+    assert o.stdout_tail == "hello world\n"
+    assert o.stderr_tail == ""
+    assert o.end_time >= o.start_time > 0
+
+
+def test_nonzero_exit_is_a_failure_with_its_code_and_stderr(runner):
+    o = runner.run("echo out; echo oops >&2; exit 3")
+    assert (o.status, o.exit_code) == ("failure", 3)
+    assert o.error == "exit code 3"
+    assert o.stdout_tail == "out\n" and o.stderr_tail == "oops\n"
+
+
+def test_argv_list_runs_without_a_shell(runner):
+    o = runner.run([sys.executable, "-c", "import sys; print(sys.argv[1])", "a b; $HOME"])
+    assert o.status == "success" and o.stdout_tail == "a b; $HOME\n"
+
+
+def test_task_environment_and_cwd(runner, tmp_path):
+    (tmp_path / "cwd").mkdir()
+    o = runner.run('echo "$DTF_TASK_ID $DTF_ATTEMPT $EXTRA"; pwd', task_id="task-42", env={"EXTRA": "x1"},
+                   cwd=str(tmp_path / "cwd"))
+    assert o.stdout_tail.splitlines() == ["task-42 1 x1", str(tmp_path / "cwd")]
+
+
+def test_stdout_tail_keeps_only_the_last_bytes(runner):
+    o = runner.run(f"{PY} -c \"print('a' * 5000 + 'END')\"", tail_bytes=100)
+    assert len(o.stdout_tail) == 100
+    assert o.stdout_tail.endswith("END\n")
+
+
+def test_metrics_from_result_file(runner):
+    o = runner.run("""echo '{"latency_ms": 1.5, "ops": 200, "ok": true, "name": "x"}' > "$DTF_RESULT_FILE" """)
+    assert o.status == "success"
+    assert o.metrics == {"latency_ms": 1.5, "ops": 200.0}
+    assert "non-numeric metrics ignored: ok, name" in o.error  # the engineer learns what was dropped
+
+
+def test_no_result_file_means_no_metrics_and_no_error(runner):
+    o = runner.run("true")
+    assert (o.status, o.metrics, o.error) == ("success", {}, "")
+
+
+def test_non_json_result_file_gives_a_clear_error(runner):
+    o = runner.run("""echo 'latency=3' > "$DTF_RESULT_FILE" """)
+    assert o.metrics == {}
+    assert "DTF_RESULT_FILE is not valid JSON" in o.error
+
+
+def test_result_file_that_is_not_an_object_gives_a_clear_error(runner):
+    o = runner.run("""echo '[1, 2]' > "$DTF_RESULT_FILE" """)
+    assert o.metrics == {}
+    assert "DTF_RESULT_FILE must hold a JSON object" in o.error
+
+
+def test_missing_program_fails_the_way_a_shell_reports_it(runner):
+    o = runner.run("/nonexistent/dtf-binary --flag")
+    assert (o.status, o.exit_code, o.error) == ("failure", 127, "exit code 127")
+    assert "/nonexistent/dtf-binary" in o.stderr_tail and "not found" in o.stderr_tail
+
+
+def test_argv_list_naming_a_missing_program_cannot_start(runner):
+    o = runner.run(["/nonexistent/dtf-binary", "--flag"])
+    assert o.status == "failure" and o.exit_code is None
+    assert o.error.startswith("cannot start") and "/nonexistent/dtf-binary" in o.error
+
+
+def test_missing_working_directory_cannot_start(runner, tmp_path):
+    o = runner.run("true", cwd=str(tmp_path / "no-such-dir"))
+    assert o.status == "failure" and o.exit_code is None
+    assert "no-such-dir" in o.error
+
+
+@pytest.mark.parametrize(("command", "code", "out"), [
+    ("exit 7", 7, ""),  # shell builtins have no shell syntax to give them away
+    ("cd /", 0, ""),
+    ("echo plain words", 0, "plain words\n"),
+])
+def test_builtins_and_plain_commands(runner, command, code, out):
+    o = runner.run(command)
+    assert (o.exit_code, o.stdout_tail) == (code, out)
+
+
+def test_missing_command_parameter(runner):
+    o = runner.run("")
+    assert o.status == "failure" and "no 'command' parameter" in o.error
+
+
+def test_task_directory_is_removed_afterwards(runner, tmp_path):
+    runner.run("""echo '{"x": 1}' > "$DTF_RESULT_FILE"; echo hi""")
+    # Removed right after the outcome is handed over, on the runner's thread.
+    wait_until(lambda: not [p for p in tmp_path.iterdir() if p.name.startswith("task-")], 5)
+
+
+# ------------------------------------------------------------------------------ killing trees
+
+
+def test_timeout_kills_the_whole_process_tree(runner):
+    run = runner.start("sleep 301 & sleep 301 & wait", timeout=1.5)
+    sleepers = runner.tree(run, "sleep 301", 2)
+    shell = psutil.Process(run.proc.pid)
+    o = runner.outcome()
+    assert o.status == "failure"
+    assert o.error.startswith("timed out after 1.5 s")
+    assert o.end_time - o.start_time < 10
+    assert_all_gone([shell, *sleepers])
+
+
+def test_default_timeout_applies_when_the_task_has_none(runner):
+    run = runner.start("sleep 302 & wait", default_timeout=1.0)
+    sleepers = runner.tree(run, "sleep 302", 1)
+    o = runner.outcome()
+    assert o.status == "failure" and o.error.startswith("timed out after 1 s")
+    assert_all_gone(sleepers)
+
+
+def test_timeout_also_kills_children_that_left_the_process_group(runner):
+    # setsid puts a child in a session of its own, out of reach of the group kill.
+    run = runner.start("setsid sleep 303 & sleep 304 & wait", timeout=1.5)
+    escaped = runner.tree(run, "sleep 303", 1)
+    stayed = runner.tree(run, "sleep 304", 1)
+    assert os.getpgid(escaped[0].pid) != os.getpgid(run.proc.pid)
+    o = runner.outcome()
+    assert o.error.startswith("timed out")
+    assert_all_gone(escaped + stayed)
+
+
+def test_cancel_kills_the_whole_process_tree(runner):
+    run = runner.start("sleep 305 & sleep 305 & wait")
+    sleepers = runner.tree(run, "sleep 305", 2)
+    shell = psutil.Process(run.proc.pid)
+    run.cancel()
+    o = runner.outcome()
+    assert (o.status, o.error) == ("failure", "cancelled")
+    assert_all_gone([shell, *sleepers])
+
+
+def test_cancel_also_kills_children_that_left_the_process_group(runner):
+    run = runner.start("setsid sleep 306 & sleep 307 & wait")
+    escaped = runner.tree(run, "sleep 306", 1)
+    stayed = runner.tree(run, "sleep 307", 1)
+    run.cancel()
+    o = runner.outcome()
+    assert o.error == "cancelled"
+    assert_all_gone(escaped + stayed)
+
+
+def test_cancel_of_a_task_that_ignores_sigterm(runner):
+    # The shell traps TERM and keeps waiting; the runner must escalate to SIGKILL.
+    run = runner.start("trap '' TERM; sleep 308 & wait; sleep 308")
+    sleepers = runner.tree(run, "sleep 308", 1)
+    shell = psutil.Process(run.proc.pid)
+    run.cancel()
+    o = runner.outcome(timeout=20)
+    assert o.error == "cancelled"
+    assert_all_gone([shell, *sleepers])
+
+
+def test_background_children_of_a_finished_command_are_killed(runner):
+    # The command exits at once but leaves a child in its group behind.
+    run = runner.start("sleep 309 & echo started")
+    o = runner.outcome()
+    assert o.status == "success" and o.stdout_tail == "started\n"
+    assert run.proc is not None
+    leftovers = [pr for pr in psutil.process_iter(["cmdline"]) if pr.info["cmdline"] == ["sleep", "309"]]
+    runner.seen.extend(leftovers)
+    assert_all_gone(leftovers)
+
+
+def test_cancel_before_start_does_not_run_the_command(runner, tmp_path):
+    marker = tmp_path / "ran"
+    spec = TaskSpec(task_id="early", parameters={"command": f"touch {marker}"})
+    done: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+    run = CommandRun(spec, tmp_path, done.put)
+    run.cancel()
+    run.start()
+    o = done.get(timeout=10)
+    assert o.error == "cancelled" and o.status == "failure"
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------ the agent's loop
+# A real Agent against a fake coordinator: a ROUTER socket driven by the test.
+
+
+class FakeCoordinator:
+    def __init__(self) -> None:
+        self.ctx = zmq.Context()
+        self.sock = make_socket(self.ctx, zmq.ROUTER)
+        self.endpoint = f"tcp://127.0.0.1:{bind(self.sock, '127.0.0.1', 0)}"
+        self.identity = b""
+
+    def recv(self, kind: type[T], timeout: float = 10) -> T:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.sock.poll(int(left * 1000) + 1):
+                raise AssertionError(f"fake coordinator: no {kind.__name__} within {timeout:g} s")
+            self.identity, frame = self.sock.recv_multipart()
+            msg = p.decode(frame)
+            if isinstance(msg, kind):
+                return msg
+
+    def send(self, msg: p.Message) -> None:
+        self.sock.send_multipart([self.identity, p.encode(msg)])
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def fake_coordinator():
+    fc = FakeCoordinator()
+    try:
+        yield fc
+    finally:
+        fc.close()
+
+
+@pytest.fixture
+def agent_on(tmp_path):
+    started: list[tuple[Agent, threading.Thread]] = []
+
+    def start(endpoint: str, **kw: object) -> Agent:
+        settings = AgentSettings(address=endpoint, worker_id="unit-agent", work_dir=str(tmp_path / "work"), **kw)
+        agent = Agent(settings)
+        t = threading.Thread(target=agent.run, daemon=True)
+        t.start()
+        started.append((agent, t))
+        return agent
+
+    try:
+        yield start
+    finally:
+        for agent, t in started:
+            agent.stop()
+            t.join(15)
+            assert not t.is_alive(), "agent loop did not stop"
+
+
+def test_agent_heartbeats_at_the_interval_the_coordinator_asks_for(fake_coordinator, agent_on):
+    # The agent's own interval is long; the Welcome's short one must take effect at once, not
+    # after the first long wait (a coordinator with a short timeout would think it dead).
+    agent_on(fake_coordinator.endpoint, heartbeat_interval=30.0)
+    reg = fake_coordinator.recv(p.Register)
+    assert reg.protocol_version == p.PROTOCOL_VERSION and reg.worker_id == "unit-agent"
+    fake_coordinator.send(p.Welcome(protocol_version=p.PROTOCOL_VERSION, worker_id="unit-agent",
+                                    heartbeat_interval=0.2))
+    t0 = time.monotonic()
+    for _ in range(3):
+        fake_coordinator.recv(p.Heartbeat, timeout=5)
+    assert time.monotonic() - t0 < 5
+
+
+def test_reassigned_running_task_reports_under_the_newest_attempt(fake_coordinator, agent_on, tmp_path):
+    agent_on(fake_coordinator.endpoint, resend_interval=30.0)
+    fake_coordinator.recv(p.Register)
+    fake_coordinator.send(p.Welcome(protocol_version=p.PROTOCOL_VERSION, worker_id="unit-agent",
+                                    heartbeat_interval=5.0))
+    gate = tmp_path / "gate"
+    spec = TaskSpec(task_id="t-re", parameters={"command": f"while [ ! -e {gate} ]; do sleep 0.02; done; echo ok"},
+                    attempt=1)
+    fake_coordinator.send(p.Assign(tasks=[spec]))
+    assert fake_coordinator.recv(p.TaskStarted).task_ids == ["t-re"]
+    # The coordinator took this agent for lost, requeued the task and gave it back as attempt 2
+    # while attempt 1 still runs: the agent must not start it twice, nor report attempt 1 (which
+    # the coordinator would drop as stale, leaving the task running for ever).
+    fake_coordinator.send(p.Assign(tasks=[msgspec.structs.replace(spec, attempt=2)]))
+    assert fake_coordinator.recv(p.TaskStarted).task_ids == ["t-re"]
+    gate.touch()
+    results = fake_coordinator.recv(p.Results).results
+    assert [(r.task_id, r.attempt, r.status, r.stdout_tail) for r in results] == [("t-re", 2, "success", "ok\n")]
+    fake_coordinator.send(p.ResultAck(result_ids=[results[0].result_id]))
+
+
+def test_unacknowledged_results_are_resent_with_the_same_id(fake_coordinator, agent_on):
+    agent_on(fake_coordinator.endpoint, resend_interval=0.3)
+    fake_coordinator.recv(p.Register)
+    fake_coordinator.send(p.Welcome(protocol_version=p.PROTOCOL_VERSION, worker_id="unit-agent",
+                                    heartbeat_interval=5.0))
+    fake_coordinator.send(p.Assign(tasks=[TaskSpec(task_id="n1", type="noop")]))
+    first = fake_coordinator.recv(p.Results).results
+    again = fake_coordinator.recv(p.Results, timeout=5).results
+    assert [r.result_id for r in again] == [r.result_id for r in first]
+    assert first[0].status == "success" and first[0].task_id == "n1"

@@ -1,0 +1,333 @@
+"""The SQLite store: schema version and migrations, batched flushes, task coalescing,
+deduplication of results, and readers on their own connections while the writer is open."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlite_utils
+
+from dtf_gui.coordinator import store as store_mod
+from dtf_gui.coordinator.store import (
+    SCHEMA_VERSION,
+    TASK_COLUMNS,
+    Store,
+    connect_readonly,
+    encode_task,
+    migrate,
+)
+
+
+def task(task_id: str, status: str = "pending", **kw: Any) -> dict[str, Any]:
+    t = {"task_id": task_id, "type": "command", "status": status, "priority": 5, "create_time": time.time(),
+         "parameters": {"command": "true"}, "dependencies": [], "requirements": {}, "metadata": {},
+         "attempt": 0, "test_id": ""}
+    t.update(kw)
+    return encode_task(t)
+
+
+def result(result_id: str, task_id: str = "t1", status: str = "success", **kw: Any) -> dict[str, Any]:
+    r = {"result_id": result_id, "task_id": task_id, "worker_id": "w1", "test_id": "bench", "timestamp": time.time(),
+         "status": status, "execution_time": 0.01, "exit_code": 0, "error": "", "metrics": {"latency": 1.5},
+         "hardware_metrics": None, "environment": None, "raw_data": {"stdout_tail": "hi"}, "metadata": None,
+         "attempt": 1}
+    r.update(kw)
+    return r
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "dtf.sqlite"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Any:
+    s = Store(db_path, batch_size=10_000, flush_interval=0.25)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def count(path: Path, table: str, where: str = "", params: tuple[Any, ...] = ()) -> int:
+    conn = connect_readonly(path)
+    try:
+        return conn.execute(f"SELECT COUNT(*) FROM {table} {where}", params).fetchone()[0]
+    finally:
+        conn.close()
+
+
+class StatementLog:
+    """Every SQL statement the writer's connection runs (sqlite3 trace callback)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.statements: list[str] = []
+        conn.set_trace_callback(self.statements.append)
+
+    def matching(self, prefix: str) -> list[str]:
+        return [s for s in self.statements if s.lstrip().upper().startswith(prefix)]
+
+
+# ------------------------------------------------------------------------------ schema
+
+
+def test_new_database_is_at_the_current_schema_version_with_every_table(store, db_path):
+    conn = connect_readonly(db_path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"tasks", "workers", "results", "metrics", "events"} <= tables
+        task_cols = [r[1] for r in conn.execute("PRAGMA table_info(tasks)")]
+        assert set(TASK_COLUMNS) <= set(task_cols)
+        metric_cols = [r[1] for r in conn.execute("PRAGMA table_info(metrics)")]
+        assert metric_cols[:3] == ["result_id", "name", "value"]
+    finally:
+        conn.close()
+    assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+
+
+def test_reopening_does_not_migrate_again_and_keeps_data(db_path):
+    s = Store(db_path)
+    s.put_task(task("keep-me"))
+    s.close()
+    conn = sqlite3.connect(db_path)
+    try:
+        assert migrate(conn) == SCHEMA_VERSION  # found the current version: nothing to do
+    finally:
+        conn.close()
+    s2 = Store(db_path)
+    try:
+        assert [t["task_id"] for t in s2.load_tasks()] == ["keep-me"]
+    finally:
+        s2.close()
+
+
+def test_a_new_migration_runs_once_on_an_old_database(db_path, monkeypatch):
+    s = Store(db_path)
+    s.put_task(task("old-task"))
+    s.close()
+
+    calls: list[int] = []
+
+    def migration_2(db: sqlite_utils.Database) -> None:
+        calls.append(1)
+        db["tasks"].add_column("owner", str)
+
+    monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, migration_2])
+    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    conn = sqlite3.connect(db_path)
+    try:
+        assert store_mod.migrate(conn) == SCHEMA_VERSION  # the version it found
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+        assert "owner" in [r[1] for r in conn.execute("PRAGMA table_info(tasks)")]
+        assert conn.execute("SELECT task_id FROM tasks").fetchall() == [("old-task",)]
+        assert store_mod.migrate(conn) == SCHEMA_VERSION + 1  # second run: nothing left to do
+    finally:
+        conn.close()
+    assert calls == [1]
+
+
+def test_a_failing_migration_leaves_the_old_version(db_path, monkeypatch):
+    Store(db_path).close()
+
+    def broken(db: sqlite_utils.Database) -> None:
+        db["tasks"].add_column("half_done", str)
+        raise RuntimeError("migration bug")
+
+    monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, broken])
+    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        with pytest.raises(RuntimeError, match="migration bug"):
+            store_mod.migrate(conn)
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert "half_done" not in [r[1] for r in conn.execute("PRAGMA table_info(tasks)")]
+    finally:
+        conn.close()
+
+
+def test_database_from_a_newer_dtf_is_refused_with_a_clear_error(db_path):
+    Store(db_path).close()
+    conn = sqlite3.connect(db_path)
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 5}")
+    conn.close()
+    with pytest.raises(RuntimeError, match=f"schema version {SCHEMA_VERSION + 5} is newer"):
+        Store(db_path)
+
+
+# ------------------------------------------------------------------------------ batching
+
+
+def test_writes_wait_for_a_flush_and_a_flush_is_one_transaction(store, db_path):
+    trace = StatementLog(store.conn)
+    for i in range(500):
+        store.put_result(result(f"r{i}", task_id=f"t{i}"))
+        store.put_task(task(f"t{i}", status="completed"))
+    store.put_event("worker_online", "w1", {"slots": 2})
+    assert trace.statements == [], "a put must not touch the database before a flush"
+    assert count(db_path, "results") == 0
+
+    assert store.pending_rows() > 0
+    written = store.flush()
+    assert written == 500 + 500 + 500 + 1  # results, tasks, one metric each, one event
+    assert store.pending_rows() == 0
+    assert len(trace.matching("COMMIT")) == 1, "one commit per flush, not one per row"
+    assert len(trace.matching("BEGIN")) == 1
+    assert count(db_path, "results") == 500
+    assert count(db_path, "tasks", "WHERE status='completed'") == 500
+    assert count(db_path, "metrics", "WHERE name='latency' AND value=1.5") == 500
+    assert count(db_path, "events", "WHERE kind='worker_online'") == 1
+    assert store.flush() == 0  # nothing queued: no empty transaction either
+    assert len(trace.matching("COMMIT")) == 1
+
+
+def test_flush_is_due_after_the_interval_only_when_rows_wait(store):
+    now = time.monotonic()
+    assert not store.flush_due(now + 10), "nothing queued, nothing due"
+    store.put_result(result("r1"))
+    store.flush()
+    store.put_result(result("r2"))
+    flushed_at = time.monotonic()
+    assert not store.flush_due(flushed_at - 1)
+    assert store.flush_due(flushed_at + store.flush_interval + 0.01)
+
+
+def test_batch_size_triggers_a_flush_without_waiting(db_path):
+    s = Store(db_path, batch_size=100, flush_interval=3600)
+    try:
+        for i in range(99):
+            s.put_result(result(f"r{i}"))
+        assert count(db_path, "results") == 0
+        s.put_result(result("r99"))
+        assert count(db_path, "results") == 100
+        assert s.pending_rows() == 0
+    finally:
+        s.close()
+
+
+def test_close_flushes_what_is_queued(db_path):
+    s = Store(db_path)
+    s.put_result(result("last-words"))
+    s.close()
+    assert count(db_path, "results", "WHERE result_id='last-words'") == 1
+
+
+# ------------------------------------------------------------------------------ coalescing
+
+
+def test_task_updates_within_one_flush_are_written_once_with_the_last_state(store, db_path):
+    trace = StatementLog(store.conn)
+    rec = task("t1")
+    store.put_task(rec)
+    rec["status"] = "assigned"
+    rec["worker_id"] = "w1"
+    store.put_task(rec)
+    rec["status"] = "running"
+    store.put_task(rec)
+    rec["status"] = "completed"
+    rec["end_time"] = 123.0
+    store.put_task(rec)
+    assert store.pending_rows() == 1
+    store.flush()
+    assert len(trace.matching("INSERT INTO TASKS")) == 1
+    rows = store.load_tasks("WHERE task_id='t1'")
+    assert len(rows) == 1
+    assert (rows[0]["status"], rows[0]["worker_id"], rows[0]["end_time"]) == ("completed", "w1", 123.0)
+    assert rows[0]["parameters"] == {"command": "true"}  # JSON columns come back decoded
+
+
+def test_task_upsert_across_flushes_updates_the_row(store):
+    rec = task("t1")
+    store.put_task(rec)
+    store.flush()
+    rec["status"] = "failed"
+    rec["error"] = "exit code 3"
+    store.put_task(rec)
+    store.flush()
+    rows = store.load_tasks()
+    assert [(r["task_id"], r["status"], r["error"]) for r in rows] == [("t1", "failed", "exit code 3")]
+
+
+def test_worker_upsert_keeps_first_seen(store):
+    row = {"worker_id": "w1", "hostname": "h", "status": "online", "hardware_id": "hw", "capabilities": {"c": 1},
+           "tags": ["gpu"], "slots": 2, "last_seen": 10.0, "first_seen": 10.0, "current_task": [],
+           "performance_metrics": {}, "health_status": {"state": "healthy"}, "metadata": {}}
+    store.put_worker(row)
+    store.flush()
+    store.put_worker({**row, "status": "offline", "last_seen": 20.0, "first_seen": 20.0})
+    store.flush()
+    (w,) = store.load_workers()
+    assert (w["status"], w["last_seen"], w["first_seen"], w["tags"]) == ("offline", 20.0, 10.0, ["gpu"])
+
+
+# ------------------------------------------------------------------------------ duplicates
+
+
+def test_duplicate_result_id_in_one_batch_is_stored_once(store, db_path):
+    store.put_result(result("dup", status="success", metrics={"x": 1.0}))
+    store.put_result(result("dup", status="failure", metrics={"x": 2.0}))
+    store.flush()
+    rows = store.load_results("WHERE result_id='dup'")
+    assert len(rows) == 1 and rows[0]["status"] == "success"  # the first one wins
+    assert count(db_path, "metrics", "WHERE result_id='dup'") == 1
+
+
+def test_duplicate_result_id_across_flushes_is_stored_once(store, db_path):
+    store.put_result(result("dup", metrics={"x": 1.0, "y": 2.0}))
+    store.flush()
+    store.put_result(result("dup", status="failure", metrics={"x": 9.0, "y": 9.0}))
+    store.put_result(result("fresh"))
+    store.flush()
+    assert count(db_path, "results", "WHERE result_id='dup'") == 1
+    assert count(db_path, "results") == 2
+    conn = connect_readonly(db_path)
+    try:
+        metrics = dict(conn.execute("SELECT name, value FROM metrics WHERE result_id='dup'").fetchall())
+    finally:
+        conn.close()
+    assert metrics == {"x": 1.0, "y": 2.0}
+
+
+# ------------------------------------------------------------------------------ readers
+
+
+def test_readonly_connection_reads_while_the_writer_is_open(store, db_path):
+    store.put_result(result("r1"))
+    store.flush()
+    reader = connect_readonly(db_path)
+    try:
+        assert reader.execute("SELECT result_id FROM results").fetchall()[0]["result_id"] == "r1"
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.execute("INSERT INTO events (time, kind, subject, data) VALUES (1, 'x', 'y', '{}')")
+        reader.rollback()  # the sqlite3 module opened a transaction for that INSERT; do not keep it
+
+        # A writer in the middle of a transaction blocks no reader (WAL): the reader sees the
+        # last committed state at once, then the new one after the commit.
+        store.conn.execute("BEGIN")
+        store.conn.execute("INSERT INTO results (result_id, task_id, status) VALUES ('r2', 't', 'success')")
+        t0 = time.monotonic()
+        assert reader.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 1
+        assert time.monotonic() - t0 < 1.0, "the reader waited for the writer"
+        store.conn.execute("COMMIT")
+        assert reader.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 2
+
+        # And the writer is not blocked by an open read transaction either.
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM results").fetchone()
+        store.put_result(result("r3"))
+        store.flush()
+        reader.execute("COMMIT")
+        assert reader.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 3
+    finally:
+        reader.close()
+
+
+def test_readonly_connection_on_a_missing_file_fails_clearly(tmp_path):
+    with pytest.raises(sqlite3.OperationalError):
+        connect_readonly(tmp_path / "nope.sqlite").execute("SELECT 1 FROM results")
+    assert not (tmp_path / "nope.sqlite").exists(), "a reader must never create the database"
