@@ -281,11 +281,17 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    """Cancel each task named; one that cannot be cancelled is reported and the others still are."""
+    failed = 0
     with _client(args) as c:
         for tid in args.task_ids:
-            r = c.call("cancel_task", {"task_id": tid})
-            print(f"{tid}: {r['status']}")
-    return 0
+            try:
+                r = c.call("cancel_task", {"task_id": tid})
+                print(f"{tid}: {r['status']}")
+            except ClientError as exc:
+                failed += 1
+                print(f"{tid}: not cancelled: {exc}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _task_command(op: str, extra: Callable[[argparse.Namespace], dict[str, Any]]) -> Callable[[argparse.Namespace], int]:

@@ -119,12 +119,30 @@ def kill_tree(proc: subprocess.Popen[bytes], grace: float = KILL_GRACE_S,
                 proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 continue
-            _, alive = psutil.wait_procs(descendants, timeout=grace)
+            alive = _wait_gone(descendants, grace)
             if not alive:
                 return
             descendants = alive
     proc.wait()
-    psutil.wait_procs(descendants, timeout=grace)
+    _wait_gone(descendants, grace)
+
+
+def _running(p: psutil.Process) -> bool:
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _wait_gone(procs: Sequence[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Descendants still running after ``timeout``. A zombie counts as gone: orphans are reaped by
+    init, which may take its time, and waiting for that would stall every kill for the grace period."""
+    deadline = time.monotonic() + timeout
+    alive = [p for p in procs if _running(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.02)  # polling other processes' state; nothing to wait on
+        alive = [p for p in alive if _running(p)]
+    return alive
 
 
 class CommandRun:
@@ -144,6 +162,7 @@ class CommandRun:
         self.tail_bytes = tail_bytes
         self.timeout = spec.timeout if spec.timeout is not None else default_timeout
         self._cancelled = threading.Event()
+        self._start_lock = threading.Lock()
         self._dir = Path(tempfile.mkdtemp(prefix=f"task-{spec.task_id[:40]}-", dir=work_dir))
         self.proc: subprocess.Popen[bytes] | None = None
         self._tree: list[psutil.Process] = []
@@ -156,8 +175,9 @@ class CommandRun:
 
     def cancel(self) -> None:
         """Non-blocking (the agent's loop calls it): SIGTERM now, SIGKILL after the grace period."""
-        self._cancelled.set()
-        proc = self.proc
+        with self._start_lock:
+            self._cancelled.set()
+            proc = self.proc
         if proc is not None and proc.poll() is None:
             # Remember the tree while the task's process still lives: once it exits, a child that
             # left the group (setsid) is an orphan nothing could find any more, and it would
@@ -207,9 +227,13 @@ class CommandRun:
         out_path, err_path = self._dir / "stdout", self._dir / "stderr"
         self.start_time = time.time()
         t0 = time.perf_counter()
-        if self._cancelled.is_set():
-            return Outcome(self.spec.task_id, "failure", self.start_time, time.time(), error="cancelled")
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            # The start is under the lock that cancel() takes: a cancel either comes first (the
+            # command never starts) or finds self.proc set and signals it; none slips in between.
+            self._start_lock.acquire()
+            if self._cancelled.is_set():
+                self._start_lock.release()
+                return Outcome(self.spec.task_id, "failure", self.start_time, time.time(), error="cancelled")
             try:
                 try:
                     self.proc = subprocess.Popen(
@@ -230,6 +254,8 @@ class CommandRun:
             except OSError as exc:
                 return Outcome(self.spec.task_id, "failure", self.start_time, time.time(),
                                error=f"cannot start {command!r}: {exc}")
+            finally:
+                self._start_lock.release()
             error = ""
             try:
                 code: int | None = self.proc.wait(timeout=self.timeout)
