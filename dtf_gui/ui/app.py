@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from PySide6.QtCore import QTimer
+from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
 from dtf_agent.paths import remove_coordinator_file, write_coordinator_file
@@ -53,6 +54,9 @@ class Session:
 def run_app(settings: ServerSettings, home: Path, *, local_agent: bool = True, local_slots: int | None = None) -> int:
     app = QApplication.instance() or QApplication(sys.argv)
     app.setApplicationName("DTF")
+    icon = Path(__file__).resolve().parents[2] / "resources" / "dtf.svg"
+    if icon.exists():
+        app.setWindowIcon(QIcon(str(icon)))
     session = Session(settings, home, local_agent=local_agent, local_slots=local_slots)
     session.window.show()
     # Ctrl-C in the terminal closes the window in order; the timer lets Python see the signal.
