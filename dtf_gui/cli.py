@@ -47,6 +47,8 @@ def settings_from_config(cfg: CoordinatorConfig, home: Path, args: argparse.Name
         max_message_size=cfg.server.max_message_size,
         anomaly_threshold=cfg.result_aggregator.anomaly_threshold, cache_ttl=cfg.result_aggregator.cache_ttl,
         comparative_lookback_days=cfg.result_aggregator.comparative_lookback_days,
+        preprocessors=list(cfg.result_aggregator.preprocessors),
+        postprocessors=list(cfg.result_aggregator.postprocessors),
     )
 
 
@@ -418,6 +420,9 @@ def dtf_main(argv: list[str] | None = None) -> int:
         print(f"dtf: {exc}", file=sys.stderr)
         return 2
     except ClientError as exc:
+        print(f"dtf: {exc}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:  # the coordinator could not start: a port in use, a bad processor path ...
         print(f"dtf: {exc}", file=sys.stderr)
         return 1
 

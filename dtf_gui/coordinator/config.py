@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
@@ -117,6 +118,18 @@ class ResultAggregatorSection(msgspec.Struct, forbid_unknown_fields=True, kw_onl
         ge=0, description="seconds an aggregate is reused before it is computed again; 0 disables")] = 10.0
     comparative_lookback_days: Annotated[int, Meta(
         ge=1, description="days of history a new result is compared against")] = 7
+    preprocessors: Annotated[list[str], Meta(
+        description="custom result processors run before analysis, as package.module:function; "
+                    "fn(result) -> result, or None to leave it out")] = msgspec.field(default_factory=list)
+    postprocessors: Annotated[list[str], Meta(
+        description="custom processors of new findings, as package.module:function; "
+                    "fn(findings) -> findings")] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for key in ("preprocessors", "postprocessors"):
+            for path in getattr(self, key):
+                if not re.fullmatch(r"[\w.]+:[\w.]+", path):
+                    raise ValueError(f"{key}: {path!r} is not an import path like package.module:function")
 
 
 class HealthMonitorSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import importlib
 import logging
 import os
 import queue
@@ -59,6 +60,9 @@ class ServerSettings:
     anomaly_threshold: float = 2.5
     cache_ttl: float = 10.0
     comparative_lookback_days: float = 7.0
+    # Custom result processors (import paths "package.module:function"), the seed's extension point.
+    preprocessors: list[str] = field(default_factory=list)
+    postprocessors: list[str] = field(default_factory=list)
     coordinator_id: str = field(default_factory=lambda: os.urandom(4).hex())
 
 
@@ -189,7 +193,8 @@ class Coordinator:
             self._open()
         except BaseException as exc:
             self.startup_error = exc
-            log.exception("coordinator failed to start")
+            log.error("coordinator failed to start: %s", exc)
+            log.debug("coordinator start failure", exc_info=exc)
             self._ready.set()
             return
         self._ready.set()
@@ -220,6 +225,9 @@ class Coordinator:
         self.aggregator = ResultAggregator(s.db_path, anomaly_threshold=s.anomaly_threshold,
                                            cache_ttl=s.cache_ttl,
                                            comparative_lookback_days=s.comparative_lookback_days)
+        for stage, paths in (("preprocess", s.preprocessors), ("postprocess", s.postprocessors)):
+            for path in paths:
+                self.aggregator.add_processor(stage, load_callable(path, f"result_aggregator.{stage}ors"))
         self._recover()
         log.info("coordinator %s listening: agents %s, clients %s, events %s", s.coordinator_id,
                  self.ports["agents"], self.ports["clients"], self.ports["events"])
@@ -844,6 +852,20 @@ class Coordinator:
                 sink(events)
             except Exception:
                 log.exception("coordinator: an event sink failed")
+
+
+def load_callable(path: str, key: str) -> Callable[..., Any]:
+    """``package.module:function`` -> the function; a clear error naming the config key otherwise."""
+    module_name, _, attr = path.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"{key}: cannot load {path!r}: {exc}") from None
+    if not callable(obj):
+        raise ValueError(f"{key}: {path!r} is not callable")
+    return obj
 
 
 def default_db_path(home: Path) -> Path:

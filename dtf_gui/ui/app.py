@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QTimer
 from PySide6.QtGui import QIcon
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QMessageBox
 
 from dtf_agent.paths import remove_coordinator_file, write_coordinator_file
 from dtf_agent.transport import hostname
@@ -57,7 +57,12 @@ def run_app(settings: ServerSettings, home: Path, *, local_agent: bool = True, l
     icon = Path(__file__).resolve().parents[2] / "resources" / "dtf.svg"
     if icon.exists():
         app.setWindowIcon(QIcon(str(icon)))
-    session = Session(settings, home, local_agent=local_agent, local_slots=local_slots)
+    try:
+        session = Session(settings, home, local_agent=local_agent, local_slots=local_slots)
+    except RuntimeError as exc:  # a port in use, an unloadable processor ...: say so, do not trace back
+        print(f"dtf-gui: {exc}", file=sys.stderr)
+        QMessageBox.critical(None, "DTF could not start", str(exc))
+        return 1
     session.window.show()
     # Ctrl-C in the terminal closes the window in order; the timer lets Python see the signal.
     signal.signal(signal.SIGINT, lambda *_: session.window.close())
