@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 AGENT_VENV ?= .venv-agent
 QT_LIB := $(VENV)/lib/python*/site-packages/PySide6/Qt
 
-.PHONY: install run test lint unit agent-only bench clean sysdeps
+.PHONY: install run test lint unit agent-only bench clean sysdeps sysdeps-run
 
 # Reinstalls only when pyproject.toml changed, so a second `make test` starts at once.
 $(STAMP): pyproject.toml
@@ -17,23 +17,34 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[gui,test]'
 	@touch $(STAMP)
 
-# Qt needs a few system libraries (EGL, xkbcommon, fontconfig); install them only when missing.
-sysdeps: $(STAMP)
-	@missing=$$(ldd $(QT_LIB)/plugins/platforms/libqoffscreen.so $(QT_LIB)/plugins/platforms/libqxcb.so \
-	    $(QT_LIB)/lib/libQt6Gui.so.6 2>/dev/null | grep "not found" | sort -u); \
+# Qt needs a few system libraries (EGL, xkbcommon, fontconfig; xcb for a real display). They are
+# installed with apt only when missing, and only those the target needs: the tests run offscreen.
+QT_TEST_LIBS = $(QT_LIB)/plugins/platforms/libqoffscreen.so $(QT_LIB)/lib/libQt6Gui.so.6 $(QT_LIB)/lib/libQt6Widgets.so.6
+QT_RUN_LIBS = $(QT_TEST_LIBS) $(QT_LIB)/plugins/platforms/libqxcb.so
+APT_QT = libegl1 libgl1 libopengl0 libxkbcommon0 libxkbcommon-x11-0 libfontconfig1 libdbus-1-3 libglib2.0-0 \
+	libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libxcb-xinerama0 libxcb-randr0 \
+	libxcb-render-util0 libxcb-image0 fonts-dejavu-core
+
+define ensure_libs
+	@missing=$$(ldd $(1) 2>/dev/null | grep "not found" | sort -u); \
 	if [ -n "$$missing" ]; then \
 	    echo "Qt needs system libraries:"; echo "$$missing"; \
 	    if [ "$$(id -u)" = 0 ]; then \
 	        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	            libegl1 libgl1 libopengl0 libxkbcommon0 libxkbcommon-x11-0 libfontconfig1 libdbus-1-3 \
-	            libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libxcb-xinerama0 libxcb-randr0 \
-	            libxcb-render-util0 libxcb-image0 libglib2.0-0 fonts-dejavu-core >/dev/null; \
-	    else echo "run as root, or install them with your package manager"; exit 1; fi; \
+	            $(APT_QT) >/dev/null; \
+	    else echo "run as root, or install with your package manager: $(APT_QT)"; exit 1; fi; \
 	fi
+endef
+
+sysdeps: $(STAMP)
+	$(call ensure_libs,$(QT_TEST_LIBS))
+
+sysdeps-run: $(STAMP)
+	$(call ensure_libs,$(QT_RUN_LIBS))
 
 install: $(STAMP) sysdeps
 
-run: install
+run: install sysdeps-run
 	$(VENV)/bin/dtf-gui
 
 lint: install
