@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import special, stats
 
 from dtf_gui.coordinator.aggregator import (
+    changepoints,
     detect_change_points,
     gate_new_value,
     spike_mask,
@@ -100,3 +102,104 @@ def test_incremental_update_matches_full_scan_on_the_tail() -> None:
     inc = update_change_points(y, prev)
     full = detect_change_points(y)
     assert [cp.index for cp in inc] == [cp.index for cp in full] == [100, 200]
+
+
+# --------------------------------------------------------------------------------------------
+# The fast paths against the plain definitions they replace.
+
+
+def _qhat_direct(z: np.ndarray) -> tuple[int, float]:
+    """E-Divisive's best split of one window from the definition (Matteson & James), no prefix sums."""
+    d = np.abs(z[:, None] - z[None, :])
+    best = (-1, -np.inf)
+    for tau in range(2, z.size - 1):
+        for kap in range(tau + 2, z.size + 1):
+            n, m = tau, kap - tau
+            e = (2.0 * d[:tau, tau:kap].mean() - d[:tau, :tau].sum() / (n * (n - 1))
+                 - d[tau:kap, tau:kap].sum() / (m * (m - 1)))
+            q = n * m / (n + m) * e
+            if q > best[1]:
+                best = (tau, q)
+    return best
+
+
+def test_window_best_splits_match_the_definition() -> None:
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal(60)
+    x[30:] += 1.5
+    w = 16
+    starts = np.arange(0, x.size - w + 1, 5, dtype=np.intp)
+    taus, qs = changepoints._window_best_splits(x, starts, w)
+    for s, tau, q in zip(starts.tolist(), taus.tolist(), qs.tolist(), strict=True):
+        want_tau, want_q = _qhat_direct(x[s:s + w])
+        assert tau == s + want_tau
+        assert q == pytest.approx(want_q, rel=1e-9, abs=1e-9)
+
+
+def _series_zoo() -> list[np.ndarray]:
+    rng = np.random.default_rng(22)
+    out = []
+    for i in range(12):
+        n = int(rng.integers(80, 700))
+        x = 100 * (1 + 0.03 * rng.standard_normal(n))
+        for c in np.sort(rng.integers(10, n - 10, int(rng.integers(0, 5)))):
+            x[c:] *= 1 + rng.choice([-1, 1]) * rng.uniform(0.02, 0.1)
+        if i % 3 == 0:
+            x[rng.integers(0, n, 3)] *= 1.4
+        if i % 4 == 1:
+            x += np.linspace(0, 5, n)
+        out.append(x)
+    out.append(np.full(100, 7.0))
+    out.append(np.repeat([1.0, 3.0, 2.0], 40))
+    # Long enough for more candidates than one table holds: the round-by-round phase runs first.
+    out.append(np.repeat(rng.normal(0, 1, 40), 50) + 0.1 * rng.standard_normal(2000))
+    return out
+
+
+def test_merge_table_gives_the_same_answer_as_rescoring_every_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    zoo = _series_zoo()
+    fast = [[cp.to_dict() for cp in detect_change_points(x)] for x in zoo]
+    assert any(fast) and not all(fast)
+    monkeypatch.setattr(changepoints, "_TABLE_MAX", 0)
+    slow = [[cp.to_dict() for cp in detect_change_points(x)] for x in zoo]
+    assert fast == slow
+
+
+def test_jump_given_trend_matches_least_squares() -> None:
+    rng = np.random.default_rng(23)
+    x = np.cumsum(rng.standard_normal(200)) * 0.2 + rng.standard_normal(200)
+    x[120:] += 2.0
+    segs = changepoints._Segs(x)
+    a = np.array([0, 10, 100, 50, 0])
+    t = np.array([30, 40, 120, 120, 7])
+    b = np.array([60, 90, 160, 200, 20])
+    p, jump = segs.jump_given_trend(a, t, b)
+    scale = 1.0 / x.size  # _Segs measures the line's slope in units of the series length
+    for k in range(a.size):
+        i = np.arange(a[k], b[k])
+        design = np.column_stack((np.ones(i.size), i * scale, (i >= t[k]).astype(float)))
+        beta, rss, *_ = np.linalg.lstsq(design, x[i], rcond=None)
+        dof = i.size - 3
+        se = np.sqrt(rss[0] / dof * np.linalg.inv(design.T @ design)[2, 2])
+        want_p = 2 * stats.t.sf(abs(beta[2]) / se, dof)
+        assert p[k] == pytest.approx(want_p, rel=1e-6, abs=1e-300)
+        assert jump[k] == pytest.approx(abs(beta[2]) / np.sqrt(rss[0] / dof), rel=1e-6)
+
+
+def test_t_crit_table_agrees_with_the_p_value() -> None:
+    rng = np.random.default_rng(24)
+    dof = rng.integers(1, 3000, 5000).astype(np.float64)
+    tstat = rng.uniform(0, 12, 5000)
+    for alpha in (1e-6, 1e-3, 0.05):
+        p = 2.0 * special.stdtr(dof, -tstat)
+        crit = changepoints._t_crit(dof, alpha)
+        clear = np.abs(p - alpha) > 1e-9 * alpha
+        assert np.array_equal((p > alpha)[clear], (tstat < crit)[clear])
+
+
+def test_per_size_caches_stay_bounded() -> None:
+    rng = np.random.default_rng(25)
+    for n in range(30, 60):
+        detect_change_points(rng.standard_normal(n), window=n)
+    assert len(changepoints._GRIDS) <= changepoints._CACHE_SIZES
+    assert len(changepoints._TRIPLES) <= changepoints._CACHE_SIZES

@@ -155,3 +155,24 @@ def test_anomalies_query(db: Path, tmp_path: Path) -> None:
     st.close()
     found = ResultAggregator(path).get_result_anomalies()
     assert [(f["result_id"], f["group"], f["metric"]) for f in found] == [("a6", "t", "throughput")]
+
+
+def test_load_groups_orders_by_time_whatever_the_insert_order(tmp_path: Path) -> None:
+    path = tmp_path / "order.sqlite"
+    st = Store(path)
+    rng = np.random.default_rng(5)
+    stamps = rng.permutation(400).astype(float) + NOW
+    for i, ts in enumerate(stamps.tolist()):
+        st.put_result({"result_id": f"o{i}", "test_id": f"g{i % 3}", "worker_id": "w", "timestamp": ts,
+                       "metrics": {"v": ts - NOW, "gone": float("nan")}})
+    # No timestamp sorts first (as NULL did); a NaN metric is stored as NULL and is no value at all.
+    st.put_result({"result_id": "nots", "test_id": "g0", "worker_id": "w", "metrics": {"v": -1.0}})
+    st.close()
+    keys, names, arrays = ResultAggregator(path).load_groups()
+    assert sorted(zip(keys, names, strict=True)) == [("g0", "v"), ("g1", "v"), ("g2", "v")]
+    for k, arr in zip(keys, arrays, strict=True):
+        g = int(k[1:])
+        want = np.sort(stamps[np.arange(400) % 3 == g] - NOW)
+        if g == 0:
+            want = np.concatenate(([-1.0], want))
+        np.testing.assert_array_equal(arr, want)

@@ -9,7 +9,9 @@ Default method ("edivisive"): windowed E-Divisive with a t-test merge, the schem
   over a stack of windows), instead of one recursive Python search per window;
 * the merge drops the weakest candidate until every survivor is significant (Welch t-test between
   the neighbouring segments), shows a large enough standardised effect, and leaves ``min_size``
-  points on each side.
+  points on each side. A candidate's strength depends only on its two surviving neighbours, so
+  every (left, candidate, right) triple is scored in one batched call up front and the drop loop
+  only looks scores up.
 
 "permutation": the exact E-Divisive of Matteson & James with a seeded permutation test; O(n^2)
 per permutation, meant for short histories.
@@ -20,6 +22,7 @@ as Bencher and Perfherder do; :func:`update_change_points` re-examines only the 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -163,19 +166,47 @@ def _despike(x: NDArray[np.float64], mask: NDArray[np.bool_], half_window: int) 
 # E-Divisive core
 
 
-def _split_weights(w: int) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
-    """(n, m, valid) over the (tau, kappa) grid of a window of w points, computed once per w."""
-    hit = _WEIGHTS.get(w)
-    if hit is None:
+class _SplitGrid:
+    """The (tau, kappa) pairs of a window of w points with >= 2 points on each side, and the weights
+    of Q(tau, kappa) = a*P[tau,kappa] - b*P[tau,tau] - c*P[kappa,kappa] on them.
+
+    Expanding the E-Divisive statistic over the 2-D prefix sums P of the distance matrix (P is
+    symmetric, as the distance matrix is) leaves one weight per term; they depend only on w, so they
+    are computed once per w, and only on the valid upper triangle (under half the grid)."""
+
+    def __init__(self, w: int) -> None:
         t = np.arange(w + 1)
-        n = np.broadcast_to(t[:, None], (w + 1, w + 1)).astype(np.float64)
-        m = (t[None, :] - t[:, None]).astype(np.float64)
-        hit = (n, m, (n >= 2) & (m >= 2))
-        _WEIGHTS[w] = hit
-    return hit
+        tau, kap = np.meshgrid(t, t, indexing="ij")
+        valid = (tau >= 2) & (kap - tau >= 2)
+        self.flat = np.flatnonzero(valid.ravel())
+        self.tau = tau.ravel()[self.flat]
+        self.kap = kap.ravel()[self.flat]
+        n = self.tau.astype(np.float64)
+        m = (self.kap - self.tau).astype(np.float64)
+        h = n * m / (n + m)
+        # Q = h * (2 cross/(nm) - Wx/(n(n-1)) - Wy/(m(m-1))), with cross = P - Ptt,
+        # Wx = Ptt and Wy = Pkk - 2P + Ptt.
+        self.a = h * (2.0 / (n * m) + 2.0 / (m * (m - 1)))
+        self.b = h * (2.0 / (n * m) + 1.0 / (n * (n - 1)) + 1.0 / (m * (m - 1)))
+        self.c = h / (m * (m - 1))
 
 
-_WEIGHTS: dict[int, tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]] = {}
+_GRIDS: dict[int, _SplitGrid] = {}
+# Per-size caches stay small: the permutation method meets one size per segment it splits, and a
+# grid is O(w^2).
+_CACHE_SIZES = 8
+
+
+_CACHE_LOCK = threading.Lock()
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> Any:
+    # Under a lock: detection runs on the API's threads as well as the ingest thread.
+    with _CACHE_LOCK:
+        while len(cache) >= _CACHE_SIZES:
+            del cache[next(iter(cache))]
+        cache[key] = value
+    return value
 
 
 def _window_best_splits(x: NDArray[np.float64], starts: NDArray[np.intp], w: int,
@@ -183,10 +214,14 @@ def _window_best_splits(x: NDArray[np.float64], starts: NDArray[np.intp], w: int
     """Best E-Divisive split (tau maximising Q over kappa as well) of every window x[s:s+w].
 
     Returns (tau as an absolute index, qhat) per window. All windows in one batched computation:
-    2-D prefix sums of the pairwise distance matrix give every block sum in O(1). The block sums
-    need only the prefix-sum grid itself, its transpose and its diagonal (all views), so no
-    fancy-indexed copies of the (windows, w+1, w+1) grid are made."""
+    2-D prefix sums of the pairwise distance matrix give every block sum in O(1); the statistic is
+    a weighted sum of the prefix-sum grid and its diagonal, evaluated on the valid pairs only."""
     nw = starts.size
+    if w < 4:
+        return starts.copy(), np.full(nw, -np.inf)
+    grid = _GRIDS.get(w)
+    if grid is None:
+        grid = _remember(_GRIDS, w, _SplitGrid(w))
     z = np.lib.stride_tricks.sliding_window_view(x, w)[starts]  # (nw, w)
     d = np.abs(z[:, :, None] - z[:, None, :])
     if alpha != 1.0:
@@ -194,21 +229,12 @@ def _window_best_splits(x: NDArray[np.float64], starts: NDArray[np.intp], w: int
     p = np.zeros((nw, w + 1, w + 1))
     np.cumsum(d, axis=1, out=d)
     np.cumsum(d, axis=2, out=p[:, 1:, 1:])
-    diag = np.diagonal(p, axis1=1, axis2=2)
-    p_tt = diag[:, :, None]  # P[tau, tau]
-    p_kk = diag[:, None, :]  # P[kappa, kappa]
-    # Block sums: cross = sum D[0:tau, tau:kap]; within X = sum D[0:tau, 0:tau]; within Y = D[tau:kap, tau:kap].
-    cross = p - p_tt  # rows 0..tau, cols tau..kap (P[0, *] is zero)
-    wy = p_kk - p - p.transpose(0, 2, 1) + p_tt
-    n, m, valid = _split_weights(w)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        e = 2.0 * cross / (n * m) - p_tt / (n * (n - 1)) - wy / (m * (m - 1))
-        q = np.where(valid, (n * m / (n + m)) * e, -np.inf)
-    flat = q.reshape(nw, -1)
-    best = np.argmax(flat, axis=1)
-    qhat = flat[np.arange(nw), best]
-    tau_best = best // (w + 1)
-    return starts + tau_best, qhat
+    diag = np.ascontiguousarray(np.diagonal(p, axis1=1, axis2=2))
+    q = grid.a * np.take(p.reshape(nw, -1), grid.flat, axis=1)
+    q -= grid.b * np.take(diag, grid.tau, axis=1)  # P[tau, tau]
+    q -= grid.c * np.take(diag, grid.kap, axis=1)  # P[kappa, kappa]
+    best = np.argmax(q, axis=1)
+    return starts + grid.tau[best], q[np.arange(nw), best]
 
 
 def _qhat_series(z: NDArray[np.float64], min_size: int) -> tuple[int, float]:
@@ -258,7 +284,17 @@ class _Segs:
 
     def jump_given_trend(self, a: NDArray, t: NDArray, b: NDArray) -> tuple[NDArray, NDArray]:
         """p-value of a jump at t on top of one common straight line through x[a:b] (the t-test of
-        the step coefficient in the regression x ~ 1 + i + [i >= t])."""
+        the step coefficient in the regression x ~ 1 + i + [i >= t]), and the jump in residual sds."""
+        tstat, dof, jump = self.jump_stat(a, t, b)
+        return 2.0 * special.stdtr(dof, -tstat), jump
+
+    def jump_stat(self, a: NDArray, t: NDArray, b: NDArray) -> tuple[NDArray, NDArray, NDArray]:
+        """(|t| of the step coefficient, its degrees of freedom, the jump in residual sds); see
+        :meth:`jump_given_trend`.
+
+        Closed form (Frisch-Waugh): residualise the step dummy and x on the line [1, i]; the step
+        coefficient is their residual covariance over the dummy's residual variance, and the line's
+        RSS drops by exactly that coefficient times the covariance."""
         n = (b - a).astype(np.float64)
         nd = (b - t).astype(np.float64)
         si, sid = self.ci[b] - self.ci[a], self.ci[b] - self.ci[t]
@@ -266,21 +302,44 @@ class _Segs:
         sx, sdx = self.c1[b] - self.c1[a], self.c1[b] - self.c1[t]
         six = self.cix[b] - self.cix[a]
         sxx = self.c2[b] - self.c2[a]
-        xtx = np.stack([np.stack([n, si, nd], -1), np.stack([si, sii, sid], -1), np.stack([nd, sid, nd], -1)], -2)
-        xty = np.stack([sx, six, sdx], -1)
-        xtx = xtx + np.eye(3) * 1e-12
-        beta = np.linalg.solve(xtx, xty[..., None])[..., 0]
-        rss_full = np.maximum(sxx - np.einsum("ki,ki->k", beta, xty), 0.0)
-        rss_lin = self.line_rss(a, b)
-        dof = np.maximum(n - 3, 1)
         with np.errstate(divide="ignore", invalid="ignore"):
+            # Centred cross-products (dummy d, index i, value x), then residuals on i.
+            cii = sii - si * si / n
+            cix = six - si * sx / n
+            cxx = sxx - sx * sx / n
+            cdd = nd - nd * nd / n
+            cdi = sid - nd * si / n
+            cdx = sdx - nd * sx / n
+            has_line = cii > 0
+            rss_lin = np.maximum(cxx - np.where(has_line, cix * cix / cii, 0.0), 0.0)
+            rdd = cdd - np.where(has_line, cdi * cdi / cii, 0.0)
+            rdx = cdx - np.where(has_line, cdi * cix / cii, 0.0)
+            ok = rdd > _EPS
+            beta = np.where(ok, rdx / rdd, 0.0)
+            rss_full = np.maximum(rss_lin - beta * rdx, 0.0)
+            dof = np.maximum(n - 3, 1)
             f = (rss_lin - rss_full) / (rss_full / dof)
         f = np.where(rss_full > _EPS, np.maximum(f, 0.0), np.where(rss_lin > _EPS, np.inf, 0.0))
-        p = 2.0 * special.stdtr(dof, -np.sqrt(f))
         with np.errstate(divide="ignore", invalid="ignore"):
-            jump = np.abs(beta[:, 2]) / np.sqrt(rss_full / dof)
-        jump = np.where(np.isfinite(jump), jump, np.where(np.abs(beta[:, 2]) > _EPS, np.inf, 0.0))
-        return p, jump
+            jump = np.abs(beta) / np.sqrt(rss_full / dof)
+        jump = np.where(np.isfinite(jump), jump, np.where(np.abs(beta) > _EPS, np.inf, 0.0))
+        return np.sqrt(f), dof, jump
+
+
+_T_CRIT: dict[float, NDArray[np.float64]] = {}
+
+
+def _t_crit(dof: NDArray, alpha: float) -> NDArray[np.float64]:
+    """Two-sided critical |t| at level ``alpha`` for integer ``dof`` >= 1: p > alpha exactly when
+    |t| < _t_crit. A table per alpha, grown as longer segments come, replaces one Student-t CDF
+    per candidate triple (the costliest call of the merge)."""
+    need = int(dof.max()) + 1 if dof.size else 2
+    table = _T_CRIT.get(alpha)
+    if table is None or table.size < need:
+        size = max(64, 1 << (need - 1).bit_length())
+        table = -special.stdtrit(np.maximum(np.arange(size, dtype=np.float64), 1.0), alpha / 2.0)
+        _remember(_T_CRIT, alpha, table)
+    return table[dof.astype(np.intp)]
 
 
 def _score(segs: _Segs, cps: NDArray[np.intp], n: int) -> tuple[NDArray, ...]:
@@ -291,8 +350,20 @@ def _score(segs: _Segs, cps: NDArray[np.intp], n: int) -> tuple[NDArray, ...]:
 def _rel(segs: _Segs, a: NDArray, t: NDArray, b: NDArray) -> NDArray:
     m1, _v1, _n1 = segs.stats(a, t)
     m2, _v2, _n2 = segs.stats(t, b)
+    return _rel_change(m1, m2)
+
+
+def _rel_change(m1: NDArray, m2: NDArray) -> NDArray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(np.abs(m1) > _EPS, (m2 - m1) / np.abs(m1), np.where(np.abs(m2 - m1) > _EPS, np.inf, 0.0))
+
+
+def _effect(m1: NDArray, v1: NDArray, n1: NDArray, m2: NDArray, v2: NDArray, n2: NDArray) -> NDArray:
+    """|mean difference| / pooled standard deviation."""
+    pooled = np.sqrt((v1 * np.maximum(n1 - 1, 0) + v2 * np.maximum(n2 - 1, 0)) / np.maximum(n1 + n2 - 2, 1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        effect = np.abs(m2 - m1) / pooled
+    return np.where(np.isfinite(effect), effect, np.where(np.abs(m2 - m1) > _EPS, np.inf, 0.0))
 
 
 def _score_abt(segs: _Segs, a: NDArray, t: NDArray, b: NDArray) -> tuple[NDArray, ...]:
@@ -300,11 +371,8 @@ def _score_abt(segs: _Segs, a: NDArray, t: NDArray, b: NDArray) -> tuple[NDArray
     m1, v1, n1 = segs.stats(a, t)
     m2, v2, n2 = segs.stats(t, b)
     p = _welch_p(m1, v1, n1, m2, v2, n2)
-    pooled = np.sqrt((v1 * np.maximum(n1 - 1, 0) + v2 * np.maximum(n2 - 1, 0)) / np.maximum(n1 + n2 - 2, 1))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        effect = np.abs(m2 - m1) / pooled
-        rel = np.where(np.abs(m1) > _EPS, (m2 - m1) / np.abs(m1), np.where(np.abs(m2 - m1) > _EPS, np.inf, 0.0))
-    effect = np.where(np.isfinite(effect), effect, np.where(np.abs(m2 - m1) > _EPS, np.inf, 0.0))
+    effect = _effect(m1, v1, n1, m2, v2, n2)
+    rel = _rel_change(m1, m2)
     # A step explains the two segments better than one straight line through both? On a steady
     # trend every split looks "significant" to a t-test; this ratio is what tells a trend from a step.
     jump_p, jump_effect = segs.jump_given_trend(a, t, b)
@@ -312,7 +380,7 @@ def _score_abt(segs: _Segs, a: NDArray, t: NDArray, b: NDArray) -> tuple[NDArray
 
 
 # Up to this many candidates the merge scores every (left, candidate, right) triple it could ever
-# meet in one batched call (C(k+2, 3) triples); above it, it rescoring round by round first.
+# meet in one batched call (C(k+2, 3) triples); above it, it rescores round by round first.
 _TABLE_MAX = 60
 _TRIPLES: dict[int, tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.intp]]] = {}
 
@@ -321,10 +389,10 @@ def _triples(m: int) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.int
     """All index triples i < j < l below m (cached per m)."""
     hit = _TRIPLES.get(m)
     if hit is None:
-        i, j, l = np.meshgrid(np.arange(m), np.arange(m), np.arange(m), indexing="ij")
-        keep = (i < j) & (j < l)
-        hit = (i[keep], j[keep], l[keep])
-        _TRIPLES[m] = hit
+        lo, mid, hi = np.meshgrid(np.arange(m), np.arange(m), np.arange(m), indexing="ij")
+        keep = (lo < mid) & (mid < hi)
+        hit = (lo[keep], mid[keep], hi[keep])
+        _remember(_TRIPLES, m, hit)
     return hit
 
 
@@ -344,13 +412,18 @@ def _merge(x: NDArray[np.float64], cands: NDArray[np.intp], *, max_pvalue: float
 
     def weakness(a: NDArray, t: NDArray, b: NDArray) -> NDArray[np.float64]:
         """Drop priority of a change at t between a and b; -inf when it is strong enough to keep."""
-        p, effect, rel, _m1, _v1, n1, _m2, _v2, n2, jp, je = _score_abt(segs, a, t, b)
+        m1, v1, n1 = segs.stats(a, t)
+        m2, v2, n2 = segs.stats(t, b)
+        p = _welch_p(m1, v1, n1, m2, v2, n2)
+        effect = _effect(m1, v1, n1, m2, v2, n2)
+        rel = _rel_change(m1, m2)
+        jt, jdof, je = segs.jump_stat(a, t, b)
         if raw_segs is not None:
             # Relative change only means something in the caller's units, not the standardised ones.
             rel = _rel(raw_segs, a, t, b)
         short = np.minimum(n1, n2) < min_size
         weak = short | (p > max_pvalue) | (effect < min_effect) | (np.abs(rel) < min_magnitude)
-        weak |= (jp > max_trend_pvalue) | (je < min_jump_effect)
+        weak |= (jt < _t_crit(jdof, max_trend_pvalue)) | (je < min_jump_effect)
         # Drop the weakest offender: short segments first, then the highest p-value, then the
         # smallest effect.
         key = np.where(short, 10.0, 0.0) + p - np.minimum(effect, 1e6) * 1e-9
@@ -370,9 +443,9 @@ def _merge(x: NDArray[np.float64], cands: NDArray[np.intp], *, max_pvalue: float
         return cps
     pts = np.concatenate(([0], cps, [n]))
     m = pts.size
-    i, j, l = _triples(m)
+    lo, mid, hi = _triples(m)
     table = np.full(m * m * m, -np.inf)
-    table[(i * m + j) * m + l] = weakness(pts[i], pts[j], pts[l])
+    table[(lo * m + mid) * m + hi] = weakness(pts[lo], pts[mid], pts[hi])
     look = table.tolist() if m <= 40 else table
     mm = m * m
     bnd = list(range(m))  # positions in pts of the survivors, with both ends
