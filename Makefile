@@ -6,9 +6,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 AGENT_VENV ?= .venv-agent
+CORE_VENV ?= .venv-core
 QT_LIB := $(VENV)/lib/python*/site-packages/PySide6/Qt
 
-.PHONY: install run test lint unit agent-only bench clean sysdeps sysdeps-run
+.PHONY: install run test lint unit agent-only core-only bench clean sysdeps sysdeps-run
 
 # Reinstalls only when pyproject.toml changed, so a second `make test` starts at once.
 $(STAMP): pyproject.toml
@@ -55,17 +56,25 @@ lint: install
 # numpy, scipy or sqlite-utils being present at all.
 agent-only:
 	@test -x $(AGENT_VENV)/bin/python || $(PYTHON) -m venv $(AGENT_VENV)
-	@$(AGENT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e . >/dev/null
+	@$(AGENT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e . >/dev/null 2>&1 \
+	    || $(AGENT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e .
 	$(AGENT_VENV)/bin/python -m dtf_agent.selfcheck
+
+# The coordinator headless (`dtf serve` on a server): dtf[server] only, no Qt at all.
+core-only:
+	@test -x $(CORE_VENV)/bin/python || $(PYTHON) -m venv $(CORE_VENV)
+	@$(CORE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[server]' >/dev/null 2>&1 \
+	    || $(CORE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[server]'
+	$(CORE_VENV)/bin/python -m dtf_gui.coordinator.selfcheck
 
 unit: install
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q tests/unit
 
-test: install lint agent-only
+test: install lint agent-only core-only
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -ra --durations=15
 
 bench: install
 	$(PY) tests/bench/dispatch.py
 
 clean:
-	rm -rf $(VENV) $(AGENT_VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(AGENT_VENV) $(CORE_VENV) .pytest_cache .ruff_cache

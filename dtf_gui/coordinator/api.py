@@ -2,7 +2,7 @@
 
 The operation names are the seed's REST/WebSocket operations (create_task, get_task, list_tasks,
 list_workers, get_worker, list_results, get_status ...). The CLI, scripts and the window all use
-this table; the window reaches it over an inproc endpoint of the same ROUTER.
+this table; the window, in the same process, reaches it through ``Coordinator.request``.
 Handlers run in the coordinator thread.
 """
 

@@ -2,7 +2,8 @@
 
 Sockets
 - agents:  ROUTER (default port 8081); each agent's DEALER identity is its worker id.
-- clients: ROUTER (default port 8080) and the same ROUTER on an inproc endpoint for the window.
+- clients: ROUTER (default port 8080); the window, in the same process, calls :meth:`Coordinator.request`,
+  which hands the same requests to this loop through a queue (no socket in the GUI thread).
 - events:  PUB (default port 8082); batches of :class:`protocol.Event`.
 
 The loop decodes every frame through ``protocol.decode``; a bad frame is dropped and counted and
@@ -93,7 +94,6 @@ class Coordinator:
         self.s = settings
         self.counters = Counters()
         self.sinks: list[EventSink] = list(event_sinks or [])
-        self.inproc_endpoint = f"inproc://dtf-clients-{id(self):x}"
         self.ctx: zmq.Context[Any] = zmq.Context.instance()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -140,6 +140,8 @@ class Coordinator:
         # and a wake-up pipe that the poller watches.
         self._analysis = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dtf-analysis")
         self._done: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        # Requests from other threads of this process (the window), answered through futures.
+        self._calls: queue.SimpleQueue[tuple[p.Request, Future[p.Reply]]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -221,7 +223,6 @@ class Coordinator:
             "clients": bind(self.clients, s.host, s.client_port),
             "events": bind(self.pub, s.host, s.events_port),
         }
-        self.clients.bind(self.inproc_endpoint)
         self.aggregator = ResultAggregator(s.db_path, anomaly_threshold=s.anomaly_threshold,
                                            cache_ttl=s.cache_ttl,
                                            comparative_lookback_days=s.comparative_lookback_days)
@@ -631,12 +632,31 @@ class Coordinator:
 
         def done(fut: Future[Any]) -> None:  # runs on the analysis thread: hand over, wake, nothing else
             self._done.put(lambda: then(fut))
-            try:
-                os.write(self._wake_w, b"x")
-            except (BlockingIOError, OSError):
-                pass
+            self._wake()
 
         self._analysis.submit(fn).add_done_callback(done)
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass  # a full pipe means the loop is being woken anyway
+
+    def request(self, op: str, args: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
+        """Any thread of this process: one client-API operation, run by the loop. Returns its data;
+        raises ApiError with the coordinator's reason (or when it does not answer in time)."""
+        if not self.is_running:
+            raise ApiError("the coordinator is not running")
+        fut: Future[p.Reply] = Future()
+        self._calls.put((p.Request(req_id=0, op=op, args=args or {}), fut))
+        self._wake()
+        try:
+            reply = fut.result(timeout)
+        except TimeoutError:
+            raise ApiError(f"the coordinator did not answer {op} within {timeout:g} s") from None
+        if not reply.ok:
+            raise ApiError(reply.error)
+        return reply.data
 
     def _run_done(self) -> None:
         try:
@@ -648,12 +668,22 @@ class Coordinator:
             try:
                 callback = self._done.get_nowait()
             except queue.Empty:
-                return
+                break
             try:
                 callback()
             except Exception:
                 self.counters.loop_errors += 1
                 log.exception("coordinator: handling an analysis answer failed")
+        while True:
+            try:
+                req, fut = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            reply = self.api.handle(req)
+            if isinstance(reply, Deferred):
+                self._defer(reply, fut.set_result)
+            else:
+                fut.set_result(reply)
 
     def _on_findings(self, fut: Future[Any]) -> None:
         exc = fut.exception()
@@ -734,15 +764,22 @@ class Coordinator:
                 continue
             reply = self.api.handle(msg)
             if isinstance(reply, Deferred):
-                self._defer(identity, reply)
+                self._defer(reply, lambda rep, ident=identity: self._send_client(ident, rep))
                 continue
             try:
                 sock.send_multipart([identity, p.encode(reply)], zmq.NOBLOCK)
             except zmq.ZMQError:
                 self.counters.unroutable += 1
 
-    def _defer(self, identity: bytes, d: Deferred) -> None:
-        """A read-only query that may take long: answered from the analysis thread."""
+    def _send_client(self, identity: bytes, rep: p.Reply) -> None:
+        try:
+            self.clients.send_multipart([identity, p.encode(rep)], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            self.counters.unroutable += 1
+
+    def _defer(self, d: Deferred, deliver: Callable[[p.Reply], None]) -> None:
+        """A read-only query that may take long: run on the analysis thread, its reply delivered
+        back in this loop."""
         self.store.flush(wait=True)  # the query must see every result already acknowledged
 
         def reply(fut: Future[Any]) -> None:
@@ -754,10 +791,7 @@ class Coordinator:
             else:
                 log.error("%s failed: %s", d.op, exc, exc_info=exc)
                 rep = p.Reply(req_id=d.req_id, ok=False, error=f"{d.op} failed: {type(exc).__name__}: {exc}")
-            try:
-                self.clients.send_multipart([identity, p.encode(rep)], zmq.NOBLOCK)
-            except zmq.ZMQError:
-                self.counters.unroutable += 1
+            deliver(rep)
 
         self._offload(d.fn, reply)
 

@@ -2,8 +2,8 @@
 
 Events arrive on the coordinator's thread, already batched (10-20 Hz); the bridge hands each batch
 over as ONE queued Qt signal, so the GUI thread sees one slot call per batch, never one per event.
-Commands go the other way as client-API requests over the coordinator's inproc endpoint, from a
-socket that lives in the GUI thread.
+Commands go the other way as client-API requests handed to the coordinator's loop
+(:meth:`Coordinator.request`): the window never touches a socket or the database itself.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from PySide6.QtCore import QObject, Signal
 
 from dtf_agent import protocol as p
-from dtf_gui.client import Client, ClientError
+from dtf_gui.coordinator.api import ApiError
 from dtf_gui.coordinator.server import Coordinator, ServerSettings
 
 log = logging.getLogger(__name__)
@@ -53,19 +53,13 @@ class CoordinatorBridge(QObject):
         super().__init__(parent)
         self.coordinator = Coordinator(settings, event_sinks=[self._on_events_coordinator_thread])
         self.eventsReady.connect(self._on_events_gui_thread)
-        self._client: Client | None = None
         self.last_stats: dict[str, Any] = {}
         self.batches_received = 0
 
     def start(self) -> None:
         self.coordinator.start()
-        # inproc endpoints only connect within one zmq context: the coordinator's.
-        self._client = Client(self.coordinator.inproc_endpoint, ctx=self.coordinator.ctx, timeout=10.0)
 
     def stop(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
         self.coordinator.stop()
 
     # -- coordinator thread: hand over, touch nothing else ----------------------------------------
@@ -93,12 +87,9 @@ class CoordinatorBridge(QObject):
 
     def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
         """A client-API request; errors are shown to the engineer, not raised into Qt."""
-        if self._client is None:
-            self.errorRaised.emit("the coordinator is not running")
-            return None
         try:
-            return self._client.call(op, args)
-        except ClientError as exc:
+            return self.coordinator.request(op, args, timeout=10.0)
+        except ApiError as exc:
             self.errorRaised.emit(str(exc))
             return None
 
