@@ -7,8 +7,10 @@ import hashlib
 import logging
 import signal
 import sys
+import threading
 from types import FrameType
 
+from dtf_agent import discovery
 from dtf_agent.agent import Agent, AgentSettings
 from dtf_agent.config import ConfigError, load_worker_config
 from dtf_agent.paths import dtf_home, read_coordinator_file
@@ -24,8 +26,27 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--slots", type=int, help="tasks run at once (execution.concurrent_tasks)")
     ap.add_argument("--tags", help="comma-separated tags tasks can require")
     ap.add_argument("--heartbeat", type=float, help="seconds between heartbeats")
+    ap.add_argument("--mdns-interface", action="append", metavar="IP",
+                    help="look for the coordinator with mDNS on this address (repeat; default: all interfaces)")
     ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return ap
+
+
+def discover(interfaces: list[str], name: str | None, stop: threading.Event, log: logging.Logger) -> str | None:
+    """Look for a coordinator on the LAN until one answers or we are told to stop."""
+    where = ", ".join(interfaces) or "all interfaces"
+    log.info("no coordinator address configured: looking for one with mDNS on %s", where)
+    waited = 0.0
+    while not stop.is_set():
+        ad = discovery.find_coordinator(interfaces, timeout=5.0, name=name)
+        if ad is not None:
+            log.info("found coordinator %s at %s", ad.name, ad.agent_endpoint)
+            return ad.agent_endpoint
+        waited += 5.0
+        if waited % 30 == 0:
+            log.warning("still no coordinator on %s after %.0f s (pass --coordinator tcp://HOST:8081 to skip "
+                        "discovery)", where, waited)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,15 +59,28 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"dtf-agent: {exc}", file=sys.stderr)
         return 2
+    stopping = threading.Event()
+    agent: Agent | None = None
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: stopping (running tasks are killed)", signum)
+        stopping.set()
+        if agent is not None:
+            agent.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    # Where the coordinator is: the flag, worker.yaml, a coordinator on this machine, then the LAN.
     address = args.coordinator or cfg.coordinator.address
     if not address:
         local = read_coordinator_file(home)
         if local and local.get("agent_endpoint"):
             address = local["agent_endpoint"]
     if not address:
-        print("dtf-agent: no coordinator address. Pass --coordinator tcp://HOST:8081, set coordinator.address "
-              "in worker.yaml, or start `dtf serve` on this machine.", file=sys.stderr)
-        return 2
+        address = discover(args.mdns_interface or list(cfg.coordinator.interfaces), cfg.coordinator.service_name,
+                           stopping, log)
+        if address is None:
+            return 0
     worker_id = args.worker_id or cfg.worker.worker_id or (
         f"{hostname()}-{hashlib.sha1(str(home).encode()).hexdigest()[:6]}")
     slots = args.slots if args.slots is not None else cfg.execution.slots()
@@ -61,13 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         tail_bytes=cfg.execution.output_tail_bytes, work_dir=cfg.execution.work_dir,
     )
     agent = Agent(settings)
-
-    def _stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %d: stopping (running tasks are killed)", signum)
-        agent.stop()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    if stopping.is_set():
+        return 0
     code = agent.run()
     if agent.fatal_error:
         print(f"dtf-agent: the coordinator refused this agent: {agent.fatal_error}", file=sys.stderr)

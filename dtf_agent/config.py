@@ -496,6 +496,8 @@ class CoordinatorSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     interfaces: Annotated[list[str], Meta(
         description="IP addresses mDNS browses on; empty means all interfaces")] = msgspec.field(
         default_factory=list)
+    service_name: Annotated[str | None, Meta(
+        description="with several coordinators on the LAN, the mDNS name of the one to join")] = None
 
     def __post_init__(self) -> None:
         if self.address is not None and not re.match(r"(tcp|ipc|inproc)://\S+\Z", self.address):

@@ -47,6 +47,8 @@ def settings_from_config(cfg: CoordinatorConfig, home: Path, args: argparse.Name
         max_message_size=cfg.server.max_message_size,
         anomaly_threshold=cfg.result_aggregator.anomaly_threshold, cache_ttl=cfg.result_aggregator.cache_ttl,
         comparative_lookback_days=cfg.result_aggregator.comparative_lookback_days,
+        advertise=cfg.server.advertise and not getattr(args, "no_mdns", False),
+        mdns_interfaces=list(cfg.server.interfaces), service_name=cfg.server.service_name,
         preprocessors=list(cfg.result_aggregator.preprocessors),
         postprocessors=list(cfg.result_aggregator.postprocessors),
     )
@@ -69,6 +71,7 @@ def add_server_flags(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--agent-port", type=int, help="agent port (default 8081; 0 = any free port)")
     ap.add_argument("--events-port", type=int, help="live events port (default 8082; 0 = any free port)")
     ap.add_argument("--db", metavar="PATH", help="SQLite database (default: $DTF_HOME/dtf.sqlite)")
+    ap.add_argument("--no-mdns", action="store_true", help="do not advertise this coordinator on the LAN")
     ap.add_argument("--insecure", action="store_true",
                     help="plain-text sockets; for a quick local try only")
 

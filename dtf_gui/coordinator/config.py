@@ -53,7 +53,10 @@ class ServerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     advertise: Annotated[bool, Meta(
         description="announce _dtf._tcp.local. via mDNS so that agents find this coordinator")] = True
     interfaces: Annotated[list[str], Meta(
-        description="IP addresses mDNS uses; empty means all interfaces")] = msgspec.field(default_factory=list)
+        description="IP addresses mDNS uses; empty: the bound host's address (all interfaces for 0.0.0.0)"
+    )] = msgspec.field(default_factory=list)
+    service_name: Annotated[str | None, Meta(
+        description="mDNS instance name; null: 'DTF coordinator on HOST'")] = None
 
     def __post_init__(self) -> None:
         ports = {"port": self.port, "agent_port": self.agent_port, "events_port": self.events_port}

@@ -31,8 +31,9 @@ from typing import Any
 
 import zmq
 
+from dtf_agent import discovery
 from dtf_agent import protocol as p
-from dtf_agent.transport import bind, make_socket
+from dtf_agent.transport import bind, hostname, make_socket
 from dtf_gui.coordinator import scheduler as sch
 from dtf_gui.coordinator.aggregator import ResultAggregator
 from dtf_gui.coordinator.api import ApiError, ClientApi, Deferred
@@ -64,6 +65,10 @@ class ServerSettings:
     # Custom result processors (import paths "package.module:function"), the seed's extension point.
     preprocessors: list[str] = field(default_factory=list)
     postprocessors: list[str] = field(default_factory=list)
+    # mDNS: announce _dtf._tcp.local. so agents find this coordinator without an address.
+    advertise: bool = False
+    mdns_interfaces: list[str] = field(default_factory=list)
+    service_name: str | None = None
     coordinator_id: str = field(default_factory=lambda: os.urandom(4).hex())
 
 
@@ -230,10 +235,20 @@ class Coordinator:
             for path in paths:
                 self.aggregator.add_processor(stage, load_callable(path, f"result_aggregator.{stage}ors"))
         self._recover()
+        self.advertiser: discovery.Advertiser | None = None
+        if s.advertise:
+            interfaces = discovery.interfaces_for_bind(s.host, s.mdns_interfaces)
+            self.advertiser = discovery.Advertiser(
+                name=s.service_name or f"DTF coordinator on {hostname()}",
+                addresses=interfaces or discovery.local_ipv4_addresses(), interfaces=interfaces,
+                agent_port=self.ports["agents"], client_port=self.ports["clients"],
+                events_port=self.ports["events"], coordinator_id=s.coordinator_id)
         log.info("coordinator %s listening: agents %s, clients %s, events %s", s.coordinator_id,
                  self.ports["agents"], self.ports["clients"], self.ports["events"])
 
     def _close(self) -> None:
+        if getattr(self, "advertiser", None) is not None:
+            self.advertiser.close()
         self._analysis.shutdown(wait=True, cancel_futures=True)
         self.aggregator.close()
         os.close(self._wake_r)
