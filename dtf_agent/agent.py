@@ -58,6 +58,7 @@ class Agent:
         self.registered = False
         self.fatal_error: str | None = None
         self.running: dict[str, CommandRun] = {}
+        self._stopping_ids: set[str] = set()
         self.attempts: dict[str, int] = {}
         self.unacked: dict[str, tuple[p.ResultRecord, float]] = {}
         self._outbox: list[p.ResultRecord] = []
@@ -270,6 +271,8 @@ class Agent:
             except queue.Empty:
                 return
             run = self.running.pop(outcome.task_id, None)
+            if outcome.task_id in self._stopping_ids and outcome.error == "cancelled":
+                continue
             spec = run.spec if run else p.TaskSpec(task_id=outcome.task_id)
             self._report(spec, outcome)
 
@@ -309,6 +312,9 @@ class Agent:
                 self._send(p.Results(results=due[i:i + 1000]))
 
     def _shutdown(self) -> None:
+        # Tasks killed because the agent stops are not the test's failure: they are not reported
+        # (Goodbye tells the coordinator to run them elsewhere); what finished before is.
+        self._stopping_ids = set(self.running)
         for run in list(self.running.values()):
             run.cancel()
         for run in list(self.running.values()):

@@ -404,10 +404,12 @@ class Coordinator:
             "current_task": msg.running, "performance_metrics": {}, "health_status": {"state": "healthy"},
             "metadata": {"agent_version": msg.agent_version, "groups": msg.groups},
         }
+        events: list[Any] = []
         if old is not None and old.online:
             # The agent restarted (or reconnected) without us noticing it leave: what it no longer
-            # runs was lost with its previous life.
-            self._sched([sch.WorkerLost(now, msg.worker_id)])
+            # runs was lost with its previous life. Same scheduler call as the adoptions below, so
+            # nothing it still runs is dispatched elsewhere in between.
+            events.append(sch.WorkerLost(now, msg.worker_id))
         w = WorkerRec(msg.worker_id, identity, row, time.monotonic())
         self.workers[msg.worker_id] = w
         self.by_identity[identity] = msg.worker_id
@@ -418,12 +420,13 @@ class Coordinator:
         self._send_agent(identity, p.Welcome(protocol_version=p.PROTOCOL_VERSION, worker_id=msg.worker_id,
                                              heartbeat_interval=self.s.heartbeat_interval,
                                              coordinator_id=self.s.coordinator_id))
-        events: list[Any] = [sch.WorkerUp(now, self._worker_spec(row))]
-        # After a coordinator restart the agent tells us what it is still running: keep that work
-        # rather than run it a second time elsewhere.
+        events.append(sch.WorkerUp(now, self._worker_spec(row)))
+        # After a coordinator restart (or a reconnect) the agent tells us what it is still running:
+        # keep that work rather than run it a second time elsewhere.
         for tid in msg.running:
             task = self.tasks.get(tid)
-            if task is not None and task["status"] == "pending":
+            if task is not None and (task["status"] == "pending" or task["worker_id"] == msg.worker_id) \
+                    and task["status"] not in p.TERMINAL_STATUSES:
                 task["worker_id"] = msg.worker_id
                 events.append(sch.Adopt(now, tid, msg.worker_id))
         self._sched(events)

@@ -1,0 +1,91 @@
+"""Agents and coordinators come and go; work is neither lost nor run twice.
+
+- An agent stopped with SIGTERM kills its tasks' trees, says goodbye, and those tasks run again
+  elsewhere without counting as the test's failure.
+- A coordinator restarted on the same ports and database gets its state back from SQLite; an
+  agent that kept running a task through the restart reports it and the task is adopted, not
+  started a second time.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+from dtf_gui.client import Client
+from tests.helpers import ProcessTracker, dtf_command, read_coordinator_json, wait_until
+
+FAST = """\
+health_monitor:
+  heartbeat_interval: 0.5
+  heartbeat_timeout: 5
+task_scheduler:
+  retry_limit: 0
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_stopping_agent_hands_its_tasks_back(serve, tmp_path):
+    s = serve(FAST)
+    leaving = s.start_agent("leaving", slots=1)
+    s.wait_workers_online("leaving")
+    marker = tmp_path / "runs.txt"
+    tid = s.call("create_task", {"command": f"echo run >> {marker}; sleep 30"})["task_id"]
+    s.wait_task_status(tid, "running")
+    wait_until(marker.exists, 10)
+    s.tracker.stop(leaving, grace=20)
+    t = s.wait_task_status(tid, "pending")
+    assert t["result_list"] == [], "a task killed by its agent's shutdown is not a failed attempt"
+    assert s.worker_status("leaving") == "offline"
+    s.start_agent("staying", slots=1)
+    s.wait_workers_online("staying")
+    t = s.wait_task_status(tid, "running")
+    assert t["worker_id"] == "staying"
+
+
+def test_coordinator_restart_adopts_the_task_an_agent_kept_running(procs: ProcessTracker, dtf_home: Path,
+                                                                   dtf_env: dict[str, str], tmp_path: Path):
+    (dtf_home / "coordinator.yaml").write_text(FAST, encoding="utf-8")
+    # Fixed ports: the restarted coordinator must come back where the agent reconnects.
+    ports = ["--port", str(free_port()), "--agent-port", str(free_port()), "--events-port", str(free_port())]
+
+    def start_serve(name: str) -> tuple[Any, dict[str, Any]]:
+        proc = procs.start(name, dtf_command("dtf") + ["serve", "--insecure", *ports], dtf_env)
+
+        def up() -> dict[str, Any] | None:
+            info = read_coordinator_json(dtf_home)
+            return info if info and info["pid"] == proc.pid else None
+
+        return proc, wait_until(up, 20, message=lambda: procs.log(name))
+
+    serve1, info = start_serve("serve-1")
+    procs.start("agent", dtf_command("dtf-agent") + ["--coordinator", info["agent_endpoint"], "--worker-id", "keeper",
+                                                     "--slots", "1"], dtf_env)
+    marker = tmp_path / "runs.txt"
+    with Client(info["client_endpoint"], timeout=20) as c:
+        wait_until(lambda: c.call("get_status")["workers_online"] == 1, 20)
+        tid = c.call("create_task", {"command": f"echo run >> {marker}; sleep 4; echo done"})["task_id"]
+        wait_until(lambda: c.call("get_task", {"task_id": tid})["status"] == "running", 20)
+    serve1.send_signal(signal.SIGTERM)
+    serve1.wait(20)
+
+    _, info = start_serve("serve-2")
+    with Client(info["client_endpoint"], timeout=20) as c:
+        def completed() -> dict[str, Any] | None:
+            t = c.call("get_task", {"task_id": tid})
+            return t if t["status"] == "completed" else None
+
+        t = wait_until(completed, 30, message=lambda: procs.logs())
+    assert t["worker_id"] == "keeper"
+    assert len(t["result_list"]) == 1
+    assert t["result_list"][0]["raw_data"]["stdout_tail"].strip() == "done"
+    # Adopted, not dispatched again: a second dispatch would have been attempt 2.
+    assert t["result_list"][0]["attempt"] == 1
+    assert marker.read_text().count("run") == 1, "the task ran twice"
