@@ -124,6 +124,13 @@ class Deferred(msgspec.Struct):
     fn: Callable[[], Any]
 
 
+def _filtered(equal: dict[str, Any], order: str, limit: int) -> tuple[str, list[Any]]:
+    """WHERE col=? for each filter that is set, then ORDER BY and a capped LIMIT."""
+    used = {k: v for k, v in equal.items() if v}
+    where = ("WHERE " + " AND ".join(f"{k}=?" for k in used)) if used else ""
+    return f"{where} ORDER BY {order} LIMIT ?", [*used.values(), max(1, min(limit, MAX_LIST))]
+
+
 class ClientApi:
     def __init__(self, coordinator: Coordinator) -> None:
         self.c = coordinator
@@ -248,17 +255,9 @@ class ClientApi:
         return out
 
     def list_tasks(self, a: ListTasks) -> list[dict[str, Any]]:
-        where, params = [], []
-        if a.status:
-            if a.status not in p.TASK_STATUSES:
-                raise ApiError(f"unknown status {a.status!r}; known: {', '.join(p.TASK_STATUSES)}")
-            where.append("status=?")
-            params.append(a.status)
-        if a.worker_id:
-            where.append("worker_id=?")
-            params.append(a.worker_id)
-        sql = ("WHERE " + " AND ".join(where) if where else "") + " ORDER BY create_time DESC, task_id LIMIT ?"
-        params.append(max(1, min(a.limit, MAX_LIST)))
+        if a.status and a.status not in p.TASK_STATUSES:
+            raise ApiError(f"unknown status {a.status!r}; known: {', '.join(p.TASK_STATUSES)}")
+        sql, params = _filtered({"status": a.status, "worker_id": a.worker_id}, "create_time DESC, task_id", a.limit)
         rows = self.c.store.load_tasks(sql, params)
         for row in rows:
             # Why a task waits is the scheduler's live knowledge, not a stored column.
@@ -318,15 +317,7 @@ class ClientApi:
         return dict(w.row)
 
     def list_results(self, a: ListResults) -> list[dict[str, Any]]:
-        where, params = [], []
-        if a.task_id:
-            where.append("task_id=?")
-            params.append(a.task_id)
-        if a.worker_id:
-            where.append("worker_id=?")
-            params.append(a.worker_id)
-        sql = ("WHERE " + " AND ".join(where) if where else "") + " ORDER BY timestamp DESC LIMIT ?"
-        params.append(max(1, min(a.limit, MAX_LIST)))
+        sql, params = _filtered({"task_id": a.task_id, "worker_id": a.worker_id}, "timestamp DESC", a.limit)
         rows = self.c.store.query(f"SELECT {','.join(RESULT_COLUMNS)} FROM results {sql}", params)
         return [result_row_to_dict(r) for r in rows]
 
