@@ -573,7 +573,7 @@ class Coordinator:
             groups=frozenset((row.get("metadata") or {}).get("groups") or ()),
         )
 
-    def _do_dispatch(self, ins: Any) -> None:
+    def _do_dispatch(self, ins: sch.Dispatch) -> None:
         task = self.tasks.get(ins.task_id)
         w = self.workers.get(ins.worker_id)
         if task is None or w is None:
@@ -586,7 +586,7 @@ class Coordinator:
         self._assign_tasks.append(task)
         self.counters.tasks_dispatched += 1
 
-    def _do_status(self, ins: Any) -> None:
+    def _do_status(self, ins: sch.StatusChanged) -> None:
         task = self.tasks.get(ins.task_id)
         if task is None:
             return
@@ -616,10 +616,10 @@ class Coordinator:
         if status in p.TERMINAL_STATUSES:
             self.tasks.finished(ins.task_id)
 
-    def _do_rejected(self, ins: Any) -> None:
+    def _do_rejected(self, ins: sch.Rejected) -> None:
         self._rejections[ins.task_id] = ins.reason
 
-    def _do_cancel_on_worker(self, ins: Any) -> None:
+    def _do_cancel_on_worker(self, ins: sch.CancelOnWorker) -> None:
         w = self.workers.get(ins.worker_id)
         if w is not None and w.online:
             self._send_agent(w.identity, p.Cancel(task_ids=[ins.task_id]))
