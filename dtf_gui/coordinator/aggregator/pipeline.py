@@ -22,7 +22,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dtf_gui.coordinator import store
-from dtf_gui.coordinator.aggregator.anomalies import find_anomalies, robust_z
+from dtf_gui.coordinator.aggregator.anomalies import find_anomalies
+from dtf_gui.coordinator.aggregator.anomalies import window_stats_unchecked as window_stats
 from dtf_gui.coordinator.aggregator.changepoints import DEFAULTS as CP_DEFAULTS
 from dtf_gui.coordinator.aggregator.changepoints import detect_change_points
 from dtf_gui.coordinator.aggregator.compare import compare_samples, higher_is_better
@@ -46,6 +47,10 @@ _COLUMN_DIMS: dict[str, str] = {
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _RESULT_TYPES = ("performance", "execution", "all")
 _SEP = "|"
+# Fewest values of a level that anomalies are judged against (median and MAD of fewer are noise).
+_MIN_REFERENCE = 5
+_HALF_PI = 0.5 * np.pi
+_NO_CHANGE_POINTS = np.empty(0, dtype=np.int64)
 
 
 def _json_expr(key: str) -> str:
@@ -96,7 +101,7 @@ class ResultAggregator:
                  comparative_lookback_days: float = 7.0, clock: Callable[[], float] = time.time,
                  series_dims: Sequence[str] = ("test_id", "worker_id"), max_history: int = 1000,
                  change_point_options: dict[str, Any] | None = None,
-                 polarity: Callable[[str], bool] = higher_is_better) -> None:
+                 polarity: Callable[[str], bool] = higher_is_better, anomaly_window: int = 100) -> None:
         self.db_path = Path(db_path)
         self.anomaly_threshold = float(anomaly_threshold)
         self.cache_ttl = float(cache_ttl)
@@ -106,6 +111,11 @@ class ResultAggregator:
         self.max_history = int(max_history)
         self.cp_options = dict(change_point_options or {})
         self.polarity = polarity
+        if anomaly_window < _MIN_REFERENCE:
+            raise ValueError(f"ResultAggregator: anomaly_window must be at least {_MIN_REFERENCE}, "
+                             f"not {anomaly_window}")
+        # How many of a level's latest values a new value is judged against.
+        self.anomaly_window = int(anomaly_window)
         self._conn: Any = None
         self._lock = threading.RLock()
         self._cache: dict[Any, tuple[float, Any, frozenset[str] | None]] = {}
@@ -114,6 +124,9 @@ class ResultAggregator:
         self._hist: dict[tuple[str, ...], tuple[list[float], list[Any], list[float | None]]] = {}
         self._offset: dict[tuple[str, ...], int] = {}
         self._reported: dict[tuple[str, ...], list[int]] = {}
+        # Per series: the latest anomalies reported, (absolute index, result id), so that a
+        # change point found later can name those that were really the start of its new level.
+        self._flagged: dict[tuple[str, ...], list[tuple[int, Any]]] = {}
         self._hardware: dict[str, str | None] = {}
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -405,48 +418,142 @@ class ResultAggregator:
         return {**dict(zip(self.series_dims, key[:-1], strict=False)), "metric": key[-1]}
 
     def _examine(self, key: tuple[str, ...], n_new: int) -> list[dict[str, Any]]:
+        """Findings for the ``n_new`` newest values of one series.
+
+        Change points first (detection over the tail, each absolute index reported once), then
+        anomalies, each new value judged by :meth:`_judge` against the values before it (earlier
+        values of the same batch included) within its own level. A series therefore gives the same
+        anomalies whether it arrives one value at a time or in batches. One exception is
+        unavoidable: fed one value at a time, the first values of a new level look exactly like
+        spikes until the change point can be seen (``min_size`` values later), so they are reported
+        as anomalies then; the change point, when found, names in ``supersedes`` the result ids of
+        those that a judgement knowing it would not flag, for the window to retract."""
         vals, ids, stamps = self._hist[key]
         metric = key[-1]
         hib = self.polarity(metric)
-        out: list[dict[str, Any]] = []
+        n = len(vals)
+        offset = self._offset.get(key, 0)
         window = int(self.cp_options.get("window", CP_DEFAULTS["window"]))
-        tail = np.asarray(vals[-(2 * window + n_new):], dtype=np.float64)
-        start = len(vals) - tail.size
-        # Anomalies: each new value against the history before the batch (robust z).
-        hist = tail[:-n_new][-200:]
-        if hist.size >= 5:
-            new = tail[-n_new:]
-            codes = np.concatenate((np.zeros(hist.size, dtype=np.intp), np.ones(new.size, dtype=np.intp)))
-            _s, med, sigma = robust_z(codes[: hist.size], hist, 1)
-            m, s = float(med[0]), float(sigma[0])
-            if s > 0:
-                scores = (new - m) / s
-                for j in np.flatnonzero(np.abs(scores) > self.anomaly_threshold).tolist():
-                    i = len(vals) - n_new + j
-                    out.append({
-                        "kind": "anomaly", "series": self._series_dict(key), "metric": metric,
-                        "result_id": ids[i], "timestamp": stamps[i], "value": float(new[j]),
-                        "score": float(scores[j]), "median": m,
-                        "expected_range": [m - self.anomaly_threshold * s, m + self.anomaly_threshold * s],
-                        "direction": "improvement" if (new[j] > m) == hib else "regression",
-                    })
-        # Change points in the tail; report each absolute index once.
-        if tail.size >= 2 * int(self.cp_options.get("min_size", CP_DEFAULTS["min_size"])):
-            cps = detect_change_points(tail, higher_is_better=hib, **self.cp_options)
-            offset = self._offset.get(key, 0)
-            reported = self._reported.setdefault(key, [])
-            tol = int(self.cp_options.get("min_size", CP_DEFAULTS["min_size"]))
-            for cp in cps:
-                absolute = offset + start + cp.index
-                if any(abs(absolute - r) <= tol for r in reported):
+        min_size = int(self.cp_options.get("min_size", CP_DEFAULTS["min_size"]))
+        span = 2 * window + n_new
+        # Enough context for the change-point tail and for the reference window of every new value.
+        ctx = min(n, max(span, self.anomaly_window + _MIN_REFERENCE + n_new))
+        x = np.asarray(vals[n - ctx:], dtype=np.float64)
+        base = offset + n - ctx  # absolute index of x[0]
+        reported = self._reported.setdefault(key, [])
+        new_cps: list[tuple[int, Any]] = []
+        tail_at = max(ctx - span, 0)
+        if ctx - tail_at >= 2 * min_size:
+            for cp in detect_change_points(x[tail_at:], higher_is_better=hib, **self.cp_options):
+                absolute = base + tail_at + cp.index
+                if any(abs(absolute - r) <= min_size for r in reported):
                     continue
                 reported.append(absolute)
-                i = start + cp.index
-                d = cp.to_dict()
-                d.update(kind="change_point", series=self._series_dict(key), metric=metric, index=absolute,
-                         result_id=ids[i], timestamp=stamps[i])
-                out.append(d)
+                new_cps.append((absolute, cp))
             del reported[:-50]
+        known = np.array(sorted(reported), dtype=np.int64) if reported else _NO_CHANGE_POINTS
+        flagged = self._flagged.setdefault(key, [])
+        supersedes = self._superseded(flagged, x, base, [c for c, _cp in new_cps], known)
+        out = self._anomalies(key, x, base, n_new, known, hib)
+        for absolute, cp in new_cps:
+            i = absolute - offset
+            d = cp.to_dict()
+            d.update(kind="change_point", series=self._series_dict(key), metric=metric, index=absolute,
+                     result_id=ids[i], timestamp=stamps[i], supersedes=supersedes.get(absolute, []))
+            out.append(d)
+        flagged.extend((f["index"], f["result_id"]) for f in out if f["kind"] == "anomaly")
+        del flagged[:-100]
+        return out
+
+    def _judge(self, x: NDArray[np.float64], base: int, p: NDArray[np.intp], known: NDArray[np.int64],
+               ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], NDArray[np.intp]]:
+        """(score, reference median, reference sigma, reference size) of the values ``x[p]``, where
+        x[0] has absolute index ``base`` and ``known`` are the series' change points (absolute,
+        sorted); vectorised over ``p``. A value is an anomaly where |score| > the threshold.
+
+        A value's reference is its own level: the values since the last change point at or before
+        it, at most ``anomaly_window`` of them, and at least ``_MIN_REFERENCE`` (fewer: score 0).
+        The first value of a new level is the change point, never an anomaly. While the new level
+        has fewer than ``_MIN_REFERENCE`` values its noise cannot be estimated, so a value there is
+        an anomaly only when it is extreme against both levels: beyond the threshold from the old
+        level's median and from the new level's median so far, both in the old level's robust sigma
+        (the noise is assumed to carry over the step); its score is then against the new level.
+
+        Sigma is widened by sqrt(1 + pi / 2k) for a reference of k values: a new value's distance
+        from the median of k values has that much more spread than from the true level (the
+        sample median's variance is about pi/2 sigma^2 / k), which keeps young series and new
+        levels from flagging ordinary noise; with 100 values it is under 1 %."""
+        thr = self.anomaly_threshold
+        a = base + p
+        if known.size:
+            where = np.searchsorted(known, a, side="right") - 1
+            seg = np.where(where >= 0, known[np.maximum(where, 0)], -1)
+            prev = np.where(where >= 1, known[np.maximum(where - 1, 0)], -1)
+            lo = np.maximum(np.maximum(seg, a - self.anomaly_window), base)
+        else:
+            lo = np.maximum(a - self.anomaly_window, base)
+        med, sigma, count = window_stats(x, lo - base, p)
+        sigma *= np.sqrt(1.0 + _HALF_PI / np.maximum(count, 1))
+        level = count >= _MIN_REFERENCE
+        forming = (~level & (seg > base) & (a > seg)) if known.size else level[:0]
+        if forming.any():
+            f = np.flatnonzero(forming)
+            olo = np.maximum(np.maximum(prev[f], seg[f] - self.anomaly_window), base)
+            omed, osig, ocount = window_stats(x, olo - base, seg[f] - base)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                s_old = osig * np.sqrt(1.0 + _HALF_PI / ocount)
+                s_new = osig * np.sqrt(1.0 + _HALF_PI / count[f])
+                v = x[p[f]]
+                both = (ocount >= _MIN_REFERENCE) & (np.abs(v - omed) > thr * s_old) & (
+                    np.abs(v - med[f]) > thr * s_new)
+            sigma[f] = s_new
+            level[f] = both
+        ok = level & (sigma > 0)
+        score = np.where(ok, (x[p] - med) / np.where(ok, sigma, 1.0), 0.0)
+        return score, med, sigma, count
+
+    def _anomalies(self, key: tuple[str, ...], x: NDArray[np.float64], base: int, n_new: int,
+                   known: NDArray[np.int64], hib: bool) -> list[dict[str, Any]]:
+        """Anomaly findings among the last ``n_new`` values of ``x`` (see :meth:`_judge`)."""
+        thr = self.anomaly_threshold
+        p = np.arange(x.size - n_new, x.size)
+        score, med, sigma, count = self._judge(x, base, p, known)
+        _vals, ids, stamps = self._hist[key]
+        offset = self._offset.get(key, 0)
+        metric = key[-1]
+        out: list[dict[str, Any]] = []
+        for j in np.flatnonzero(np.abs(score) > thr).tolist():
+            a = base + int(p[j])
+            i = a - offset
+            m, s, v = float(med[j]), float(sigma[j]), float(x[p[j]])
+            out.append({
+                "kind": "anomaly", "series": self._series_dict(key), "metric": metric, "index": a,
+                "result_id": ids[i], "timestamp": stamps[i], "value": v, "score": float(score[j]),
+                "median": m, "expected_range": [m - thr * s, m + thr * s], "reference_size": int(count[j]),
+                "direction": "improvement" if (v > m) == hib else "regression",
+            })
+        return out
+
+    def _superseded(self, flagged: list[tuple[int, Any]], x: NDArray[np.float64], base: int,
+                    new_cps: list[int], known: NDArray[np.int64]) -> dict[int, list[Any]]:
+        """{change point: result ids} of anomalies reported earlier that a judgement knowing the new
+        change points does not flag (they were the new level's first values, seen before the
+        change could be); they leave ``flagged``."""
+        if not new_cps or not flagged:
+            return {}
+        first = min(new_cps)
+        cand = [f for f in flagged if f[0] >= first and f[0] >= base]
+        if not cand:
+            return {}
+        p = np.array([f[0] - base for f in cand], dtype=np.intp)
+        score, _m, _s, _c = self._judge(x, base, p, known)
+        cps = sorted(new_cps)
+        out: dict[int, list[Any]] = {}
+        for f, sc in zip(cand, score.tolist(), strict=True):
+            if abs(sc) <= self.anomaly_threshold:
+                owner = max(c for c in cps if c <= f[0])
+                out.setdefault(owner, []).append(f[1])
+                flagged.remove(f)
         return out
 
     def series_history(self, key: tuple[str, ...]) -> list[float]:
