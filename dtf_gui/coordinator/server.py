@@ -709,11 +709,20 @@ class Coordinator:
             self.counters.loop_errors += 1
             log.error("result analysis failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
             return
+        now = time.time()
         for finding in fut.result():
             kind = finding.get("kind", "finding")
             subject = finding.get("result_id") or ""
+            # A change point explains the first values of the new level that were flagged as
+            # anomalies before it could be seen: withdraw those, here and in the window.
+            superseded = finding.get("supersedes") or []
+            if superseded:
+                self.store.retract_events("anomaly", superseded)
+                self._ev_other.append(p.Event(kind="retracted", time=now, data={
+                    "kind": "anomaly", "result_ids": list(superseded), "metric": finding.get("metric"),
+                    "reason": f"explained by the change point at {subject}"}))
             self.store.put_event(kind, str(subject), finding)
-            self._ev_other.append(p.Event(kind=kind, data=finding, time=time.time()))
+            self._ev_other.append(p.Event(kind=kind, data=finding, time=now))
 
     # -- task submission (called by the client API in this thread) --------------------------------
 

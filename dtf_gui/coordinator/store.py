@@ -249,10 +249,11 @@ class _Batch:
     results: list[tuple[Any, ...]]
     metrics: list[tuple[str, str, float]]
     events: list[tuple[float, str, str, str]]
+    retracted: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     def __len__(self) -> int:
         return (len(self.new_tasks) + len(self.task_updates) + len(self.workers) + len(self.results)
-                + len(self.metrics) + len(self.events))
+                + len(self.metrics) + len(self.events) + len(self.retracted))
 
 
 class _Writer:
@@ -328,6 +329,7 @@ class Store:
         self._results: list[tuple[Any, ...]] = []
         self._metrics: list[tuple[str, str, float]] = []
         self._events: list[tuple[float, str, str, str]] = []
+        self._retracted: list[tuple[str, str]] = []
         self._last_flush = time.monotonic()
         self.rows_written = 0
         cols = ",".join(TASK_COLUMNS)
@@ -383,6 +385,11 @@ class Store:
     def put_event(self, kind: str, subject: str, data: dict[str, Any], when: float | None = None) -> None:
         self._events.append((time.time() if when is None else when, kind, subject, _dumps(data) or "{}"))
 
+    def retract_events(self, kind: str, subjects: Iterable[str]) -> None:
+        """Mark earlier events as withdrawn (kind becomes KIND_retracted): kept for the record,
+        out of the way of anyone reading the live findings."""
+        self._retracted.extend((kind, str(s)) for s in subjects)
+
     def existing_task_ids(self, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` are already in the table (flushed rows only; the caller knows the rest)."""
         found: set[str] = set()
@@ -393,7 +400,8 @@ class Store:
         return found
 
     def pending_rows(self) -> int:
-        return len(self._tasks) + len(self._workers) + len(self._results) + len(self._metrics) + len(self._events)
+        return (len(self._tasks) + len(self._workers) + len(self._results) + len(self._metrics) + len(self._events)
+                + len(self._retracted))
 
     def _maybe_flush(self) -> None:
         if len(self._results) + len(self._tasks) >= self.batch_size:
@@ -431,12 +439,14 @@ class Store:
                 new.append(_task_row(t))
                 # The INSERT is queued before any later UPDATE of this task: the writer keeps order.
                 t["_stored"] = True
-        batch = _Batch(new, known, list(self._workers.values()), self._results, self._metrics, self._events)
+        batch = _Batch(new, known, list(self._workers.values()), self._results, self._metrics, self._events,
+                       self._retracted)
         self._tasks = {}
         self._workers = {}
         self._results = []
         self._metrics = []
         self._events = []
+        self._retracted = []
         return batch
 
     def _write(self, b: _Batch) -> None:
@@ -455,6 +465,9 @@ class Store:
                 conn.executemany(_METRIC_SQL, b.metrics)
             if b.events:
                 conn.executemany("INSERT INTO events (time, kind, subject, data) VALUES (?,?,?,?)", b.events)
+            if b.retracted:
+                conn.executemany("UPDATE events SET kind = kind || '_retracted' WHERE kind=? AND subject=?",
+                                 b.retracted)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

@@ -47,6 +47,7 @@ class CoordinatorBridge(QObject):
     tasksChanged = Signal(list)
     statsChanged = Signal(dict)
     findingsChanged = Signal(list)
+    findingsRetracted = Signal(list)  # finding ids
     errorRaised = Signal(str)
 
     def __init__(self, settings: ServerSettings, parent: QObject | None = None) -> None:
@@ -80,6 +81,10 @@ class CoordinatorBridge(QObject):
         findings = [finding_row(e.data) for e in events if e.kind in ("anomaly", "change_point")]
         if findings:
             self.findingsChanged.emit(findings)
+        retracted = [f"{e.data.get('kind')}:{rid}:{e.data.get('metric')}"
+                     for e in events if e.kind == "retracted" for rid in e.data.get("result_ids", ())]
+        if retracted:
+            self.findingsRetracted.emit(retracted)
         for e in events:
             if e.kind == "stats":
                 self.last_stats = e.data

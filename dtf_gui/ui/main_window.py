@@ -164,6 +164,7 @@ class MainWindow(QMainWindow):
         bridge.workersChanged.connect(self.workers.apply)
         bridge.tasksChanged.connect(self.tasks.apply)
         bridge.findingsChanged.connect(self._on_findings)
+        bridge.findingsRetracted.connect(self._on_retracted)
         bridge.statsChanged.connect(self._on_stats)
         bridge.errorRaised.connect(self._on_error)
         self._closing_hooks: list[Any] = []
@@ -199,6 +200,10 @@ class MainWindow(QMainWindow):
 
     def _on_findings(self, rows: list[dict[str, Any]]) -> None:
         self.findings.apply(rows)
+        self.tabs.setTabText(1, f"Anomalies && regressions ({self.findings.rowCount()})")
+
+    def _on_retracted(self, finding_ids: list[str]) -> None:
+        self.findings.remove(finding_ids)
         self.tabs.setTabText(1, f"Anomalies && regressions ({self.findings.rowCount()})")
 
     def _on_error(self, message: str) -> None:

@@ -145,6 +145,23 @@ class KeyedTableModel(QAbstractTableModel):
         if len(self._rows) > self.max_rows:
             self._trim()
 
+    def remove(self, keys: Sequence[str]) -> int:
+        """Drop these rows (one removal per contiguous run); returns how many were present."""
+        rows = sorted((self._pos[k] for k in keys if self._pos.get(k, -1) >= 0), reverse=True)
+        i = 0
+        while i < len(rows):
+            last = first = rows[i]
+            while i + 1 < len(rows) and rows[i + 1] == first - 1:
+                i += 1
+                first = rows[i]
+            self.beginRemoveRows(QModelIndex(), first, last)
+            del self._rows[first:last + 1]
+            self.endRemoveRows()
+            i += 1
+        if rows:
+            self._pos = {r[self.key]: j for j, r in enumerate(self._rows)}
+        return len(rows)
+
     def _trim(self) -> None:
         """Drop the oldest rows beyond max_rows; the database keeps everything."""
         excess = len(self._rows) - self.max_rows

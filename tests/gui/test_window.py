@@ -134,3 +134,14 @@ def test_a_refused_drop_says_why(qtbot, gui_session) -> None:
     message = win.statusBar().currentMessage()
     assert "cannot assign" in message and "gpu" in message
     assert bridge.call("get_task", {"task_id": task_id})["status"] == "pending"
+
+
+def test_keyed_model_removes_rows_and_stays_consistent(qtmodeltester) -> None:
+    m = KeyedTableModel("id", [])
+    m.apply([{"id": k} for k in "abcdefg"])
+    assert m.remove(["b", "c", "f", "zz"]) == 3
+    assert m.keys() == ["a", "d", "e", "g"]
+    assert m.row_for("g") == {"id": "g"}
+    m.apply([{"id": "e", "v": 1}, {"id": "h"}])
+    assert m.row_for("e")["v"] == 1 and m.keys()[-1] == "h"
+    qtmodeltester.check(m, force_py=True)

@@ -331,3 +331,22 @@ def test_readonly_connection_on_a_missing_file_fails_clearly(tmp_path):
     with pytest.raises(sqlite3.OperationalError):
         connect_readonly(tmp_path / "nope.sqlite").execute("SELECT 1 FROM results")
     assert not (tmp_path / "nope.sqlite").exists(), "a reader must never create the database"
+
+
+def test_retracted_events_are_kept_but_renamed(tmp_path):
+    from dtf_gui.coordinator.store import Store, connect_readonly
+
+    store = Store(tmp_path / "r.sqlite")
+    store.put_event("anomaly", "r1", {"v": 1})
+    store.put_event("anomaly", "r2", {"v": 2})
+    store.put_event("change_point", "r2", {"v": 3})
+    store.flush()
+    store.retract_events("anomaly", ["r2", "missing"])
+    store.flush()
+    conn = connect_readonly(tmp_path / "r.sqlite")
+    try:
+        rows = sorted(tuple(r) for r in conn.execute("SELECT kind, subject FROM events"))
+    finally:
+        conn.close()
+        store.close()
+    assert rows == [("anomaly", "r1"), ("anomaly_retracted", "r2"), ("change_point", "r2")]
