@@ -223,6 +223,8 @@ class Agent:
             self.stop()
 
     def _on_assign(self, msg: p.Assign) -> None:
+        for rid in msg.acks:
+            self.unacked.pop(rid, None)
         for spec in msg.tasks:
             run = self.running.get(spec.task_id)
             if run is not None:

@@ -128,6 +128,9 @@ class Refused(_Msg, tag="refused"):
 
 class Assign(_Msg, tag="assign"):
     tasks: list[TaskSpec]
+    # Results acknowledged in the same frame: with one task in flight the next assignment and
+    # the ack of the last result travel together (one wake-up of the agent instead of two).
+    acks: list[str] = msgspec.field(default_factory=list)
 
 
 class Cancel(_Msg, tag="cancel"):

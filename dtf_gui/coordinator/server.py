@@ -14,7 +14,7 @@ out the instructions it returns. The store is written only here, in batches.
 
 from __future__ import annotations
 
-import collections
+import array
 import dataclasses
 import importlib
 import logging
@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import zmq
 
 from dtf_agent import discovery
@@ -43,6 +44,7 @@ from dtf_gui.coordinator.store import Store
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[list[p.Event]], None]
+LATENCY_SAMPLES = 20_000  # the most recent round trips kept for the p50/p99 in get_status
 
 
 @dataclass
@@ -115,7 +117,10 @@ class Coordinator:
         self._assign_out: dict[str, list[p.TaskSpec]] = {}
         self._assign_tasks: list[dict[str, Any]] = []
         # Round trips (task sent -> result held) of the most recent tasks, in seconds.
-        self._latency: collections.deque[float] = collections.deque(maxlen=20_000)
+        # A ring buffer of doubles: one item store per result on the hot path, and the percentiles
+        # read it without a copy (numpy over the same memory).
+        self._latency = array.array("d", bytes(8 * LATENCY_SAMPLES))
+        self._latency_n = 0
         self._latency_at = 0.0
         self._latency_cached: dict[str, float] = {}
         self._acks_out: dict[bytes, list[str]] = {}
@@ -151,6 +156,8 @@ class Coordinator:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._fresh_results: list[dict[str, Any]] = []
+        # Results without metrics only matter to the aggregator's cache (execution-time statistics).
+        self._fresh_test_ids: set[str] = set()
 
     # -- lifecycle (any thread) -------------------------------------------------------------------
 
@@ -341,6 +348,9 @@ class Coordinator:
             if self._fresh_results:
                 batch, self._fresh_results = self._fresh_results, []
                 self._offload(lambda: self.aggregator.ingest(batch), self._on_findings)
+            if self._fresh_test_ids:
+                ids, self._fresh_test_ids = self._fresh_test_ids, set()
+                self._offload(lambda: self.aggregator.invalidate(ids), _ignore)
         except Exception:
             self.counters.loop_errors += 1
             log.exception("coordinator: writing to %s failed; will retry", self.s.db_path)
@@ -463,7 +473,6 @@ class Coordinator:
             return
         now = time.time()
         held = time.perf_counter()
-        latency = self._latency
         acks = self._acks_out.setdefault(identity, [])
         events = []
         store = self.store
@@ -493,11 +502,15 @@ class Coordinator:
             }
             store.put_result(stored)
             finished_here.add(rec.task_id)
-            self._fresh_results.append(stored)
+            if rec.metrics:
+                self._fresh_results.append(stored)
+            else:
+                self._fresh_test_ids.add(stored["test_id"])
             self.counters.results_stored += 1
             sent = task.get("_sent")
             if sent is not None:
-                latency.append(held - sent)
+                self._latency[self._latency_n % LATENCY_SAMPLES] = held - sent
+                self._latency_n += 1
             task["results"] = rec.result_id
             task["start_time"] = task["start_time"] or rec.start_time
             task["end_time"] = rec.end_time or now
@@ -631,7 +644,8 @@ class Coordinator:
                 # A worker found lost after this batch was queued has had its tasks requeued by
                 # the scheduler already; assigning them now would run them twice.
                 if w is not None and w.online:
-                    self._send_agent(w.identity, p.Assign(tasks=specs))
+                    acks = self._acks_out.pop(w.identity, [])
+                    self._send_agent(w.identity, p.Assign(tasks=specs, acks=acks))
             self._assign_out = {}
             sent = time.perf_counter()
             for task in self._assign_tasks:
@@ -864,17 +878,17 @@ class Coordinator:
         }
 
     def _latency_summary(self) -> dict[str, float]:
-        # Sorting 20,000 samples costs ~2 ms: at most twice a second, however often status is asked.
+        # At most twice a second, however often status is asked.
         now = time.monotonic()
         if now - self._latency_at < 0.5:
             return self._latency_cached
         self._latency_at = now
-        if not self._latency:
+        n = min(self._latency_n, LATENCY_SAMPLES)
+        if not n:
             self._latency_cached = {"p50": 0.0, "p99": 0.0, "n": 0}
         else:
-            xs = sorted(self._latency)
-            n = len(xs)
-            self._latency_cached = {"p50": xs[n // 2] * 1e6, "p99": xs[min(n - 1, int(n * 0.99))] * 1e6, "n": n}
+            p50, p99 = np.percentile(np.frombuffer(self._latency, dtype=np.float64)[:n], [50, 99]) * 1e6
+            self._latency_cached = {"p50": float(p50), "p99": float(p99), "n": n}
         return self._latency_cached
 
     def _emit_events(self) -> None:
@@ -913,6 +927,11 @@ class Coordinator:
                 sink(events)
             except Exception:
                 log.exception("coordinator: an event sink failed")
+
+
+def _ignore(fut: Future[Any]) -> None:
+    if fut.exception() is not None:
+        log.error("background analysis step failed: %s", fut.exception())
 
 
 def load_callable(path: str, key: str) -> Callable[..., Any]:

@@ -241,19 +241,21 @@ def result_row_to_dict(row: Sequence[Any]) -> dict[str, Any]:
 
 @dataclasses.dataclass
 class _Batch:
-    """Rows ready to write: immutable tuples, so the writer thread shares nothing mutable."""
+    """What one flush writes. Tasks are the live records; their rows are read in ``_write``: on the
+    writer thread in background mode, so building thousands of rows does not stall the loop."""
 
-    new_tasks: list[tuple[Any, ...]]
-    task_updates: list[tuple[Any, ...]]
+    tasks: list[dict[str, Any]]
     workers: list[tuple[Any, ...]]
     results: list[tuple[Any, ...]]
     metrics: list[tuple[str, str, float]]
     events: list[tuple[float, str, str, str]]
     retracted: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    # The task rows, built once: a retried write must not turn a rolled-back INSERT into an UPDATE.
+    task_rows: tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]] | None = None
 
     def __len__(self) -> int:
-        return (len(self.new_tasks) + len(self.task_updates) + len(self.workers) + len(self.results)
-                + len(self.metrics) + len(self.events) + len(self.retracted))
+        return (len(self.tasks) + len(self.workers) + len(self.results) + len(self.metrics) + len(self.events)
+                + len(self.retracted))
 
 
 class _Writer:
@@ -429,18 +431,8 @@ class Store:
         return n
 
     def _take(self) -> _Batch:
-        """Snapshot the queued rows. itemgetter reads a live task dict in one C call, under the
-        GIL, so each row is a consistent snapshot even though the loop goes on changing tasks."""
-        new, known = [], []
-        for t in self._tasks.values():
-            if t.get("_stored"):
-                known.append(_task_update_row(t))
-            else:
-                new.append(_task_row(t))
-                # The INSERT is queued before any later UPDATE of this task: the writer keeps order.
-                t["_stored"] = True
-        batch = _Batch(new, known, list(self._workers.values()), self._results, self._metrics, self._events,
-                       self._retracted)
+        batch = _Batch(list(self._tasks.values()), list(self._workers.values()), self._results, self._metrics,
+                       self._events, self._retracted)
         self._tasks = {}
         self._workers = {}
         self._results = []
@@ -449,14 +441,32 @@ class Store:
         self._retracted = []
         return batch
 
+    @staticmethod
+    def _task_rows(tasks: list[dict[str, Any]]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """INSERT rows for tasks never written, UPDATE rows for the others. itemgetter reads a live
+        task in one C call under the GIL, so each row is a consistent snapshot even while the loop
+        thread goes on changing tasks; a task changed after its snapshot is queued again by put_task
+        and written by a later batch, after this one (the writer keeps order)."""
+        new, known = [], []
+        for t in tasks:
+            if t.get("_stored"):
+                known.append(_task_update_row(t))
+            else:
+                new.append(_task_row(t))
+                t["_stored"] = True
+        return new, known
+
     def _write(self, b: _Batch) -> None:
         conn = self.conn
+        if b.task_rows is None:
+            b.task_rows = self._task_rows(b.tasks)
+        new_tasks, task_updates = b.task_rows
         conn.execute("BEGIN")
         try:
-            if b.new_tasks:
-                conn.executemany(self._task_sql, b.new_tasks)
-            if b.task_updates:
-                conn.executemany(self._task_update_sql, b.task_updates)
+            if new_tasks:
+                conn.executemany(self._task_sql, new_tasks)
+            if task_updates:
+                conn.executemany(self._task_update_sql, task_updates)
             if b.workers:
                 conn.executemany(self._worker_sql, b.workers)
             if b.results:
