@@ -321,6 +321,8 @@ class Store:
         _tune(self.conn)
         migrate(self.conn)
         self._writer: _Writer | None = None
+        self.inline_flushes = 0
+        self.background_flushes = 0
         self._reader = self.conn
         if background:
             self._reader = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
@@ -422,10 +424,24 @@ class Store:
         n = self.pending_rows()
         if n:
             batch = self._take()
-            if self._writer is None:
+            writer = self._writer
+            if writer is None:
                 self._write(batch)
+            elif n < self.batch_size and writer.q.unfinished_tasks == 0:
+                # A periodic, smallish flush is written inline: the loop pauses once for a few
+                # milliseconds, instead of competing with the writer thread for the GIL and the CPU
+                # all the time, which is what stretches the tail of dispatch latency. The writer
+                # is idle (nothing queued or running), so its connection is free and order is kept.
+                self.inline_flushes += 1
+                try:
+                    self._write(batch)
+                except sqlite3.Error as exc:
+                    log.warning("inline write failed (%s); the writer thread retries it", exc)
+                    writer.q.put(batch)
             else:
-                self._writer.q.put(batch)
+                # A flood (the batch filled up): the writer thread takes it and dispatch goes on.
+                self.background_flushes += 1
+                writer.q.put(batch)
         if wait and self._writer is not None:
             self._writer.q.join()
         return n
