@@ -648,7 +648,10 @@ class Scheduler:
                         errors[s.task_id] = f"unknown dependency {d}"
                         break
         order: list[TaskSpec] = []
-        if not errors:
+        # The common batch (a plan's leaves, a benchmark sweep) names no dependencies at all:
+        # no cycle to look for and nothing to reorder.
+        linked = any(s.dependencies for s in specs)
+        if not errors and linked:
             # Kahn's algorithm over the batch: what is left over sits on a cycle.
             indeg = {i: 0 for i in ids}
             users: dict[str, list[str]] = {}
@@ -678,6 +681,10 @@ class Scheduler:
             for s in specs:
                 self._reject(s.task_id, errors.get(s.task_id) or
                              f"batch refused because task {first[0]}: {first[1]}", out)
+            return
+        if not linked:
+            for spec in ids.values():
+                self._accept(spec, ev.now, out)
             return
         # Keep the submitted order where the dependencies allow it (ties in the queue go by seq).
         pos = {s.task_id: n for n, s in enumerate(specs)}
