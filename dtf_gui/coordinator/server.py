@@ -26,7 +26,6 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -946,6 +945,3 @@ def load_callable(path: str, key: str) -> Callable[..., Any]:
         raise ValueError(f"{key}: {path!r} is not callable")
     return obj
 
-
-def default_db_path(home: Path) -> Path:
-    return home / "dtf.sqlite"

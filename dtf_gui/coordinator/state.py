@@ -14,7 +14,6 @@ import time
 from collections import Counter, OrderedDict
 from typing import Any
 
-from dtf_agent.protocol import TERMINAL_STATUSES
 from dtf_gui.coordinator.store import TASK_COLUMNS, json_or_none
 
 RECENT_FINISHED = 50_000
@@ -49,9 +48,6 @@ class TaskTable:
         if t is None:
             t = self.recent.get(task_id)
         return t
-
-    def was_finished(self, task_id: str) -> bool:
-        return task_id in self.recent
 
     def add_new(self, task: dict[str, Any]) -> dict[str, Any]:
         """``task`` has plain values (validated by the API). Returns the live record: storage form
@@ -141,6 +137,3 @@ class TaskTable:
             out[c] = v
         return out
 
-
-def is_terminal(status: str) -> bool:
-    return status in TERMINAL_STATUSES
