@@ -134,6 +134,7 @@ def _filtered(equal: dict[str, Any], order: str, limit: int) -> tuple[str, list[
 class ClientApi:
     def __init__(self, coordinator: Coordinator) -> None:
         self.c = coordinator
+        self._submissions = 0
         self.ops: dict[str, tuple[type[_Args], Callable[[Any], Any]]] = {
             "ping": (NoArgs, self.ping),
             "create_task": (CreateTask, self.create_task),
@@ -232,6 +233,12 @@ class ClientApi:
 
     def create_tasks(self, a: CreateTasks) -> dict[str, Any]:
         tasks = [self._task_dict(t) for t in a.tasks]
+        # One request is one submission: load_balancer.worker_cap limits how many workers its
+        # tasks occupy at once, leaving the others for everybody else.
+        self._submissions += 1
+        submission = f"{self.c.s.coordinator_id}-{self._submissions}"
+        for t in tasks:
+            t["metadata"] = {**(t["metadata"] or {}), "submission": submission}
         self._check_new_ids(tasks)
         accepted, refused = self.c.submit(tasks)
         if refused:

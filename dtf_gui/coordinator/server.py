@@ -576,7 +576,7 @@ class Coordinator:
             ) if req else sch.NO_REQUIREMENTS,
             test_id=task["test_id"] or "", cpu_slots=task.get("_cpu_slots") or 1,
             retry_limit=task.get("_retry_limit"), submit_time=task["create_time"],
-            expected_duration=task.get("_expected_duration"),
+            expected_duration=task.get("_expected_duration"), submission=task.get("_submission") or "",
         )
 
     def _worker_spec(self, row: dict[str, Any]) -> sch.WorkerSpec:

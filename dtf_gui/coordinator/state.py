@@ -68,6 +68,7 @@ class TaskTable:
             "_parameters": params, "_dependencies": deps, "_requirements": req,
             "_retry_limit": g("retry_limit"), "_cpu_slots": g("cpu_slots") or req.get("cpu_slots") or 1,
             "_expected_duration": g("expected_duration"), "_stored": bool(g("_stored")),
+            "_submission": str((meta or {}).get("submission", "")) if isinstance(meta, dict) else "",
         }
         self.active[rec["task_id"]] = rec
         self.active_counts[rec["status"]] += 1

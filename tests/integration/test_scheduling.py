@@ -130,3 +130,30 @@ def test_dtf_assign_pins_a_waiting_task_to_the_chosen_worker(serve):
     assert t["worker_id"] == "right"
     bad = cli(s.env, "assign", task, "nowhere")
     assert bad.returncode != 0 and "no worker 'nowhere'" in bad.stderr
+
+
+def test_worker_cap_keeps_one_submission_on_one_worker_at_a_time(coordinator, procs):
+    from dtf_gui.client import Client
+    from dtf_gui.coordinator.scheduler import SchedulerConfig
+    from tests.helpers import dtf_command
+
+    coord = coordinator(scheduler=SchedulerConfig(worker_cap=1, strategy="fair_share"))
+    for name in ("w1", "w2"):
+        procs.start(name, dtf_command("dtf-agent") + ["--coordinator", coord.endpoint("agents"), "--worker-id",
+                                                      name, "--slots", "2"])
+    with Client(coord.endpoint("clients")) as c:
+        wait_until(lambda: c.call("get_status")["workers_online"] == 2, 20)
+        first = c.call("create_tasks", {"tasks": [{"command": "sleep 0.4"}] * 6})["task_ids"]
+        second = c.call("create_tasks", {"tasks": [{"command": "sleep 0.4"}] * 2})["task_ids"]
+        seen: list[set[str]] = []
+
+        def all_done() -> bool:
+            tasks = [c.call("get_task", {"task_id": t}) for t in first]
+            seen.append({t["worker_id"] for t in tasks if t["status"] in ("assigned", "running")})
+            return all(t["status"] == "completed" for t in tasks)
+
+        wait_until(all_done, 30)
+        # Never two workers at once for one submission, though both had free slots at the start.
+        assert all(len(workers) <= 1 for workers in seen), seen
+        # The other submission was not kept waiting behind it: it had a worker of its own.
+        wait_until(lambda: all(c.call("get_task", {"task_id": t})["status"] == "completed" for t in second), 20)
