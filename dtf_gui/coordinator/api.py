@@ -214,8 +214,11 @@ class ClientApi:
             "retry_limit": a.retry_limit, "cpu_slots": a.cpu_slots, "expected_duration": a.expected_duration,
         }
 
-    def _check_new_ids(self, tasks: list[dict[str, Any]]) -> None:
-        ids = [t["task_id"] for t in tasks]
+    def _check_given_ids(self, ids: list[str]) -> None:
+        """Ids the engineer chose must be new; ids we generate are unique by construction, so a
+        bulk submission of generated ids costs no database look-up."""
+        if not ids:
+            return
         if len(set(ids)) != len(ids):
             raise ApiError("task ids repeat within one request")
         given = [i for i in ids if self.c.tasks.get(i) is None]
@@ -224,14 +227,15 @@ class ClientApi:
             raise ApiError(f"task id(s) already exist: {', '.join(sorted(clash)[:10])}")
 
     def create_task(self, a: CreateTask) -> dict[str, Any]:
+        self._check_given_ids([a.task_id] if a.task_id else [])
         task = self._task_dict(a)
-        self._check_new_ids([task])
         accepted, refused = self.c.submit([task])
         if refused:
             raise ApiError(f"task {task['task_id']} refused: {refused[task['task_id']]}")
         return TaskTable.public(accepted[0])
 
     def create_tasks(self, a: CreateTasks) -> dict[str, Any]:
+        self._check_given_ids([t.task_id for t in a.tasks if t.task_id])
         tasks = [self._task_dict(t) for t in a.tasks]
         # One request is one submission: load_balancer.worker_cap limits how many workers its
         # tasks occupy at once, leaving the others for everybody else.
@@ -239,7 +243,6 @@ class ClientApi:
         submission = f"{self.c.s.coordinator_id}-{self._submissions}"
         for t in tasks:
             t["metadata"] = {**(t["metadata"] or {}), "submission": submission}
-        self._check_new_ids(tasks)
         accepted, refused = self.c.submit(tasks)
         if refused:
             detail = "; ".join(f"{k}: {v}" for k, v in list(refused.items())[:20])
