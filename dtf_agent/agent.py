@@ -82,7 +82,7 @@ class Agent:
             p.Cancel: self._on_cancel,
             p.ResultAck: self._on_ack,
         }
-        self._runners: dict[str, Callable[[p.TaskSpec], None]] = {
+        self._runners: dict[str, Callable[[p.RunSpec], None]] = {
             "noop": self._run_noop,
             "command": self._run_command,
         }
@@ -256,7 +256,7 @@ class Agent:
 
     # -- runners ------------------------------------------------------------------------------
 
-    def _run_noop(self, spec: p.TaskSpec) -> None:
+    def _run_noop(self, spec: p.RunSpec) -> None:
         # The framework's own overhead is what a no-op measures: straight to a result record.
         now = time.time()
         self._outbox.append(p.ResultRecord(
@@ -265,7 +265,7 @@ class Agent:
             test_id=str(spec.parameters.get("test_id", "")) if spec.parameters else ""))
         self.completed += 1
 
-    def _run_command(self, spec: p.TaskSpec) -> None:
+    def _run_command(self, spec: p.RunSpec) -> None:
         run = CommandRun(spec, self.work_dir, self._finished, tail_bytes=self.s.tail_bytes,
                          default_timeout=self.s.default_timeout)
         self.running[spec.task_id] = run
@@ -279,10 +279,10 @@ class Agent:
             run = self.running.pop(outcome.task_id, None)
             if outcome.task_id in self._stopping_ids and outcome.error == "cancelled":
                 continue
-            spec = run.spec if run else p.TaskSpec(task_id=outcome.task_id)
+            spec = run.spec if run else p.RunSpec(task_id=outcome.task_id)
             self._report(spec, outcome)
 
-    def _report(self, spec: p.TaskSpec, o: Outcome) -> None:
+    def _report(self, spec: p.RunSpec, o: Outcome) -> None:
         rec = p.ResultRecord(
             result_id=f"{self._rid_prefix}{next(self._rid_counter)}", task_id=o.task_id, status=o.status,
             start_time=o.start_time, end_time=o.end_time, execution_time=max(0.0, o.end_time - o.start_time),

@@ -11,7 +11,7 @@ instead of failing later on some message it cannot parse.
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, Final, Literal, Union
 
 import msgspec
 
@@ -22,10 +22,24 @@ MIN_COMPATIBLE_VERSION = 1
 # Frames above this are refused by libzmq itself (ZMQ_MAXMSGSIZE) before they reach Python.
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 
-TASK_STATUSES = ("pending", "assigned", "running", "completed", "failed", "cancelled")
-TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+# The one vocabulary of statuses: the scheduler, the coordinator, the store, the CLI and the window
+# all import these names rather than spelling the strings again.
+PENDING: Final = "pending"
+ASSIGNED: Final = "assigned"
+RUNNING: Final = "running"
+COMPLETED: Final = "completed"
+FAILED: Final = "failed"
+CANCELLED: Final = "cancelled"
+TaskStatus = Literal["pending", "assigned", "running", "completed", "failed", "cancelled"]
+TASK_STATUSES: tuple[TaskStatus, ...] = (PENDING, ASSIGNED, RUNNING, COMPLETED, FAILED, CANCELLED)
+TERMINAL_STATUSES: frozenset[str] = frozenset({COMPLETED, FAILED, CANCELLED})
+
+ONLINE: Final = "online"
+OFFLINE: Final = "offline"
+BUSY: Final = "busy"
+WORKER_STATUSES = (ONLINE, OFFLINE, BUSY, "error")
+
 RESULT_STATUSES = ("success", "failure", "partial")
-WORKER_STATUSES = ("online", "offline", "busy", "error")
 
 
 class ProtocolError(ValueError):
@@ -40,8 +54,8 @@ class _Msg(msgspec.Struct, tag_field="type", omit_defaults=True, kw_only=True):
 # Payload records (not messages on their own)
 
 
-class TaskSpec(msgspec.Struct, omit_defaults=True, kw_only=True):
-    """What an agent needs to run one task."""
+class RunSpec(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """What an agent needs to run one task (the scheduler's TaskSpec is what it needs to place one)."""
 
     task_id: str
     type: str = "command"  # command | noop | python | pytest
@@ -127,7 +141,7 @@ class Refused(_Msg, tag="refused"):
 
 
 class Assign(_Msg, tag="assign"):
-    tasks: list[TaskSpec]
+    tasks: list[RunSpec]
     # Results acknowledged in the same frame: with one task in flight the next assignment and
     # the ack of the last result travel together (one wake-up of the agent instead of two).
     acks: list[str] = msgspec.field(default_factory=list)

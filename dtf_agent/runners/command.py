@@ -23,7 +23,7 @@ from typing import Any
 
 import psutil
 
-from dtf_agent.protocol import TaskSpec
+from dtf_agent.protocol import RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class CommandRun:
 
     def __init__(
         self,
-        spec: TaskSpec,
+        spec: RunSpec,
         work_dir: Path,
         on_done: Callable[[Outcome], None],
         *,

@@ -297,12 +297,12 @@ class ClientApi:
         if a.worker_id not in self.c.workers:
             known = ", ".join(sorted(self.c.workers)) or "none yet"
             raise ApiError(f"cannot assign {a.task_id}: no worker {a.worker_id!r} (known: {known})")
-        self.c.command(sch.Assign(time.time(), a.task_id, a.worker_id), "assign")
+        self.c.command(sch.Pin(time.time(), a.task_id, a.worker_id), "assign")
         return self._state(a.task_id)
 
     def unassign_task(self, a: TaskRef) -> dict[str, Any]:
         self._known(a.task_id)
-        self.c.command(sch.Unassign(time.time(), a.task_id), "unassign")
+        self.c.command(sch.Unpin(time.time(), a.task_id), "unassign")
         return self._state(a.task_id)
 
     def retry_task(self, a: TaskRef) -> dict[str, Any]:

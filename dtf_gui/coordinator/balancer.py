@@ -27,7 +27,9 @@ What a strategy may read (everything else is private to the scheduler):
 - ``sched``: ``now`` (seconds, from the last event), ``predictor`` (:class:`DurationPredictor`).
 
 A custom strategy is named by import path, ``"package.module:ClassName"``; the class is
-instantiated without arguments. Strategies do no I/O and read no clock: the scheduler calls them
+instantiated without arguments. The attributes above are spelled out as Protocols
+(:class:`TaskView`, :class:`WorkerView`, :class:`SchedulerView`), which is all this module knows
+of the scheduler. Strategies do no I/O and read no clock: the scheduler calls them
 inside ``handle()``.
 
 Speed: ``choose`` runs once per scheduling decision. While work is queued the candidate map only
@@ -37,17 +39,77 @@ all workers on that path.
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections import deque
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-if TYPE_CHECKING:  # the scheduler imports this module; these names are for annotations only
-    from dtf_gui.coordinator.scheduler import Scheduler, TaskState, WorkerState
+from dtf_gui.coordinator.plugins import load_object
+
+# What a strategy sees of the scheduler, as Protocols: the balancer needs only these attributes,
+# so it does not import the scheduler (which imports the balancer) and cannot reach its internals.
+
+
+class TaskSpecView(Protocol):
+    @property
+    def test_id(self) -> str: ...
+    @property
+    def expected_duration(self) -> float | None: ...
+
+
+class WorkerSpecView(Protocol):
+    @property
+    def slots(self) -> int: ...
+
+
+class TaskClassView(Protocol):
+    """A task's requirement class: every online capable worker, busy or not."""
+
+    @property
+    def online(self) -> Mapping[str, WorkerView]: ...
+    @property
+    def version(self) -> int: ...
+
+
+class TaskView(Protocol):
+    task_id: str
+    attempt: int
+    hw: str
+    predicted: float | None
+    expected_end: float
+
+    @property
+    def spec(self) -> TaskSpecView: ...
+    @property
+    def cls(self) -> TaskClassView | None: ...
+
+
+class WorkerView(Protocol):
+    worker_id: str
+    speed: float
+    score: float
+    used_slots: int
+    used_gpus: int
+    last_dispatch: int
+
+    @property
+    def spec(self) -> WorkerSpecView: ...
+    @property
+    def tasks(self) -> Mapping[str, TaskView]: ...
+
+
+class SchedulerView(Protocol):
+    now: float
+
+    @property
+    def predictor(self) -> DurationPredictor: ...
+
 
 __all__ = [
     "BUILTIN_STRATEGIES",
+    "SchedulerView",
+    "TaskView",
+    "WorkerView",
     "BaseStrategy",
     "BestFit",
     "DurationAware",
@@ -122,12 +184,12 @@ class Strategy(Protocol):
 
     name: str
 
-    def choose(self, task: TaskState, candidates: Mapping[str, WorkerState],
-               sched: Scheduler) -> WorkerState | None: ...
+    def choose(self, task: TaskView, candidates: Mapping[str, WorkerView],
+               sched: SchedulerView) -> WorkerView | None: ...
 
-    def queue_key(self, task: TaskState, sched: Scheduler) -> float: ...
+    def queue_key(self, task: TaskView, sched: SchedulerView) -> float: ...
 
-    def on_dispatch(self, task: TaskState, worker: WorkerState, sched: Scheduler) -> None: ...
+    def on_dispatch(self, task: TaskView, worker: WorkerView, sched: SchedulerView) -> None: ...
 
 
 class BaseStrategy:
@@ -135,14 +197,14 @@ class BaseStrategy:
 
     name = "base"
 
-    def choose(self, task: TaskState, candidates: Mapping[str, WorkerState],
-               sched: Scheduler) -> WorkerState | None:
+    def choose(self, task: TaskView, candidates: Mapping[str, WorkerView],
+               sched: SchedulerView) -> WorkerView | None:
         raise NotImplementedError(f"strategy {type(self).__name__} must implement choose()")
 
-    def queue_key(self, task: TaskState, sched: Scheduler) -> float:
+    def queue_key(self, task: TaskView, sched: SchedulerView) -> float:
         return 0.0
 
-    def on_dispatch(self, task: TaskState, worker: WorkerState, sched: Scheduler) -> None:
+    def on_dispatch(self, task: TaskView, worker: WorkerView, sched: SchedulerView) -> None:
         return None
 
 
@@ -151,8 +213,8 @@ class LeastLoaded(BaseStrategy):
 
     name = "least_loaded"
 
-    def choose(self, task: TaskState, candidates: Mapping[str, WorkerState],
-               sched: Scheduler) -> WorkerState | None:
+    def choose(self, task: TaskView, candidates: Mapping[str, WorkerView],
+               sched: SchedulerView) -> WorkerView | None:
         best = None
         bk: tuple[float, int] = (2.0, 0)
         for w in candidates.values():
@@ -174,8 +236,8 @@ class FairShare(BaseStrategy):
 
     name = "fair_share"
 
-    def choose(self, task: TaskState, candidates: Mapping[str, WorkerState],
-               sched: Scheduler) -> WorkerState | None:
+    def choose(self, task: TaskView, candidates: Mapping[str, WorkerView],
+               sched: SchedulerView) -> WorkerView | None:
         best = None
         bk: tuple[int, int] = (1, 0)
         for w in candidates.values():
@@ -190,12 +252,12 @@ class RoundRobin(BaseStrategy):
 
     name = "round_robin"
 
-    def choose(self, task: TaskState, candidates: Mapping[str, WorkerState],
-               sched: Scheduler) -> WorkerState | None:
+    def choose(self, task: TaskView, candidates: Mapping[str, WorkerView],
+               sched: SchedulerView) -> WorkerView | None:
         return min(candidates.values(), key=_last_dispatch)
 
 
-def _last_dispatch(w: WorkerState) -> int:
+def _last_dispatch(w: WorkerView) -> int:
     return w.last_dispatch
 
 
@@ -209,8 +271,8 @@ class BestFit(BaseStrategy):
 
     name = "best_fit"
 
-    def choose(self, task: TaskState, candidates: Mapping[str, WorkerState],
-               sched: Scheduler) -> WorkerState | None:
+    def choose(self, task: TaskView, candidates: Mapping[str, WorkerView],
+               sched: SchedulerView) -> WorkerView | None:
         best = None
         bk: tuple[float, int, int] = (0.0, 0, 0)
         for w in candidates.values():
@@ -239,24 +301,24 @@ class DurationAware(BaseStrategy):
     def __init__(self, hold: bool = False) -> None:
         self.hold = hold
         # requirement class -> (its version, online capable workers sorted fastest first)
-        self._by_speed: dict[Any, tuple[int, list[WorkerState]]] = {}
+        self._by_speed: dict[Any, tuple[int, list[WorkerView]]] = {}
 
-    def _predict(self, task: TaskState, sched: Scheduler) -> float:
+    def _predict(self, task: TaskView, sched: SchedulerView) -> float:
         d = task.predicted
         if d is None:
             spec = task.spec
             d = task.predicted = sched.predictor.predict(spec.test_id, task.hw, spec.expected_duration)
         return d
 
-    def queue_key(self, task: TaskState, sched: Scheduler) -> float:
+    def queue_key(self, task: TaskView, sched: SchedulerView) -> float:
         task.predicted = None  # history may have grown since the task last queued
         return -self._predict(task, sched)
 
-    def on_dispatch(self, task: TaskState, worker: WorkerState, sched: Scheduler) -> None:
+    def on_dispatch(self, task: TaskView, worker: WorkerView, sched: SchedulerView) -> None:
         task.expected_end = sched.now + self._predict(task, sched) / worker.speed
 
-    def choose(self, task: TaskState, candidates: Mapping[str, WorkerState],
-               sched: Scheduler) -> WorkerState | None:
+    def choose(self, task: TaskView, candidates: Mapping[str, WorkerView],
+               sched: SchedulerView) -> WorkerView | None:
         d = self._predict(task, sched)
         best = None
         bk: tuple[float, float, int] = (0.0, 0.0, 0)
@@ -288,7 +350,7 @@ class DurationAware(BaseStrategy):
         return best
 
 
-def _neg_speed(w: WorkerState) -> float:
+def _neg_speed(w: WorkerView) -> float:
     return -w.speed
 
 
@@ -314,17 +376,8 @@ def load_strategy(name: str) -> Strategy:
     if ":" not in name:
         raise ValueError(f"load_balancer.strategy {name!r} is unknown: use one of "
                          f"{', '.join(sorted(BUILTIN_STRATEGIES))}, or an import path 'package.module:ClassName'")
-    mod_name, _, attr = name.partition(":")
-    try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise ValueError(f"load_balancer.strategy {name!r}: cannot import module {mod_name!r}: {e}") from e
-    obj: Any = mod
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError as e:
-            raise ValueError(f"load_balancer.strategy {name!r}: module {mod_name!r} has no {attr!r}") from e
+    obj = load_object(name, "load_balancer.strategy")
+    attr = name.partition(":")[2]
     inst = obj() if isinstance(obj, type) else obj
     if not callable(getattr(inst, "choose", None)):
         raise ValueError(f"load_balancer.strategy {name!r}: {attr} has no choose(task, candidates, sched) method")

@@ -3,11 +3,21 @@
     sched = Scheduler(SchedulerConfig(...), rng=random.Random(0))
     instructions = sched.handle([Submit(now, TaskSpec(task_id="t1")), WorkerUp(now, WorkerSpec(...))])
 
-The coordinator loop feeds it what happened (:class:`Submit`, :class:`TaskFinished`, ...) and carries
-out what it answers (:class:`Dispatch`, :class:`StatusChanged`, :class:`Rejected`,
-:class:`CancelOnWorker`), in order. Time arrives on the events (``now``, seconds; any monotonic or
-epoch clock, as long as the loop uses one); randomness (retry jitter) comes from the ``rng`` passed
-in. Nothing here reads a clock, sleeps, logs or touches a socket, so every rule is testable alone.
+The coordinator loop feeds it what happened (:data:`Event`: :class:`Submit`, :class:`FinishReported`,
+...) and carries out what it answers (:data:`Instruction`: :class:`Dispatch`, :class:`StatusChanged`,
+:class:`Rejected`, :class:`CancelOnWorker`), in order. A refused event (an unknown task, a bad spec,
+a worker that cannot take a pinned task) comes back as a :class:`Rejected` among the instructions
+of the same call; there is no other channel.
+
+Events are named so that they cannot be mistaken for wire messages (``dtf_agent.protocol``):
+what an agent reports is ``...Reported``, what an engineer asks is ``CancelRequested``, ``Pin``,
+``Unpin``, ``SetPriority``, ``Retry``.
+
+Time arrives on the events (``now``, seconds) and only ever from the coordinator's own clock: an
+agent's clock is display data and never reaches here, so a worker with a fast clock cannot move
+backoff deadlines. Randomness (retry jitter) comes from the ``rng`` passed in. Nothing here reads a
+clock, sleeps, logs or touches a socket (an import-linter contract keeps it so), so every rule is
+testable alone.
 
 Rules
 -----
@@ -34,14 +44,14 @@ Rules
 - **Caps**: ``task_cap_per_worker`` limits tasks in flight on one worker (below its slots);
   ``worker_cap`` limits how many workers the tasks of one submission (``TaskSpec.submission``)
   occupy at once. Tasks without a submission id are not capped.
-- **Manual assignment**: :class:`Assign` pins a pending task (or moves an assigned, not yet started
+- **Manual assignment**: :class:`Pin` pins a pending task (or moves an assigned, not yet started
   one) to a worker; it dispatches there as soon as the worker has room and the task is ready, ahead
   of the queue (the worker takes no queued work while a pinned task waits for it). Refused with the
   reason when the worker is unknown, offline, not approved or lacks a capability, or the task is
-  running or finished. :class:`Unassign` drops the pin / takes an assigned task back to the queue.
+  running or finished. :class:`Unpin` drops the pin / takes an assigned task back to the queue.
 - Dispatches come out of every ``handle()`` call that leaves free capacity, not only on
   :class:`Tick`. ``Tick`` releases tasks whose retry backoff ended.
-- Stale reports (a TaskStarted/TaskFinished from a worker the task is no longer on, or for another
+- Stale reports (a StartReported/FinishReported from a worker the task is no longer on, or for another
   attempt) are ignored and counted; a worker claiming to run a task it should not gets a
   :class:`CancelOnWorker`. After a coordinator restart, :class:`Adopt` records a task a
   reconnecting agent says it is running.
@@ -67,27 +77,29 @@ from typing import Any
 
 import msgspec
 
+from dtf_agent.protocol import (
+    ASSIGNED,
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    TASK_STATUSES,
+    TERMINAL_STATUSES,
+)
 from dtf_gui.coordinator.balancer import DurationPredictor, Strategy, load_strategy
 
 __all__ = [
-    "HIGHER_PRIORITY_FIRST", "STATUSES", "TERMINAL_STATUSES",
-    "Adopt", "Assign", "Cancel", "CancelOnWorker", "Dispatch", "Rejected", "Requirements", "Retry", "Scheduler",
-    "SchedulerConfig", "SetPriority", "StatusChanged", "Submit", "SubmitBatch", "TaskFinished", "TaskSpec",
-    "TaskStarted", "Tick", "Unassign", "WorkerLost", "WorkerSpec", "WorkerUp", "mismatch",
+    "HIGHER_PRIORITY_FIRST", "Adopt", "CancelOnWorker", "CancelRequested", "Dispatch", "Event", "FinishReported",
+    "Instruction", "Pin", "Rejected", "Requirements", "Retry", "Scheduler", "SchedulerConfig", "SetPriority",
+    "StartReported", "StatusChanged", "Submit", "SubmitBatch", "TaskSpec", "Tick", "Unpin", "WorkerLost",
+    "WorkerSpec", "WorkerUp", "mismatch",
 ]
 
 #: A larger ``priority`` number runs first (like Kubernetes PriorityClass and RabbitMQ), so "raise the
 #: priority" means "make the number bigger" in the window, the CLI and the config alike.
 HIGHER_PRIORITY_FIRST: bool = True
 
-PENDING = "pending"
-ASSIGNED = "assigned"
-RUNNING = "running"
-COMPLETED = "completed"
-FAILED = "failed"
-CANCELLED = "cancelled"
-STATUSES = (PENDING, ASSIGNED, RUNNING, COMPLETED, FAILED, CANCELLED)
-TERMINAL_STATUSES = frozenset({COMPLETED, FAILED, CANCELLED})
 
 # Where a pending task waits.
 _W_NONE, _W_DEPS, _W_BACKOFF, _W_PIN, _W_QUEUE = range(5)
@@ -206,7 +218,7 @@ class SubmitBatch(msgspec.Struct, frozen=True):
     tasks: tuple[TaskSpec, ...]
 
 
-class Cancel(msgspec.Struct, frozen=True):
+class CancelRequested(msgspec.Struct, frozen=True):
     now: float
     task_id: str
 
@@ -223,14 +235,14 @@ class WorkerLost(msgspec.Struct, frozen=True):
     worker_id: str
 
 
-class TaskStarted(msgspec.Struct, frozen=True):
+class StartReported(msgspec.Struct, frozen=True):
     now: float
     task_id: str
     worker_id: str
     attempt: int | None = None
 
 
-class TaskFinished(msgspec.Struct, frozen=True):
+class FinishReported(msgspec.Struct, frozen=True):
     now: float
     task_id: str
     worker_id: str
@@ -240,13 +252,13 @@ class TaskFinished(msgspec.Struct, frozen=True):
     attempt: int | None = None
 
 
-class Assign(msgspec.Struct, frozen=True):
+class Pin(msgspec.Struct, frozen=True):
     now: float
     task_id: str
     worker_id: str
 
 
-class Unassign(msgspec.Struct, frozen=True):
+class Unpin(msgspec.Struct, frozen=True):
     now: float
     task_id: str
 
@@ -298,6 +310,11 @@ class Rejected(msgspec.Struct, frozen=True):
 class CancelOnWorker(msgspec.Struct, frozen=True):
     task_id: str
     worker_id: str
+
+
+Event = (Submit | SubmitBatch | CancelRequested | WorkerUp | WorkerLost | StartReported | FinishReported | Pin
+         | Unpin | SetPriority | Retry | Tick | Adopt)
+Instruction = Dispatch | StatusChanged | Rejected | CancelOnWorker
 
 
 # ----------------------------------------------------------------------------- matching
@@ -483,9 +500,9 @@ class Scheduler:
         self._fail_deps = cfg.dependency_failure == "fail"
         self._aging = cfg.aging_interval
         self._handlers: dict[type, Callable[[Any, list[Any]], None]] = {
-            Submit: self._on_submit, SubmitBatch: self._on_submit_batch, Cancel: self._on_cancel,
-            WorkerUp: self._on_worker_up, WorkerLost: self._on_worker_lost, TaskStarted: self._on_started,
-            TaskFinished: self._on_finished, Assign: self._on_assign, Unassign: self._on_unassign,
+            Submit: self._on_submit, SubmitBatch: self._on_submit_batch, CancelRequested: self._on_cancel,
+            WorkerUp: self._on_worker_up, WorkerLost: self._on_worker_lost, StartReported: self._on_started,
+            FinishReported: self._on_finished, Pin: self._on_pin, Unpin: self._on_unpin,
             SetPriority: self._on_set_priority, Retry: self._on_retry, Tick: self._on_tick, Adopt: self._on_adopt,
         }
 
@@ -536,7 +553,7 @@ class Scheduler:
         return self._workers.get(worker_id)
 
     def stats(self) -> dict[str, Any]:
-        by_state = dict.fromkeys(STATUSES, 0)
+        by_state = dict.fromkeys(TASK_STATUSES, 0)
         for t in self._tasks.values():
             by_state[t.state] += 1
         online = [w for w in self._workers.values() if w.online]
@@ -1082,7 +1099,7 @@ class Scheduler:
     def _on_tick(self, ev: Tick, out: list[Any]) -> None:
         return None  # backoff release and dispatch happen at the end of every handle()
 
-    def _on_cancel(self, ev: Cancel, out: list[Any]) -> None:
+    def _on_cancel(self, ev: CancelRequested, out: list[Any]) -> None:
         t = self._tasks.get(ev.task_id)
         if t is None:
             self._reject(ev.task_id, f"cannot cancel: unknown task {ev.task_id}", out)
@@ -1091,7 +1108,7 @@ class Scheduler:
         else:
             self._terminal(t, CANCELLED, "cancelled on request", out)
 
-    def _on_started(self, ev: TaskStarted, out: list[Any]) -> None:
+    def _on_started(self, ev: StartReported, out: list[Any]) -> None:
         t = self._tasks.get(ev.task_id)
         w = t.worker if t is not None else None
         if w is not None and w.worker_id == ev.worker_id and (ev.attempt is None or ev.attempt == t.attempt):
@@ -1104,7 +1121,7 @@ class Scheduler:
             # That worker should not be running this task (moved, cancelled, finished or unknown).
             out.append(CancelOnWorker(ev.task_id, ev.worker_id))
 
-    def _on_finished(self, ev: TaskFinished, out: list[Any]) -> None:
+    def _on_finished(self, ev: FinishReported, out: list[Any]) -> None:
         t = self._tasks.get(ev.task_id)
         w = t.worker if t is not None else None
         if w is None or w.worker_id != ev.worker_id or (ev.attempt is not None and ev.attempt != t.attempt):
@@ -1271,7 +1288,7 @@ class Scheduler:
             if t.qseq == e[3] and t.where == _W_QUEUE:
                 self._status(t, PENDING, reason, out)
 
-    def _on_assign(self, ev: Assign, out: list[Any]) -> None:
+    def _on_pin(self, ev: Pin, out: list[Any]) -> None:
         t = self._tasks.get(ev.task_id)
         w = self._workers.get(ev.worker_id)
         tid, wid = ev.task_id, ev.worker_id
@@ -1302,7 +1319,7 @@ class Scheduler:
         t.pin = w
         self._place(t, out)
 
-    def _on_unassign(self, ev: Unassign, out: list[Any]) -> None:
+    def _on_unpin(self, ev: Unpin, out: list[Any]) -> None:
         t = self._tasks.get(ev.task_id)
         tid = ev.task_id
         if t is None:

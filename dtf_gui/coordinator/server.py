@@ -116,7 +116,7 @@ class Coordinator:
         self.tasks = TaskTable()
         self.sched = sch.Scheduler(settings.scheduler)
         self.api = ClientApi(self)
-        self._assign_out: dict[str, list[p.TaskSpec]] = {}
+        self._assign_out: dict[str, list[p.RunSpec]] = {}
         self._assign_tasks: list[dict[str, Any]] = []
         # Round trips (task sent -> result held) of the most recent tasks, in seconds.
         # A ring buffer of doubles: one item store per result on the hot path, and the percentiles
@@ -467,7 +467,7 @@ class Coordinator:
             task = self.tasks.get(tid)
             if task is not None and task["worker_id"] == w.worker_id:
                 task["start_time"] = when
-                events.append(sch.TaskStarted(when, tid, w.worker_id))
+                events.append(sch.StartReported(when, tid, w.worker_id))
         self._sched(events)
 
     def _on_results(self, identity: bytes, msg: p.Results) -> None:
@@ -518,7 +518,7 @@ class Coordinator:
             task["start_time"] = task["start_time"] or rec.start_time
             task["end_time"] = rec.end_time or now
             task["error"] = rec.error or None
-            events.append(sch.TaskFinished(now, rec.task_id, w.worker_id, rec.status == "success", rec.error,
+            events.append(sch.FinishReported(now, rec.task_id, w.worker_id, rec.status == "success", rec.error,
                                            rec.execution_time))
         self._sched(events)
 
@@ -597,7 +597,7 @@ class Coordinator:
         task["attempt"] = ins.attempt
         task["worker_id"] = ins.worker_id
         self._assign_out.setdefault(ins.worker_id, []).append(
-            p.TaskSpec(task_id=task["task_id"], type=task["type"], parameters=task["_parameters"],
+            p.RunSpec(task_id=task["task_id"], type=task["type"], parameters=task["_parameters"],
                        timeout=task["timeout"], attempt=ins.attempt))
         self._assign_tasks.append(task)
         self.counters.tasks_dispatched += 1
@@ -775,7 +775,7 @@ class Coordinator:
             raise ApiError(reason if reason.startswith("cannot") else f"cannot {what} {event.task_id}: {reason}")
 
     def cancel(self, task_id: str) -> None:
-        self.command(sch.Cancel(time.time(), task_id), "cancel")
+        self.command(sch.CancelRequested(time.time(), task_id), "cancel")
 
     # -- clients ----------------------------------------------------------------------------------
 

@@ -16,8 +16,8 @@
     run cold, with no history at all. Durations of a task vary around its test's median
     (sigma 0.3), so the predictor is never exact.
 (b) Decision cost: 200 workers (4 slots each, a quarter with GPUs, some tags), 10,000 pending
-    tasks of mixed requirements. Steady state: each handle() call carries one TaskFinished and one
-    new Submit (so 10,000 stay pending) plus the TaskStarted of the previous dispatch, and yields
+    tasks of mixed requirements. Steady state: each handle() call carries one FinishReported and one
+    new Submit (so 10,000 stay pending) plus the StartReported of the previous dispatch, and yields
     one dispatch. decisions/s = dispatches / seconds spent inside handle(). Median of 5 runs.
 
 The last line is one JSON object with every figure.
@@ -38,14 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dtf_gui.coordinator.scheduler import (
     Dispatch,
+    FinishReported,
     Requirements,
     Scheduler,
     SchedulerConfig,
+    StartReported,
     Submit,
     SubmitBatch,
-    TaskFinished,
     TaskSpec,
-    TaskStarted,
     WorkerSpec,
     WorkerUp,
 )
@@ -114,7 +114,7 @@ def simulate(strategy: str, specs: list[TaskSpec], work: dict[str, float], media
                 d = work[ins.task_id] / speed[ins.worker_id]
                 seq += 1
                 heapq.heappush(events, (now + d, seq, ins.task_id, ins.worker_id))
-                batch.append(TaskStarted(now, ins.task_id, ins.worker_id))
+                batch.append(StartReported(now, ins.task_id, ins.worker_id))
         if batch:
             continue
         if not events:
@@ -122,7 +122,7 @@ def simulate(strategy: str, specs: list[TaskSpec], work: dict[str, float], media
         now = events[0][0]
         while events and events[0][0] <= now:
             t_end, _, tid, wid = heapq.heappop(events)
-            batch.append(TaskFinished(t_end, tid, wid, True, duration=t_end - (t_end - work[tid] / speed[wid])))
+            batch.append(FinishReported(t_end, tid, wid, True, duration=t_end - (t_end - work[tid] / speed[wid])))
             done += 1
             makespan = t_end
     assert done == len(specs), f"{strategy}: only {done} of {len(specs)} tasks finished"
@@ -154,7 +154,7 @@ def bench_decisions(strategy: str, n_pending: int, n_workers: int, seed: int, st
     out = s.handle([WorkerUp(0.0, w) for w in workers]
                    + [Submit(0.0, new_task(0.0)) for _ in range(total_slots + n_pending)])
     running: list[tuple[str, str]] = [(i.task_id, i.worker_id) for i in out if type(i) is Dispatch]
-    s.handle([TaskStarted(0.0, t, w) for t, w in running])
+    s.handle([StartReported(0.0, t, w) for t, w in running])
     assert s.pending_count() >= n_pending * 0.9, s.pending_count()
     decisions = 0
     spent = 0.0
@@ -163,7 +163,7 @@ def bench_decisions(strategy: str, n_pending: int, n_workers: int, seed: int, st
     for step in range(steps):
         now = 1.0 + step * 1e-3
         t, w = running.pop(r.randrange(len(running)))
-        evs = started + [TaskFinished(now, t, w, True, duration=1.0), Submit(now, new_task(now))]
+        evs = started + [FinishReported(now, t, w, True, duration=1.0), Submit(now, new_task(now))]
         t0 = perf()
         out = s.handle(evs)
         spent += perf() - t0
@@ -172,7 +172,7 @@ def bench_decisions(strategy: str, n_pending: int, n_workers: int, seed: int, st
             if type(ins) is Dispatch:
                 decisions += 1
                 running.append((ins.task_id, ins.worker_id))
-                started.append(TaskStarted(now, ins.task_id, ins.worker_id))
+                started.append(StartReported(now, ins.task_id, ins.worker_id))
     return decisions / spent
 
 

@@ -21,7 +21,7 @@ import zmq
 
 from dtf_agent import protocol as p
 from dtf_agent.agent import Agent, AgentSettings
-from dtf_agent.protocol import TaskSpec
+from dtf_agent.protocol import RunSpec
 from dtf_agent.runners.command import CommandRun, Outcome
 from dtf_agent.transport import bind, make_socket
 from tests.helpers import alive, descendants, find_descendants, wait_until
@@ -42,7 +42,7 @@ class Runner:
 
     def start(self, command: str | list[str], *, timeout: float | None = None, task_id: str = "t1",
               tail_bytes: int = 4096, default_timeout: float | None = None, **params: object) -> CommandRun:
-        spec = TaskSpec(task_id=task_id, parameters={"command": command, **params}, timeout=timeout)
+        spec = RunSpec(task_id=task_id, parameters={"command": command, **params}, timeout=timeout)
         run = CommandRun(spec, self.work_dir, self.done.put, tail_bytes=tail_bytes, default_timeout=default_timeout)
         self.runs.append(run)
         run.start()
@@ -276,7 +276,7 @@ def test_background_children_of_a_finished_command_are_killed(runner):
 
 def test_cancel_before_start_does_not_run_the_command(runner, tmp_path):
     marker = tmp_path / "ran"
-    spec = TaskSpec(task_id="early", parameters={"command": f"touch {marker}"})
+    spec = RunSpec(task_id="early", parameters={"command": f"touch {marker}"})
     done: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
     run = CommandRun(spec, tmp_path, done.put)
     run.cancel()
@@ -366,7 +366,7 @@ def test_reassigned_running_task_reports_under_the_newest_attempt(fake_coordinat
     fake_coordinator.send(p.Welcome(protocol_version=p.PROTOCOL_VERSION, worker_id="unit-agent",
                                     heartbeat_interval=5.0))
     gate = tmp_path / "gate"
-    spec = TaskSpec(task_id="t-re", parameters={"command": f"while [ ! -e {gate} ]; do sleep 0.02; done; echo ok"},
+    spec = RunSpec(task_id="t-re", parameters={"command": f"while [ ! -e {gate} ]; do sleep 0.02; done; echo ok"},
                     attempt=1)
     fake_coordinator.send(p.Assign(tasks=[spec]))
     assert fake_coordinator.recv(p.TaskStarted).task_ids == ["t-re"]
@@ -386,7 +386,7 @@ def test_unacknowledged_results_are_resent_with_the_same_id(fake_coordinator, ag
     fake_coordinator.recv(p.Register)
     fake_coordinator.send(p.Welcome(protocol_version=p.PROTOCOL_VERSION, worker_id="unit-agent",
                                     heartbeat_interval=5.0))
-    fake_coordinator.send(p.Assign(tasks=[TaskSpec(task_id="n1", type="noop")]))
+    fake_coordinator.send(p.Assign(tasks=[RunSpec(task_id="n1", type="noop")]))
     first = fake_coordinator.recv(p.Results).results
     again = fake_coordinator.recv(p.Results, timeout=5).results
     assert [r.result_id for r in again] == [r.result_id for r in first]

@@ -11,13 +11,13 @@ import pytest
 from dtf_gui.coordinator.balancer import BaseStrategy, DurationAware, DurationPredictor, load_strategy
 from dtf_gui.coordinator.scheduler import (
     Dispatch,
+    FinishReported,
     Requirements,
     Scheduler,
     SchedulerConfig,
+    StartReported,
     Submit,
-    TaskFinished,
     TaskSpec,
-    TaskStarted,
     WorkerSpec,
     WorkerUp,
 )
@@ -101,7 +101,7 @@ def test_duration_aware_holds_a_long_task_for_a_much_faster_busy_worker():
                     Submit(0, TaskSpec(task_id="L", test_id="long"))])
     assert placed(out) == []  # 0.1 + 10 s on fast beats 100 s on slow
     assert "faster worker" in s.why_waiting("L")
-    out = s.handle([TaskStarted(0.05, "t0", "fast"), TaskFinished(0.1, "t0", "fast", True)])
+    out = s.handle([StartReported(0.05, "t0", "fast"), FinishReported(0.1, "t0", "fast", True)])
     assert placed(out) == [("L", "fast")]
     s2 = sched("duration_aware")  # the default does not hold
     s2.record_duration("long", "cpu", 100.0)

@@ -21,7 +21,7 @@ from tests.helpers import FakeAgent, wait_until
 
 # ------------------------------------------------------------------------------ round trips
 
-SPEC = p.TaskSpec(task_id="t-1", type="command", parameters={"command": "echo hi", "env": {"A": "1"}},
+SPEC = p.RunSpec(task_id="t-1", type="command", parameters={"command": "echo hi", "env": {"A": "1"}},
                   timeout=2.5, attempt=3)
 RECORD = p.ResultRecord(
     result_id="w-1-7", task_id="t-1", status="partial", start_time=10.0, end_time=12.5, execution_time=2.5,
@@ -41,7 +41,7 @@ SAMPLES: list[p.Message] = [
     p.Goodbye(reason="agent stopping"),
     p.Welcome(protocol_version=p.PROTOCOL_VERSION, worker_id="w1", heartbeat_interval=0.5, coordinator_id="c1"),
     p.Refused(reason="protocol version 9 is not supported", fatal=False, reregister=True),
-    p.Assign(tasks=[SPEC, p.TaskSpec(task_id="t-2", type="noop")]),
+    p.Assign(tasks=[SPEC, p.RunSpec(task_id="t-2", type="noop")]),
     p.Cancel(task_ids=["t-1"]),
     p.ResultAck(result_ids=["w-1-7", "w-1-8"]),
     p.Request(req_id=42, op="create_task", args={"command": ["sh", "-c", "true"], "priority": 9},

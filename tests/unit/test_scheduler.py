@@ -9,24 +9,24 @@ import pytest
 from dtf_gui.coordinator.scheduler import (
     HIGHER_PRIORITY_FIRST,
     Adopt,
-    Assign,
-    Cancel,
     CancelOnWorker,
+    CancelRequested,
     Dispatch,
+    FinishReported,
+    Pin,
     Rejected,
     Requirements,
     Retry,
     Scheduler,
     SchedulerConfig,
     SetPriority,
+    StartReported,
     StatusChanged,
     Submit,
     SubmitBatch,
-    TaskFinished,
     TaskSpec,
-    TaskStarted,
     Tick,
-    Unassign,
+    Unpin,
     WorkerLost,
     WorkerSpec,
     WorkerUp,
@@ -62,7 +62,7 @@ def sub(tid: str, now: float = 0.0, **kw) -> Submit:
 
 def run_ok(s: Scheduler, tid: str, now: float = 1.0) -> list:
     wid = s.task(tid).worker.worker_id
-    return s.handle([TaskStarted(now, tid, wid), TaskFinished(now, tid, wid, True)])
+    return s.handle([StartReported(now, tid, wid), FinishReported(now, tid, wid, True)])
 
 
 # ----------------------------------------------------------------------------- queue and priority
@@ -163,7 +163,7 @@ def test_batch_accepts_any_order_and_refuses_cycles():
 def test_failed_dependency_fails_dependents_transitively():
     s = make(retry_limit=0)
     s.handle([up("w"), sub("a"), sub("b", dependencies=("a",)), sub("c", dependencies=("b",))])
-    out = s.handle([TaskFinished(1.0, "a", "w", False, "boom")])
+    out = s.handle([FinishReported(1.0, "a", "w", False, "boom")])
     assert statuses(out, "b")[-1] == ("failed", "dependency a failed")
     assert statuses(out, "c")[-1] == ("failed", "dependency b failed")
     # Retrying the root revives what it took down.
@@ -175,14 +175,14 @@ def test_failed_dependency_fails_dependents_transitively():
 def test_dependency_failure_run_policy_runs_dependents_anyway():
     s = make(retry_limit=0, dependency_failure="run")
     s.handle([up("w"), sub("a"), sub("b", dependencies=("a",))])
-    out = s.handle([TaskFinished(1.0, "a", "w", False, "boom")])
+    out = s.handle([FinishReported(1.0, "a", "w", False, "boom")])
     assert ("b", "w") in dispatches(out)
 
 
 def test_cancelled_dependency_counts_as_failure():
     s = make()
     s.handle([sub("a"), sub("b", dependencies=("a",))])
-    out = s.handle([Cancel(1.0, "a")])
+    out = s.handle([CancelRequested(1.0, "a")])
     assert statuses(out, "b")[-1] == ("failed", "dependency a was cancelled")
 
 
@@ -211,7 +211,7 @@ def test_task_goes_only_to_a_capable_worker():
                     sub("g2", requirements=Requirements(hardware="cuda", gpu_count=1))])
     assert dispatches(out) == [("g", "gpu")]  # one GPU: the second waits although slots are free
     assert "waiting for 1 slot and 1 GPUs" in s.why_waiting("g2")
-    out = s.handle([TaskFinished(1.0, "g", "gpu", True)])
+    out = s.handle([FinishReported(1.0, "g", "gpu", True)])
     assert dispatches(out) == [("g2", "gpu")]
 
 
@@ -254,29 +254,29 @@ def test_unapproved_worker_gets_nothing():
 def test_retry_with_exponential_backoff_up_to_the_limit():
     s = make(retry_limit=2, retry_backoff_base=10.0, retry_backoff_max=15.0, retry_jitter=0.0)
     s.handle([up("w"), sub("t")])
-    out = s.handle([TaskFinished(100.0, "t", "w", False, "e1")])
+    out = s.handle([FinishReported(100.0, "t", "w", False, "e1")])
     assert statuses(out, "t")[-1][1].startswith("backoff until t=110.0s (attempt 1 failed: e1; retry 1 of 2)")
     assert dispatches(s.handle([Tick(109.9)])) == []
     out = s.handle([Tick(110.0)])
     assert [(i.task_id, i.attempt) for i in out if isinstance(i, Dispatch)] == [("t", 2)]
-    out = s.handle([TaskFinished(111.0, "t", "w", False, "e2")])
+    out = s.handle([FinishReported(111.0, "t", "w", False, "e2")])
     assert "until t=126.0s" in statuses(out, "t")[-1][1]  # 20 s capped at 15
     s.handle([Tick(126.0)])
-    out = s.handle([TaskFinished(127.0, "t", "w", False, "e3")])
+    out = s.handle([FinishReported(127.0, "t", "w", False, "e3")])
     assert statuses(out, "t")[-1] == ("failed", "failed after 3 attempts: e3")
 
 
 def test_jitter_shortens_the_delay_within_bounds():
     s = make(retry_backoff_base=10.0, retry_backoff_max=100.0, retry_jitter=0.5)
     s.handle([up("w"), sub("t")])
-    s.handle([TaskFinished(0.0, "t", "w", False)])
+    s.handle([FinishReported(0.0, "t", "w", False)])
     assert 5.0 <= s.task("t").until <= 10.0
 
 
 def test_per_task_retry_limit_zero_fails_at_once():
     s = make(retry_limit=5)
     s.handle([up("w"), sub("t", retry_limit=0)])
-    out = s.handle([TaskFinished(1.0, "t", "w", False, "x")])
+    out = s.handle([FinishReported(1.0, "t", "w", False, "x")])
     assert s.task_state("t") == "failed" and statuses(out, "t")[-1][1] == "failed after 1 attempt: x"
 
 
@@ -298,11 +298,11 @@ def test_worker_back_after_loss_takes_work_again_and_stale_reports_are_ignored()
     s.handle([up("a"), sub("t")])
     s.handle([WorkerLost(1.0, "a")])
     assert s.task_state("t") == "pending"
-    out = s.handle([TaskFinished(1.5, "t", "a", True)])  # from the lost run: not the current assignment
+    out = s.handle([FinishReported(1.5, "t", "a", True)])  # from the lost run: not the current assignment
     assert s.task_state("t") == "pending" and s.stats()["stale_reports"] == 1
     out = s.handle([up("a")])
     assert [(i.task_id, i.attempt) for i in out if isinstance(i, Dispatch)] == [("t", 2)]
-    s.handle([TaskFinished(2.0, "t", "a", True, attempt=1)])  # right worker, old attempt
+    s.handle([FinishReported(2.0, "t", "a", True, attempt=1)])  # right worker, old attempt
     assert s.task_state("t") == "assigned"
 
 
@@ -311,7 +311,7 @@ def test_start_report_from_the_wrong_worker_is_answered_with_a_cancel():
     s.handle([up("a"), up("b"), sub("t")])
     wid = s.task("t").worker.worker_id
     other = "b" if wid == "a" else "a"
-    out = s.handle([TaskStarted(1.0, "t", other)])
+    out = s.handle([StartReported(1.0, "t", other)])
     assert CancelOnWorker("t", other) in out and s.task_state("t") == "assigned"
 
 
@@ -321,17 +321,17 @@ def test_start_report_from_the_wrong_worker_is_answered_with_a_cancel():
 def test_cancel_running_task_tells_the_worker_and_frees_the_slot():
     s = make()
     s.handle([up("w"), sub("a"), sub("b")])
-    s.handle([TaskStarted(1.0, "a", "w")])
-    out = s.handle([Cancel(2.0, "a")])
+    s.handle([StartReported(1.0, "a", "w")])
+    out = s.handle([CancelRequested(2.0, "a")])
     assert CancelOnWorker("a", "w") in out and ("b", "w") in dispatches(out)
-    assert "already cancelled" in rejected(s.handle([Cancel(3.0, "a")]))["a"]
+    assert "already cancelled" in rejected(s.handle([CancelRequested(3.0, "a")]))["a"]
 
 
 def test_retry_only_for_failed_or_cancelled():
     s = make()
     s.handle([sub("a")])
     assert "not failed or cancelled" in rejected(s.handle([Retry(1.0, "a")]))["a"]
-    s.handle([Cancel(1.0, "a")])
+    s.handle([CancelRequested(1.0, "a")])
     s.handle([Retry(2.0, "a")])
     assert s.task_state("a") == "pending"
 
@@ -339,12 +339,12 @@ def test_retry_only_for_failed_or_cancelled():
 def test_assign_pins_and_jumps_the_queue():
     s = make()
     s.handle([up("a"), up("b"), sub("x"), sub("y"), sub("z", priority=0)])
-    s.handle([TaskFinished(1.0, "x", s.task("x").worker.worker_id, True)])
+    s.handle([FinishReported(1.0, "x", s.task("x").worker.worker_id, True)])
     busy = {s.task("y").worker.worker_id}
     target = busy.pop()
-    out = s.handle([Assign(2.0, "z", target)])
+    out = s.handle([Pin(2.0, "z", target)])
     assert s.task("z").pin is not None and s.why_waiting("z").startswith(f"pinned to {target}")
-    out = s.handle([TaskFinished(3.0, "y", target, True)])
+    out = s.handle([FinishReported(3.0, "y", target, True)])
     assert dispatches(out) == [("z", target)]
 
 
@@ -352,13 +352,13 @@ def test_assign_refusals_name_the_reason():
     s = make()
     s.handle([up("cpu"), up("off"), WorkerLost(0.5, "off"), up("new", approved=False),
               sub("g", requirements=Requirements(hardware="cuda")), sub("r")])
-    r = rejected(s.handle([Assign(1.0, "g", "cpu")]))
+    r = rejected(s.handle([Pin(1.0, "g", "cpu")]))
     assert r["g"] == "cannot assign g to cpu: worker lacks a requirement: needs hardware cuda"
-    assert "offline" in rejected(s.handle([Assign(1.0, "r", "off")]))["r"]
-    assert "not approved" in rejected(s.handle([Assign(1.0, "r", "new")]))["r"]
-    assert "unknown worker" in rejected(s.handle([Assign(1.0, "r", "nobody")]))["r"]
-    s.handle([TaskStarted(1.0, "r", "cpu")])
-    assert "already running" in rejected(s.handle([Assign(1.0, "r", "cpu")]))["r"]
+    assert "offline" in rejected(s.handle([Pin(1.0, "r", "off")]))["r"]
+    assert "not approved" in rejected(s.handle([Pin(1.0, "r", "new")]))["r"]
+    assert "unknown worker" in rejected(s.handle([Pin(1.0, "r", "nobody")]))["r"]
+    s.handle([StartReported(1.0, "r", "cpu")])
+    assert "already running" in rejected(s.handle([Pin(1.0, "r", "cpu")]))["r"]
 
 
 def test_assigned_not_started_task_moves_to_another_worker():
@@ -366,7 +366,7 @@ def test_assigned_not_started_task_moves_to_another_worker():
     s.handle([up("a"), up("b", slots=2), sub("t")])
     first = s.task("t").worker.worker_id
     other = "b" if first == "a" else "a"
-    out = s.handle([Assign(1.0, "t", other)])
+    out = s.handle([Pin(1.0, "t", other)])
     assert CancelOnWorker("t", first) in out and dispatches(out) == [("t", other)]
     assert s.running_on(first) == [] and s.running_on(other) == ["t"]
 
@@ -374,20 +374,20 @@ def test_assigned_not_started_task_moves_to_another_worker():
 def test_unassign_returns_to_queue_and_running_is_refused():
     s = make()
     s.handle([up("a"), sub("t"), sub("u")])
-    out = s.handle([Unassign(1.0, "t")])
+    out = s.handle([Unpin(1.0, "t")])
     assert CancelOnWorker("t", "a") in out
     assert s.task("t").attempt == 1
-    s.handle([TaskStarted(2.0, s.running_on("a")[0], "a")])
+    s.handle([StartReported(2.0, s.running_on("a")[0], "a")])
     running = s.running_on("a")[0]
-    assert "cancel it instead" in rejected(s.handle([Unassign(3.0, running)]))[running]
+    assert "cancel it instead" in rejected(s.handle([Unpin(3.0, running)]))[running]
 
 
 def test_pinned_task_waits_for_an_offline_worker():
     s = make()
     s.handle([up("a"), sub("busy_a"), up("b"), sub("busy_b"), sub("p")])
     assert s.running_on("a") == ["busy_a"] and s.running_on("b") == ["busy_b"]
-    s.handle([Assign(1.0, "p", "b"), WorkerLost(2.0, "b")])
-    out = s.handle([TaskFinished(3.0, "busy_a", "a", True)])
+    s.handle([Pin(1.0, "p", "b"), WorkerLost(2.0, "b")])
+    out = s.handle([FinishReported(3.0, "busy_a", "a", True)])
     assert dispatches(out) == [("busy_b", "a")]  # the pinned task does not go elsewhere
     assert s.why_waiting("p") == "pinned to b, which is offline"
     assert dispatches(s.handle([up("b")])) == [("p", "b")]
@@ -419,7 +419,7 @@ def test_worker_cap_limits_workers_per_submission():
 def test_status_stream_covers_a_whole_life():
     s = make()
     out = s.handle([up("w"), sub("t")])
-    out += s.handle([TaskStarted(1.0, "t", "w"), TaskFinished(2.0, "t", "w", True)])
+    out += s.handle([StartReported(1.0, "t", "w"), FinishReported(2.0, "t", "w", True)])
     assert [st for st, _ in statuses(out, "t")] == ["pending", "assigned", "running", "completed"]
     done = [i for i in out if isinstance(i, StatusChanged) and i.status == "completed"]
     assert done[0].worker_id == "w"
@@ -461,6 +461,6 @@ def test_unknown_event_type_is_a_clear_error():
 def test_duration_history_feeds_prediction():
     s = make(strategy="duration_aware")
     s.handle([up("w", speed=2.0), sub("a", test_id="T")])
-    s.handle([TaskStarted(0.0, "a", "w"), TaskFinished(10.0, "a", "w", True)])
+    s.handle([StartReported(0.0, "a", "w"), FinishReported(10.0, "a", "w", True)])
     s.handle([sub("b", test_id="T")])
     assert s.predicted_duration("b") == pytest.approx(20.0)  # 10 s on a speed-2 worker

@@ -16,23 +16,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dtf_gui.coordinator.scheduler import (
-    Assign,
-    Cancel,
     CancelOnWorker,
+    CancelRequested,
     Dispatch,
+    FinishReported,
+    Pin,
     Rejected,
     Requirements,
     Retry,
     Scheduler,
     SchedulerConfig,
     SetPriority,
+    StartReported,
     StatusChanged,
     Submit,
-    TaskFinished,
     TaskSpec,
-    TaskStarted,
     Tick,
-    Unassign,
+    Unpin,
     WorkerLost,
     WorkerSpec,
     WorkerUp,
@@ -88,7 +88,7 @@ class Harness:
     def feed(self, events: list) -> list:
         for ev in events:
             # An agent forgets a task when it reports it finished, when told to cancel it, or when it dies.
-            if isinstance(ev, TaskFinished) and self.where.get(ev.task_id) == ev.worker_id:
+            if isinstance(ev, FinishReported) and self.where.get(ev.task_id) == ev.worker_id:
                 del self.where[ev.task_id]
                 del self.agent[ev.worker_id][ev.task_id]
         out = self.s.handle(events)
@@ -191,18 +191,18 @@ class Harness:
         elif kind in (3, 4, 5):
             for tid, wid in self.on_worker(a):
                 if kind == 3:
-                    self.feed([TaskStarted(now, tid, wid)])
+                    self.feed([StartReported(now, tid, wid)])
                 else:
-                    self.feed([TaskFinished(now, tid, wid, kind == 4, "boom" if kind == 5 else "")])
+                    self.feed([FinishReported(now, tid, wid, kind == 4, "boom" if kind == 5 else "")])
         elif kind == 6:
             if (tid := self.task_id(a)) is not None:
-                self.feed([Cancel(now, tid)])
+                self.feed([CancelRequested(now, tid)])
         elif kind == 7:
             if (tid := self.task_id(a)) is not None:
-                self.feed([Assign(now, tid, self.worker_id(b))])
+                self.feed([Pin(now, tid, self.worker_id(b))])
         elif kind == 8:
             if (tid := self.task_id(a)) is not None:
-                self.feed([Unassign(now, tid)])
+                self.feed([Unpin(now, tid)])
         elif kind == 9:
             if (tid := self.task_id(a)) is not None:
                 self.feed([Retry(now, tid)])
@@ -215,7 +215,7 @@ class Harness:
         elif kind == 12:
             if (tid := self.task_id(a)) is not None:
                 w = WORKERS[b % len(WORKERS)].worker_id
-                self.feed([TaskFinished(now, tid, w, bool(c % 2)) if c % 3 else TaskStarted(now, tid, w)])
+                self.feed([FinishReported(now, tid, w, bool(c % 2)) if c % 3 else StartReported(now, tid, w)])
 
     def drain(self) -> None:
         """Every worker back (approved), one that can run anything, and finish all work."""
@@ -227,7 +227,7 @@ class Harness:
             pairs = sorted((t, w) for w, ts in self.agent.items() for t in ts)
             evs: list = [Tick(self.now)]
             for tid, wid in pairs:
-                evs += [TaskStarted(self.now, tid, wid), TaskFinished(self.now, tid, wid, True)]
+                evs += [StartReported(self.now, tid, wid), FinishReported(self.now, tid, wid, True)]
             self.feed(evs)
             if all(v in TERMINAL for v in self.status.values()) and not self.agent_busy():
                 break
