@@ -5,7 +5,7 @@ added to every annotator's set and to the predictions, precision against the uni
 annotators' points, recall the mean over annotators. The "zero" baseline (no change points) is
 reported beside the detector.
 
-    .venv/bin/python tests/bench/changepoints.py [--data PATH] [--method edivisive|permutation]
+    .venv/bin/python tests/bench/changepoints.py [--data PATH]
 
 Last line of output: one JSON object.
 """
@@ -133,14 +133,12 @@ def run(detector: Callable[[np.ndarray], list[int]], data_root: Path) -> dict[st
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="TCPD root (holds annotations.json)")
-    ap.add_argument("--method", default="edivisive")
     args = ap.parse_args()
 
     def detector(x: np.ndarray) -> list[int]:
-        return [cp.index for cp in detect_change_points(x, method=args.method)]
+        return [cp.index for cp in detect_change_points(x)]
 
     result = run(detector, args.data)
-    result["method"] = args.method
     print(json.dumps(result))
 
 

@@ -1,7 +1,7 @@
 """Change-point detection for benchmark series.
 
-Default method ("edivisive"): windowed E-Divisive with a t-test merge, the scheme of Apache Otava
-(Fleming et al., "Hunter", ICPE 2023), with three differences that matter on real data:
+Windowed E-Divisive with a t-test merge, the scheme of Apache Otava (Fleming et al., "Hunter",
+ICPE 2023), with three differences that matter on real data:
 
 * a spike filter runs first, so a single outlier is reported as an anomaly and never as a level
   change (E-Divisive alone happily splits a window around one wild point);
@@ -12,12 +12,6 @@ Default method ("edivisive"): windowed E-Divisive with a t-test merge, the schem
   points on each side. A candidate's strength depends only on its two surviving neighbours, so
   every (left, candidate, right) triple is scored in one batched call up front and the drop loop
   only looks scores up.
-
-"permutation": the exact E-Divisive of Matteson & James with a seeded permutation test; O(n^2)
-per permutation, meant for short histories.
-
-:func:`gate_new_value` is the per-new-result check (percentage and t-test against the last N),
-as Bencher and Perfherder do; :func:`update_change_points` re-examines only the tail of a series.
 """
 
 from __future__ import annotations
@@ -33,11 +27,8 @@ from scipy import special
 
 __all__ = [
     "ChangePoint",
-    "GateResult",
     "detect_change_points",
-    "gate_new_value",
     "spike_mask",
-    "update_change_points",
 ]
 
 _EPS = 1e-12
@@ -58,23 +49,6 @@ class ChangePoint:
     n_before: int = 0
     n_after: int = 0
     effect: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class GateResult:
-    """Outcome of :func:`gate_new_value` for one new value."""
-
-    flagged: bool
-    direction: str | None
-    rel_change: float
-    p_value: float
-    baseline_mean: float
-    baseline_std: float
-    n_baseline: int
-    reason: str
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -192,8 +166,8 @@ class _SplitGrid:
 
 
 _GRIDS: dict[int, _SplitGrid] = {}
-# Per-size caches stay small: the permutation method meets one size per segment it splits, and a
-# grid is O(w^2).
+# Per-size caches stay small: a grid is O(w^2), and a caller choosing its own window per series
+# (or a series shorter than the window) meets a new size each time.
 _CACHE_SIZES = 8
 
 
@@ -235,12 +209,6 @@ def _window_best_splits(x: NDArray[np.float64], starts: NDArray[np.intp], w: int
     q -= grid.c * np.take(diag, grid.kap, axis=1)  # P[kappa, kappa]
     best = np.argmax(q, axis=1)
     return starts + grid.tau[best], q[np.arange(nw), best]
-
-
-def _qhat_series(z: NDArray[np.float64], min_size: int) -> tuple[int, float]:
-    """Best split of one whole series (exact E-Divisive), for the permutation method."""
-    tau, q = _window_best_splits(z, np.array([0]), z.size)
-    return int(tau[0]), float(q[0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -505,15 +473,12 @@ def _edivisive_candidates(x: NDArray[np.float64], window: int, min_size: int) ->
     return np.unique(taus)
 
 
-def detect_change_points(values: Sequence[float] | NDArray[np.float64], *, method: str = "edivisive",
-                         higher_is_better: bool = True, window: int | None = None,
+def detect_change_points(values: Sequence[float] | NDArray[np.float64], *, higher_is_better: bool = True, window: int | None = None,
                          max_pvalue: float | None = None, min_effect: float | None = None,
                          min_magnitude: float | None = None, min_size: int | None = None,
                          spike_threshold: float | None = None, max_trend_pvalue: float | None = None,
-                         min_jump_effect: float | None = None,
-                         permutations: int = 199, seed: int = 0,
-                         ) -> list[ChangePoint]:
-    """Change points of a series in time order; see the module docstring for the methods.
+                         min_jump_effect: float | None = None) -> list[ChangePoint]:
+    """Change points of a series in time order; see the module docstring for the method.
 
     ``min_magnitude`` is a minimum relative change (0.05 = 5 %); ``min_effect`` a minimum
     standardised change (|mean difference| / pooled std); ``spike_threshold`` (robust z) controls
@@ -538,12 +503,7 @@ def detect_change_points(values: Sequence[float] | NDArray[np.float64], *, metho
     # Detection is scale-free; standardising keeps the prefix sums of squares well conditioned.
     scale = float(np.std(xc))
     xc = (xc - float(np.median(xc))) / (scale if scale > _EPS else 1.0)
-    if method == "edivisive":
-        cands = _edivisive_candidates(xc, int(opt["window"]), ms)
-    elif method == "permutation":
-        cands = _permutation_candidates(xc, ms, float(opt["max_pvalue"]), permutations, seed)
-    else:
-        raise ValueError(f"detect_change_points: unknown method {method!r} (use 'edivisive' or 'permutation')")
+    cands = _edivisive_candidates(xc, int(opt["window"]), ms)
     cps = _merge(xc, cands, max_pvalue=float(opt["max_pvalue"]), min_effect=float(opt["min_effect"]),
                  min_magnitude=float(opt["min_magnitude"]), min_size=ms,
                  max_trend_pvalue=float(opt["max_trend_pvalue"]),
@@ -572,79 +532,3 @@ def _refine(x: NDArray[np.float64], cps: NDArray[np.intp], reach: int) -> NDArra
     score = np.abs(m2 - m1) * np.sqrt(n1 * n2 / (n1 + n2))
     best = t[np.arange(cps.size), np.argmax(score, axis=1)]
     return np.unique(best)
-
-
-def _permutation_candidates(x: NDArray[np.float64], min_size: int, max_pvalue: float, permutations: int,
-                            seed: int) -> NDArray[np.intp]:
-    """Exact E-Divisive: recursive bisection, each split tested against `permutations` shuffles
-    of its segment (seeded, so a given series always gives the same answer)."""
-    rng = np.random.default_rng(seed)
-    alpha = max(max_pvalue, 1.0 / (permutations + 1)) if permutations else max_pvalue
-    found: list[int] = []
-    pending = [(0, x.size)]
-    while pending:
-        a, b = pending.pop()
-        seg = x[a:b]
-        if seg.size < 2 * max(min_size, 2):
-            continue
-        tau, q = _qhat_series(seg, min_size)
-        # Batch all permutations into one stacked computation.
-        perm = np.argsort(rng.random((permutations, seg.size)), axis=1)
-        shuffled = seg[perm]
-        qs = np.array([_qhat_series(row, min_size)[1] for row in shuffled])
-        p = (1 + np.count_nonzero(qs >= q)) / (permutations + 1)
-        if p <= alpha and min_size <= tau <= seg.size - min_size:
-            found.append(a + tau)
-            pending.append((a, a + tau))
-            pending.append((a + tau, b))
-    return np.array(sorted(found), dtype=np.intp)
-
-
-def update_change_points(values: Sequence[float] | NDArray[np.float64], previous: Sequence[ChangePoint],
-                         *, tail: int | None = None, **options: Any) -> list[ChangePoint]:
-    """Change points after new values were appended, re-examining only the tail.
-
-    Change points before the tail are kept as they were (their after-statistics are refreshed only
-    for the last one, whose segment the new values extend); the tail starts at the last previous
-    change point that lies before ``len(values) - tail`` (default: two windows), so a level that is
-    still forming is judged with its full context."""
-    x = _as_array(values)
-    window = int(options.get("window") or DEFAULTS["window"])
-    tail = 2 * window if tail is None else int(tail)
-    cut = max(x.size - tail, 0)
-    keep = [cp for cp in previous if cp.index < cut]
-    start = keep[-1].index if keep else 0
-    if start == 0:
-        return detect_change_points(x, **options)
-    sub = detect_change_points(x[start:], **options)
-    shifted = [cp.index + start for cp in sub if cp.index + start > start]
-    cps = np.array([cp.index for cp in keep] + shifted, dtype=np.intp)
-    return _build(x, cps, bool(options.get("higher_is_better", True)))
-
-
-def gate_new_value(history: Sequence[float] | NDArray[np.float64], value: float, *, last_n: int = 30,
-                   max_pct: float = 0.05, max_pvalue: float = 0.01, higher_is_better: bool = True,
-                   min_history: int = 5) -> GateResult:
-    """Is ``value`` a regression (or an improvement) against the last ``last_n`` values?
-
-    Flags when both the percentage change exceeds ``max_pct`` and a one-sample t-test of the new
-    value against the baseline's mean (prediction interval form) gives p <= ``max_pvalue``."""
-    h = _as_array(history)[-last_n:]
-    v = float(value)
-    if h.size < min_history:
-        return GateResult(False, None, 0.0, 1.0, float(h.mean()) if h.size else float("nan"),
-                          float(h.std(ddof=1)) if h.size > 1 else 0.0, int(h.size), "not enough history")
-    mean = float(h.mean())
-    std = float(h.std(ddof=1))
-    rel = (v - mean) / abs(mean) if abs(mean) > _EPS else (0.0 if abs(v - mean) <= _EPS else float("inf"))
-    # Prediction-interval t statistic: the new value's spread is one observation's, not a mean's.
-    se = std * np.sqrt(1.0 + 1.0 / h.size)
-    if se <= _EPS:
-        p = 0.0 if abs(v - mean) > _EPS else 1.0
-    else:
-        p = float(2.0 * special.stdtr(h.size - 1, -abs(v - mean) / se))
-    flagged = abs(rel) > max_pct and p <= max_pvalue
-    direction = _direction(v - mean, higher_is_better) if flagged else None
-    reason = (f"{rel:+.1%} vs mean of last {h.size}, p={p:.2g}" if flagged
-              else "within tolerance")
-    return GateResult(flagged, direction, float(rel), p, mean, std, int(h.size), reason)
