@@ -1,10 +1,15 @@
 """Trends: Theil-Sen slope with Mann-Kendall significance, so a slow drift is reported even when
-no single step is."""
+no single step is.
+
+:func:`trend` answers the "trends" section of ``ResultQueries.aggregate_results(include_trends=True)``
+(``dtf analyze trends``): one :class:`Trend` per group and metric, plain Python values only, so it
+travels as JSON or msgpack as it is.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 from numpy.typing import NDArray
@@ -28,9 +33,27 @@ def mann_kendall(values: Sequence[float] | NDArray[np.float64]) -> tuple[float, 
     return s, float(z), p
 
 
+class Trend(TypedDict):
+    """A series' trend. ``slope`` is per unit of the times given (per sample by default), with the
+    Theil-Sen 95 % interval ``slope_low``..``slope_high``; ``mk_z`` and ``p_value`` are the
+    Mann-Kendall test's; ``rel_change`` is the fitted change over the whole span relative to the fitted
+    start level; ``direction`` ("improvement" / "regression") is set only when ``significant``."""
+
+    n: int
+    slope: float
+    intercept: float | None
+    slope_low: float
+    slope_high: float
+    mk_z: float
+    p_value: float
+    rel_change: float
+    significant: bool
+    direction: str | None
+
+
 def trend(values: Sequence[float] | NDArray[np.float64], times: Sequence[float] | NDArray[np.float64] | None = None,
           *, alpha: float = 0.05, min_rel_slope: float = 0.0, higher_is_better: bool = True,
-          max_points: int = 2000) -> dict[str, Any]:
+          max_points: int = 2000) -> Trend:
     """Theil-Sen slope (per unit of ``times``, default per sample) and Mann-Kendall test.
 
     ``rel_change`` is the fitted change over the whole span relative to the fitted start level.
@@ -44,9 +67,9 @@ def trend(values: Sequence[float] | NDArray[np.float64], times: Sequence[float] 
     if y.size > max_points:
         pick = np.linspace(0, y.size - 1, max_points).astype(np.intp)
         y, t = y[pick], t[pick]
-    result: dict[str, Any] = {"n": int(y.size), "slope": 0.0, "intercept": float(np.median(y)) if y.size else None,
-                              "slope_low": 0.0, "slope_high": 0.0, "mk_z": 0.0, "p_value": 1.0,
-                              "rel_change": 0.0, "significant": False, "direction": None}
+    result: Trend = {"n": int(y.size), "slope": 0.0, "intercept": float(np.median(y)) if y.size else None,
+                     "slope_low": 0.0, "slope_high": 0.0, "mk_z": 0.0, "p_value": 1.0,
+                     "rel_change": 0.0, "significant": False, "direction": None}
     if y.size < 4 or np.ptp(t) == 0:
         return result
     slope, intercept, lo, hi = stats.theilslopes(y, t)
@@ -58,6 +81,6 @@ def trend(values: Sequence[float] | NDArray[np.float64], times: Sequence[float] 
     direction = None
     if significant:
         direction = "improvement" if (slope > 0) == higher_is_better else "regression"
-    result.update(slope=float(slope), intercept=float(intercept), slope_low=float(lo), slope_high=float(hi),
-                  mk_z=z, p_value=p, rel_change=rel, significant=significant, direction=direction)
-    return result
+    return {"n": int(y.size), "slope": float(slope), "intercept": float(intercept), "slope_low": float(lo),
+            "slope_high": float(hi), "mk_z": z, "p_value": p, "rel_change": rel, "significant": significant,
+            "direction": direction}
