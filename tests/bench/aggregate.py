@@ -21,14 +21,19 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from dtf_gui.coordinator.aggregator import ResultAggregator, detect_change_points, summarize
+from dtf_gui.coordinator.aggregator import LiveDetector, ResultQueries, detect_change_points, summarize
+from dtf_gui.coordinator.records import Result
 from dtf_gui.coordinator.store import Store
+
+T = TypeVar("T")
 
 
 def build_db(path: Path, n: int, groups: int) -> None:
@@ -49,12 +54,11 @@ def build_db(path: Path, n: int, groups: int) -> None:
     st.close()
 
 
-def timed(fn: object, repeat: int) -> tuple[float, object, list[float]]:
+def timed(fn: Callable[[], T], repeat: int) -> tuple[float, T, list[float]]:
     times = []
-    out = None
     for _ in range(repeat):
         t0 = time.perf_counter()
-        out = fn()  # type: ignore[operator]
+        out = fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), out, times
 
@@ -77,13 +81,13 @@ def main() -> None:
                 conn.execute(ddl)
             conn.commit()
             conn.close()
-        agg = ResultAggregator(db, cache_ttl=0.0)
-        load_s, loaded, load_runs = timed(lambda: agg.load_groups(), args.repeat)
-        keys, names, arrays = loaded  # type: ignore[misc]
+        queries = ResultQueries(db, cache_ttl=0.0)
+        load_s, loaded, load_runs = timed(lambda: queries.load_groups(), args.repeat)
+        keys, names, arrays = loaded
         assert sum(a.size for a in arrays) == args.results, "load lost rows"
         stats_s, basic, _ = timed(lambda: summarize(keys, names, arrays), args.repeat)
-        assert len(basic) == args.groups  # type: ignore[arg-type]
-        agg.close()
+        assert len(basic) == args.groups
+        queries.close()
 
     rng = np.random.default_rng(1)
     series = 100 * (1 + 0.03 * rng.standard_normal((1000, 500)))
@@ -91,29 +95,28 @@ def main() -> None:
     scan_s, found, scan_runs = timed(lambda: sum(len(detect_change_points(s)) for s in series),
                                      max(3, args.repeat // 2))
 
-    with tempfile.TemporaryDirectory() as tmp:
-        inc = ResultAggregator(Path(tmp) / "none.sqlite")
-        hist = 100 * (1 + 0.03 * rng.standard_normal(1000))
-        inc.ingest([{"result_id": f"h{i}", "test_id": "t", "worker_id": "w", "metrics": {"throughput": float(x)}}
-                    for i, x in enumerate(hist)])
-        times = []
-        for i in range(50):
-            r = {"result_id": f"n{i}", "test_id": "t", "worker_id": "w", "metrics": {"throughput": 100.0}}
-            t0 = time.perf_counter()
-            inc.ingest([r])
-            times.append(time.perf_counter() - t0)
-        inc_s = statistics.median(times)
-        # A busy flush: 2,000 results over 200 series in one ingest (the analysis thread's batch at
-        # high rates), every value judged against the values before it, its own batch's included.
-        flush = []
-        for k in range(max(3, args.repeat)):
-            vals = 100 * (1 + 0.03 * rng.standard_normal(2000))
-            batch = [{"result_id": f"f{k}-{i}", "test_id": f"t{i % 200}", "worker_id": "w",
-                      "metrics": {"throughput": float(x)}} for i, x in enumerate(vals)]
-            t0 = time.perf_counter()
-            inc.ingest(batch)
-            flush.append(time.perf_counter() - t0)
-        flush_s = statistics.median(flush[1:])  # the first flush creates the 200 series
+    inc = LiveDetector()
+    hist = 100 * (1 + 0.03 * rng.standard_normal(1000))
+    inc.ingest([Result(result_id=f"h{i}", task_id=f"h{i}", test_id="t", worker_id="w", metrics={"throughput": float(x)})
+                for i, x in enumerate(hist)])
+    times = []
+    for i in range(50):
+        r = Result(result_id=f"n{i}", task_id=f"n{i}", test_id="t", worker_id="w", metrics={"throughput": 100.0})
+        t0 = time.perf_counter()
+        inc.ingest([r])
+        times.append(time.perf_counter() - t0)
+    inc_s = statistics.median(times)
+    # A busy flush: 2,000 results over 200 series in one ingest (the analysis thread's batch at
+    # high rates), every value judged against the values before it, its own batch's included.
+    flush = []
+    for k in range(max(3, args.repeat)):
+        vals = 100 * (1 + 0.03 * rng.standard_normal(2000))
+        batch = [Result(result_id=f"f{k}-{i}", task_id=f"f{k}-{i}", test_id=f"t{i % 200}", worker_id="w",
+                        metrics={"throughput": float(x)}) for i, x in enumerate(vals)]
+        t0 = time.perf_counter()
+        inc.ingest(batch)
+        flush.append(time.perf_counter() - t0)
+    flush_s = statistics.median(flush[1:])  # the first flush creates the 200 series
 
     print(json.dumps({
         "results": args.results, "groups": args.groups, "build_db_s": round(build_s, 2),

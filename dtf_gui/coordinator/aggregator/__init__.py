@@ -1,19 +1,30 @@
-"""Result analysis: statistics by dimension, anomalies, change points, trends, comparisons."""
+"""Result analysis: statistics by dimension, anomalies, change points, trends, comparisons.
+
+Two rooms use the building blocks below: :class:`LiveDetector` (``live.py``) judges results as they
+are stored and returns :data:`Finding` Structs; :class:`ResultQueries` (``queries.py``) answers the
+client API's read-only queries over the store (statistics, trends, anomalies, comparisons).
+"""
 
 from dtf_gui.coordinator.aggregator.anomalies import find_anomalies, robust_z
-from dtf_gui.coordinator.aggregator.changepoints import (
-    ChangePoint,
-    detect_change_points,
-    spike_mask,
-)
+from dtf_gui.coordinator.aggregator.changepoints import ChangePoint, detect_change_points, spike_mask
 from dtf_gui.coordinator.aggregator.compare import compare_samples, higher_is_better
-from dtf_gui.coordinator.aggregator.pipeline import ResultAggregator, summarize
+from dtf_gui.coordinator.aggregator.findings import Anomaly, AnomalyRow, ChangePointFound, Finding
+from dtf_gui.coordinator.aggregator.live import LiveDetector, Postprocessor, Preprocessor
+from dtf_gui.coordinator.aggregator.queries import ResultQueries, summarize
 from dtf_gui.coordinator.aggregator.stats import group_stats
-from dtf_gui.coordinator.aggregator.trends import mann_kendall, trend
+from dtf_gui.coordinator.aggregator.trends import Trend, mann_kendall, trend
 
 __all__ = [
+    "Anomaly",
+    "AnomalyRow",
     "ChangePoint",
-    "ResultAggregator",
+    "ChangePointFound",
+    "Finding",
+    "LiveDetector",
+    "Postprocessor",
+    "Preprocessor",
+    "ResultQueries",
+    "Trend",
     "compare_samples",
     "detect_change_points",
     "find_anomalies",

@@ -1,0 +1,93 @@
+"""What the analysis hands out, as msgspec Structs: a renamed field fails loudly, not silently.
+
+:class:`Anomaly` and :class:`ChangePointFound` are the live detector's findings (``Finding`` is
+their tagged union); ``msgspec.to_builtins(finding)`` is a plain dict that names its ``kind``
+("anomaly" or "change_point"), which is what the coordinator stores as an event's data and
+publishes, and ``msgspec.convert(that_dict, Finding)`` gives the Struct back. :class:`AnomalyRow`
+is one row of ``ResultQueries.get_result_anomalies``.
+
+Both findings carry ``notes``, a free dict where a custom postprocessor may annotate one (for
+example ``notes["reviewed_by"]``); the detector itself leaves it empty.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+__all__ = ["Anomaly", "AnomalyRow", "ChangePointFound", "Finding"]
+
+
+class Anomaly(msgspec.Struct, kw_only=True, tag_field="kind", tag="anomaly"):
+    """A new value far from its own level: |score| > the detector's threshold.
+
+    ``series`` names the series by the detector's ``series_dims`` plus "metric"; ``index`` is the
+    value's position in the series since the detector started (absolute, never trimmed); ``median``
+    is the reference level and ``expected_low``..``expected_high`` the range (median +- threshold
+    robust sigmas) the value left; ``reference_size`` is how many values the reference held;
+    ``direction`` is "improvement" or "regression" by the metric's polarity."""
+
+    series: dict[str, str]
+    metric: str
+    index: int
+    result_id: str
+    timestamp: float
+    value: float
+    score: float
+    median: float
+    expected_low: float
+    expected_high: float
+    reference_size: int
+    direction: str
+    notes: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class ChangePointFound(msgspec.Struct, kw_only=True, tag_field="kind", tag="change_point"):
+    """A level change in a series, at ``index`` (absolute, as for :class:`Anomaly`): the first
+    value of the new level, which is the result ``result_id``.
+
+    The statistics are :class:`~dtf_gui.coordinator.aggregator.changepoints.ChangePoint`'s, over the
+    detector's tail of the series: the two levels' means and standard deviations and sizes,
+    ``rel_change`` (relative change of the mean), the Welch t-test's ``p_value``, ``effect``
+    (|mean difference| / pooled std) and ``direction``. ``supersedes`` lists the result ids of
+    anomalies reported earlier that were really this new level's first values (to be retracted)."""
+
+    series: dict[str, str]
+    metric: str
+    index: int
+    result_id: str
+    timestamp: float
+    mean_before: float
+    std_before: float
+    mean_after: float
+    std_after: float
+    rel_change: float
+    p_value: float
+    direction: str
+    n_before: int
+    n_after: int
+    effect: float
+    supersedes: list[str] = msgspec.field(default_factory=list)
+    notes: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+Finding = Anomaly | ChangePointFound
+
+
+class AnomalyRow(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="anomaly"):
+    """One stored result whose metric lies far from its group's median (the whole selection's
+    robust z-score, not the live detector's level-aware judgement).
+
+    ``group`` is the aggregation level's values joined by "|"; ``timestamp`` is None for a result
+    stored without one. Frozen: the query service's cache hands the same rows to every caller."""
+
+    group: str
+    metric: str
+    result_id: str
+    timestamp: float | None
+    value: float
+    score: float
+    median: float
+    expected_low: float
+    expected_high: float
