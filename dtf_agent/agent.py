@@ -1,8 +1,8 @@
 """The agent: connect, register, heartbeat, run tasks, report results until acknowledged.
 
 One thread owns the DEALER socket and runs :meth:`Agent.run`. Task runners finish on their own
-threads; they push outcomes onto a queue and wake the loop through a pipe that the zmq.Poller
-watches, so the socket is only ever touched by the loop thread.
+threads; they hand outcomes over through an :class:`~dtf_agent.inbox.Inbox` whose pipe the
+zmq.Poller watches, so the socket is only ever touched by the loop thread.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import queue
 import shutil
 import tempfile
 import threading
@@ -25,6 +24,7 @@ import zmq
 
 from dtf_agent import __version__, hardware
 from dtf_agent import protocol as p
+from dtf_agent.inbox import Inbox
 from dtf_agent.runners.command import CommandRun, Outcome
 from dtf_agent.transport import hostname, make_socket
 
@@ -55,10 +55,7 @@ class Agent:
     def __init__(self, settings: AgentSettings) -> None:
         self.s = settings
         self._stop = threading.Event()
-        self._done: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._done: Inbox[Outcome] = Inbox()
         self.registered = False
         self.fatal_error: str | None = None
         self.running: dict[str, CommandRun] = {}
@@ -91,23 +88,11 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._wake_w < 0:
-            # run() has ended and closed the pipe: a late stop() (a signal during shutdown, or
-            # the window stopping an agent that already quit) must not write to a closed
-            # descriptor, or to whatever file has been given its number since.
-            return
-        try:
-            os.write(self._wake_w, b"x")
-        except BlockingIOError:
-            pass  # the pipe is full, so the loop is awake anyway
+        self._done.wake()
 
     def _finished(self, outcome: Outcome) -> None:
         """Runner threads land here: hand over and wake the loop, touch nothing else."""
         self._done.put(outcome)
-        self._wake()
 
     # -- the loop (owns the socket) -------------------------------------------------------------
 
@@ -120,32 +105,33 @@ class Agent:
         self.sock = sock
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self._done.fileno(), zmq.POLLIN)
         now = time.monotonic()
-        next_register = now
-        # An attribute, not a local: the Welcome brings the coordinator's interval and restarts it.
+        # Attributes, not locals: a coordinator that asks us to register again brings the next
+        # Register forward, and the Welcome restarts the heartbeat with the coordinator's interval.
+        self._next_register = now
         self._next_heartbeat = now + self.s.heartbeat_interval
         next_resend = now + self.s.resend_interval
         log.info("agent %s connecting to %s with %d slot(s)", self.s.worker_id, self.s.address, self.s.slots)
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
-                if not self.registered and now >= next_register:
+                if not self.registered and now >= self._next_register:
                     self._send(self._register_msg())
-                    next_register = now + self.s.register_retry
+                    self._next_register = now + self.s.register_retry
                 if self.registered and now >= self._next_heartbeat:
                     self._send(self._heartbeat_msg())
                     self._next_heartbeat = now + self.s.heartbeat_interval
                 if now >= next_resend:
                     self._resend_unacked(now)
                     next_resend = now + self.s.resend_interval
-                deadline = min(self._next_heartbeat if self.registered else next_register, next_resend)
+                deadline = min(self._next_heartbeat if self.registered else self._next_register, next_resend)
                 timeout_ms = max(0, int((deadline - time.monotonic()) * 1000)) + 1
                 for s, _ in poller.poll(timeout_ms):
                     if s is sock:
                         self._drain_socket()
                     else:
-                        self._drain_wake()
+                        self._done.clear_wake()
                 self._collect_done()
                 self._flush()
                 if self.fatal_error:
@@ -154,10 +140,7 @@ class Agent:
             self._shutdown()
             sock.close(linger=200)
             ctx.term()
-            wake_r, wake_w = self._wake_r, self._wake_w
-            self._wake_r = self._wake_w = -1
-            os.close(wake_r)
-            os.close(wake_w)
+            self._done.close()
             if self._own_work_dir:
                 shutil.rmtree(self.work_dir, ignore_errors=True)
         return 0
@@ -182,13 +165,6 @@ class Agent:
                 log.warning("dropped a bad frame from the coordinator (%s); %d so far", exc, self.bad_frames)
                 continue
             handler(msg)
-
-    def _drain_wake(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
 
     def _register_msg(self) -> p.Register:
         return p.Register(
@@ -216,8 +192,12 @@ class Agent:
 
     def _on_refused(self, msg: p.Refused) -> None:
         if msg.reregister:
-            self.registered = False
-            self._send(self._register_msg())
+            # A restarted coordinator answers every frame we queued while it was away with this:
+            # register once (now, from the loop), not once per frame. Each extra Register would
+            # look to it like this agent restarting, and cost the tasks we run a "worker lost".
+            if self.registered:
+                self.registered = False
+                self._next_register = time.monotonic()
             return
         log.error("coordinator refused this agent: %s", msg.reason)
         if msg.fatal:
@@ -273,9 +253,7 @@ class Agent:
         run.start()
 
     def _collect_done(self) -> None:
-        done = self._done
-        while not done.empty():  # this loop is the only consumer
-            outcome = done.get()
+        for outcome in self._done.take():
             run = self.running.pop(outcome.task_id, None)
             if outcome.task_id in self._stopping_ids and outcome.error == "cancelled":
                 continue

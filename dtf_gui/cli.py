@@ -18,51 +18,16 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dtf_agent.config import ConfigError
 from dtf_agent.paths import dtf_home, read_coordinator_file, remove_coordinator_file, write_coordinator_file
 from dtf_gui.client import Client, ClientError
-from dtf_gui.coordinator.config import CoordinatorConfig, load_coordinator_config
-from dtf_gui.coordinator.scheduler import SchedulerConfig
-from dtf_gui.coordinator.server import Coordinator, ServerSettings
+
+if TYPE_CHECKING:
+    from dtf_gui.coordinator.config import ServerSettings
 
 log = logging.getLogger("dtf")
-
-
-def settings_from_config(cfg: CoordinatorConfig, home: Path, args: argparse.Namespace) -> ServerSettings:
-    """coordinator.yaml, then command-line flags on top."""
-    db = getattr(args, "db", None) or cfg.database.path or str(home / "dtf.sqlite")
-
-    def flag(name: str, default: Any) -> Any:
-        value = getattr(args, name, None)
-        return default if value is None else value
-
-    return ServerSettings(
-        host=flag("host", cfg.server.host), client_port=flag("port", cfg.server.port),
-        agent_port=flag("agent_port", cfg.server.agent_port), events_port=flag("events_port", cfg.server.events_port),
-        db_path=db, heartbeat_interval=cfg.health_monitor.heartbeat_interval,
-        heartbeat_timeout=cfg.health_monitor.heartbeat_timeout, event_interval=cfg.server.event_interval,
-        flush_interval=cfg.database.flush_interval, batch_size=cfg.database.batch_size,
-        scheduler=scheduler_config(cfg),
-        max_message_size=cfg.server.max_message_size,
-        anomaly_threshold=cfg.result_aggregator.anomaly_threshold, cache_ttl=cfg.result_aggregator.cache_ttl,
-        comparative_lookback_days=cfg.result_aggregator.comparative_lookback_days,
-        advertise=cfg.server.advertise and not getattr(args, "no_mdns", False),
-        mdns_interfaces=list(cfg.server.interfaces), service_name=cfg.server.service_name,
-        preprocessors=list(cfg.result_aggregator.preprocessors),
-        postprocessors=list(cfg.result_aggregator.postprocessors),
-    )
-
-
-def scheduler_config(cfg: CoordinatorConfig) -> SchedulerConfig:
-    ts, lb = cfg.task_scheduler, cfg.load_balancer
-    return SchedulerConfig(
-        default_priority=ts.default_priority, max_queue_size=ts.max_queue_size, retry_limit=ts.retry_limit,
-        retry_backoff_base=ts.retry_backoff_base, retry_backoff_max=ts.retry_backoff_max, lost_limit=ts.lost_limit,
-        dependency_failure=ts.dependency_failure, aging_interval=ts.aging_interval, strategy=lb.strategy,
-        worker_cap=lb.worker_cap, task_cap_per_worker=lb.task_cap_per_worker,
-    )
 
 
 def add_server_flags(ap: argparse.ArgumentParser) -> None:
@@ -78,12 +43,17 @@ def add_server_flags(ap: argparse.ArgumentParser) -> None:
 
 
 def load_server(args: argparse.Namespace) -> tuple[ServerSettings, Path]:
+    """coordinator.yaml (or --config) with the command-line flags on top."""
+    from dtf_gui.coordinator.config import load_coordinator_config, server_settings
+
     home = dtf_home()
     cfg = load_coordinator_config(args.config, default_path=home / "coordinator.yaml")
     if cfg.security.enabled and not (args.insecure or cfg.security.insecure):
         log.warning("CURVE encryption is not implemented yet in this build: sockets are PLAIN TEXT. "
                     "Bind to 127.0.0.1 or a trusted lab network only.")
-    return settings_from_config(cfg, home, args), home
+    settings = server_settings(cfg, home, db=args.db, host=args.host, port=args.port, agent_port=args.agent_port,
+                               events_port=args.events_port, mdns=not args.no_mdns)
+    return settings, home
 
 
 # -- dtf serve ------------------------------------------------------------------------------------
@@ -104,6 +74,8 @@ def tune_interpreter() -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from dtf_gui.coordinator.server import Coordinator  # numpy, scipy, sqlite: only the server needs them
+
     tune_interpreter()
     settings, home = load_server(args)
     coord = Coordinator(settings).start()

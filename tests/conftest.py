@@ -21,7 +21,8 @@ _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from dtf_gui.coordinator.server import Coordinator, ServerSettings  # noqa: E402
+from dtf_gui.coordinator.config import ephemeral_settings  # noqa: E402
+from dtf_gui.coordinator.server import Coordinator  # noqa: E402
 from tests.helpers import ProcessTracker, Serve  # noqa: E402 - needs the path set above
 
 
@@ -74,15 +75,12 @@ def serve(procs: ProcessTracker, dtf_home: Path, dtf_env: dict[str, str]) -> Ite
 
 @pytest.fixture
 def coordinator(tmp_path: Path) -> Iterator[Callable[..., Coordinator]]:
-    """Factory for an in-process coordinator thread on free ports; stopped at teardown."""
+    """Factory for an in-process coordinator thread on free ports; stopped at teardown.
+    Keyword arguments are coordinator.yaml sections: ``coordinator(load_balancer={"worker_cap": 1})``."""
     started: list[Coordinator] = []
 
-    def start(**overrides: Any) -> Coordinator:
-        settings = ServerSettings(client_port=0, agent_port=0, events_port=0,
-                                  db_path=str(tmp_path / f"coord{len(started)}.sqlite"))
-        for key, value in overrides.items():
-            setattr(settings, key, value)
-        coord = Coordinator(settings)
+    def start(**sections: Any) -> Coordinator:
+        coord = Coordinator(ephemeral_settings(tmp_path / f"coord{len(started)}.sqlite", **sections))
         started.append(coord)
         return coord.start()
 

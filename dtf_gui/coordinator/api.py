@@ -4,24 +4,28 @@ The operation names are the seed's REST/WebSocket operations (create_task, get_t
 list_workers, get_worker, list_results, get_status ...). The CLI, scripts and the window all use
 this table; the window, in the same process, reaches it through ``Coordinator.request``.
 Handlers run in the coordinator thread.
+
+The API gets narrow parts of the coordinator, never the Coordinator itself: the task and worker
+tables and the scheduler to read, the store and the query service to read from, and a small
+:class:`Commands` interface for every change (which all go through the scheduler).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import msgspec
 
 from dtf_agent import protocol as p
 from dtf_gui.coordinator import scheduler as sch
+from dtf_gui.coordinator.aggregator.queries import ResultQueries
+from dtf_gui.coordinator.health import WorkerTable
+from dtf_gui.coordinator.records import TaskRecord
 from dtf_gui.coordinator.state import TaskTable, new_task_id
-from dtf_gui.coordinator.store import RESULT_COLUMNS, result_row_to_dict
-
-if TYPE_CHECKING:
-    from dtf_gui.coordinator.server import Coordinator
+from dtf_gui.coordinator.store import RESULT_COLUMNS, Store, result_row_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +118,7 @@ class Analysis(_Args):
     time_range: tuple[float, float] | None = None
     threshold: float | None = None
     lookback_days: float | None = None
+    include_trends: bool = False
 
 
 class Deferred(msgspec.Struct):
@@ -124,6 +129,21 @@ class Deferred(msgspec.Struct):
     fn: Callable[[], Any]
 
 
+class Commands(Protocol):
+    """What the API asks of the coordinator's loop: every change goes through the scheduler."""
+
+    def submit(self, tasks: Sequence[TaskRecord]) -> dict[str, str]:
+        """Offer new tasks to the scheduler as one batch; {task_id: reason} when it refused them
+        (then none was added), else empty."""
+        ...
+
+    def command(self, event: sch.Event) -> str | None:
+        """One engineer's command about one task; the scheduler's reason when it refused it."""
+        ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
 def _filtered(equal: dict[str, Any], order: str, limit: int) -> tuple[str, list[Any]]:
     """WHERE col=? for each filter that is set, then ORDER BY and a capped LIMIT."""
     used = {k: v for k, v in equal.items() if v}
@@ -132,8 +152,15 @@ def _filtered(equal: dict[str, Any], order: str, limit: int) -> tuple[str, list[
 
 
 class ClientApi:
-    def __init__(self, coordinator: Coordinator) -> None:
-        self.c = coordinator
+    def __init__(self, *, tasks: TaskTable, workers: WorkerTable, sched: sch.Scheduler, store: Store,
+                 queries: ResultQueries, commands: Commands, coordinator_id: str) -> None:
+        self.tasks = tasks
+        self.workers = workers
+        self.sched = sched
+        self.store = store
+        self.queries = queries
+        self.commands = commands
+        self.coordinator_id = coordinator_id
         self._submissions = 0
         self.ops: dict[str, tuple[type[_Args], Callable[[Any], Any]]] = {
             "ping": (NoArgs, self.ping),
@@ -184,9 +211,11 @@ class ClientApi:
     # -- operations -------------------------------------------------------------------------------
 
     def ping(self, _: NoArgs) -> dict[str, Any]:
-        return {"protocol_version": p.PROTOCOL_VERSION, "coordinator_id": self.c.s.coordinator_id}
+        return {"protocol_version": p.PROTOCOL_VERSION, "coordinator_id": self.coordinator_id}
 
-    def _task_dict(self, a: CreateTask) -> dict[str, Any]:
+    def _new_task(self, a: CreateTask, now: float, submission: str = "") -> TaskRecord:
+        """A request becomes a task, once: the scheduler's spec (whose fields the scheduler
+        validates when it is offered) and the fields only an agent reads (checked here)."""
         if a.type not in TASK_TYPES:
             raise ApiError(f"unknown task type {a.type!r}; known: {', '.join(TASK_TYPES)}")
         params = dict(a.parameters)
@@ -194,156 +223,154 @@ class ClientApi:
             params["command"] = a.command
         if a.type == "command" and not params.get("command"):
             raise ApiError("a command task needs a command")
-        if a.timeout is not None and a.timeout <= 0:
-            raise ApiError(f"timeout must be positive, got {a.timeout}")
-        if a.retry_limit is not None and a.retry_limit < 0:
-            raise ApiError(f"retry_limit must be 0 or more, got {a.retry_limit}")
-        if a.cpu_slots < 1:
-            raise ApiError(f"cpu_slots must be at least 1, got {a.cpu_slots}")
-        test_id = a.test_id or str(params.get("test_id", ""))
-        req = None
-        if a.requirements is not None:
-            # Only what differs from "no requirement" is kept, so the stored JSON says what was asked.
-            req = {k: v for k, v in msgspec.structs.asdict(a.requirements).items()
-                   if v not in (None, 0, 0.0, [])} or None
-        return {
-            "task_id": a.task_id or new_task_id(), "type": a.type, "status": "pending",
-            "priority": self.c.s.scheduler.default_priority if a.priority is None else a.priority,
-            "parameters": params, "dependencies": list(a.dependencies), "requirements": req,
-            "metadata": a.metadata, "timeout": a.timeout, "attempt": 0, "test_id": test_id,
-            "retry_limit": a.retry_limit, "cpu_slots": a.cpu_slots, "expected_duration": a.expected_duration,
-        }
+        if a.timeout is not None and not a.timeout > 0:
+            raise ApiError(f"timeout must be a positive number of seconds, got {a.timeout}")
+        metadata = dict(a.metadata)
+        if submission:
+            metadata["submission"] = submission
+        r = a.requirements
+        spec = sch.TaskSpec(
+            task_id=a.task_id or new_task_id(),
+            priority=self.sched.config.default_priority if a.priority is None else a.priority,
+            dependencies=tuple(a.dependencies),
+            requirements=sch.NO_REQUIREMENTS if r is None else sch.Requirements(
+                tags=frozenset(r.tags), hardware=r.hardware, min_memory_gb=r.min_memory_gb, gpu_count=r.gpu_count,
+                gpu_memory_gb=r.gpu_memory_gb, os=r.os, worker=r.worker, group=r.group),
+            test_id=a.test_id or str(params.get("test_id", "")), cpu_slots=a.cpu_slots, retry_limit=a.retry_limit,
+            submit_time=now, expected_duration=a.expected_duration, submission=submission)
+        return TaskRecord(spec, type=a.type, parameters=params, timeout=a.timeout, metadata=metadata,
+                          create_time=now)
 
     def _check_given_ids(self, ids: list[str]) -> None:
-        """Ids the engineer chose must be new; ids we generate are unique by construction, so a
-        bulk submission of generated ids costs no database look-up."""
+        """Ids the engineer chose must be new. The scheduler knows the live and recently finished
+        ones; older ones are only in SQLite. Ids we generate are unique by construction, so a bulk
+        submission of generated ids costs no database look-up."""
         if not ids:
             return
         if len(set(ids)) != len(ids):
             raise ApiError("task ids repeat within one request")
-        given = [i for i in ids if self.c.tasks.get(i) is None]
-        clash = self.c.store.existing_task_ids(given) if given else set()
+        given = [i for i in ids if self.sched.task_state(i) is None]
+        clash = self.store.existing_task_ids(given) if given else set()
         if clash:
             raise ApiError(f"task id(s) already exist: {', '.join(sorted(clash)[:10])}")
 
     def create_task(self, a: CreateTask) -> dict[str, Any]:
         self._check_given_ids([a.task_id] if a.task_id else [])
-        task = self._task_dict(a)
-        accepted, refused = self.c.submit([task])
+        task = self._new_task(a, time.time())
+        refused = self.commands.submit([task])
         if refused:
-            raise ApiError(f"task {task['task_id']} refused: {refused[task['task_id']]}")
-        return TaskTable.public(accepted[0])
+            raise ApiError(f"task {task.task_id} refused: {refused[task.task_id]}")
+        return task.public()
 
     def create_tasks(self, a: CreateTasks) -> dict[str, Any]:
         self._check_given_ids([t.task_id for t in a.tasks if t.task_id])
-        tasks = [self._task_dict(t) for t in a.tasks]
         # One request is one submission: load_balancer.worker_cap limits how many workers its
         # tasks occupy at once, leaving the others for everybody else.
         self._submissions += 1
-        submission = f"{self.c.s.coordinator_id}-{self._submissions}"
-        for t in tasks:
-            t["metadata"] = {**(t["metadata"] or {}), "submission": submission}
-        accepted, refused = self.c.submit(tasks)
+        submission = f"{self.coordinator_id}-{self._submissions}"
+        now = time.time()
+        tasks = [self._new_task(t, now, submission) for t in a.tasks]
+        refused = self.commands.submit(tasks)
         if refused:
             detail = "; ".join(f"{k}: {v}" for k, v in list(refused.items())[:20])
             raise ApiError(f"submission refused, no task was added: {len(refused)} of {len(tasks)} task(s) "
                            f"have problems: {detail}")
-        return {"task_ids": [r["task_id"] for r in accepted]}
+        return {"task_ids": [t.task_id for t in tasks]}
+
+    def _why(self, task_id: str, status: str, row: dict[str, Any]) -> str:
+        # Why a task waits is the scheduler's live knowledge, not a stored column.
+        if status in (p.PENDING, p.ASSIGNED):
+            return self.sched.why_waiting(task_id)
+        return row.get("error") or row.get("status_reason") or ""
 
     def get_task(self, a: TaskRef) -> dict[str, Any]:
-        rec = self.c.tasks.get(a.task_id)
+        rec = self.tasks.get(a.task_id)
         if rec is not None:
-            out = TaskTable.public(rec)
+            out = rec.public()
         else:
-            rows = self.c.store.load_tasks("WHERE task_id=?", (a.task_id,))
+            rows = self.store.load_tasks("WHERE task_id=?", (a.task_id,))
             if not rows:
                 raise ApiError(f"no task {a.task_id!r}")
             out = rows[0]
-        out["why"] = (self.c.sched.why_waiting(a.task_id) if out["status"] in ("pending", "assigned")
-                      else out.get("error") or out.get("status_reason") or "")
-        out["result_list"] = self.c.store.load_results("WHERE task_id=? ORDER BY timestamp", (a.task_id,))
+        out["why"] = self._why(a.task_id, out["status"], out)
+        out["result_list"] = self.store.load_results("WHERE task_id=? ORDER BY timestamp", (a.task_id,))
         return out
 
     def list_tasks(self, a: ListTasks) -> list[dict[str, Any]]:
         if a.status and a.status not in p.TASK_STATUSES:
             raise ApiError(f"unknown status {a.status!r}; known: {', '.join(p.TASK_STATUSES)}")
         sql, params = _filtered({"status": a.status, "worker_id": a.worker_id}, "create_time DESC, task_id", a.limit)
-        rows = self.c.store.load_tasks(sql, params)
+        rows = self.store.load_tasks(sql, params)
         for row in rows:
-            # Why a task waits is the scheduler's live knowledge, not a stored column.
-            row["why"] = (self.c.sched.why_waiting(row["task_id"]) if row["status"] in ("pending", "assigned")
-                          else row.get("error") or row.get("status_reason") or "")
+            row["why"] = self._why(row["task_id"], row["status"], row)
         return rows
 
-    def cancel_task(self, a: TaskRef) -> dict[str, Any]:
-        if self.c.tasks.get(a.task_id) is None:
-            raise ApiError(f"no active task {a.task_id!r}")
-        self.c.cancel(a.task_id)
-        return {"task_id": a.task_id, "status": self.c.tasks.get(a.task_id)["status"]}
-
-    def _known(self, task_id: str) -> dict[str, Any]:
-        task = self.c.tasks.get(task_id)
+    def _known(self, task_id: str) -> TaskRecord:
+        task = self.tasks.get(task_id)
         if task is None:
             raise ApiError(f"no task {task_id!r} (or it finished long ago; see `dtf tasks`)")
         return task
 
-    def _state(self, task_id: str) -> dict[str, Any]:
+    def _command(self, event: sch.Event, what: str, task_id: str) -> dict[str, Any]:
+        reason = self.commands.command(event)
+        if reason is not None:
+            raise ApiError(reason if reason.startswith("cannot") else f"cannot {what} {task_id}: {reason}")
         task = self._known(task_id)
-        return {"task_id": task_id, "status": task["status"], "worker_id": task["worker_id"],
-                "priority": task["priority"], "why": self.c.sched.why_waiting(task_id)}
+        return {"task_id": task_id, "status": task.status, "worker_id": task.worker_id,
+                "priority": task.priority, "why": self.sched.why_waiting(task_id)}
+
+    def cancel_task(self, a: TaskRef) -> dict[str, Any]:
+        if self.tasks.get(a.task_id) is None:
+            raise ApiError(f"no active task {a.task_id!r}")
+        return self._command(sch.CancelRequested(time.time(), a.task_id), "cancel", a.task_id)
 
     def assign_task(self, a: AssignArgs) -> dict[str, Any]:
         self._known(a.task_id)
-        if a.worker_id not in self.c.workers:
-            known = ", ".join(sorted(self.c.workers)) or "none yet"
+        if a.worker_id not in self.workers:
+            known = ", ".join(self.workers.ids()) or "none yet"
             raise ApiError(f"cannot assign {a.task_id}: no worker {a.worker_id!r} (known: {known})")
-        self.c.command(sch.Pin(time.time(), a.task_id, a.worker_id), "assign")
-        return self._state(a.task_id)
+        return self._command(sch.Pin(time.time(), a.task_id, a.worker_id), "assign", a.task_id)
 
     def unassign_task(self, a: TaskRef) -> dict[str, Any]:
         self._known(a.task_id)
-        self.c.command(sch.Unpin(time.time(), a.task_id), "unassign")
-        return self._state(a.task_id)
+        return self._command(sch.Unpin(time.time(), a.task_id), "unassign", a.task_id)
 
     def retry_task(self, a: TaskRef) -> dict[str, Any]:
         self._known(a.task_id)
-        self.c.command(sch.Retry(time.time(), a.task_id), "retry")
-        return self._state(a.task_id)
+        return self._command(sch.Retry(time.time(), a.task_id), "retry", a.task_id)
 
     def set_priority(self, a: PriorityArgs) -> dict[str, Any]:
-        task = self._known(a.task_id)
-        self.c.command(sch.SetPriority(time.time(), a.task_id, a.priority), "change the priority of")
-        task["priority"] = a.priority
-        self.c.store.put_task(task)
-        return self._state(a.task_id)
+        self._known(a.task_id)
+        return self._command(sch.SetPriority(time.time(), a.task_id, a.priority), "change the priority of",
+                             a.task_id)
 
     def list_workers(self, _: NoArgs) -> list[dict[str, Any]]:
-        return self.c.store.load_workers()
+        return self.store.load_workers()
 
     def get_worker(self, a: WorkerRef) -> dict[str, Any]:
-        w = self.c.workers.get(a.worker_id)
+        w = self.workers.get(a.worker_id)
         if w is None:
             raise ApiError(f"no worker {a.worker_id!r}")
-        return dict(w.row)
+        return w.public()
 
     def list_results(self, a: ListResults) -> list[dict[str, Any]]:
         sql, params = _filtered({"task_id": a.task_id, "worker_id": a.worker_id}, "timestamp DESC", a.limit)
-        rows = self.c.store.query(f"SELECT {','.join(RESULT_COLUMNS)} FROM results {sql}", params)
+        rows = self.store.query(f"SELECT {','.join(RESULT_COLUMNS)} FROM results {sql}", params)
         return [result_row_to_dict(r) for r in rows]
 
     def get_status(self, _: NoArgs) -> dict[str, Any]:
-        return self.c.stats()
+        return self.commands.stats()
 
     # -- analysis (run on the analysis thread; they only read) -------------------------------------
 
     def aggregate_results(self, a: Analysis) -> dict[str, Any]:
-        return self.c.aggregator.aggregate_results(a.result_type, a.aggregation_level, a.filter_params,
-                                                   a.time_range)
+        return self.queries.aggregate_results(a.result_type, a.aggregation_level, a.filter_params, a.time_range,
+                                              include_trends=a.include_trends)
 
-    def get_result_anomalies(self, a: Analysis) -> list[dict[str, Any]]:
-        return self.c.aggregator.get_result_anomalies(a.result_type, a.aggregation_level, a.filter_params,
-                                                      a.time_range, threshold=a.threshold)
+    def get_result_anomalies(self, a: Analysis) -> list[Any]:
+        return self.queries.get_result_anomalies(a.result_type, a.aggregation_level, a.filter_params,
+                                                 a.time_range, threshold=a.threshold)
 
     def get_comparison_report(self, a: Analysis) -> dict[str, Any]:
-        return self.c.aggregator.get_comparison_report(a.result_type, a.aggregation_level, a.filter_params,
-                                                       a.time_range, lookback_days=a.lookback_days)
+        return self.queries.get_comparison_report(a.result_type, a.aggregation_level, a.filter_params,
+                                                  a.time_range, lookback_days=a.lookback_days)

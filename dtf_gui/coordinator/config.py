@@ -1,16 +1,24 @@
-"""coordinator.yaml: the coordinator's schema; loading and validation live in dtf_agent.config.
+"""coordinator.yaml and what a coordinator runs with.
 
 Section and key names follow the seed's coordinator.yaml (server, database, security,
 task_scheduler, result_aggregator, health_monitor, load_balancer). Every key has a default, so
-``load_coordinator_config()`` with no file is a working local setup.
+``load_coordinator_config()`` with no file is a working local setup; loading and validation live in
+dtf_agent.config.
+
+:class:`ServerSettings` is the whole of what a coordinator needs: the config, with command-line
+flags applied on top, plus the database path and the coordinator's id. The code reads settings by
+the same names as the YAML (``settings.config.health_monitor.heartbeat_timeout``), so each key is
+spelled in one place: here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
@@ -18,6 +26,7 @@ from msgspec import Meta
 
 from dtf_agent.config import ConfigError, dump_config, load_config
 from dtf_gui.coordinator.balancer import BUILTIN_STRATEGIES
+from dtf_gui.coordinator.scheduler import SchedulerConfig
 
 __all__ = [
     "ConfigError",
@@ -28,9 +37,13 @@ __all__ = [
     "ResultAggregatorSection",
     "SecuritySection",
     "ServerSection",
+    "ServerSettings",
     "TaskSchedulerSection",
     "dump_defaults",
+    "ephemeral_settings",
     "load_coordinator_config",
+    "scheduler_config",
+    "server_settings",
 ]
 
 Port = Annotated[int, Meta(ge=0, le=65535)]
@@ -195,3 +208,46 @@ Every key is optional and shows its default. ${VAR} and ${VAR:-default} expand f
 def dump_defaults() -> str:
     """coordinator.yaml with every key at its default and a comment each (resources/coordinator.example.yaml)."""
     return dump_config(CoordinatorConfig(), header=_HEADER)
+
+
+def scheduler_config(cfg: CoordinatorConfig) -> SchedulerConfig:
+    """task_scheduler.* and load_balancer.*: the scheduler's own settings carry the same names."""
+    return SchedulerConfig(**msgspec.structs.asdict(cfg.task_scheduler), **msgspec.structs.asdict(cfg.load_balancer))
+
+
+def _new_coordinator_id() -> str:
+    return os.urandom(4).hex()
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSettings:
+    """What one coordinator runs with (see the module docstring)."""
+
+    config: CoordinatorConfig = dataclasses.field(default_factory=CoordinatorConfig)
+    db_path: str = "dtf.sqlite"
+    coordinator_id: str = dataclasses.field(default_factory=_new_coordinator_id)
+
+    @property
+    def scheduler(self) -> SchedulerConfig:
+        return scheduler_config(self.config)
+
+
+def server_settings(cfg: CoordinatorConfig, home: Path, *, db: str | None = None, host: str | None = None,
+                    port: int | None = None, agent_port: int | None = None, events_port: int | None = None,
+                    mdns: bool = True) -> ServerSettings:
+    """coordinator.yaml, then command-line flags on top (a flag left at None keeps the file's value)."""
+    flags = {"host": host, "port": port, "agent_port": agent_port, "events_port": events_port}
+    server = msgspec.structs.replace(cfg.server, **{k: v for k, v in flags.items() if v is not None})
+    if not mdns:
+        server = msgspec.structs.replace(server, advertise=False)
+    return ServerSettings(config=msgspec.structs.replace(cfg, server=server),
+                          db_path=db or cfg.database.path or str(home / "dtf.sqlite"))
+
+
+def ephemeral_settings(db_path: str | os.PathLike[str], **sections: Mapping[str, object]) -> ServerSettings:
+    """A coordinator on free ports of 127.0.0.1 that does not advertise itself: for self-checks,
+    benchmarks and tests. ``sections`` override coordinator.yaml sections by name, checked like
+    the file (``ephemeral_settings(db, load_balancer={"worker_cap": 1})``)."""
+    server = {"port": 0, "agent_port": 0, "events_port": 0, "advertise": False, **sections.pop("server", {})}
+    cfg = msgspec.convert({"server": server, **sections}, CoordinatorConfig)
+    return ServerSettings(config=cfg, db_path=str(db_path))

@@ -1,8 +1,16 @@
-"""Records that cross rooms inside the coordinator, as Structs: a renamed field fails loudly.
+"""Records that cross rooms inside the coordinator, typed, so that a renamed field fails loudly.
 
-A :class:`Result` is built once by the loop when an agent reports an attempt, written by the
-store, and read by the live detector on the analysis thread (it is frozen, so handing it to
-another thread shares nothing mutable that either side changes).
+- :class:`TaskRecord`: one task as the coordinator holds it while it lives (the task table owns
+  them, the loop changes them as the scheduler instructs, the store writes their rows). The
+  client API builds one from a request, once; it joins the table only after the scheduler
+  accepted its :class:`~dtf_gui.coordinator.scheduler.TaskSpec`.
+- :class:`WorkerRecord`: one agent as the worker table knows it.
+- :class:`Result`: one attempt's outcome, built by the loop, written by the store and read by the
+  live detector on the analysis thread (frozen: the two threads share nothing either changes).
+
+Task and worker records are plain ``__slots__`` classes rather than Structs: the store reads a
+whole row out of one with a single ``operator.attrgetter`` call (a consistent snapshot under the
+GIL, however the loop changes the record afterwards), and they change on every status update.
 """
 
 from __future__ import annotations
@@ -11,7 +19,163 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["Result"]
+from dtf_agent.protocol import PENDING
+from dtf_gui.coordinator.scheduler import NO_REQUIREMENTS, Requirements, TaskSpec
+
+__all__ = ["Result", "TaskRecord", "WorkerRecord", "requirements_from_dict", "requirements_to_dict"]
+
+
+def requirements_to_dict(req: Requirements) -> dict[str, Any] | None:
+    """What was asked, as stored and shown: only the fields that ask for something."""
+    if req == NO_REQUIREMENTS:
+        return None
+    out: dict[str, Any] = {}
+    for name in req.__struct_fields__:
+        value = getattr(req, name)
+        if value is None or value == 0 or (isinstance(value, frozenset) and not value):
+            continue
+        out[name] = sorted(value) if isinstance(value, frozenset) else value
+    return out or None
+
+
+def requirements_from_dict(d: dict[str, Any] | None) -> Requirements:
+    """The stored form back (see :func:`requirements_to_dict`); unknown keys are ignored."""
+    if not d:
+        return NO_REQUIREMENTS
+    return Requirements(
+        tags=frozenset(d.get("tags") or ()), hardware=d.get("hardware"),
+        min_memory_gb=float(d.get("min_memory_gb") or 0.0), gpu_count=int(d.get("gpu_count") or 0),
+        gpu_memory_gb=float(d.get("gpu_memory_gb") or 0.0), os=d.get("os"), worker=d.get("worker"),
+        group=d.get("group"))
+
+
+class TaskRecord:
+    """A task's row (the seed's Task model) plus what the loop needs of it on the hot path.
+
+    ``spec`` is the scheduler's view (dependencies, requirements, slots, retry limit ...), fixed at
+    submit; ``parameters`` and ``metadata`` are fixed too. The other attributes change as the
+    scheduler instructs. ``stored`` tells the store an INSERT already happened; ``sent`` is when
+    the current attempt went out (perf_counter), for the dispatch latency figures."""
+
+    __slots__ = ("attempt", "create_time", "end_time", "error", "metadata", "parameters", "priority", "results",
+                 "sent", "spec", "start_time", "status", "status_reason", "stored", "task_id", "test_id",
+                 "timeout", "type", "worker_id")
+
+    def __init__(self, spec: TaskSpec, *, type: str, parameters: dict[str, Any], timeout: float | None,
+                 metadata: dict[str, Any] | None, create_time: float, status: str = PENDING) -> None:
+        self.spec = spec
+        self.task_id = spec.task_id
+        self.type = type
+        self.parameters = parameters
+        self.timeout = timeout
+        self.metadata = metadata or None
+        self.create_time = create_time
+        self.priority = spec.priority
+        self.test_id = spec.test_id
+        self.status = status
+        self.status_reason: str | None = None
+        self.start_time: float | None = None
+        self.end_time: float | None = None
+        self.worker_id: str | None = None
+        self.results: str | None = None
+        self.error: str | None = None
+        self.attempt = 0
+        self.stored = False
+        self.sent: float | None = None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> TaskRecord:
+        """A task loaded back from SQLite (JSON columns decoded), as it was stored."""
+        meta = row.get("metadata") if isinstance(row.get("metadata"), dict) else None
+        spec = TaskSpec(
+            task_id=row["task_id"], priority=int(row["priority"]),
+            dependencies=tuple(row.get("dependencies") or ()),
+            requirements=requirements_from_dict(row.get("requirements")),
+            test_id=row.get("test_id") or "", submit_time=row.get("create_time") or 0.0,
+            submission=str((meta or {}).get("submission", "")))
+        rec = cls(spec, type=row.get("type") or "command", parameters=row.get("parameters") or {},
+                  timeout=row.get("timeout"), metadata=meta, create_time=row.get("create_time") or 0.0,
+                  status=row.get("status") or PENDING)
+        for name in ("status_reason", "start_time", "end_time", "worker_id", "results", "error"):
+            setattr(rec, name, row.get(name))
+        rec.attempt = row.get("attempt") or 0
+        rec.stored = True
+        return rec
+
+    def public(self) -> dict[str, Any]:
+        """The whole task as the client API returns it (the seed's Task fields)."""
+        spec = self.spec
+        return {
+            "task_id": self.task_id, "type": self.type, "status": self.status, "priority": self.priority,
+            "create_time": self.create_time, "start_time": self.start_time, "end_time": self.end_time,
+            "worker_id": self.worker_id, "parameters": self.parameters or None,
+            "dependencies": list(spec.dependencies) or None,
+            "requirements": requirements_to_dict(spec.requirements), "results": self.results,
+            "error": self.error, "metadata": self.metadata, "timeout": self.timeout, "attempt": self.attempt,
+            "test_id": self.test_id, "status_reason": self.status_reason,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """What the window and the event stream need of a task: small, no JSON to decode."""
+        command = self.parameters.get("command") if self.parameters else None
+        return {
+            "task_id": self.task_id, "type": self.type, "status": self.status, "priority": self.priority,
+            "worker_id": self.worker_id, "create_time": self.create_time, "start_time": self.start_time,
+            "end_time": self.end_time, "attempt": self.attempt,
+            "command": command if isinstance(command, str) else None, "error": self.error,
+            "status_reason": self.status_reason, "test_id": self.test_id,
+            "why": self.error or self.status_reason,
+        }
+
+
+class WorkerRecord:
+    """An agent's row (the seed's Worker model) plus its live connection state.
+
+    ``identity`` is its ZeroMQ routing id; ``seen_at`` (monotonic) is what liveness is judged on,
+    ``last_seen`` (epoch) is what people are shown."""
+
+    __slots__ = ("capabilities", "current_task", "first_seen", "health_status", "hardware_id", "hostname",
+                 "identity", "last_seen", "metadata", "online", "performance_metrics", "seen_at", "slots",
+                 "status", "tags", "worker_id")
+
+    def __init__(self, worker_id: str, identity: bytes, *, hostname: str, slots: int,
+                 capabilities: dict[str, Any], tags: list[str], metadata: dict[str, Any], running: list[str],
+                 now: float, first_seen: float, seen_at: float) -> None:
+        self.worker_id = worker_id
+        self.identity = identity
+        self.hostname = hostname
+        self.status = "online"
+        self.hardware_id: str | None = capabilities.get("hardware_id")
+        self.capabilities = capabilities
+        self.tags = tags
+        self.slots = slots
+        self.last_seen = now
+        self.first_seen = first_seen
+        self.current_task = running
+        self.performance_metrics: dict[str, float] = {}
+        self.health_status: dict[str, Any] = {"state": "healthy"}
+        self.metadata = metadata
+        self.seen_at = seen_at
+        self.online = True
+
+    def public(self) -> dict[str, Any]:
+        """The seed's Worker fields, as the client API returns them."""
+        return {name: getattr(self, name) for name in WORKER_FIELDS}
+
+    def summary(self) -> dict[str, Any]:
+        """What the window's worker table shows."""
+        pm = self.performance_metrics
+        return {
+            "worker_id": self.worker_id, "hostname": self.hostname, "status": self.status, "slots": self.slots,
+            "running": len(self.current_task), "last_seen": self.last_seen,
+            "cpu_percent": pm.get("cpu_percent"), "memory_percent": pm.get("memory_percent"),
+            "hardware_id": self.hardware_id, "tags": self.tags,
+        }
+
+
+WORKER_FIELDS: tuple[str, ...] = ("worker_id", "hostname", "status", "hardware_id", "capabilities", "tags", "slots",
+                                  "last_seen", "first_seen", "current_task", "performance_metrics",
+                                  "health_status", "metadata")
 
 
 class Result(msgspec.Struct, frozen=True, kw_only=True):

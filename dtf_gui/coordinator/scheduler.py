@@ -5,7 +5,7 @@
 
 The coordinator loop feeds it what happened (:data:`Event`: :class:`Submit`, :class:`FinishReported`,
 ...) and carries out what it answers (:data:`Instruction`: :class:`Dispatch`, :class:`StatusChanged`,
-:class:`Rejected`, :class:`CancelOnWorker`), in order. A refused event (an unknown task, a bad spec,
+:class:`Rejected`, :class:`CancelOnWorker`, :class:`PriorityChanged`), in order. A refused event (an unknown task, a bad spec,
 a worker that cannot take a pinned task) comes back as a :class:`Rejected` among the instructions
 of the same call; there is no other channel.
 
@@ -91,7 +91,7 @@ from dtf_gui.coordinator.balancer import DurationPredictor, Strategy, load_strat
 
 __all__ = [
     "HIGHER_PRIORITY_FIRST", "Adopt", "CancelOnWorker", "CancelRequested", "Dispatch", "Event", "FinishReported",
-    "Instruction", "Pin", "Rejected", "Requirements", "Retry", "Scheduler", "SchedulerConfig", "SetPriority",
+    "Instruction", "Pin", "PriorityChanged", "Rejected", "Requirements", "Retry", "Scheduler", "SchedulerConfig", "SetPriority",
     "StartReported", "StatusChanged", "Submit", "SubmitBatch", "TaskSpec", "Tick", "Unpin", "WorkerLost",
     "WorkerSpec", "WorkerUp", "mismatch",
 ]
@@ -312,9 +312,14 @@ class CancelOnWorker(msgspec.Struct, frozen=True):
     worker_id: str
 
 
+class PriorityChanged(msgspec.Struct, frozen=True):
+    task_id: str
+    priority: int
+
+
 Event = (Submit | SubmitBatch | CancelRequested | WorkerUp | WorkerLost | StartReported | FinishReported | Pin
          | Unpin | SetPriority | Retry | Tick | Adopt)
-Instruction = Dispatch | StatusChanged | Rejected | CancelOnWorker
+Instruction = Dispatch | StatusChanged | Rejected | CancelOnWorker | PriorityChanged
 
 
 # ----------------------------------------------------------------------------- matching
@@ -1350,6 +1355,7 @@ class Scheduler:
         if t.state in TERMINAL_STATUSES:
             return self._reject(ev.task_id, f"cannot set priority: task already {t.state}", out)
         t.priority = ev.priority
+        out.append(PriorityChanged(t.task_id, ev.priority))
         if t.where in (_W_QUEUE, _W_PIN):
             self._unqueue(t)
             self._place(t, out)

@@ -14,15 +14,15 @@ from pathlib import Path
 
 def main() -> int:
     from dtf_gui.client import Client
-    from dtf_gui.coordinator.server import Coordinator, ServerSettings
+    from dtf_gui.coordinator.config import ephemeral_settings
+    from dtf_gui.coordinator.server import Coordinator
 
     present = [m for m in ("PySide6", "pyqtgraph") if importlib.util.find_spec(m) is not None]
     if present:
         print(f"coordinator self-check FAILED: {', '.join(present)} installed in a server-only environment")
         return 1
     with tempfile.TemporaryDirectory() as tmp:
-        coord = Coordinator(ServerSettings(client_port=0, agent_port=0, events_port=0,
-                                           db_path=str(Path(tmp) / "check.sqlite"))).start()
+        coord = Coordinator(ephemeral_settings(Path(tmp) / "check.sqlite")).start()
         try:
             with Client(coord.endpoint("clients"), timeout=10) as c:
                 task = c.call("create_task", {"type": "noop"})

@@ -27,6 +27,8 @@ from typing import Any
 import msgspec
 import sqlite_utils
 
+from dtf_gui.coordinator.records import Result, TaskRecord, WorkerRecord, requirements_to_dict
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -53,14 +55,16 @@ TASK_COLUMNS: tuple[str, ...] = (
     "test_id",
     "status_reason",
 )
-# Stored as JSON text. In memory the coordinator keeps these columns already encoded (they
-# rarely change), so a flush is one itemgetter call per task, not a json.dumps per column.
-_JSON_TASK_COLUMNS = frozenset({"parameters", "dependencies", "requirements", "metadata"})
-_task_row = operator.itemgetter(*TASK_COLUMNS)
+# Stored as JSON text; fixed at submit, so they are encoded once, when the row is first inserted.
+_JSON_TASK_COLUMNS = ("parameters", "dependencies", "requirements", "metadata")
+# The other columns are TaskRecord attributes of the same name: one attrgetter call reads a whole
+# row (in C, under the GIL: a consistent snapshot however the loop changes the record after).
+_PLAIN_TASK_COLUMNS = tuple(c for c in TASK_COLUMNS if c not in _JSON_TASK_COLUMNS)
+_task_plain_row = operator.attrgetter(*_PLAIN_TASK_COLUMNS)
 TASK_MUTABLE_COLUMNS: tuple[str, ...] = (
     "status", "priority", "start_time", "end_time", "worker_id", "results", "error", "attempt", "status_reason",
 )
-_task_update_row = operator.itemgetter(*TASK_MUTABLE_COLUMNS, "task_id")
+_task_update_row = operator.attrgetter(*TASK_MUTABLE_COLUMNS, "task_id")
 
 RESULT_COLUMNS: tuple[str, ...] = (
     "result_id",
@@ -157,9 +161,6 @@ def json_or_none(value: Any) -> str | None:
     return _json_encode(value).decode()
 
 
-_dumps = json_or_none
-
-
 def _loads(value: str | None) -> Any:
     if value is None or value == "":
         return None
@@ -208,14 +209,13 @@ def connect_readonly(path: str | Path) -> sqlite3.Connection:
     return conn
 
 
-def encode_task(task: dict[str, Any]) -> dict[str, Any]:
-    """A task dict with plain values -> storage form (all columns, JSON columns encoded)."""
-    out = {c: task.get(c) for c in TASK_COLUMNS}
-    for key in _JSON_TASK_COLUMNS:
-        value = out[key]
-        if value is not None and not isinstance(value, str):
-            out[key] = _dumps(value)
-    return out
+def _task_insert_row(t: TaskRecord) -> tuple[Any, ...]:
+    """The whole row of a task never written before, in ``_TASK_INSERT_COLUMNS`` order."""
+    return (*_task_plain_row(t), json_or_none(t.parameters), json_or_none(list(t.spec.dependencies)),
+            json_or_none(requirements_to_dict(t.spec.requirements)), json_or_none(t.metadata))
+
+
+_TASK_INSERT_COLUMNS = (*_PLAIN_TASK_COLUMNS, *_JSON_TASK_COLUMNS)
 
 
 def task_row_to_dict(row: Sequence[Any]) -> dict[str, Any]:
@@ -244,7 +244,7 @@ class _Batch:
     """What one flush writes. Tasks are the live records; their rows are read in ``_write``: on the
     writer thread in background mode, so building thousands of rows does not stall the loop."""
 
-    tasks: list[dict[str, Any]]
+    tasks: list[TaskRecord]
     workers: list[tuple[Any, ...]]
     results: list[tuple[Any, ...]]
     metrics: list[tuple[str, str, float]]
@@ -328,7 +328,7 @@ class Store:
             self._reader = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
             self._reader.execute("PRAGMA busy_timeout=5000")
             self._writer = _Writer(self)
-        self._tasks: dict[str, dict[str, Any]] = {}
+        self._tasks: dict[str, TaskRecord] = {}
         self._workers: dict[str, tuple[Any, ...]] = {}
         self._results: list[tuple[Any, ...]] = []
         self._metrics: list[tuple[str, str, float]] = []
@@ -336,9 +336,9 @@ class Store:
         self._retracted: list[tuple[str, str]] = []
         self._last_flush = time.monotonic()
         self.rows_written = 0
-        cols = ",".join(TASK_COLUMNS)
-        marks = ",".join("?" * len(TASK_COLUMNS))
-        updates = ",".join(f"{c}=excluded.{c}" for c in TASK_COLUMNS[1:])
+        cols = ",".join(_TASK_INSERT_COLUMNS)
+        marks = ",".join("?" * len(_TASK_INSERT_COLUMNS))
+        updates = ",".join(f"{c}=excluded.{c}" for c in _TASK_INSERT_COLUMNS[1:])
         self._task_sql = f"INSERT INTO tasks ({cols}) VALUES ({marks}) ON CONFLICT(task_id) DO UPDATE SET {updates}"
         # A task already written once only changes these columns afterwards: a narrow UPDATE.
         self._task_update_sql = (
@@ -356,38 +356,37 @@ class Store:
 
     # -- buffered writes ----------------------------------------------------------------------
 
-    def put_task(self, task: dict[str, Any]) -> None:
-        """Queue a task for writing. ``task`` is the live record in storage form (every
-        TASK_COLUMNS key present, JSON columns already encoded, see :func:`encode_task`); it is
-        read at flush time, so its last state before a flush is what lands."""
-        self._tasks[task["task_id"]] = task
+    def put_task(self, task: TaskRecord) -> None:
+        """Queue a task for writing. The live record is read at flush time, so its last state
+        before a flush is what lands (one row write however often it changed)."""
+        self._tasks[task.task_id] = task
         self._maybe_flush()
 
-    def put_worker(self, worker: dict[str, Any]) -> None:
-        self._workers[worker["worker_id"]] = tuple(
-            _dumps(worker.get(c)) if c in _JSON_WORKER_COLUMNS else worker.get(c) for c in WORKER_COLUMNS
+    def put_worker(self, w: WorkerRecord) -> None:
+        """Queue a worker's row; read now (heartbeats change the record in place)."""
+        self._workers[w.worker_id] = tuple(
+            json_or_none(getattr(w, c)) if c in _JSON_WORKER_COLUMNS else getattr(w, c) for c in WORKER_COLUMNS
         )
         self._maybe_flush()
 
-    def put_result(self, result: dict[str, Any]) -> None:
+    def put_result(self, r: Result) -> None:
         """Queue a result row and its metrics in the long table. The caller has already
         decided that this result is new (the coordinator deduplicates by task attempt);
         INSERT OR IGNORE on the primary key is the last guard."""
-        g = result.get
-        metrics = g("metrics") or {}
+        metrics = r.metrics
+        rid = r.result_id
         self._results.append((
-            result["result_id"], g("task_id"), g("worker_id"), g("test_id"), g("timestamp"), g("status"),
-            g("execution_time"), g("exit_code"), g("error"), _dumps(metrics), _dumps(g("hardware_metrics")),
-            _dumps(g("environment")), _dumps(g("raw_data")), _dumps(g("metadata")), g("attempt"),
+            rid, r.task_id, r.worker_id, r.test_id, r.timestamp, r.status, r.execution_time, r.exit_code, r.error,
+            json_or_none(metrics), json_or_none(r.hardware_metrics), json_or_none(r.environment),
+            json_or_none(r.raw_data), json_or_none(r.metadata), r.attempt,
         ))
-        rid = result["result_id"]
         for name, value in metrics.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self._metrics.append((rid, name, float(value)))
         self._maybe_flush()
 
     def put_event(self, kind: str, subject: str, data: dict[str, Any], when: float | None = None) -> None:
-        self._events.append((time.time() if when is None else when, kind, subject, _dumps(data) or "{}"))
+        self._events.append((time.time() if when is None else when, kind, subject, json_or_none(data) or "{}"))
 
     def retract_events(self, kind: str, subjects: Iterable[str]) -> None:
         """Mark earlier events as withdrawn (kind becomes KIND_retracted): kept for the record,
@@ -458,18 +457,19 @@ class Store:
         return batch
 
     @staticmethod
-    def _task_rows(tasks: list[dict[str, Any]]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        """INSERT rows for tasks never written, UPDATE rows for the others. itemgetter reads a live
-        task in one C call under the GIL, so each row is a consistent snapshot even while the loop
-        thread goes on changing tasks; a task changed after its snapshot is queued again by put_task
-        and written by a later batch, after this one (the writer keeps order)."""
+    def _task_rows(tasks: list[TaskRecord]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """INSERT rows for tasks never written, UPDATE rows for the others. attrgetter reads a
+        live task's changing columns in one C call under the GIL, so each row is a consistent
+        snapshot even while the loop thread goes on changing tasks; a task changed after its
+        snapshot is queued again by put_task and written by a later batch, after this one (the
+        writer keeps order)."""
         new, known = [], []
         for t in tasks:
-            if t.get("_stored"):
+            if t.stored:
                 known.append(_task_update_row(t))
             else:
-                new.append(_task_row(t))
-                t["_stored"] = True
+                new.append(_task_insert_row(t))
+                t.stored = True
         return new, known
 
     def _write(self, b: _Batch) -> None:
@@ -516,6 +516,25 @@ class Store:
 
     def load_workers(self) -> list[dict[str, Any]]:
         return [worker_row_to_dict(r) for r in self.query(f"SELECT {','.join(WORKER_COLUMNS)} FROM workers")]
+
+    def mark_workers_offline(self) -> int:
+        """Every stored worker offline (at start: none is connected yet); returns how many changed."""
+        self.flush(wait=True)  # the writer thread is idle after this, so its connection is free
+        return self.conn.execute("UPDATE workers SET status = 'offline' WHERE status != 'offline'").rowcount
+
+    def duration_history(self, per_test: int) -> list[tuple[str, str, float]]:
+        """(test_id, hardware, seconds) of the latest successful runs, at most ``per_test`` per
+        test, oldest first: what the scheduler's duration predictor is seeded with at start.
+
+        Hardware is what the task asked for (the predictor's key), "cpu" when it asked for none.
+        One index probe per test id (results are indexed by test and time), not a scan of them all."""
+        sql = (
+            "SELECT r.test_id, lower(COALESCE(json_extract(t.requirements, '$.hardware'), 'cpu')), "
+            "r.execution_time FROM (SELECT DISTINCT test_id FROM results WHERE test_id != '') d "
+            "JOIN results r ON r.rowid IN (SELECT rowid FROM results WHERE test_id = d.test_id "
+            "AND status = 'success' AND execution_time IS NOT NULL ORDER BY timestamp DESC LIMIT ?) "
+            "JOIN tasks t ON t.task_id = r.task_id ORDER BY r.timestamp")
+        return [(str(a), str(b), float(c)) for a, b, c in self.query(sql, (per_test,))]
 
     def load_results(self, where: str = "", params: Iterable[Any] = ()) -> list[dict[str, Any]]:
         sql = f"SELECT {','.join(RESULT_COLUMNS)} FROM results {where}"

@@ -14,8 +14,8 @@ from PySide6.QtWidgets import QApplication, QMessageBox
 
 from dtf_agent.paths import remove_coordinator_file, write_coordinator_file
 from dtf_agent.transport import hostname
+from dtf_gui.coordinator.config import ServerSettings
 from dtf_gui.coordinator.local_agent import LocalAgent
-from dtf_gui.coordinator.server import ServerSettings
 from dtf_gui.ui.bridge import CoordinatorBridge
 from dtf_gui.ui.main_window import MainWindow
 

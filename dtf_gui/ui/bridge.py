@@ -15,7 +15,8 @@ from PySide6.QtCore import QObject, Signal
 
 from dtf_agent import protocol as p
 from dtf_gui.coordinator.api import ApiError
-from dtf_gui.coordinator.server import Coordinator, ServerSettings
+from dtf_gui.coordinator.config import ServerSettings
+from dtf_gui.coordinator.server import Coordinator
 
 log = logging.getLogger(__name__)
 

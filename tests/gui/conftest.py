@@ -13,12 +13,12 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 @pytest.fixture
 def gui_session(qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
-    from dtf_gui.coordinator.server import ServerSettings
+    from dtf_gui.coordinator.config import ephemeral_settings
     from dtf_gui.ui.app import Session
 
     monkeypatch.setenv("DTF_HOME", str(tmp_path))
-    settings = ServerSettings(client_port=0, agent_port=0, events_port=0, db_path=str(tmp_path / "dtf.sqlite"),
-                              heartbeat_interval=1.0, heartbeat_timeout=10.0)
+    settings = ephemeral_settings(tmp_path / "dtf.sqlite",
+                                  health_monitor={"heartbeat_interval": 1.0, "heartbeat_timeout": 10.0})
     session = Session(settings, tmp_path, local_slots=2)
     qtbot.addWidget(session.window)
     session.window.show()

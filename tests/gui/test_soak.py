@@ -18,13 +18,13 @@ SOAK = textwrap.dedent('''
     import numpy as np
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
-    from dtf_gui.coordinator.server import ServerSettings
+    from dtf_gui.coordinator.config import ephemeral_settings
     from dtf_gui.ui.app import Session
 
     home = Path(tempfile.mkdtemp())
     os.environ["DTF_HOME"] = str(home)
     app = QApplication([])
-    settings = ServerSettings(client_port=0, agent_port=0, events_port=0, db_path=str(home / "db.sqlite"))
+    settings = ephemeral_settings(home / "db.sqlite")
     session = Session(settings, home, local_slots=2)
     session.window.show()
     curve = session.window.throughput.curve

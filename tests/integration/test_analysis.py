@@ -11,6 +11,8 @@ from typing import Any
 
 from dtf_agent import protocol as p
 from dtf_gui.client import Client
+from dtf_gui.coordinator.aggregator import Finding
+from dtf_gui.coordinator.records import Result
 from dtf_gui.coordinator.store import connect_readonly
 from tests.helpers import cli, dtf_command, wait_until
 
@@ -115,16 +117,19 @@ def test_findings_reach_subscribers_as_events(serve):
 # Custom processors, loaded by the coordinator through their import paths.
 
 
-def tag_findings(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{**f, "reviewed_by": "custom-postprocessor"} for f in findings]
+def tag_findings(findings: list[Finding]) -> list[Finding]:
+    for f in findings:
+        f.notes["reviewed_by"] = "custom-postprocessor"
+    return findings
 
 
-def drop_warmup(result: dict[str, Any]) -> dict[str, Any] | None:
-    return None if (result.get("metrics") or {}).get("warmup") else result
+def drop_warmup(result: Result) -> Result | None:
+    return None if result.metrics.get("warmup") else result
 
 
 def test_custom_result_processors_are_loaded_and_applied(coordinator, procs):
-    coord = coordinator(postprocessors=[f"{__name__}:tag_findings"], preprocessors=[f"{__name__}:drop_warmup"])
+    coord = coordinator(result_aggregator={"postprocessors": [f"{__name__}:tag_findings"],
+                                           "preprocessors": [f"{__name__}:drop_warmup"]})
     procs.start("agent", dtf_command("dtf-agent") + ["--coordinator", coord.endpoint("agents"), "--worker-id", "w",
                                                       "--slots", "1"])
     with Client(coord.endpoint("clients")) as c:
@@ -145,7 +150,7 @@ def test_custom_result_processors_are_loaded_and_applied(coordinator, procs):
             return [json.loads(r[0]) for r in rows]
 
         found = wait_until(findings, 15, message="no change point recorded")
-    assert all(f["reviewed_by"] == "custom-postprocessor" for f in found)
+    assert all(f["notes"]["reviewed_by"] == "custom-postprocessor" for f in found)
     # Without the warm-up runs the step is the only change: it sits at run 12 of the measured ones.
     assert [f["index"] for f in found] == [N // 2]
 

@@ -28,7 +28,7 @@ def test_agent_without_an_address_finds_the_coordinator_over_mdns(serve, tmp_pat
 
 def test_advertisement_carries_the_endpoints(coordinator):
     name = f"dtf-adv-{os.getpid()}"
-    coord = coordinator(advertise=True, service_name=name)
+    coord = coordinator(server={"advertise": True, "service_name": name})
     ad = wait_until(lambda: discovery.find_coordinator(["127.0.0.1"], timeout=3.0, name=name), 20)
     assert ad.agent_endpoint == coord.endpoint("agents")
     assert ad.client_port == coord.ports["clients"] and ad.events_port == coord.ports["events"]

@@ -134,10 +134,9 @@ def test_dtf_assign_pins_a_waiting_task_to_the_chosen_worker(serve):
 
 def test_worker_cap_keeps_one_submission_on_one_worker_at_a_time(coordinator, procs):
     from dtf_gui.client import Client
-    from dtf_gui.coordinator.scheduler import SchedulerConfig
     from tests.helpers import dtf_command
 
-    coord = coordinator(scheduler=SchedulerConfig(worker_cap=1, strategy="fair_share"))
+    coord = coordinator(load_balancer={"worker_cap": 1, "strategy": "fair_share"})
     for name in ("w1", "w2"):
         procs.start(name, dtf_command("dtf-agent") + ["--coordinator", coord.endpoint("agents"), "--worker-id",
                                                       name, "--slots", "2"])

@@ -7,7 +7,8 @@ import threading
 import pytest
 
 from dtf_gui.coordinator.api import ApiError
-from dtf_gui.coordinator.server import Coordinator, ServerSettings
+from dtf_gui.coordinator.config import ephemeral_settings
+from dtf_gui.coordinator.server import Coordinator
 
 
 def test_request_runs_operations_in_the_loop(coordinator):
@@ -54,7 +55,6 @@ def test_many_threads_may_ask_at_once(coordinator):
 
 
 def test_request_to_a_stopped_coordinator_says_so(tmp_path):
-    coord = Coordinator(ServerSettings(client_port=0, agent_port=0, events_port=0,
-                                       db_path=str(tmp_path / "x.sqlite")))
+    coord = Coordinator(ephemeral_settings(tmp_path / "x.sqlite"))
     with pytest.raises(ApiError, match="not running"):
         coord.request("get_status")

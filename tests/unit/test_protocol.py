@@ -292,7 +292,7 @@ def test_real_agent_stops_with_the_refusal_reason(coord, tmp_path):
 
 def test_oversize_frame_is_refused_by_libzmq_and_the_loop_keeps_serving(coordinator):
     limit = 64 * 1024
-    coord = coordinator(max_message_size=limit)
+    coord = coordinator(server={"max_message_size": limit})
     big = _agent(coord, "big")
     monitor = big.sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
     try:

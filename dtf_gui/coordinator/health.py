@@ -1,0 +1,144 @@
+"""The worker table: registration, heartbeats, liveness (the health monitor).
+
+Owned by the coordinator's loop thread. It keeps one :class:`WorkerRecord` per agent, writes its
+row through the store, marks it for the window through the event hub, and answers with the
+scheduler events that follow from what happened (a worker came up, came back, or was lost); the
+loop feeds those to the scheduler. It sends nothing: sockets are the loop's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from dtf_agent import protocol as p
+from dtf_gui.coordinator import scheduler as sch
+from dtf_gui.coordinator.events import EventHub
+from dtf_gui.coordinator.records import WorkerRecord
+from dtf_gui.coordinator.store import Store
+
+log = logging.getLogger(__name__)
+
+__all__ = ["WorkerTable", "worker_spec"]
+
+
+def worker_spec(w: WorkerRecord) -> sch.WorkerSpec:
+    """The scheduler's view of a worker: what it offers, from what the agent detected."""
+    caps = w.capabilities
+    return sch.WorkerSpec(
+        worker_id=w.worker_id, slots=w.slots, tags=frozenset(w.tags),
+        hardware=frozenset(caps.get("hardware") or ("cpu",)),
+        memory_gb=float(caps.get("memory_gb") or float("inf")), gpus=int(caps.get("gpu_count") or 0),
+        gpu_memory_gb=float(caps.get("gpu_memory_gb") or 0.0), os=str(caps.get("os") or ""),
+        groups=frozenset(w.metadata.get("groups") or ()),
+    )
+
+
+class WorkerTable:
+    def __init__(self, store: Store, hub: EventHub, heartbeat_timeout: float) -> None:
+        self.store = store
+        self.hub = hub
+        self.heartbeat_timeout = heartbeat_timeout
+        self.workers: dict[str, WorkerRecord] = {}
+        self.by_identity: dict[bytes, str] = {}
+
+    def get(self, worker_id: str) -> WorkerRecord | None:
+        return self.workers.get(worker_id)
+
+    def __contains__(self, worker_id: str) -> bool:
+        return worker_id in self.workers
+
+    def ids(self) -> list[str]:
+        return sorted(self.workers)
+
+    def online_count(self) -> int:
+        return sum(1 for w in self.workers.values() if w.online)
+
+    def __len__(self) -> int:
+        return len(self.workers)
+
+    # -- what agents tell us ---------------------------------------------------------------------
+
+    def register(self, identity: bytes, msg: p.Register) -> tuple[WorkerRecord, list[sch.Event]]:
+        """A (re)registration: the new record and the scheduler events it implies."""
+        now = time.time()
+        old = self.workers.get(msg.worker_id)
+        w = WorkerRecord(
+            msg.worker_id, identity, hostname=msg.hostname, slots=msg.slots, capabilities=msg.capabilities,
+            tags=msg.tags, metadata={"agent_version": msg.agent_version, "groups": msg.groups},
+            running=msg.running, now=now, first_seen=old.first_seen if old else now, seen_at=time.monotonic())
+        events: list[sch.Event] = []
+        if old is not None and old.online:
+            # The agent restarted (or reconnected) without us noticing it leave: what it no longer
+            # runs was lost with its previous life. Fed in the same scheduler call as the loop's
+            # adoptions of what it still runs, so nothing is dispatched elsewhere in between.
+            events.append(sch.WorkerLost(now, msg.worker_id))
+        self.workers[msg.worker_id] = w
+        self.by_identity[identity] = msg.worker_id
+        self.store.put_worker(w)
+        self.store.put_event("worker_online", msg.worker_id, {"hostname": msg.hostname, "slots": msg.slots})
+        self.hub.worker_changed(w)
+        log.info("agent %s (%s) registered with %d slot(s)", msg.worker_id, msg.hostname, msg.slots)
+        events.append(sch.WorkerUp(now, worker_spec(w)))
+        return w, events
+
+    def seen(self, identity: bytes) -> tuple[WorkerRecord | None, list[sch.Event]]:
+        """Any frame from a registered agent proves it alive; None when we do not know it (it
+        must register again). A worker that had been given up comes back."""
+        wid = self.by_identity.get(identity)
+        w = self.workers.get(wid) if wid else None
+        if w is None:
+            return None, []
+        w.seen_at = time.monotonic()
+        if w.online:
+            return w, []
+        w.online = True
+        w.status = p.ONLINE
+        w.health_status = {"state": "healthy"}
+        self.store.put_worker(w)
+        self.hub.worker_changed(w)
+        return w, [sch.WorkerUp(time.time(), worker_spec(w))]
+
+    def heartbeat(self, w: WorkerRecord, msg: p.Heartbeat) -> None:
+        w.last_seen = time.time()
+        w.performance_metrics = {"cpu_percent": msg.cpu_percent, "memory_percent": msg.memory_percent,
+                                 "disk_percent": msg.disk_percent}
+        w.current_task = msg.running
+        w.status = p.BUSY if msg.running else p.ONLINE
+        self.store.put_worker(w)
+        self.hub.worker_changed(w)
+
+    def gone(self, w: WorkerRecord, reason: str) -> list[sch.Event]:
+        """The worker is offline (it said goodbye, or went silent): its tasks go back to the queue."""
+        w.online = False
+        w.status = p.OFFLINE
+        w.health_status = {"state": "offline", "reason": reason}
+        self.store.put_worker(w)
+        self.store.put_event("worker_offline", w.worker_id, {"reason": reason})
+        self.hub.worker_changed(w)
+        return [sch.WorkerLost(time.time(), w.worker_id)]
+
+    # -- the loop's timers -----------------------------------------------------------------------
+
+    def sweep(self, now: float) -> list[sch.Event]:
+        """Workers silent for longer than the heartbeat timeout (``now`` is monotonic) are lost."""
+        events: list[sch.Event] = []
+        limit = self.heartbeat_timeout
+        for w in list(self.workers.values()):
+            if w.online and now - w.seen_at > limit:
+                log.warning("agent %s silent for %.0f s: offline, its tasks go back to the queue",
+                            w.worker_id, now - w.seen_at)
+                events.extend(self.gone(w, f"no heartbeat for {now - w.seen_at:.0f} s"))
+        return events
+
+    def mark_stored_offline(self) -> None:
+        """At start: workers a previous run left online are offline until they register again."""
+        self.store.mark_workers_offline()
+
+    def shutdown(self) -> None:
+        """At stop: every worker is offline as far as the next run knows."""
+        for wid, w in self.workers.items():
+            if w.online:
+                w.status = p.OFFLINE
+                self.store.put_worker(w)
+                log.debug("worker %s marked offline at shutdown", wid)
