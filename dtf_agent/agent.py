@@ -171,6 +171,7 @@ class Agent:
             protocol_version=p.PROTOCOL_VERSION, worker_id=self.s.worker_id, hostname=hostname(),
             agent_version=__version__, slots=self.s.slots, capabilities=self.capabilities,
             tags=list(self.s.tags), groups=list(self.s.groups), running=list(self.running),
+            finished=sorted({rec.task_id for rec, _sent in self.unacked.values()}),
         )
 
     def _heartbeat_msg(self) -> p.Heartbeat:

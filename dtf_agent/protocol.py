@@ -98,6 +98,9 @@ class Register(_Msg, tag="register"):
     groups: list[str] = msgspec.field(default_factory=list)
     # Tasks this agent is still running, so a restarted coordinator can pick them up again.
     running: list[str] = msgspec.field(default_factory=list)
+    # Tasks whose results this agent holds unacknowledged (it resends them after the Welcome): a
+    # restarted coordinator keeps them on this agent instead of running them again elsewhere.
+    finished: list[str] = msgspec.field(default_factory=list)
 
 
 class Heartbeat(_Msg, tag="heartbeat"):

@@ -392,7 +392,7 @@ class Coordinator:
         # and which finished tasks' results it is about to resend: keep that work on it rather
         # than run it a second time.
         now = time.time()
-        for tid in msg.running:
+        for tid in (*msg.running, *msg.finished):
             task = self.tasks.get(tid)
             if task is not None and (task.status == p.PENDING or task.worker_id == w.worker_id) \
                     and task.status not in p.TERMINAL_STATUSES:

@@ -89,3 +89,43 @@ def test_coordinator_restart_adopts_the_task_an_agent_kept_running(procs: Proces
     # Adopted, not dispatched again: a second dispatch would have been attempt 2.
     assert t["result_list"][0]["attempt"] == 1
     assert marker.read_text().count("run") == 1, "the task ran twice"
+
+
+def test_a_result_held_through_a_coordinator_restart_completes_the_task_without_a_rerun(tmp_path: Path):
+    """The task finished while the coordinator was down: the agent names it in its Register and
+    resends the result; the restarted coordinator must not hand it out again meanwhile."""
+    from dtf_agent import protocol as p
+    from dtf_gui.coordinator.config import ephemeral_settings
+    from dtf_gui.coordinator.server import Coordinator
+    from tests.helpers import FakeAgent
+
+    db = tmp_path / "dtf.sqlite"
+    port = free_port()
+    first = Coordinator(ephemeral_settings(db, server={"agent_port": port})).start()
+    fake = FakeAgent(first.endpoint("agents"), "holder")
+    second: Coordinator | None = None
+    try:
+        fake.register()
+        fake.recv(p.Welcome)
+        tid = first.request("create_task", {"command": "true"})["task_id"]
+        (spec,) = fake.recv(p.Assign).tasks
+        first.stop()
+        second = Coordinator(ephemeral_settings(db, server={"agent_port": port})).start()
+        fake.send(p.Register(protocol_version=p.PROTOCOL_VERSION, worker_id="holder", hostname="fakehost",
+                             finished=[tid]))
+        fake.recv(p.Welcome)
+        fake.send(p.Results(results=[p.ResultRecord(result_id="held-1", task_id=tid, status="success",
+                                                     attempt=spec.attempt)]))
+        ack = fake.recv(p.ResultAck)
+        assert ack.result_ids == ["held-1"]
+        coord = second
+        t = wait_until(lambda: (x := coord.request("get_task", {"task_id": tid}))["status"] == "completed" and x, 10)
+        assert [r["result_id"] for r in t["result_list"]] == ["held-1"]
+        # The coordinator handles one agent's frames in order: an Assign caused by the Register
+        # would have been sent before this ResultAck.
+        assert not [m for m in fake.inbox if isinstance(m, p.Assign)], "the finished task was dispatched again"
+    finally:
+        fake.close()
+        first.stop()
+        if second is not None:
+            second.stop()
