@@ -8,7 +8,6 @@ sort plus O(n) numpy work, whatever the number of groups.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -20,16 +19,6 @@ STAT_NAMES: tuple[str, ...] = (
     "count", "mean", "median", "std", "min", "max", "p5", "p25", "p75", "p95", "p99",
     "ci95_low", "ci95_high", "cv",
 )
-
-
-def factorize(keys: Sequence[Any] | NDArray[Any]) -> tuple[NDArray[np.intp], NDArray[Any]]:
-    """(codes, uniques) such that uniques[codes] == keys."""
-    arr = np.asarray(keys, dtype=object) if not isinstance(keys, np.ndarray) else keys
-    if arr.dtype == object:
-        # None sorts badly against strings; map it to a string label first.
-        arr = np.where(np.equal(arr, None), "(none)", arr).astype(str)
-    uniques, codes = np.unique(arr, return_inverse=True)
-    return codes.astype(np.intp), uniques
 
 
 def group_stats(codes: NDArray[np.integer] | Sequence[int], values: NDArray[np.float64] | Sequence[float],
