@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from dtf_agent.protocol import PENDING
+from dtf_agent.protocol import PENDING, ResultRecord
 from dtf_gui.coordinator.scheduler import NO_REQUIREMENTS, Requirements, TaskSpec
 
 __all__ = ["Result", "TaskRecord", "WorkerRecord", "requirements_from_dict", "requirements_to_dict"]
@@ -199,3 +199,14 @@ class Result(msgspec.Struct, frozen=True, kw_only=True):
     raw_data: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
     attempt: int = 1
+
+    @classmethod
+    def reported(cls, rec: ResultRecord, worker_id: str, test_id: str, now: float) -> Result:
+        """What an agent reported (``rec``), attributed to the worker whose connection it came on;
+        ``test_id`` is the task's, used when the agent named none."""
+        tails = {"stdout_tail": rec.stdout_tail, "stderr_tail": rec.stderr_tail}
+        return cls(result_id=rec.result_id, task_id=rec.task_id, worker_id=worker_id, test_id=rec.test_id or test_id,
+                   timestamp=rec.end_time or now, status=rec.status, execution_time=rec.execution_time,
+                   exit_code=rec.exit_code, error=rec.error, metrics=rec.metrics,
+                   hardware_metrics=rec.hardware_metrics,
+                   raw_data=tails if (rec.stdout_tail or rec.stderr_tail) else None, attempt=rec.attempt)

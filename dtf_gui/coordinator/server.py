@@ -22,10 +22,9 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
-import msgspec
 import zmq
 
 from dtf_agent import discovery
@@ -33,14 +32,13 @@ from dtf_agent import protocol as p
 from dtf_agent.inbox import Inbox
 from dtf_agent.transport import bind, hostname, make_socket
 from dtf_gui.coordinator import scheduler as sch
-from dtf_gui.coordinator.aggregator import Finding, LiveDetector, ResultQueries
+from dtf_gui.coordinator.analysis import Analysis
 from dtf_gui.coordinator.api import ApiError, ClientApi, Deferred
 from dtf_gui.coordinator.config import ServerSettings
 from dtf_gui.coordinator.events import EventHub, EventSink
 from dtf_gui.coordinator.health import WorkerTable
-from dtf_gui.coordinator.plugins import load_callable
 from dtf_gui.coordinator.records import Result, TaskRecord, WorkerRecord
-from dtf_gui.coordinator.state import TaskTable
+from dtf_gui.coordinator.state import TaskTable, recover
 from dtf_gui.coordinator.store import Store
 from dtf_gui.coordinator.telemetry import Counters, DispatchLatency
 
@@ -83,18 +81,14 @@ class Coordinator:
         self._instruction_handlers: dict[type, Callable[[Any], None]] = {
             sch.Dispatch: self._do_dispatch,
             sch.StatusChanged: self._do_status,
-            sch.Rejected: _refusal_goes_back_to_the_caller,
+            # Whoever fed the refused event reads the refusal from the instructions (submit, command).
+            sch.Rejected: lambda ins: None,
             sch.CancelOnWorker: self._do_cancel_on_worker,
             sch.PriorityChanged: self._do_priority,
         }
-        # Analysis (aggregations, change points) runs on one thread of its own so a query over a
-        # million rows never stalls dispatch; its answers come back to this loop through the inbox.
-        self._analysis = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dtf-analysis")
         # Callables run by the loop: requests from other threads of this process (the window),
         # answers of the analysis thread.
         self.inbox: Inbox[Callable[[], None]] = Inbox()
-        self._fresh_results: list[Result] = []
-        self._fresh_test_ids: set[str] = set()
 
     # -- lifecycle (any thread) -------------------------------------------------------------------
 
@@ -177,7 +171,7 @@ class Coordinator:
 
     def _open(self) -> None:
         cfg = self.cfg
-        srv, db, agg = cfg.server, cfg.database, cfg.result_aggregator
+        srv, db = cfg.server, cfg.database
         self.store = Store(self.s.db_path, batch_size=db.batch_size, flush_interval=db.flush_interval,
                            background=True)
         self.workers = WorkerTable(self.store, self.hub, cfg.health_monitor.heartbeat_timeout)
@@ -193,14 +187,11 @@ class Coordinator:
             "clients": bind(self.clients, srv.host, srv.port),
             "events": bind(pub, srv.host, srv.events_port),
         }
-        self.detector = LiveDetector(self.s.db_path, anomaly_threshold=agg.anomaly_threshold)
-        self.queries = ResultQueries(self.s.db_path, anomaly_threshold=agg.anomaly_threshold,
-                                     cache_ttl=agg.cache_ttl, comparative_lookback_days=agg.comparative_lookback_days)
-        for stage, paths in (("preprocess", agg.preprocessors), ("postprocess", agg.postprocessors)):
-            for path in paths:
-                self.detector.add_processor(stage, load_callable(path, f"result_aggregator.{stage}ors"))
+        self.analysis = Analysis(self.s.db_path, cfg.result_aggregator, inbox=self.inbox, store=self.store,
+                                 hub=self.hub, counters=self.counters)
         self.api = ClientApi(tasks=self.tasks, workers=self.workers, sched=self.sched, store=self.store,
-                             queries=self.queries, commands=self, coordinator_id=self.s.coordinator_id)
+                             queries=self.analysis.queries, commands=self, coordinator_id=self.s.coordinator_id)
+        self.workers.mark_stored_offline()
         self._recover()
         self.advertiser: discovery.Advertiser | None = None
         if srv.advertise:
@@ -218,10 +209,8 @@ class Coordinator:
         made = self.__dict__
         if made.get("advertiser") is not None:
             self.advertiser.close()
-        self._analysis.shutdown(wait=True, cancel_futures=True)
-        for name in ("detector", "queries"):
-            if name in made:
-                made[name].close()
+        if "analysis" in made:
+            self.analysis.close()
         self.inbox.close()
         try:
             if "workers" in made:
@@ -234,29 +223,9 @@ class Coordinator:
                     sock.close(linger=0)
 
     def _recover(self) -> None:
-        """State comes back from SQLite: unfinished tasks are queued again, in the order they came,
-        and the duration history that placement predicts from is seeded."""
-        for test_id, hardware, seconds in self.store.duration_history(self.sched.config.history_window):
-            self.sched.record_duration(test_id, hardware, seconds)
-        self.workers.mark_stored_offline()
-        rows = self.store.load_tasks("WHERE status NOT IN ('completed','failed','cancelled') ORDER BY create_time")
-        now = time.time()
-        for row in rows:
-            task = TaskRecord.from_row(row)
-            ins = self.sched.handle([sch.Submit(now, task.spec)])
-            refused = _rejection(ins, task.task_id)
-            if refused is not None:
-                log.warning("task %s cannot be recovered: %s", task.task_id, refused)
-                task.status_reason = f"not recovered after a coordinator restart: {refused}"
-                self.store.put_task(task)
-                continue
-            if task.status != p.PENDING:
-                task.worker_id = None
-                task.start_time = None
-            task.status = p.PENDING
-            self.tasks.add(task)
-            self._carry_out(ins)
-        if rows:
+        ins = recover(self.store, self.sched, self.tasks)
+        self._carry_out(ins)
+        if self.tasks.active:
             log.info("recovered %d unfinished task(s) from %s", len(self.tasks.active), self.s.db_path)
 
     def _loop(self) -> None:
@@ -321,13 +290,7 @@ class Coordinator:
             self.counters.loop_errors += 1
             log.exception("coordinator: writing to %s failed; will retry", self.s.db_path)
             return
-        # The results are in the writer's hands, in order: analysis reads them after this point.
-        if self._fresh_results:
-            batch, self._fresh_results = self._fresh_results, []
-            self._offload(lambda: self.detector.ingest(batch), self._on_findings)
-        if self._fresh_test_ids:
-            ids, self._fresh_test_ids = self._fresh_test_ids, set()
-            self._offload(lambda: self.queries.invalidate(ids), _log_failure)
+        self.analysis.after_flush()
 
     def _run_inbox(self) -> None:
         for call in self.inbox.take():
@@ -442,18 +405,10 @@ class Coordinator:
                     or task.worker_id != w.worker_id or rec.task_id in finished_here):
                 self.counters.duplicate_results += 1
                 continue
-            result = Result(
-                result_id=rec.result_id, task_id=rec.task_id, worker_id=w.worker_id,
-                test_id=rec.test_id or task.test_id, timestamp=rec.end_time or now, status=rec.status,
-                execution_time=rec.execution_time, exit_code=rec.exit_code, error=rec.error, metrics=rec.metrics,
-                hardware_metrics=rec.hardware_metrics,
-                raw_data={"stdout_tail": rec.stdout_tail, "stderr_tail": rec.stderr_tail}
-                if (rec.stdout_tail or rec.stderr_tail) else None, attempt=rec.attempt)
+            result = Result.reported(rec, w.worker_id, task.test_id, now)
             store.put_result(result)
             finished_here.add(rec.task_id)
-            if rec.metrics:
-                self._fresh_results.append(result)
-            self._fresh_test_ids.add(result.test_id)
+            self.analysis.result_stored(result)
             self.counters.results_stored += 1
             if task.sent is not None:
                 self.latency.add(held - task.sent)
@@ -516,29 +471,14 @@ class Coordinator:
         self.counters.tasks_dispatched += 1
 
     def _do_status(self, ins: sch.StatusChanged) -> None:
-        task = self.tasks.get(ins.task_id)
+        task = self.tasks.apply_status(ins, time.time())
         if task is None:
             return
         status = ins.status
-        if status not in p.TERMINAL_STATUSES and task.task_id not in self.tasks.active:
-            self.tasks.revive(task.task_id)
-            task.end_time = None
-            task.error = None
-        self.tasks.set_status(task, status)
-        task.status_reason = ins.reason or None
-        if ins.worker_id is not None:
-            task.worker_id = ins.worker_id
-        if status == p.PENDING:
-            task.worker_id = None
-            task.start_time = None
+        if status == p.COMPLETED:
+            self.hub.completed += 1
         elif status in p.TERMINAL_STATUSES:
-            task.end_time = task.end_time or time.time()
-            if status == p.COMPLETED:
-                self.hub.completed += 1
-            elif ins.reason:
-                task.error = ins.reason
-            if status != p.COMPLETED:
-                self.store.put_event(f"task_{status}", ins.task_id, {"reason": ins.reason})
+            self.store.put_event(f"task_{status}", ins.task_id, {"reason": ins.reason})
         self.store.put_task(task)
         self.hub.task_changed(task)
         if status in p.TERMINAL_STATUSES:
@@ -575,36 +515,6 @@ class Coordinator:
                 if rids:
                     self._send_agent(identity, p.ResultAck(result_ids=rids))
             self._acks_out = {}
-
-    # -- the analysis thread ----------------------------------------------------------------------
-
-    def _offload(self, fn: Callable[[], Any], then: Callable[[Future[Any]], None]) -> None:
-        """Run ``fn`` on the analysis thread; ``then(future)`` runs back in this loop."""
-
-        def done(fut: Future[Any]) -> None:  # runs on the analysis thread: hand over, nothing else
-            self.inbox.put(lambda: then(fut))
-
-        self._analysis.submit(fn).add_done_callback(done)
-
-    def _on_findings(self, fut: Future[list[Finding]]) -> None:
-        exc = fut.exception()
-        if exc is not None:
-            self.counters.loop_errors += 1
-            log.error("result analysis failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
-            return
-        now = time.time()
-        for finding in fut.result():
-            data = msgspec.to_builtins(finding)
-            # A change point explains the first values of the new level that were flagged as
-            # anomalies before it could be seen: withdraw those, here and in the window.
-            superseded = getattr(finding, "supersedes", None)
-            if superseded:
-                self.store.retract_events("anomaly", superseded)
-                self.hub.add("retracted", {
-                    "kind": "anomaly", "result_ids": list(superseded), "metric": finding.metric,
-                    "reason": f"explained by the change point at {finding.result_id}"}, now)
-            self.store.put_event(data["kind"], finding.result_id, data)
-            self.hub.add(data["kind"], data, now)
 
     # -- clients ----------------------------------------------------------------------------------
 
@@ -652,7 +562,7 @@ class Coordinator:
                 rep = p.Reply(req_id=d.req_id, ok=False, error=f"{d.op} failed: {type(exc).__name__}: {exc}")
             deliver(rep)
 
-        self._offload(d.fn, answered)
+        self.analysis.run(d.fn, answered)
 
     def _send_client(self, identity: bytes, rep: p.Reply) -> None:
         try:
@@ -684,14 +594,3 @@ def _rejection(instructions: list[sch.Instruction], task_id: str) -> str | None:
         if type(ins) is sch.Rejected and ins.task_id == task_id:
             return ins.reason
     return None
-
-
-def _refusal_goes_back_to_the_caller(ins: sch.Rejected) -> None:
-    """A Rejected instruction needs no action here: whoever fed the event reads it from the
-    instructions that call returned (submit, command)."""
-
-
-def _log_failure(fut: Future[Any]) -> None:
-    if fut.exception() is not None:
-        log.error("background analysis step failed: %s", fut.exception())
-

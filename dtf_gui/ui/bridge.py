@@ -26,7 +26,7 @@ def finding_row(f: dict[str, Any]) -> dict[str, Any]:
     series = f.get("series") or {}
     if f.get("kind") == "anomaly":
         detail = f"value {f.get('value', 0):.4g}, robust z {f.get('score', 0):+.1f}"
-        lo, hi = (f.get("expected_range") or [None, None])[:2]
+        lo, hi = f.get("expected_low"), f.get("expected_high")
         if lo is not None and hi is not None:
             detail += f" (expected {lo:.4g} .. {hi:.4g})"
     else:

@@ -52,7 +52,7 @@ def test_robust_z_flags_outlier_with_expected_range() -> None:
     ids = [f"r{i}" for i in range(values.size)]
     found = find_anomalies(codes, values, threshold=2.5, result_ids=ids, series_names=["a", "b"])
     assert [(f["result_id"], f["series"]) for f in found] == [("r6", "a")]
-    lo, hi = found[0]["expected_range"]
+    lo, hi = found[0]["expected_low"], found[0]["expected_high"]
     assert lo < 10.0 < hi < 14.0
     score, med, _sigma = robust_z(codes, values)
     assert med.tolist() == [10.0, 50.0]

@@ -55,7 +55,7 @@ def find_anomalies(codes: NDArray[np.integer] | Sequence[int], values: NDArray[n
     """Values whose |robust z| exceeds ``threshold``, in series with at least ``min_count`` values.
 
     Each anomaly names its result id (when given), its series, the value, the score and the
-    expected range (median +/- threshold robust sigmas)."""
+    expected range, expected_low..expected_high (median +/- threshold robust sigmas)."""
     c = np.asarray(codes, dtype=np.intp)
     v = np.asarray(values, dtype=np.float64)
     g = int(c.max() + 1) if c.size else 0
@@ -71,7 +71,8 @@ def find_anomalies(codes: NDArray[np.integer] | Sequence[int], values: NDArray[n
             "value": float(v[i]),
             "score": float(score[i]),
             "median": float(med[k]),
-            "expected_range": [float(med[k] - threshold * sigma[k]), float(med[k] + threshold * sigma[k])],
+            "expected_low": float(med[k] - threshold * sigma[k]),
+            "expected_high": float(med[k] + threshold * sigma[k]),
         })
     return out
 

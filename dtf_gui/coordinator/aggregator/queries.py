@@ -386,8 +386,8 @@ class ResultQueries:
             stamp_of = dict(zip(rids, stamps, strict=True))
             return [AnomalyRow(group=f["series"][0], metric=f["series"][1], result_id=f["result_id"],
                                timestamp=stamp_of.get(f["result_id"]), value=f["value"], score=f["score"],
-                               median=f["median"], expected_low=f["expected_range"][0],
-                               expected_high=f["expected_range"][1])
+                               median=f["median"], expected_low=f["expected_low"],
+                               expected_high=f["expected_high"])
                     for f in found[:limit]]
 
         return self._cached(cache_key, _cover(filter_params), compute)

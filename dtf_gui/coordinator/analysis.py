@@ -1,0 +1,107 @@
+"""The analysis side of the coordinator: one thread of its own, and how its answers come back.
+
+Aggregations over a million rows and change-point scans must never stall dispatch, so they run
+on the analysis thread: the live detector on each flushed batch of results, the read-only query
+service for the client API's analysis operations. Whatever the thread produces is handed back to
+the loop through the loop's inbox and applied there (findings become events and SQLite rows on
+the loop thread, which owns the store and the events socket).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from dtf_agent.inbox import Inbox
+from dtf_gui.coordinator.aggregator import Finding, LiveDetector, ResultQueries
+from dtf_gui.coordinator.config import ResultAggregatorSection
+from dtf_gui.coordinator.events import EventHub
+from dtf_gui.coordinator.plugins import load_callable
+from dtf_gui.coordinator.records import Result
+from dtf_gui.coordinator.store import Store
+from dtf_gui.coordinator.telemetry import Counters
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Analysis"]
+
+V = TypeVar("V")
+
+
+class Analysis:
+    """Owned by the loop thread; only the work it submits runs on the analysis thread."""
+
+    def __init__(self, db_path: str | Path, cfg: ResultAggregatorSection, *, inbox: Inbox[Callable[[], None]],
+                 store: Store, hub: EventHub, counters: Counters) -> None:
+        self.inbox = inbox
+        self.store = store
+        self.hub = hub
+        self.counters = counters
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dtf-analysis")
+        self.detector = LiveDetector(db_path, anomaly_threshold=cfg.anomaly_threshold)
+        self.queries = ResultQueries(db_path, anomaly_threshold=cfg.anomaly_threshold, cache_ttl=cfg.cache_ttl,
+                                     comparative_lookback_days=cfg.comparative_lookback_days)
+        for stage, paths in (("preprocess", cfg.preprocessors), ("postprocess", cfg.postprocessors)):
+            for path in paths:
+                self.detector.add_processor(stage, load_callable(path, f"result_aggregator.{stage}ors"))
+        self._fresh: list[Result] = []
+        self._fresh_tests: set[str] = set()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.detector.close()
+        self.queries.close()
+
+    def run(self, fn: Callable[[], V], then: Callable[[Future[V]], None]) -> None:
+        """Run ``fn`` on the analysis thread; ``then(future)`` runs back on the loop thread."""
+
+        def done(fut: Future[V]) -> None:  # on the analysis thread: hand over, nothing else
+            self.inbox.put(lambda: then(fut))
+
+        self._pool.submit(fn).add_done_callback(done)
+
+    def result_stored(self, result: Result) -> None:
+        """A result was queued for SQLite; it is analysed once the write is handed over."""
+        if result.metrics:
+            self._fresh.append(result)
+        self._fresh_tests.add(result.test_id)
+
+    def after_flush(self) -> None:
+        """The store handed the latest results to its writer (in order): analysis may read them."""
+        if self._fresh:
+            batch, self._fresh = self._fresh, []
+            self.run(lambda: self.detector.ingest(batch), self._on_findings)
+        if self._fresh_tests:
+            # Cached answers that covered these tests are stale now.
+            ids, self._fresh_tests = self._fresh_tests, set()
+            self.run(lambda: self.queries.invalidate(ids), self._check)
+
+    def _check(self, fut: Future[Any]) -> None:
+        exc = fut.exception()
+        if exc is not None:
+            self.counters.loop_errors += 1
+            log.error("background analysis step failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
+
+    def _on_findings(self, fut: Future[list[Finding]]) -> None:
+        self._check(fut)
+        if fut.exception() is not None:
+            return
+        now = time.time()
+        for finding in fut.result():
+            data = msgspec.to_builtins(finding)
+            # A change point explains the first values of the new level that were flagged as
+            # anomalies before it could be seen: withdraw those, here and in the window.
+            superseded = getattr(finding, "supersedes", None)
+            if superseded:
+                self.store.retract_events("anomaly", superseded)
+                self.hub.add("retracted", {
+                    "kind": "anomaly", "result_ids": list(superseded), "metric": finding.metric,
+                    "reason": f"explained by the change point at {finding.result_id}"}, now)
+            self.store.put_event(data["kind"], finding.result_id, data)
+            self.hub.add(data["kind"], data, now)
