@@ -1,33 +1,34 @@
 """`dtf` (the headless face of the coordinator) and `dtf-gui` (the window).
 
 Qt is imported only by `dtf-gui`, so `dtf serve` runs on a server without a display.
+
+The client commands (everything but `serve`) start fast: this module imports only what they need
+(the client: ZeroMQ and the wire protocol). The coordinator (numpy, scipy, SQLite), its config
+(YAML), logging and the window are imported inside the functions that use them, and the argument
+parser is built for the one command named (see :func:`dtf_parser`).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import gc
 import json
-import logging
 import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from dtf_agent.config import ConfigError
-from dtf_agent.paths import dtf_home, read_coordinator_file, remove_coordinator_file, write_coordinator_file
-from dtf_gui.client import Client, ClientError
+from dtf_agent import __version__
+from dtf_gui.client import Client, ClientError, EndpointError
 
 if TYPE_CHECKING:
+    from types import FrameType
+
     from dtf_gui.coordinator.config import ServerSettings
 
-log = logging.getLogger("dtf")
+EXIT_USAGE = 2  # argparse's status for a usage error
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a process ended by SIGPIPE
 
 
 def add_server_flags(ap: argparse.ArgumentParser) -> None:
@@ -44,8 +45,12 @@ def add_server_flags(ap: argparse.ArgumentParser) -> None:
 
 def load_server(args: argparse.Namespace) -> tuple[ServerSettings, Path]:
     """coordinator.yaml (or --config) with the command-line flags on top."""
+    import logging
+
+    from dtf_agent.paths import dtf_home
     from dtf_gui.coordinator.config import load_coordinator_config, server_settings
 
+    log = logging.getLogger("dtf")
     home = dtf_home()
     cfg = load_coordinator_config(args.config, default_path=home / "coordinator.yaml")
     if cfg.security.enabled and not (args.insecure or cfg.security.insecure):
@@ -69,11 +74,24 @@ def tune_interpreter() -> None:
       of submissions triggers collections that walk all of them again and again (tens of ms each).
       Those records hold no reference cycles, so rarer young-generation collections lose nothing.
     """
+    import gc
+
     sys.setswitchinterval(0.0005)
     gc.set_threshold(50_000, 20, 20)
 
 
+def configure_logging(level: str, name: str) -> None:
+    import logging
+
+    logging.basicConfig(level=level, format=f"%(asctime)s {name} %(levelname)s %(message)s")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    configure_logging(args.log_level, "dtf")  # only here: the client commands log nothing
+    from dtf_agent.paths import remove_coordinator_file, write_coordinator_file
     from dtf_gui.coordinator.server import Coordinator  # numpy, scipy, sqlite: only the server needs them
 
     tune_interpreter()
@@ -109,7 +127,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _client(args: argparse.Namespace) -> Client:
     endpoint = args.coordinator
-    if not endpoint:
+    if endpoint is None:  # an empty --coordinator is a malformed address, not "look it up"
+        from dtf_agent.paths import read_coordinator_file
+
         info = read_coordinator_file()
         if not info:
             raise ClientError("no coordinator found: start `dtf serve` (or the window), or pass "
@@ -118,20 +138,25 @@ def _client(args: argparse.Namespace) -> Client:
     return Client(endpoint, timeout=args.timeout_s)
 
 
+# Columns that hold a Unix time, shown as the local time of day.
+TIME_COLUMNS = frozenset({"create_time", "start_time", "end_time", "last_seen", "timestamp"})
+
+
 def _print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    """Columns left-aligned, two spaces apart, headers in capitals; "-" where a row has no value."""
+    cells = [[_fmt(r.get(c), c in TIME_COLUMNS) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for row in cells:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
+def _fmt(v: Any, is_time: bool = False) -> str:
+    if v is None or v == "":
         return "-"
+    if is_time and isinstance(v, (int, float)):
+        return time.strftime("%H:%M:%S", time.localtime(v))
     if isinstance(v, float):
-        if v > 1e9:  # a timestamp
-            return time.strftime("%H:%M:%S", time.localtime(v))
         return f"{v:.3g}"
     if isinstance(v, (list, dict)):
         return json.dumps(v)[:40]
@@ -244,6 +269,8 @@ def cmd_workers(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
+    import csv
+
     with _client(args) as c:
         rows = c.call("list_results", {"task_id": args.task, "limit": args.limit})
     out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
@@ -289,54 +316,64 @@ def _task_command(op: str, extra: Callable[[argparse.Namespace], dict[str, Any]]
     return run
 
 
+ANALYSES = {
+    "stats": "aggregate_results",
+    "anomalies": "get_result_anomalies",
+    "trends": "aggregate_results",
+    "compare": "get_comparison_report",
+}
+# What each analysis table shows: the fields its query returns, in reading order.
+STATS_COLUMNS = ("group", "metric", "count", "mean", "median", "std", "p95", "min", "max", "cv")
+ANOMALY_COLUMNS = ("group", "metric", "value", "score", "median", "expected_low", "expected_high", "result_id")
+TREND_COLUMNS = ("group", "metric", "n", "slope", "rel_change", "p_value", "direction", "significant")
+COMPARE_COLUMNS = ("group", "metric", "verdict", "pct_change", "p_value", "baseline_n", "baseline_mean",
+                   "baseline_median", "current_n", "current_mean", "current_median")
+
+
+def _per_group(section: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """{group: {metric: {field: value}}} as one row per group and metric."""
+    return [{"group": g, "metric": m, **v} for g, ms in section.items() for m, v in ms.items()]
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
-    """The aggregator's three queries: statistics by group, anomalies, and a comparison report."""
+    """The aggregator's queries: statistics by group, trends, anomalies, and a comparison report."""
     query: dict[str, Any] = {"result_type": args.result_type, "aggregation_level": args.by}
     if args.metric:
         query["filter_params"] = {"metric": args.metric}
     if args.since_hours:
         now = time.time()
         query["time_range"] = [now - args.since_hours * 3600, now]
-    op = {"stats": "aggregate_results", "anomalies": "get_result_anomalies",
-          "compare": "get_comparison_report"}[args.what]
+    if args.what == "trends":
+        query["include_trends"] = True
     with _client(args) as c:
-        data = c.call(op, query, timeout=max(args.timeout_s, 120))
+        data = c.call(ANALYSES[args.what], query, timeout=max(args.timeout_s, 120))
     if args.json:
         print(json.dumps(data, indent=2, default=str))
         return 0
     if args.what == "stats":
-        rows = [{"group": g, "metric": m, **st} for g, ms in data["basic_statistics"].items() for m, st in ms.items()]
-        _print_table(rows, ["group", "metric", "count", "mean", "median", "std", "p95", "min", "max", "cv"])
+        _print_table(_per_group(data["basic_statistics"]), STATS_COLUMNS)
+    elif args.what == "trends":
+        _print_table(_per_group(data.get("trends") or {}), TREND_COLUMNS)
     elif args.what == "anomalies":
-        _print_table(data, ["result_id", "metric", "value", "score", "expected_low", "expected_high"])
+        _print_table(data, ANOMALY_COLUMNS)
     else:
-        rows = [{"group": g, "metric": m, **v} for g, ms in (data.get("comparisons") or {}).items()
-                for m, v in ms.items()] if isinstance(data.get("comparisons"), dict) else data.get("rows", [])
+        comparisons = data.get("comparisons")
+        rows = _per_group(comparisons) if isinstance(comparisons, dict) else data.get("rows", [])
         if rows:
-            _print_table(rows, sorted({k for r in rows for k in r})[:10])
+            _print_table(rows, COMPARE_COLUMNS)
         else:
             print(json.dumps(data, indent=2, default=str))
     return 0
 
 
-def dtf_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="dtf", description="DTF coordinator, headless.")
-    ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    sub = ap.add_subparsers(dest="cmd", required=True)
+# -- the parser -----------------------------------------------------------------------------------
 
-    def client_cmd(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_)
-        sp.add_argument("--coordinator", metavar="tcp://HOST:PORT",
-                        help="client endpoint (default: the local coordinator from $DTF_HOME/coordinator.json)")
-        sp.add_argument("--timeout-s", type=float, default=30.0, help="seconds to wait for an answer")
-        sp.set_defaults(fn=fn)
-        return sp
 
-    sp = sub.add_parser("serve", help="run the coordinator without a window")
+def _serve_args(sp: argparse.ArgumentParser) -> None:
     add_server_flags(sp)
-    sp.set_defaults(fn=cmd_serve)
 
-    sp = client_cmd("submit", cmd_submit, "submit a task")
+
+def _submit_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--command", help="shell command to run on a worker")
     sp.add_argument("--type", default="command", choices=["command", "noop"])
     sp.add_argument("--priority", type=int, help="higher runs first (default 5)")
@@ -356,68 +393,164 @@ def dtf_parser() -> argparse.ArgumentParser:
     sp.add_argument("--wait-timeout", type=float, default=3600.0)
     sp.add_argument("--json", action="store_true")
 
-    sp = client_cmd("status", cmd_status, "coordinator summary")
+
+def _json_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--json", action="store_true")
-    sp = client_cmd("tasks", cmd_tasks, "list tasks")
+
+
+def _tasks_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--status")
     sp.add_argument("--limit", type=int, default=50)
     sp.add_argument("--json", action="store_true")
-    sp = client_cmd("workers", cmd_workers, "list workers")
-    sp.add_argument("--json", action="store_true")
-    sp = client_cmd("results", cmd_results, "export results")
+
+
+def _results_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--format", choices=["csv", "json"], default="csv")
     sp.add_argument("--task", help="only this task's results")
     sp.add_argument("--limit", type=int, default=10_000)
     sp.add_argument("--output", "-o", help="file to write (default: stdout)")
-    sp = client_cmd("analyze", cmd_analyze, "statistics, anomalies and comparisons of results")
-    sp.add_argument("what", nargs="?", default="stats", choices=["stats", "anomalies", "compare"])
+
+
+def _analyze_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("what", nargs="?", default="stats", choices=list(ANALYSES))
     sp.add_argument("--by", default="test_id",
                     help="group by: test_id, worker_id, hardware_id, type, or a parameter/metadata key; a,b for several")
     sp.add_argument("--metric", help="only this metric")
     sp.add_argument("--result-type", default="performance", choices=["performance", "execution", "all"])
     sp.add_argument("--since-hours", type=float, help="only results of the last N hours")
     sp.add_argument("--json", action="store_true")
-    sp = client_cmd("cancel", cmd_cancel, "cancel tasks")
+
+
+def _cancel_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("task_ids", nargs="+")
-    sp = client_cmd("assign", _task_command("assign_task", lambda a: {"worker_id": a.worker_id}),
-                    "pin a pending task to a worker (or move an assigned one)")
-    sp.add_argument("task_id")
-    sp.add_argument("worker_id")
-    sp = client_cmd("unassign", _task_command("unassign_task", lambda a: {}), "drop a pin; back to the queue")
-    sp.add_argument("task_id")
-    sp = client_cmd("retry", _task_command("retry_task", lambda a: {}), "run a failed or cancelled task again")
-    sp.add_argument("task_id")
-    sp = client_cmd("priority", _task_command("set_priority", lambda a: {"priority": a.priority}),
-                    "change a task's priority (higher runs first)")
-    sp.add_argument("task_id")
-    sp.add_argument("priority", type=int)
+
+
+def _task_args(*names: str, types: dict[str, type] | None = None) -> Callable[[argparse.ArgumentParser], None]:
+    def add(sp: argparse.ArgumentParser) -> None:
+        for name in names:
+            sp.add_argument(name, type=(types or {}).get(name, str))
+
+    return add
+
+
+class Command(NamedTuple):
+    help: str
+    fn: Callable[[argparse.Namespace], int]
+    add_args: Callable[[argparse.ArgumentParser], None]
+    client: bool = True  # talks to a running coordinator: gets --coordinator and --timeout-s
+
+
+COMMANDS: dict[str, Command] = {
+    "serve": Command("run the coordinator without a window", cmd_serve, _serve_args, client=False),
+    "submit": Command("submit a task", cmd_submit, _submit_args),
+    "status": Command("coordinator summary", cmd_status, _json_args),
+    "tasks": Command("list tasks", cmd_tasks, _tasks_args),
+    "workers": Command("list workers", cmd_workers, _json_args),
+    "results": Command("export results", cmd_results, _results_args),
+    "analyze": Command("statistics, trends, anomalies and comparisons of results", cmd_analyze, _analyze_args),
+    "cancel": Command("cancel tasks", cmd_cancel, _cancel_args),
+    "assign": Command("pin a pending task to a worker (or move an assigned one)",
+                      _task_command("assign_task", lambda a: {"worker_id": a.worker_id}),
+                      _task_args("task_id", "worker_id")),
+    "unassign": Command("drop a pin; back to the queue", _task_command("unassign_task", lambda a: {}),
+                        _task_args("task_id")),
+    "retry": Command("run a failed or cancelled task again", _task_command("retry_task", lambda a: {}),
+                     _task_args("task_id")),
+    "priority": Command("change a task's priority (higher runs first)",
+                        _task_command("set_priority", lambda a: {"priority": a.priority}),
+                        _task_args("task_id", "priority", types={"priority": int})),
+}
+
+
+def dtf_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The `dtf` parser; with ``only``, just that command's subparser (each subparser costs about
+    a millisecond to build, a fifth of a client command's own work)."""
+    ap = argparse.ArgumentParser(prog="dtf", description="DTF coordinator, headless.")
+    ap.add_argument("--version", action="version", version=f"dtf {__version__}")
+    ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name, command in COMMANDS.items():
+        if only is not None and name != only:
+            continue
+        sp = sub.add_parser(name, help=command.help)
+        if command.client:
+            sp.add_argument("--coordinator", metavar="tcp://HOST:PORT",
+                            help="client endpoint (default: the local coordinator from $DTF_HOME/coordinator.json)")
+            sp.add_argument("--timeout-s", type=float, default=30.0, help="seconds to wait for an answer")
+        command.add_args(sp)
+        sp.set_defaults(fn=command.fn)
     return ap
 
 
-def dtf_main(argv: list[str] | None = None) -> int:
-    args = dtf_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s dtf %(levelname)s %(message)s")
+def _named_command(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names when nothing but --log-level comes before it, else None (then
+    the whole parser is built, for --help, --version, an unknown or abbreviated word ...)."""
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--log-level":
+            i += 2
+        elif word.startswith("--log-level="):
+            i += 1
+        else:
+            return word if word in COMMANDS else None
+    return None
+
+
+def _config_error(exc: Exception) -> bool:
+    """A ConfigError, without importing the config module (and YAML) for commands that never read it:
+    one raised was necessarily imported by then."""
+    config = sys.modules.get("dtf_agent.config")
+    return config is not None and isinstance(exc, config.ConfigError)
+
+
+def _silence_stdout() -> None:
+    """Whoever read our stdout has gone: point it at /dev/null, so that the interpreter's last flush
+    at exit does not fail again and print a traceback."""
     try:
-        return args.fn(args)
-    except ConfigError as exc:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a file (redirected in-process)
+        pass
+
+
+def dtf_main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = dtf_parser(_named_command(argv)).parse_args(argv)
+    try:
+        code = args.fn(args)
+        sys.stdout.flush()  # a reader that went away shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:  # `dtf tasks | head -1`: the reader had what it wanted
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except EndpointError as exc:
         print(f"dtf: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except ClientError as exc:
         print(f"dtf: {exc}", file=sys.stderr)
         return 1
     except RuntimeError as exc:  # the coordinator could not start: a port in use, a bad processor path ...
         print(f"dtf: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        if not _config_error(exc):
+            raise
+        print(f"dtf: {exc}", file=sys.stderr)
+        return 2
 
 
 def gui_main(argv: list[str] | None = None) -> int:
+    from dtf_agent.config import ConfigError
+
     ap = argparse.ArgumentParser(prog="dtf-gui", description="DTF window with an embedded coordinator.")
     add_server_flags(ap)
     ap.add_argument("--no-local-agent", action="store_true", help="do not start an agent on this machine")
     ap.add_argument("--local-slots", type=int, default=None, help="slots of the local agent")
     ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = ap.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s dtf-gui %(levelname)s %(message)s")
+    configure_logging(args.log_level, "dtf-gui")
     try:
         settings, home = load_server(args)
     except ConfigError as exc:
