@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine that has python3:
 #   make run   - the window, with the embedded coordinator and a local agent
-#   make test  - the whole suite (Qt offscreen), ruff and import-linter
+#   make test  - the whole suite (Qt offscreen), ruff, import-linter and mypy
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -48,9 +48,12 @@ install: $(STAMP) sysdeps
 run: install sysdeps-run
 	$(VENV)/bin/dtf-gui
 
+# ruff; import-linter (no circles, the rooms' layers, no I/O in the scheduler); mypy over the agent
+# and the headless coordinator (strict on the protocol, scheduler, balancer and task table).
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 # A test machine installs only `dtf` (no extras): the agent must import and start without Qt,
 # numpy, scipy or sqlite-utils being present at all.

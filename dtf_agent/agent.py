@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import zmq
@@ -155,7 +155,8 @@ class Agent:
         sock = self.sock
         # Ask the socket whether a frame is waiting rather than recv until zmq.Again: an
         # exception per wake-up is a measurable share of a no-op task's cost.
-        while sock.getsockopt(_EVENTS) & _POLLIN:
+        events = cast(Callable[[int], int], sock.getsockopt)  # EVENTS is an int option
+        while events(_EVENTS) & _POLLIN:
             frame = sock.recv(copy=True)
             try:
                 msg = p.decode(frame)

@@ -220,12 +220,12 @@ def _index_lines(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int], labe
                 raise ConfigError(f"{label}:{line}: duplicate key '{dotted}' (first on line {seen[key]})",
                                   file=label, key=dotted, line=line)
             seen[key] = line
-            lines[(*path, key)] = line
-            _index_lines(value_node, (*path, key), lines, label)
+            lines[path + (key,)] = line
+            _index_lines(value_node, path + (key,), lines, label)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            lines[(*path, i)] = item.start_mark.line + 1
-            _index_lines(item, (*path, i), lines, label)
+            lines[path + (i,)] = item.start_mark.line + 1
+            _index_lines(item, path + (i,), lines, label)
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ def _gpus() -> list[dict[str, Any]]:
     logged at debug level rather than raised.
     """
     try:
-        import pynvml  # type: ignore[import-not-found]
+        import pynvml
     except ImportError:
         return []
     try:

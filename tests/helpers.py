@@ -13,7 +13,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -54,11 +53,11 @@ def wait_until(
     pause = interval
     last_exc: BaseException | None = None
     while True:
+        value: T | None = None
         try:
             value = predicate()
         except (AssertionError, LookupError, OSError, ValueError, sqlite3.Error, zmq.ZMQError) as exc:
             # The thing polled may not exist yet (file, table, row): keep polling, remember why.
-            value = None  # type: ignore[assignment]
             last_exc = exc
         if value:
             return value
@@ -69,17 +68,8 @@ def wait_until(
             extra = f"; last error: {type(last_exc).__name__}: {last_exc}" if last_exc else ""
             raise WaitTimeout(f"condition {name} not met within {timeout:g} s{extra}"
                               + (f"\n{detail}" if detail else ""))
-        _pause(min(pause, remaining))
+        time.sleep(min(pause, remaining))  # the pause between two polls, not a wait for the condition
         pause = min(pause * 1.5, 0.25)
-
-
-_never_set = threading.Event()
-
-
-def _pause(seconds: float) -> None:
-    # The interval between two polls of a deadline loop; the condition itself is what the caller
-    # waits for, so this is not a sleep standing in for synchronisation.
-    _never_set.wait(seconds)
 
 
 # -------------------------------------------------------------------------------------------
@@ -329,7 +319,8 @@ class FakeAgent:
         """The next message of type ``kind`` (others are kept in ``inbox``)."""
         for i, msg in enumerate(self.inbox):
             if isinstance(msg, kind):
-                return self.inbox.pop(i)  # type: ignore[return-value]
+                del self.inbox[i]
+                return msg
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()

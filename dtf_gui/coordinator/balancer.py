@@ -329,6 +329,8 @@ class DurationAware(BaseStrategy):
         if best is None or not self.hold:
             return best
         cls = task.cls
+        if cls is None:
+            return best
         cached = self._by_speed.get(cls)
         if cached is None or cached[0] != cls.version:
             fastest = sorted(cls.online.values(), key=_neg_speed)
@@ -381,27 +383,31 @@ def load_strategy(name: str) -> Strategy:
     inst = obj() if isinstance(obj, type) else obj
     if not callable(getattr(inst, "choose", None)):
         raise ValueError(f"load_balancer.strategy {name!r}: {attr} has no choose(task, candidates, sched) method")
-    # Optional hooks get defaults so a custom class may define choose() alone.
-    if not callable(getattr(inst, "queue_key", None)) or not callable(getattr(inst, "on_dispatch", None)):
-        inst = _Adapted(inst)
-    if not getattr(inst, "name", None):
-        try:
-            inst.name = name
-        except AttributeError:
-            pass
-    return inst
+    # Optional hooks (and a name) get defaults, so a custom class may define choose() alone.
+    if isinstance(inst, Strategy) and inst.name and callable(inst.queue_key) and callable(inst.on_dispatch):
+        return inst
+    return _Adapted(inst, name)
 
 
 class _Adapted(BaseStrategy):
-    """Wraps a custom strategy that implements only some of the optional hooks."""
+    """A custom strategy that implements only some of the optional hooks, or has no name."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, name: str) -> None:
         self._inner = inner
-        self.name = getattr(inner, "name", None) or type(inner).__name__
-        self.choose = inner.choose  # type: ignore[method-assign]
+        self.name = getattr(inner, "name", None) or name
         qk = getattr(inner, "queue_key", None)
-        if callable(qk):
-            self.queue_key = qk  # type: ignore[method-assign]
+        self._queue_key = qk if callable(qk) else None
         od = getattr(inner, "on_dispatch", None)
-        if callable(od):
-            self.on_dispatch = od  # type: ignore[method-assign]
+        self._on_dispatch = od if callable(od) else None
+
+    def choose(self, task: TaskView, candidates: Mapping[str, WorkerView],
+               sched: SchedulerView) -> WorkerView | None:
+        chosen: WorkerView | None = self._inner.choose(task, candidates, sched)
+        return chosen
+
+    def queue_key(self, task: TaskView, sched: SchedulerView) -> float:
+        return float(self._queue_key(task, sched)) if self._queue_key is not None else 0.0
+
+    def on_dispatch(self, task: TaskView, worker: WorkerView, sched: SchedulerView) -> None:
+        if self._on_dispatch is not None:
+            self._on_dispatch(task, worker, sched)

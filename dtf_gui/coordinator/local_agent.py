@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import IO
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +22,11 @@ class LocalAgent:
         self.cmd += extra_args or []
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
 
     def start(self) -> LocalAgent:
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # closed in stop()
-        self._log = out
+        self._log = open(self.log_path, "ab") if self.log_path else None  # closed in stop()
+        out = self._log if self._log is not None else subprocess.DEVNULL
         # Its own session: a Ctrl-C in the terminal reaches the window, which then stops the agent in order.
         self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         log.info("local agent started (pid %d)", self.proc.pid)
@@ -53,6 +55,7 @@ class LocalAgent:
                 except ProcessLookupError:
                     pass
                 proc.wait()
-        if self._log is not subprocess.DEVNULL:
+        if self._log is not None:
             self._log.close()
+            self._log = None
         return proc.returncode

@@ -39,4 +39,4 @@ def load_callable(path: str, key: str) -> Callable[..., Any]:
     obj = load_object(path, key)
     if not callable(obj):
         raise ValueError(f"{key}: {path!r} is not callable")
-    return obj  # type: ignore[no-any-return]  # callable() narrowed Any; mypy cannot see it
+    return obj

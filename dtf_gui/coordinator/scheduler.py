@@ -382,6 +382,11 @@ def _fmt_time(t: float) -> str:
     return f"t={t:.1f}s"
 
 
+def _on(t: TaskState) -> str:
+    """The worker an assigned or running task is on, for messages."""
+    return t.worker.worker_id if t.worker is not None else "?"
+
+
 def _names(ids: Iterable[str], limit: int = 5) -> str:
     ids = list(ids)
     shown = ", ".join(ids[:limit])
@@ -558,7 +563,7 @@ class Scheduler:
         return self._workers.get(worker_id)
 
     def stats(self) -> dict[str, Any]:
-        by_state = dict.fromkeys(TASK_STATUSES, 0)
+        by_state: dict[str, int] = dict.fromkeys(TASK_STATUSES, 0)
         for t in self._tasks.values():
             by_state[t.state] += 1
         online = [w for w in self._workers.values() if w.online]
@@ -583,9 +588,9 @@ class Scheduler:
         if t is None:
             return f"unknown task {task_id}"
         if t.state == ASSIGNED:
-            return f"assigned to {t.worker.worker_id}, not started yet"  # type: ignore[union-attr]
+            return f"assigned to {_on(t)}, not started yet"
         if t.state == RUNNING:
-            return f"running on {t.worker.worker_id}"  # type: ignore[union-attr]
+            return f"running on {_on(t)}"
         if t.state in TERMINAL_STATUSES:
             return t.state + (f": {t.reason}" if t.reason else "")
         if t.where == _W_DEPS:
@@ -904,21 +909,26 @@ class Scheduler:
                 and w.spec.slots - w.used_slots >= t.spec.cpu_slots
                 and w.spec.gpus - w.used_gpus >= t.spec.requirements.gpu_count):
             return False
-        return self._under_worker_cap(t.cls, w)  # type: ignore[arg-type]
+        c = t.cls
+        assert c is not None  # a pending task always has its class
+        return self._under_worker_cap(c, w)
 
     def _under_worker_cap(self, c: TaskClass, w: WorkerState) -> bool:
         sub = c.submission
-        if not sub:
+        cap = self.config.worker_cap
+        if not sub or cap is None:
             return True
         used = self._sub_workers.get(sub)
-        return used is None or w.worker_id in used or len(used) < self.config.worker_cap  # type: ignore[operator]
+        return used is None or w.worker_id in used or len(used) < cap
 
     def _occupy(self, t: TaskState, w: WorkerState) -> None:
         w.tasks[t.task_id] = t
         w.used_slots += t.spec.cpu_slots
         w.used_gpus += t.spec.requirements.gpu_count
         t.worker = w
-        sub = t.cls.submission  # type: ignore[union-attr]
+        c = t.cls
+        assert c is not None  # an unfinished task always has its class
+        sub = c.submission
         if sub:
             used = self._sub_workers.setdefault(sub, {})
             used[w.worker_id] = used.get(w.worker_id, 0) + 1
@@ -931,7 +941,9 @@ class Scheduler:
         w.used_slots -= t.spec.cpu_slots
         w.used_gpus -= t.spec.requirements.gpu_count
         t.worker = None
-        sub = t.cls.submission  # type: ignore[union-attr]
+        c = t.cls
+        assert c is not None  # an unfinished task always has its class
+        sub = c.submission
         if sub:
             used = self._sub_workers[sub]
             n = used[w.worker_id] - 1
@@ -960,9 +972,9 @@ class Scheduler:
         ready = self._ready
         if not ready:
             return
-        held: set[TaskClass] | tuple[()] = ()
+        held: set[TaskClass] = set()  # classes whose head task the strategy held back this round
         choose = self.strategy.choose
-        capped = self.config.worker_cap is not None
+        cap = self.config.worker_cap
         heappop = heapq.heappop
         while True:
             best: TaskClass | None = None
@@ -984,20 +996,19 @@ class Scheduler:
                 return
             t = bk[4]
             cands: Mapping[str, WorkerState] = best.open
-            if capped and best.submission:
+            if cap is not None and best.submission:
                 used = self._sub_workers.get(best.submission)
-                if used is not None and len(used) >= self.config.worker_cap:  # type: ignore[operator]
+                if used is not None and len(used) >= cap:
                     cands = {k: w for k, w in cands.items() if k in used}
-            w = choose(t, cands, self) if cands else None
-            if w is None:
-                if not held:
-                    held = set()
-                held.add(best)  # type: ignore[union-attr]
+            chosen = choose(t, cands, self) if cands else None
+            if chosen is None:
+                held.add(best)
                 self._counts["held"] += 1
                 continue
-            if w.worker_id not in cands:
+            w = cands.get(chosen.worker_id)  # the scheduler's own record of the worker chosen
+            if w is None:
                 raise RuntimeError(f"strategy {getattr(self.strategy, 'name', self.strategy)!r} chose worker "
-                                   f"{w.worker_id}, which was not among the candidates for task {t.task_id}")
+                                   f"{chosen.worker_id}, which was not among the candidates for task {t.task_id}")
             heappop(best.heap)
             self._unqueue(t)
             self._assign(t, w, out)
@@ -1116,10 +1127,11 @@ class Scheduler:
     def _on_started(self, ev: StartReported, out: list[Any]) -> None:
         t = self._tasks.get(ev.task_id)
         w = t.worker if t is not None else None
-        if w is not None and w.worker_id == ev.worker_id and (ev.attempt is None or ev.attempt == t.attempt):
-            if t.state == ASSIGNED:  # type: ignore[union-attr]
-                t.started_at = ev.now  # type: ignore[union-attr]
-                self._status(t, RUNNING, "", out, w.worker_id)  # type: ignore[arg-type]
+        if t is not None and w is not None and w.worker_id == ev.worker_id and \
+                (ev.attempt is None or ev.attempt == t.attempt):
+            if t.state == ASSIGNED:
+                t.started_at = ev.now
+                self._status(t, RUNNING, "", out, w.worker_id)
             return
         self._counts["stale_reports"] += 1
         if w is None or w.worker_id != ev.worker_id:
@@ -1129,10 +1141,9 @@ class Scheduler:
     def _on_finished(self, ev: FinishReported, out: list[Any]) -> None:
         t = self._tasks.get(ev.task_id)
         w = t.worker if t is not None else None
-        if w is None or w.worker_id != ev.worker_id or (ev.attempt is not None and ev.attempt != t.attempt):
+        if t is None or w is None or w.worker_id != ev.worker_id or (ev.attempt is not None and ev.attempt != t.attempt):
             self._counts["stale_reports"] += 1
             return
-        assert t is not None
         if ev.success:
             dur = ev.duration if ev.duration is not None else ev.now - (t.started_at if t.state == RUNNING
                                                                          else t.assigned_at)
@@ -1306,8 +1317,8 @@ class Scheduler:
         if not w.spec.approved:
             return self._reject(tid, f"cannot assign {tid}: worker {wid} is not approved", out)
         if t.state == RUNNING:
-            return self._reject(tid, f"cannot assign {tid}: it is already running on {t.worker.worker_id}; "  # type: ignore[union-attr]
-                                     f"cancel it first", out)
+            return self._reject(tid, f"cannot assign {tid}: it is already running on {_on(t)}; cancel it first",
+                                out)
         if t.state in TERMINAL_STATUSES:
             return self._reject(tid, f"cannot assign {tid}: task is {t.state} (retry it first)", out)
         why = mismatch(t.spec.requirements, t.spec.cpu_slots, w.spec)
@@ -1342,8 +1353,7 @@ class Scheduler:
             self._place(t, out, note="unpinned; ")
             return None
         if t.state == RUNNING:
-            return self._reject(tid, f"cannot unassign {tid}: it is running on {t.worker.worker_id}; "  # type: ignore[union-attr]
-                                     f"cancel it instead", out)
+            return self._reject(tid, f"cannot unassign {tid}: it is running on {_on(t)}; cancel it instead", out)
         return self._reject(tid, f"cannot unassign {tid}: task is {t.state} and not assigned to a worker", out)
 
     def _on_set_priority(self, ev: SetPriority, out: list[Any]) -> None:

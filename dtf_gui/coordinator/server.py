@@ -16,6 +16,7 @@ batches. This module receives, hands events to the scheduler and carries out its
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import threading
@@ -23,7 +24,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -207,8 +208,9 @@ class Coordinator:
     def _close(self) -> None:
         """Close what :meth:`_open` made, in reverse; after a failed start only part of it exists."""
         made = self.__dict__
-        if made.get("advertiser") is not None:
-            self.advertiser.close()
+        advertiser = made.get("advertiser")
+        if advertiser is not None:
+            advertiser.close()
         if "analysis" in made:
             self.analysis.close()
         self.inbox.close()
@@ -246,7 +248,7 @@ class Coordinator:
             timeout = max(0.0, min(self._next_events, self._next_health, self._next_tick) - time.monotonic())
             if self.store.pending_rows():
                 timeout = min(timeout, flush_interval)
-            for sock, _ in poller.poll(timeout * 1000 + 1):
+            for sock, _ in poller.poll(int(timeout * 1000) + 1):
                 try:
                     if sock is self.agents:
                         self._drain_agents()
@@ -306,8 +308,9 @@ class Coordinator:
         sock = self.agents
         handlers = self._agent_handlers
         # Checking EVENTS instead of receiving until zmq.Again saves an exception per wake-up.
+        events = cast(Callable[[int], int], sock.getsockopt)  # EVENTS is an int option
         for _ in range(1000):
-            if not sock.getsockopt(_EVENTS) & _POLLIN:
+            if not events(_EVENTS) & _POLLIN:
                 return
             parts = sock.recv_multipart()
             if len(parts) != 2:
@@ -539,7 +542,7 @@ class Coordinator:
             if not isinstance(msg, p.Request):
                 self.counters.bad_frames += 1
                 continue
-            self._answer(msg, lambda rep, ident=identity: self._send_client(ident, rep))
+            self._answer(msg, functools.partial(self._send_client, identity))
 
     def _answer(self, req: p.Request, deliver: Callable[[p.Reply], None]) -> None:
         """One request, from a socket or from the inbox: answered now, or later by the analysis

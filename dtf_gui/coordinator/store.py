@@ -112,7 +112,7 @@ def _migration_1(db: sqlite_utils.Database) -> None:
         "attempt INTEGER, test_id TEXT, status_reason TEXT) WITHOUT ROWID"
     )
     # No index on status: it changes on every transition, and the active tasks are in memory.
-    db["workers"].create(
+    db.table("workers").create(
         {
             "worker_id": str, "hostname": str, "status": str, "hardware_id": str, "capabilities": str,
             "tags": str, "slots": int, "last_seen": float, "first_seen": float, "current_task": str,
@@ -120,7 +120,7 @@ def _migration_1(db: sqlite_utils.Database) -> None:
         },
         pk="worker_id",
     )
-    db["results"].create(
+    db.table("results").create(
         {
             "result_id": str, "task_id": str, "worker_id": str, "test_id": str, "timestamp": float,
             "status": str, "execution_time": float, "exit_code": int, "error": str, "metrics": str,
@@ -128,14 +128,14 @@ def _migration_1(db: sqlite_utils.Database) -> None:
         },
         pk="result_id",
     )
-    db["results"].create_index(["task_id"])
-    db["results"].create_index(["test_id", "timestamp"])
+    db.table("results").create_index(["task_id"])
+    db.table("results").create_index(["test_id", "timestamp"])
     # The long form of every metric, so aggregation over millions of rows runs in SQL and numpy.
-    db["metrics"].create({"result_id": str, "name": str, "value": float})
-    db["metrics"].create_index(["result_id"])
-    db["metrics"].create_index(["name"])
-    db["events"].create({"id": int, "time": float, "kind": str, "subject": str, "data": str}, pk="id")
-    db["events"].create_index(["time"])
+    db.table("metrics").create({"result_id": str, "name": str, "value": float})
+    db.table("metrics").create_index(["result_id"])
+    db.table("metrics").create_index(["name"])
+    db.table("events").create({"id": int, "time": float, "kind": str, "subject": str, "data": str}, pk="id")
+    db.table("events").create_index(["time"])
 
 
 # Each entry upgrades the schema from version i to i+1. Append, never edit a released one.

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 import psutil
@@ -54,8 +54,8 @@ class Runner:
         except queue.Empty:
             raise AssertionError(f"no outcome within {timeout} s") from None
 
-    def run(self, command: str | list[str], **kw: object) -> Outcome:
-        self.start(command, **kw)  # type: ignore[arg-type]
+    def run(self, command: str | list[str], **kw: Any) -> Outcome:
+        self.start(command, **kw)
         return self.outcome()
 
     def tree(self, run: CommandRun, needle: str, n: int) -> list[psutil.Process]:

@@ -307,7 +307,7 @@ def test_add_processor_refuses_an_unknown_stage_or_a_non_callable() -> None:
     with pytest.raises(ValueError, match="stage"):
         det.add_processor("during", lambda r: r)
     with pytest.raises(TypeError, match="not callable"):
-        det.add_processor("preprocess", "module:fn")  # type: ignore[arg-type]
+        det.add_processor("preprocess", "module:fn")  # type: ignore[arg-type]  # the point: not a callable
 
 
 def _workers_db(path: Path) -> Path:
@@ -361,7 +361,7 @@ def test_constructor_refuses_what_it_cannot_use(tmp_path: Path) -> None:
 def test_results_without_numeric_metrics_change_nothing() -> None:
     det = LiveDetector()
     odd = Result(result_id="x", task_id="t", worker_id="w1", test_id="perf",
-                 metrics={"flag": True, "nan": float("nan"), "text": "fast"})  # type: ignore[dict-item]
+                 metrics={"flag": True, "nan": float("nan"), "text": "fast"})  # type: ignore[dict-item]  # what a careless agent sends
     assert det.ingest([odd, *_results(np.array([], dtype=np.float64))]) == []
     assert det.series_history(("perf", "w1", "flag")) == []
     assert det.series_history(("perf", "w1", "nan")) == []

@@ -377,5 +377,5 @@ def test_cached_anomaly_rows_cannot_be_changed_by_a_caller(tmp_path: Path) -> No
     q = ResultQueries(path)
     (row,) = q.get_result_anomalies()
     with pytest.raises(AttributeError):
-        row.value = 0.0  # type: ignore[misc]
+        row.value = 0.0  # type: ignore[misc]  # the point: a frozen row refuses it
     assert q.get_result_anomalies() == [row]
