@@ -70,9 +70,6 @@ class EventHub:
         if self.listening:
             self._tasks[task.task_id] = task
 
-    def task_dropped(self, task_id: str) -> None:
-        self._tasks.pop(task_id, None)
-
     def worker_changed(self, w: WorkerRecord) -> None:
         self._workers[w.worker_id] = w
 

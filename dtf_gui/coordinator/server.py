@@ -586,7 +586,8 @@ class Coordinator:
             "tasks": self.tasks.status_counts(),
             "counters": dataclasses.asdict(self.counters),
             "dispatch_latency_us": self.latency.summary(),
-            "db": {"write_errors": store.write_errors, "inline_flushes": store.inline_flushes,
+            "db": {"write_errors": store.write_errors, "last_write_error": store.last_write_error,
+                   "inline_flushes": store.inline_flushes,
                    "background_flushes": store.background_flushes, "rows_written": store.rows_written},
             "ports": dict(self.ports),
         }

@@ -504,6 +504,11 @@ class Store:
     def write_errors(self) -> int:
         return self._writer.errors if self._writer else 0
 
+    @property
+    def last_write_error(self) -> str:
+        """The writer thread's latest failure (it retries; status shows what keeps it failing)."""
+        return self._writer.last_error if self._writer else ""
+
     # -- reads on the writer's connection (flush first so they see everything) ----------------
 
     def query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:

@@ -235,21 +235,6 @@ class _Segs:
             var = np.maximum(s2 - n * mean**2, 0.0) / np.maximum(n - 1, 1)
         return mean, var, n
 
-    def line_rss(self, a: NDArray, b: NDArray) -> NDArray:
-        """Residual sum of squares of the least-squares line through x[a:b]."""
-        n = (b - a).astype(np.float64)
-        sx = self.c1[b] - self.c1[a]
-        sxx = self.c2[b] - self.c2[a]
-        si = self.ci[b] - self.ci[a]
-        sii = self.cii[b] - self.cii[a]
-        six = self.cix[b] - self.cix[a]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            cxx = sxx - sx * sx / n
-            cii = sii - si * si / n
-            cix = six - si * sx / n
-            rss = cxx - np.where(cii > 0, cix * cix / cii, 0.0)
-        return np.maximum(rss, 0.0)
-
     def jump_given_trend(self, a: NDArray, t: NDArray, b: NDArray) -> tuple[NDArray, NDArray]:
         """p-value of a jump at t on top of one common straight line through x[a:b] (the t-test of
         the step coefficient in the regression x ~ 1 + i + [i >= t]), and the jump in residual sds."""

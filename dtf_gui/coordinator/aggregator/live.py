@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dtf_gui.coordinator import store
-from dtf_gui.coordinator.aggregator.anomalies import window_stats_unchecked as window_stats
+from dtf_gui.coordinator.aggregator.anomalies import window_stats_unchecked
 from dtf_gui.coordinator.aggregator.changepoints import DEFAULTS as CP_DEFAULTS
 from dtf_gui.coordinator.aggregator.changepoints import ChangePoint, detect_change_points
 from dtf_gui.coordinator.aggregator.compare import higher_is_better
@@ -242,14 +242,14 @@ class LiveDetector:
             lo = np.maximum(np.maximum(seg, a - self.anomaly_window), base)
         else:
             lo = np.maximum(a - self.anomaly_window, base)
-        med, sigma, count = window_stats(x, lo - base, p)
+        med, sigma, count = window_stats_unchecked(x, lo - base, p)
         sigma *= np.sqrt(1.0 + _HALF_PI / np.maximum(count, 1))
         level = count >= _MIN_REFERENCE
         forming = (~level & (seg > base) & (a > seg)) if known.size else level[:0]
         if forming.any():
             f = np.flatnonzero(forming)
             olo = np.maximum(np.maximum(prev[f], seg[f] - self.anomaly_window), base)
-            omed, osig, ocount = window_stats(x, olo - base, seg[f] - base)
+            omed, osig, ocount = window_stats_unchecked(x, olo - base, seg[f] - base)
             with np.errstate(divide="ignore", invalid="ignore"):
                 s_old = osig * np.sqrt(1.0 + _HALF_PI / ocount)
                 s_new = osig * np.sqrt(1.0 + _HALF_PI / count[f])
