@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 
 import pytest
 
+from dtf_agent import protocol as p
 from dtf_gui.coordinator.api import ApiError
 from dtf_gui.coordinator.config import ephemeral_settings
 from dtf_gui.coordinator.server import Coordinator
+from tests.helpers import wait_until
 
 
 def test_request_runs_operations_in_the_loop(coordinator):
@@ -58,3 +61,44 @@ def test_request_to_a_stopped_coordinator_says_so(tmp_path):
     coord = Coordinator(ephemeral_settings(tmp_path / "x.sqlite"))
     with pytest.raises(ApiError, match="not running"):
         coord.request("get_status")
+
+
+def test_a_refused_task_never_enters_the_table(coordinator):
+    coord = coordinator()
+    # The scheduler validates the scheduling fields; its refusal is the API's answer.
+    with pytest.raises(ApiError, match="cpu_slots must be an integer >= 1, got 0"):
+        coord.request("create_task", {"type": "noop", "task_id": "bad-1", "cpu_slots": 0})
+    with pytest.raises(ApiError, match="no task 'bad-1'"):
+        coord.request("get_task", {"task_id": "bad-1"})
+    with pytest.raises(ApiError, match="submission refused.*unknown dependency nowhere"):
+        coord.request("create_tasks", {"tasks": [{"type": "noop", "task_id": "ok-1"},
+                                                 {"type": "noop", "dependencies": ["nowhere"]}]})
+    with pytest.raises(ApiError, match="no task 'ok-1'"):
+        coord.request("get_task", {"task_id": "ok-1"})
+    assert sum(coord.request("get_status")["tasks"].values()) == 0
+
+
+def test_a_priority_change_reaches_listeners_at_once(tmp_path):
+    seen: queue.SimpleQueue[p.Event] = queue.SimpleQueue()
+
+    def sink(events: list[p.Event]) -> None:
+        for e in events:
+            seen.put(e)
+
+    coord = Coordinator(ephemeral_settings(tmp_path / "p.sqlite"), event_sinks=[sink]).start()
+    try:
+        tid = coord.request("create_task", {"type": "noop", "priority": 2})["task_id"]  # no worker: it waits
+        coord.request("set_priority", {"task_id": tid, "priority": 9})
+        priorities: list[int] = []
+
+        def raised() -> bool:
+            while not seen.empty():
+                e = seen.get()
+                if e.kind == "task" and e.data["task_id"] == tid:
+                    priorities.append(e.data["priority"])
+            return 9 in priorities
+
+        wait_until(raised, 5, message=lambda: f"task events seen: priorities {priorities}")
+        assert coord.request("get_task", {"task_id": tid})["priority"] == 9
+    finally:
+        coord.stop()
