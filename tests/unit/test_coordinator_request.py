@@ -88,17 +88,20 @@ def test_a_priority_change_reaches_listeners_at_once(tmp_path):
     coord = Coordinator(ephemeral_settings(tmp_path / "p.sqlite"), event_sinks=[sink]).start()
     try:
         tid = coord.request("create_task", {"type": "noop", "priority": 2})["task_id"]  # no worker: it waits
-        coord.request("set_priority", {"task_id": tid, "priority": 9})
         priorities: list[int] = []
 
-        def raised() -> bool:
+        def task_event_with(priority: int) -> bool:
             while not seen.empty():
                 e = seen.get()
                 if e.kind == "task" and e.data["task_id"] == tid:
                     priorities.append(e.data["priority"])
-            return 9 in priorities
+            return priority in priorities
 
-        wait_until(raised, 5, message=lambda: f"task events seen: priorities {priorities}")
+        # The submission's own event has gone out; nothing else will happen to the task...
+        wait_until(lambda: task_event_with(2), 5, message=lambda: f"task events seen: priorities {priorities}")
+        coord.request("set_priority", {"task_id": tid, "priority": 9})
+        # ...so only the change itself can bring the next one.
+        wait_until(lambda: task_event_with(9), 5, message=lambda: f"task events seen: priorities {priorities}")
         assert coord.request("get_task", {"task_id": tid})["priority"] == 9
     finally:
         coord.stop()
