@@ -156,3 +156,30 @@ def test_worker_cap_keeps_one_submission_on_one_worker_at_a_time(coordinator, pr
         assert all(len(workers) <= 1 for workers in seen), seen
         # The other submission was not kept waiting behind it: it had a worker of its own.
         wait_until(lambda: all(c.call("get_task", {"task_id": t})["status"] == "completed" for t in second), 20)
+
+
+def test_an_agent_clock_far_ahead_does_not_stall_retry_backoff(coordinator):
+    """An agent's clock is display data: its times must not move the scheduler's clock (a day ahead
+    used to push the retry's backoff a day into the future)."""
+    import time
+
+    from dtf_agent import protocol as p
+    from tests.helpers import FakeAgent
+
+    coord = coordinator(task_scheduler={"retry_backoff_base": 0.05, "retry_backoff_max": 0.2})
+    fake = FakeAgent(coord.endpoint("agents"), "fast-clock")
+    try:
+        fake.register()
+        fake.recv(p.Welcome)
+        tid = coord.request("create_task", {"command": "true", "retry_limit": 1})["task_id"]
+        (spec,) = fake.recv(p.Assign).tasks
+        ahead = time.time() + 86_400
+        fake.send(p.TaskStarted(task_ids=[tid], time=ahead))
+        fake.send(p.Results(results=[p.ResultRecord(result_id="r1", task_id=tid, status="failure", error="boom",
+                                                     start_time=ahead, end_time=ahead + 1, attempt=spec.attempt)]))
+        (again,) = fake.recv(p.Assign, timeout=10).tasks  # the retry, after a backoff of at most 0.2 s
+        assert (again.task_id, again.attempt) == (tid, spec.attempt + 1)
+        shown = coord.request("get_task", {"task_id": tid})
+        assert shown["result_list"][0]["timestamp"] == ahead + 1  # what the agent said is still shown
+    finally:
+        fake.close()
