@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -403,3 +404,12 @@ def test_help_and_unknown_commands_use_the_whole_parser(capsys: pytest.CaptureFi
     assert exc.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
 
+
+
+def test_a_bad_coordinator_yaml_stops_serve_with_its_line_and_key(dtf_env: dict[str, str], dtf_home: Path) -> None:
+    # The config module is imported only by `serve`; its ConfigError is still a usage error.
+    (dtf_home / "coordinator.yaml").write_text("server:\n  prot: 1\n", encoding="utf-8")
+    out = cli(dtf_env, "serve", "--port", "0", "--agent-port", "0", "--events-port", "0", "--no-mdns")
+    assert out.returncode == 2
+    assert "coordinator.yaml:2" in out.stderr and "server.prot" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
