@@ -413,3 +413,12 @@ def test_a_bad_coordinator_yaml_stops_serve_with_its_line_and_key(dtf_env: dict[
     assert out.returncode == 2
     assert "coordinator.yaml:2" in out.stderr and "server.prot" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_importing_the_cli_leaves_the_garbage_collector_as_it_was(enabled: bool) -> None:
+    code = ("import gc, sys\n"
+            f"gc.enable() if {enabled} else gc.disable()\n"
+            "import dtf_gui.cli\n"
+            "sys.exit(0 if gc.isenabled() == " + str(enabled) + " and not gc.get_freeze_count() else 1)\n")
+    assert subprocess.run([sys.executable, "-c", code], timeout=60, check=False).returncode == 0
