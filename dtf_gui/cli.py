@@ -527,7 +527,7 @@ def _silence_stdout() -> None:
 
 
 def dtf_main(argv: list[str] | None = None) -> int:
-    program = argv is None  # the `dtf` process itself, not a caller in a process of its own
+    program = argv is None  # run as the `dtf` program, not called with an argv by a script or a test
     argv = sys.argv[1:] if argv is None else argv
     args = dtf_parser(_named_command(argv)).parse_args(argv)
     if program and args.fn is not cmd_serve:
@@ -555,7 +555,7 @@ def dtf_main(argv: list[str] | None = None) -> int:
         if not _config_error(exc):
             raise
         print(f"dtf: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
 
 
 def gui_main(argv: list[str] | None = None) -> int:
