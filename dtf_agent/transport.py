@@ -7,7 +7,6 @@ that thread only and closes it there.
 from __future__ import annotations
 
 import os
-import socket as _socket
 from typing import Any
 
 import zmq
@@ -59,4 +58,7 @@ def bind(sock: zmq.Socket[Any], host: str, port: int) -> int:
 
 
 def hostname() -> str:
-    return os.environ.get("DTF_HOSTNAME") or _socket.gethostname()
+    # socket is imported here, not at the top: a client command (`dtf status`) never needs it.
+    import socket
+
+    return os.environ.get("DTF_HOSTNAME") or socket.gethostname()
