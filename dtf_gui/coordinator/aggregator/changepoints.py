@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
+import msgspec
 import numpy as np
 from numpy.typing import NDArray
 from scipy import special
@@ -34,8 +34,7 @@ __all__ = [
 _EPS = 1e-12
 
 
-@dataclass
-class ChangePoint:
+class ChangePoint(msgspec.Struct, kw_only=True):
     """One level change. ``index`` is the first index of the new level."""
 
     index: int
@@ -49,9 +48,6 @@ class ChangePoint:
     n_before: int = 0
     n_after: int = 0
     effect: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # --------------------------------------------------------------------------------------------

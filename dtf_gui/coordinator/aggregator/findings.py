@@ -16,6 +16,8 @@ from typing import Any
 
 import msgspec
 
+from dtf_gui.coordinator.aggregator.changepoints import ChangePoint
+
 __all__ = ["Anomaly", "AnomalyRow", "ChangePointFound", "Finding"]
 
 
@@ -43,7 +45,7 @@ class Anomaly(msgspec.Struct, kw_only=True, tag_field="kind", tag="anomaly"):
     notes: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class ChangePointFound(msgspec.Struct, kw_only=True, tag_field="kind", tag="change_point"):
+class ChangePointFound(ChangePoint, kw_only=True, tag_field="kind", tag="change_point"):
     """A level change in a series, at ``index`` (absolute, as for :class:`Anomaly`): the first
     value of the new level, which is the result ``result_id``.
 
@@ -55,19 +57,8 @@ class ChangePointFound(msgspec.Struct, kw_only=True, tag_field="kind", tag="chan
 
     series: dict[str, str]
     metric: str
-    index: int
     result_id: str
     timestamp: float
-    mean_before: float
-    std_before: float
-    mean_after: float
-    std_after: float
-    rel_change: float
-    p_value: float
-    direction: str
-    n_before: int
-    n_after: int
-    effect: float
     supersedes: list[str] = msgspec.field(default_factory=list)
     notes: dict[str, Any] = msgspec.field(default_factory=dict)
 

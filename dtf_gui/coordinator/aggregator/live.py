@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
@@ -205,12 +206,9 @@ class LiveDetector:
         out: list[Finding] = list(anomalies)
         for absolute, cp in new_cps:
             i = absolute - offset
-            out.append(ChangePointFound(
-                series=self._series_dict(key), metric=metric, index=absolute, result_id=ids[i], timestamp=stamps[i],
-                mean_before=cp.mean_before, std_before=cp.std_before, mean_after=cp.mean_after,
-                std_after=cp.std_after, rel_change=cp.rel_change, p_value=cp.p_value, direction=cp.direction,
-                n_before=cp.n_before, n_after=cp.n_after, effect=cp.effect,
-                supersedes=supersedes.get(absolute, [])))
+            stats = {**msgspec.structs.asdict(cp), "index": absolute}
+            out.append(ChangePointFound(**stats, series=self._series_dict(key), metric=metric, result_id=ids[i],
+                                        timestamp=stamps[i], supersedes=supersedes.get(absolute, [])))
         flagged.extend((f.index, f.result_id) for f in anomalies)
         del flagged[:-100]
         return out
