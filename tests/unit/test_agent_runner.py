@@ -311,6 +311,13 @@ class FakeCoordinator:
     def send(self, msg: p.Message) -> None:
         self.sock.send_multipart([self.identity, p.encode(msg)])
 
+    def welcome(self, heartbeat_interval: float) -> p.Register:
+        """Take the agent's Register and answer it; the Register is returned."""
+        reg = self.recv(p.Register)
+        self.send(p.Welcome(protocol_version=p.PROTOCOL_VERSION, worker_id=reg.worker_id,
+                            heartbeat_interval=heartbeat_interval))
+        return reg
+
     def close(self) -> None:
         self.sock.close(linger=0)
         self.ctx.term()
@@ -361,9 +368,7 @@ def test_agent_heartbeats_at_the_interval_the_coordinator_asks_for(fake_coordina
 
 def test_reassigned_running_task_reports_under_the_newest_attempt(fake_coordinator, agent_on, tmp_path):
     agent_on(fake_coordinator.endpoint, resend_interval=30.0)
-    fake_coordinator.recv(p.Register)
-    fake_coordinator.send(p.Welcome(protocol_version=p.PROTOCOL_VERSION, worker_id="unit-agent",
-                                    heartbeat_interval=5.0))
+    fake_coordinator.welcome(heartbeat_interval=5.0)
     gate = tmp_path / "gate"
     spec = RunSpec(task_id="t-re", parameters={"command": f"while [ ! -e {gate} ]; do sleep 0.02; done; echo ok"},
                     attempt=1)
@@ -382,9 +387,7 @@ def test_reassigned_running_task_reports_under_the_newest_attempt(fake_coordinat
 
 def test_unacknowledged_results_are_resent_with_the_same_id(fake_coordinator, agent_on):
     agent_on(fake_coordinator.endpoint, resend_interval=0.3)
-    fake_coordinator.recv(p.Register)
-    fake_coordinator.send(p.Welcome(protocol_version=p.PROTOCOL_VERSION, worker_id="unit-agent",
-                                    heartbeat_interval=5.0))
+    fake_coordinator.welcome(heartbeat_interval=5.0)
     fake_coordinator.send(p.Assign(tasks=[RunSpec(task_id="n1", type="noop")]))
     first = fake_coordinator.recv(p.Results).results
     again = fake_coordinator.recv(p.Results, timeout=5).results
@@ -394,9 +397,7 @@ def test_unacknowledged_results_are_resent_with_the_same_id(fake_coordinator, ag
 
 def test_a_restarted_coordinator_gets_one_register_that_names_unacknowledged_results(fake_coordinator, agent_on):
     agent_on(fake_coordinator.endpoint, resend_interval=30.0)
-    fake_coordinator.recv(p.Register)
-    fake_coordinator.send(p.Welcome(protocol_version=p.PROTOCOL_VERSION, worker_id="unit-agent",
-                                    heartbeat_interval=0.2))
+    fake_coordinator.welcome(heartbeat_interval=0.2)
     fake_coordinator.send(p.Assign(tasks=[RunSpec(task_id="n1", type="noop")]))
     (held,) = fake_coordinator.recv(p.Results).results  # not acknowledged: the coordinator "restarts"
     # A restarted coordinator answers each frame the agent queued while it was away.
