@@ -28,6 +28,7 @@ from dtf_agent import __version__
 _gc_was_enabled = gc.isenabled()
 gc.disable()
 try:
+    from dtf_agent import protocol as p
     from dtf_gui.client import Client, ClientError, EndpointError
 finally:
     if _gc_was_enabled:
@@ -206,7 +207,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             print("\n".join(ids))
             return 0
         final = _wait_for(c, ids, args.wait_timeout)
-    failed = [t for t in final if t["status"] != "completed"]
+    failed = [t for t in final if t["status"] != p.COMPLETED]
     if args.json:
         print(json.dumps(final, indent=2, default=str))
     else:
@@ -227,7 +228,7 @@ def _wait_for(c: Client, ids: list[str], timeout: float) -> list[dict[str, Any]]
     while pending:
         for tid in list(pending):
             t = c.call("get_task", {"task_id": tid})
-            if t["status"] in ("completed", "failed", "cancelled"):
+            if t["status"] in p.TERMINAL_STATUSES:
                 done[tid] = t
                 pending.remove(tid)
         if not pending:

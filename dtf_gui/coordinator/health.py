@@ -112,7 +112,7 @@ class WorkerTable:
         """The worker is offline (it said goodbye, or went silent): its tasks go back to the queue."""
         w.online = False
         w.status = p.OFFLINE
-        w.health_status = {"state": "offline", "reason": reason}
+        w.health_status = {"state": p.OFFLINE, "reason": reason}
         self.store.put_worker(w)
         self.store.put_event("worker_offline", w.worker_id, {"reason": reason})
         self.hub.worker_changed(w)

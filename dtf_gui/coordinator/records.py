@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from dtf_agent.protocol import PENDING, ResultRecord
+from dtf_agent.protocol import ONLINE, PENDING, ResultRecord
 from dtf_gui.coordinator.scheduler import NO_REQUIREMENTS, Requirements, TaskSpec
 
 __all__ = ["Result", "TaskRecord", "WorkerRecord", "requirements_from_dict", "requirements_to_dict"]
@@ -144,7 +144,7 @@ class WorkerRecord:
         self.worker_id = worker_id
         self.identity = identity
         self.hostname = hostname
-        self.status = "online"
+        self.status = ONLINE
         self.hardware_id: str | None = capabilities.get("hardware_id")
         self.capabilities = capabilities
         self.tags = tags
