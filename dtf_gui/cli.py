@@ -82,7 +82,7 @@ def tune_interpreter() -> None:
     - The loop shares the GIL with the SQLite writer and analysis threads. At the default 5 ms
       switch interval a waiting loop can stall for a whole interval, which is the p99 of a no-op
       task's round trip; 0.5 ms keeps dispatch latency low at a small throughput cost.
-    - The coordinator holds every active task as a dict; with the default GC thresholds a burst
+    - The coordinator holds every active task as a record; with the default GC thresholds a burst
       of submissions triggers collections that walk all of them again and again (tens of ms each).
       Those records hold no reference cycles, so rarer young-generation collections lose nothing.
     """
