@@ -5,9 +5,9 @@
 
 The coordinator loop feeds it what happened (:data:`Event`: :class:`Submit`, :class:`FinishReported`,
 ...) and carries out what it answers (:data:`Instruction`: :class:`Dispatch`, :class:`StatusChanged`,
-:class:`Rejected`, :class:`CancelOnWorker`, :class:`PriorityChanged`), in order. A refused event (an unknown task, a bad spec,
-a worker that cannot take a pinned task) comes back as a :class:`Rejected` among the instructions
-of the same call; there is no other channel.
+:class:`Rejected`, :class:`CancelOnWorker`, :class:`PriorityChanged`), in order. A refused event
+(an unknown task, a bad spec, a worker that cannot take a pinned task) comes back as a
+:class:`Rejected` among the instructions of the same call; there is no other channel.
 
 Events are named so that they cannot be mistaken for wire messages (``dtf_agent.protocol``):
 what an agent reports is ``...Reported``, what an engineer asks is ``CancelRequested``, ``Pin``,
@@ -91,8 +91,8 @@ from dtf_gui.coordinator.balancer import DurationPredictor, Strategy, load_strat
 
 __all__ = [
     "HIGHER_PRIORITY_FIRST", "Adopt", "CancelOnWorker", "CancelRequested", "Dispatch", "Event", "FinishReported",
-    "Instruction", "Pin", "PriorityChanged", "Rejected", "Requirements", "Retry", "Scheduler", "SchedulerConfig", "SetPriority",
-    "StartReported", "StatusChanged", "Submit", "SubmitBatch", "TaskSpec", "Tick", "Unpin", "WorkerLost",
+    "Instruction", "Pin", "PriorityChanged", "Rejected", "Requirements", "Retry", "Scheduler", "SchedulerConfig",
+    "SetPriority", "StartReported", "StatusChanged", "Submit", "SubmitBatch", "TaskSpec", "Tick", "Unpin", "WorkerLost",
     "WorkerSpec", "WorkerUp", "mismatch",
 ]
 
@@ -518,7 +518,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ public API
 
-    def handle(self, events: Iterable[Any]) -> list[Any]:
+    def handle(self, events: Iterable[Event]) -> list[Instruction]:
         """Apply ``events`` in order; return the instructions, in order, then any dispatches."""
         out: list[Any] = []
         handlers = self._handlers
