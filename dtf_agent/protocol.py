@@ -11,7 +11,8 @@ instead of failing later on some message it cannot parse.
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal, Union
+import sys
+from typing import Annotated, Any, Final, Literal, Union
 
 import msgspec
 
@@ -41,6 +42,33 @@ WORKER_STATUSES = (ONLINE, OFFLINE, BUSY, "error")
 
 RESULT_STATUSES = ("success", "failure", "partial")
 
+# Bounds on what a peer may send. Every frame is untrusted: a value outside its range is refused
+# at decode with the field named, never kept, so one peer cannot grow the coordinator's memory or
+# poison a database write with a number SQLite cannot hold.
+MAX_ID = 200                  # task, worker and result ids, incarnations
+MAX_NAME = 255                # host names, tags, groups
+MAX_LIST = 100_000            # task ids in one frame (running, finished, started, cancel, acks)
+MAX_TAGS = 256
+MAX_TEXT = 1024 * 1024        # error texts and output tails
+MAX_METRICS = 10_000          # metrics in one result
+MAX_RESULTS = 10_000          # results in one frame
+MAX_REGISTER_BYTES = 256 * 1024  # a whole Register (capabilities included)
+MAX_TIMEOUT = 366 * 86400.0   # a year; finite, so "no timeout" is spelled None, never NaN or inf
+MAX_PRIORITY = 1_000_000      # |priority|: far inside SQLite's 64-bit integers
+
+Id = Annotated[str, msgspec.Meta(max_length=MAX_ID)]
+Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME)]
+Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
+IdList = Annotated[list[Id], msgspec.Meta(max_length=MAX_LIST)]
+NameList = Annotated[list[Name], msgspec.Meta(max_length=MAX_TAGS)]
+Timeout = Annotated[float, msgspec.Meta(gt=0, le=MAX_TIMEOUT)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
+Attempt = Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000)]
+# A finite float: NaN and infinities are refused (they compare false with every bound).
+Finite = Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)]
+Metrics = Annotated[dict[Annotated[str, msgspec.Meta(max_length=MAX_NAME)], float],
+                    msgspec.Meta(max_length=MAX_METRICS)]
+
 
 class ProtocolError(ValueError):
     """A frame that is not a valid message of this protocol."""
@@ -57,30 +85,30 @@ class _Msg(msgspec.Struct, tag_field="type", omit_defaults=True, kw_only=True):
 class RunSpec(msgspec.Struct, omit_defaults=True, kw_only=True):
     """What an agent needs to run one task (the scheduler's TaskSpec is what it needs to place one)."""
 
-    task_id: str
-    type: str = "command"  # command | noop | python | pytest
+    task_id: Id
+    type: Name = "command"  # command | noop | python | pytest
     parameters: dict[str, Any] = msgspec.field(default_factory=dict)
-    timeout: float | None = None
-    attempt: int = 1
+    timeout: Timeout | None = None
+    attempt: Attempt = 1
 
 
 class ResultRecord(msgspec.Struct, omit_defaults=True, kw_only=True):
     """One attempt's outcome. ``result_id`` is chosen by the agent so a resend is recognisable."""
 
-    result_id: str
-    task_id: str
-    status: str  # success | failure | partial
-    start_time: float = 0.0
-    end_time: float = 0.0
-    execution_time: float = 0.0
-    exit_code: int | None = None
-    error: str = ""
-    metrics: dict[str, float] = msgspec.field(default_factory=dict)
-    stdout_tail: str = ""
-    stderr_tail: str = ""
-    hardware_metrics: dict[str, float] = msgspec.field(default_factory=dict)
-    test_id: str = ""
-    attempt: int = 1
+    result_id: Id
+    task_id: Id
+    status: Literal["success", "failure", "partial"]
+    start_time: Finite = 0.0
+    end_time: Finite = 0.0
+    execution_time: Finite = 0.0
+    exit_code: Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31)] | None = None
+    error: Text = ""
+    metrics: Metrics = msgspec.field(default_factory=dict)
+    stdout_tail: Text = ""
+    stderr_tail: Text = ""
+    hardware_metrics: Metrics = msgspec.field(default_factory=dict)
+    test_id: Name = ""
+    attempt: Attempt = 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,39 +116,46 @@ class ResultRecord(msgspec.Struct, omit_defaults=True, kw_only=True):
 
 
 class Register(_Msg, tag="register"):
+    """First contact, and every reconnect. The whole frame is bounded (MAX_REGISTER_BYTES): the
+    coordinator keeps capabilities for as long as the worker is known."""
+
     protocol_version: int
-    worker_id: str
-    hostname: str
-    agent_version: str = ""
-    slots: int = 1
-    capabilities: dict[str, Any] = msgspec.field(default_factory=dict)
-    tags: list[str] = msgspec.field(default_factory=list)
-    groups: list[str] = msgspec.field(default_factory=list)
+    worker_id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME)]
+    hostname: Name
+    agent_version: Name = ""
+    slots: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 1
+    capabilities: Annotated[dict[str, Any], msgspec.Meta(max_length=256)] = msgspec.field(default_factory=dict)
+    tags: NameList = msgspec.field(default_factory=list)
+    groups: NameList = msgspec.field(default_factory=list)
+    # New at every start of the agent process. The same incarnation registering again is the same
+    # agent reconnecting (its tasks stay on it); a new one is an agent that restarted, and what it
+    # held and no longer lists goes back to the queue.
+    incarnation: Id = ""
     # Tasks this agent is still running, so a restarted coordinator can pick them up again.
-    running: list[str] = msgspec.field(default_factory=list)
-    # Tasks whose results this agent holds unacknowledged (it resends them after the Welcome): a
-    # restarted coordinator keeps them on this agent instead of running them again elsewhere.
-    finished: list[str] = msgspec.field(default_factory=list)
+    running: IdList = msgspec.field(default_factory=list)
+    # Tasks whose results this agent holds unacknowledged (its spool; it resends them after the
+    # Welcome): the coordinator keeps them on this agent instead of running them again elsewhere.
+    finished: IdList = msgspec.field(default_factory=list)
 
 
 class Heartbeat(_Msg, tag="heartbeat"):
-    cpu_percent: float = 0.0
-    memory_percent: float = 0.0
-    disk_percent: float = 0.0
-    running: list[str] = msgspec.field(default_factory=list)
+    cpu_percent: Finite = 0.0
+    memory_percent: Finite = 0.0
+    disk_percent: Finite = 0.0
+    running: IdList = msgspec.field(default_factory=list)
 
 
 class TaskStarted(_Msg, tag="task_started"):
-    task_ids: list[str]
-    time: float = 0.0
+    task_ids: IdList
+    time: Finite = 0.0
 
 
 class Results(_Msg, tag="results"):
-    results: list[ResultRecord]
+    results: Annotated[list[ResultRecord], msgspec.Meta(max_length=MAX_RESULTS)]
 
 
 class Goodbye(_Msg, tag="goodbye"):
-    reason: str = ""
+    reason: Annotated[str, msgspec.Meta(max_length=4096)] = ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,11 +186,11 @@ class Assign(_Msg, tag="assign"):
 
 
 class Cancel(_Msg, tag="cancel"):
-    task_ids: list[str]
+    task_ids: IdList
 
 
 class ResultAck(_Msg, tag="result_ack"):
-    result_ids: list[str]
+    result_ids: IdList
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,7 +202,7 @@ class Request(_Msg, tag="request"):
     ``args`` are validated against that operation's own Struct by the coordinator."""
 
     req_id: int
-    op: str
+    op: Name
     args: dict[str, Any] = msgspec.field(default_factory=dict)
     protocol_version: int = PROTOCOL_VERSION
 
