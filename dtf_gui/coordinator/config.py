@@ -88,6 +88,12 @@ class DatabaseSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         gt=0, description="seconds between flushes of batched inserts (results, metrics, events)")] = 0.25
     batch_size: Annotated[int, Meta(
         ge=1, description="rows that trigger a flush before flush_interval is up")] = 5000
+    durability: Annotated[Literal["process-crash", "power-loss"], Meta(
+        description="what an acknowledged write survives: process-crash (WAL, synchronous=NORMAL) or "
+                    "power-loss (synchronous=FULL: an fsync per commit)")] = "process-crash"
+    backup_interval: Annotated[float, Meta(
+        ge=0, description="seconds between automatic online backups into DTF home's backups/; 0 = none")] = 0.0
+    backups_kept: Annotated[int, Meta(ge=1, description="automatic backups kept, newest first")] = 5
 
 
 class SecuritySection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
