@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-import shlex
 import signal
 import subprocess
 import threading
@@ -19,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psutil
 
@@ -28,6 +27,13 @@ from dtf_agent.protocol import RunSpec
 log = logging.getLogger(__name__)
 
 _SHELL_CHARS = set("|&;<>()$`\\\"'*?[]#~=%{}\n")
+# The separators shlex.split (and the shell) use; str.split() would also split at Unicode spaces
+# (a no-break space in a file name), which neither of them does.
+_WORD = re.compile(r"[^ \t\r\n]+")
+# Longest command accepted, in UTF-8 bytes (a list command: all its arguments together). Far above
+# what exec takes anyway (Linux: 128 KiB per argument, ARG_MAX for all); a bound keeps a runaway
+# generated command from costing the agent memory and time before exec refuses it.
+MAX_COMMAND_BYTES = 1024 * 1024
 KILL_GRACE_S = 2.0
 
 
@@ -36,7 +42,7 @@ class Outcome:
     """What the agent turns into a ResultRecord."""
 
     task_id: str
-    status: str  # success | failure
+    status: Literal["success", "failure"]
     start_time: float
     end_time: float
     exit_code: int | None = None
@@ -46,14 +52,29 @@ class Outcome:
     stderr_tail: str = ""
 
 
-def _argv(command: str | list[str]) -> tuple[str | list[str], bool]:
+def _too_long(command: str | list[Any]) -> str:
+    """Why ``command`` is refused for its size, or "" when it is not."""
+    if isinstance(command, list):
+        size = sum(len(str(a).encode("utf-8", "surrogatepass")) for a in command)
+    else:
+        # A character is at least one byte: past the limit in characters, no need to encode.
+        size = len(command) if len(command) > MAX_COMMAND_BYTES else len(command.encode("utf-8", "surrogatepass"))
+    if size <= MAX_COMMAND_BYTES:
+        return ""
+    return f"command is {size} bytes, over the limit of {MAX_COMMAND_BYTES} bytes (MAX_COMMAND_BYTES)"
+
+
+def _argv(command: str | list[Any]) -> tuple[str | list[str], bool]:
     """A plain command is exec'd directly (one fork less than a shell); anything with shell
     syntax runs under /bin/sh, as the engineer who typed it expects."""
     if isinstance(command, list):
         return [str(a) for a in command], False
     if _SHELL_CHARS & set(command):
         return command, True
-    return shlex.split(command), False
+    # No quotes, backslashes or comments (they are shell characters), so shlex.split would only
+    # split at its separators; a regex does that in linear time (shlex took minutes on a 4 MB
+    # command: it grows each word one character at a time).
+    return _WORD.findall(command), False
 
 
 def _tail(path: Path, limit: int) -> str:
@@ -220,6 +241,12 @@ class CommandRun:
         if not command:
             return Outcome(self.spec.task_id, "failure", self.start_time, time.time(),
                            error="command task has no 'command' parameter")
+        if not isinstance(command, (str, list)):
+            return Outcome(self.spec.task_id, "failure", self.start_time, time.time(),
+                           error=f"'command' must be a string or a list of arguments, got {type(command).__name__}")
+        too_long = _too_long(command)
+        if too_long:
+            return Outcome(self.spec.task_id, "failure", self.start_time, time.time(), error=too_long)
         argv, shell = _argv(command)
         out_path, err_path, result_file = self._files
         env = dict(os.environ)
@@ -282,7 +309,8 @@ class CommandRun:
             error = f"exit code {code}"
         if note:
             error = f"{error}; {note}" if error else note
-        status = "success" if code == 0 and not error.startswith(("timed out", "cancelled")) else "failure"
+        ok = code == 0 and not error.startswith(("timed out", "cancelled"))
+        status: Literal["success", "failure"] = "success" if ok else "failure"
         outcome = Outcome(
             self.spec.task_id, status, self.start_time, end, exit_code=code, error=error if status != "success"
             or note else "", metrics=metrics, stdout_tail=_tail(out_path, self.tail_bytes),

@@ -18,11 +18,13 @@ import msgspec
 import psutil
 import pytest
 import zmq
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dtf_agent import protocol as p
 from dtf_agent.agent import Agent, AgentSettings
 from dtf_agent.protocol import RunSpec
-from dtf_agent.runners.command import CommandRun, Outcome
+from dtf_agent.runners.command import MAX_COMMAND_BYTES, CommandRun, Outcome, _argv, _too_long
 from dtf_agent.transport import bind, make_socket
 from tests.helpers import alive, descendants, find_descendants, wait_until
 
@@ -191,6 +193,42 @@ def test_builtins_and_plain_commands(runner, command, code, out):
 def test_missing_command_parameter(runner):
     o = runner.run("")
     assert o.status == "failure" and "no 'command' parameter" in o.error
+
+
+# A plain command's words, and the characters that separate them (shlex's own separators).
+_PLAIN = st.text(alphabet=st.sampled_from(list("ab-_./:+,@\u00e9\u00a0\x0c \t\r")), max_size=40)
+
+
+@given(_PLAIN)
+def test_a_plain_command_splits_as_shlex_splits_it(command):
+    assert _argv(command) == (shlex.split(command), False)
+
+
+def test_a_4_mb_command_splits_in_linear_time():
+    # A complexity check, not a benchmark: shlex took minutes on this; the budget is generous.
+    words = "x" * 4_000_000, ("ab " * 1_400_000)
+    for command in words:
+        t0 = time.perf_counter()
+        argv, shell = _argv(command)
+        elapsed = time.perf_counter() - t0
+        assert not shell and argv == command.split()
+        assert elapsed < 2.0, f"splitting {len(command)} characters took {elapsed:.2f} s"
+
+
+@pytest.mark.parametrize("command", [
+    "echo " + "x" * MAX_COMMAND_BYTES,
+    ["echo", "x" * (MAX_COMMAND_BYTES // 2), "y" * (MAX_COMMAND_BYTES // 2)],
+    "echo " + "\u00e9" * (MAX_COMMAND_BYTES // 2),  # fewer characters than the limit, more bytes
+])
+def test_a_command_over_the_limit_is_refused_naming_it(runner, tmp_path, command):
+    o = runner.run(command)
+    assert o.status == "failure" and o.exit_code is None
+    assert f"over the limit of {MAX_COMMAND_BYTES} bytes" in o.error
+
+
+def test_a_command_at_the_limit_is_not_refused_for_its_size():
+    assert _too_long("x" * MAX_COMMAND_BYTES) == ""
+    assert _too_long(["x" * (MAX_COMMAND_BYTES - 1), "y"]) == ""
 
 
 def test_task_directory_is_removed_afterwards(runner, tmp_path):
