@@ -515,6 +515,9 @@ class ExecutionSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
         description="directory tasks run in (one subdirectory each); null is under DTF home")] = None
     output_tail_bytes: Annotated[int, Meta(
         ge=0, description="bytes of stdout and of stderr kept from the end of each task's output")] = 4096
+    spool_dir: Annotated[str | None, Meta(
+        description="directory of the results not yet acknowledged (kept across restarts); "
+                    "null is <DTF home>/agent/<worker id>/spool")] = None
 
     def slots(self) -> int:
         """``concurrent_tasks`` with ``None`` resolved to the number of CPU cores."""
