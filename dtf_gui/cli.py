@@ -104,33 +104,114 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_level, "dtf")  # only here: the client commands log nothing
     from dtf_agent.paths import remove_coordinator_file, write_coordinator_file
-    from dtf_gui.coordinator.server import Coordinator  # numpy, scipy, sqlite: only the server needs them
+    from dtf_gui.coordinator.backup import BACKUP_DIR, Backups
+    from dtf_gui.coordinator.homelock import HomeLock
 
     tune_interpreter()
     settings, home = load_server(args)
-    coord = Coordinator(settings).start()
-    info = coord.info()
-    write_coordinator_file(info, home)
-    print(f"DTF coordinator {settings.coordinator_id}")
-    print(f"  clients: {info['client_endpoint']}")
-    print(f"  agents:  {info['agent_endpoint']}")
-    print(f"  events:  {info['events_endpoint']}")
-    print(f"  db:      {info['db']}", flush=True)
-    done = threading.Event()
-
-    def _stop(signum: int, _frame: FrameType | None) -> None:
-        done.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    # Before the database is opened: a second coordinator on this home stops here, naming the first,
+    # and at once (before the seconds spent importing numpy and scipy below).
+    lock = HomeLock(home, "dtf serve").acquire()
     try:
-        while not done.wait(1.0):
-            if not coord.is_running:
-                print("dtf serve: the coordinator loop stopped unexpectedly; see the log", file=sys.stderr)
+        from dtf_gui.coordinator.server import Coordinator  # numpy, scipy, sqlite: only the server needs them
+
+        problem = _database_problem(settings.db_path, home)
+        if problem:
+            print(f"dtf serve: {problem}", file=sys.stderr)
+            return 1
+        try:
+            coord = Coordinator(settings).start()
+        except RuntimeError as exc:
+            # A file that passed the check but fails when opened (damaged past what quick_check reads).
+            problem = _database_problem(settings.db_path, home, exc.__cause__)
+            if problem:
+                print(f"dtf serve: {problem}", file=sys.stderr)
                 return 1
+            raise
+        info = coord.info()
+        # Absolute: `dtf backup` reads it from another working directory.
+        info["db"] = str(Path(info["db"]).resolve())
+        lock.write_info(info)
+        write_coordinator_file(info, home)  # only the lock's owner writes it
+        db = settings.config.database
+        backups = Backups(settings.db_path, home / BACKUP_DIR, db.backup_interval, db.backups_kept).start()
+        print(f"DTF coordinator {settings.coordinator_id}")
+        print(f"  clients: {info['client_endpoint']}")
+        print(f"  agents:  {info['agent_endpoint']}")
+        print(f"  events:  {info['events_endpoint']}")
+        print(f"  db:      {info['db']}", flush=True)
+        done = threading.Event()
+
+        def _stop(signum: int, _frame: FrameType | None) -> None:
+            done.set()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        try:
+            while not done.wait(1.0):
+                if not coord.is_running:
+                    print("dtf serve: the coordinator loop stopped unexpectedly; see the log", file=sys.stderr)
+                    return 1
+        finally:
+            backups.stop()  # before the coordinator: no copy is left reading a closing database
+            coord.stop()
+            remove_coordinator_file(os.getpid(), home)  # only if it is still ours
     finally:
-        coord.stop()
-        remove_coordinator_file(os.getpid(), home)
+        lock.release()  # last: the home is ours until everything above has let go of it
+    return 0
+
+
+def _database_problem(db_path: str, home: Path, exc: BaseException | None = None) -> str | None:
+    """What is wrong with the database, with the backup to restore: from ``exc`` when opening it
+    failed with a "damaged file" error, else from a quick check before opening it."""
+    from dtf_gui.coordinator.backup import BACKUP_DIR, check_database, corruption_message, is_corruption
+
+    if exc is None:
+        return check_database(db_path, home / BACKUP_DIR)
+    if is_corruption(exc):
+        return corruption_message(Path(db_path), [str(exc)], home / BACKUP_DIR)
+    return None
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    """An online copy of the database; works while the coordinator runs (it only reads the file)."""
+    from dtf_agent.paths import dtf_home, read_coordinator_file
+    from dtf_gui.coordinator.backup import BACKUP_DIR, BackupError, backup_database, default_backup_name
+    from dtf_gui.coordinator.config import load_coordinator_config, server_settings
+
+    home = dtf_home()
+    db_path = args.db
+    if db_path is None:
+        # The running (or last) coordinator's database, as it published it; else what `serve` would open.
+        info = read_coordinator_file(home) or {}
+        db_path = info.get("db")
+    if db_path is None:
+        cfg = load_coordinator_config(args.config, default_path=home / "coordinator.yaml")
+        db_path = server_settings(cfg, home).db_path
+    dest = Path(args.path) if args.path else home / BACKUP_DIR / default_backup_name()
+    if dest.is_dir():
+        dest = dest / default_backup_name()
+    show = sys.stderr.isatty()
+    started = time.monotonic()
+    shown = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        # Only for a copy that takes a while, at most ten lines a second, on one line.
+        now = time.monotonic()
+        if show and now - started > 0.5 and (now - shown[0] > 0.1 or done == total):
+            shown[0] = now
+            print(f"\r  {100 * done // max(total, 1):3d}% ({done}/{total} pages)", end="", file=sys.stderr,
+                  flush=True)
+
+    try:
+        result = backup_database(db_path, dest, progress=progress)
+    except BackupError as exc:
+        print(f"dtf backup: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if show and shown[0]:
+            print(file=sys.stderr)
+    print(f"{result.path}  {result.size / 1e6:.1f} MB  {result.seconds:.2f} s")
     return 0
 
 
@@ -385,6 +466,14 @@ def _serve_args(sp: argparse.ArgumentParser) -> None:
     add_server_flags(sp)
 
 
+def _backup_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("path", nargs="?", metavar="PATH",
+                    help="file or folder to write (default: $DTF_HOME/backups/dtf-YYYYmmdd-HHMMSS.sqlite)")
+    sp.add_argument("--db", metavar="PATH",
+                    help="database to copy (default: the running coordinator's, else $DTF_HOME/dtf.sqlite)")
+    sp.add_argument("--config", metavar="FILE", help="coordinator.yaml naming the database")
+
+
 def _submit_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--command", help="shell command to run on a worker")
     sp.add_argument("--type", default="command", choices=["command", "noop"])
@@ -454,6 +543,7 @@ class Command(NamedTuple):
 
 COMMANDS: dict[str, Command] = {
     "serve": Command("run the coordinator without a window", cmd_serve, _serve_args, client=False),
+    "backup": Command("copy the database while the coordinator runs", cmd_backup, _backup_args, client=False),
     "submit": Command("submit a task", cmd_submit, _submit_args),
     "status": Command("coordinator summary", cmd_status, _json_args),
     "tasks": Command("list tasks", cmd_tasks, _tasks_args),
