@@ -14,7 +14,9 @@ from PySide6.QtWidgets import QApplication, QMessageBox
 
 from dtf_agent.paths import remove_coordinator_file, write_coordinator_file
 from dtf_agent.transport import hostname
+from dtf_gui.coordinator.backup import BACKUP_DIR, Backups, check_database
 from dtf_gui.coordinator.config import ServerSettings
+from dtf_gui.coordinator.homelock import HomeLock
 from dtf_gui.coordinator.local_agent import LocalAgent
 from dtf_gui.ui.bridge import CoordinatorBridge
 from dtf_gui.ui.main_window import MainWindow
@@ -28,10 +30,25 @@ class Session:
     def __init__(self, settings: ServerSettings, home: Path, *, local_agent: bool = True,
                  local_slots: int | None = None) -> None:
         self.home = home
-        self.bridge = CoordinatorBridge(settings)
-        self.bridge.start()
-        # The same file `dtf serve` writes, so the CLI and agents on this machine find the window's coordinator.
-        write_coordinator_file(self.bridge.coordinator.info(), home)
+        # One coordinator per home, taken before the database is opened (see coordinator/homelock.py).
+        self.lock = HomeLock(home, "dtf-gui").acquire()
+        try:
+            problem = check_database(settings.db_path, home / BACKUP_DIR)
+            if problem:  # a RuntimeError: run_app shows it in a dialog
+                raise RuntimeError(problem)
+            self.bridge = CoordinatorBridge(settings)
+            self.bridge.start()
+            info = self.bridge.coordinator.info()
+            info["db"] = str(Path(info["db"]).resolve())  # absolute: `dtf backup` reads it from anywhere
+            self.lock.write_info(info)
+            # The same file `dtf serve` writes, so the CLI and agents on this machine find the window's
+            # coordinator; only the lock's owner writes it.
+            write_coordinator_file(info, home)
+            db = settings.config.database
+            self.backups = Backups(settings.db_path, home / BACKUP_DIR, db.backup_interval, db.backups_kept).start()
+        except BaseException:
+            self.lock.release()  # a window that failed to start leaves the home free
+            raise
         self.agent: LocalAgent | None = None
         if local_agent:
             self.agent = LocalAgent(self.bridge.coordinator.endpoint("agents"), f"{hostname()}-local",
@@ -47,8 +64,10 @@ class Session:
         self._closed = True
         if self.agent is not None:
             self.agent.stop()
+        self.backups.stop()  # before the coordinator: no copy is left reading a closing database
         self.bridge.stop()
-        remove_coordinator_file(os.getpid(), self.home)
+        remove_coordinator_file(os.getpid(), self.home)  # only if it is still ours
+        self.lock.release()
 
 
 def run_app(settings: ServerSettings, home: Path, *, local_agent: bool = True, local_slots: int | None = None) -> int:
