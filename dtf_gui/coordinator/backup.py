@@ -134,17 +134,19 @@ def default_backup_name(now: float | None = None) -> str:
     return time.strftime("dtf-%Y%m%d-%H%M%S.sqlite", time.localtime(now))
 
 
-def _unique(path: Path) -> Path:
-    """``path``, or the same name with -1, -2 ... when a backup of the same second exists."""
-    n, candidate = 0, path
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-    return candidate
+def next_auto_name(directory: str | os.PathLike[str], now: float | None = None) -> Path:
+    """The next scheduled backup's path: named after the time, and always after every scheduled
+    backup already there, since retention deletes by that order. Within one second: -1, -2 ...
+    (never the number of one already pruned); after the clock went back: the newest's time."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
+    newest = _auto_keyed(directory)[-1:]
+    if newest and newest[0][0][0] >= stamp:
+        stamp, seq = newest[0][0][0], newest[0][0][1] + 1
+        return Path(directory) / f"{AUTO_PREFIX}{stamp}-{seq}.sqlite"
+    return Path(directory) / f"{AUTO_PREFIX}{stamp}.sqlite"
 
 
-def auto_backups(directory: str | os.PathLike[str]) -> list[Path]:
-    """The scheduled backups in ``directory``, oldest first (by the time in their names)."""
+def _auto_keyed(directory: str | os.PathLike[str]) -> list[tuple[tuple[str, int], Path]]:
     found = []
     try:
         entries = list(Path(directory).iterdir())
@@ -154,7 +156,12 @@ def auto_backups(directory: str | os.PathLike[str]) -> list[Path]:
         m = _AUTO_NAME.match(p.name)
         if m and p.is_file():
             found.append(((m.group(1), int(m.group(2) or 0)), p))
-    return [p for _, p in sorted(found)]
+    return sorted(found)
+
+
+def auto_backups(directory: str | os.PathLike[str]) -> list[Path]:
+    """The scheduled backups in ``directory``, oldest first (by the time in their names)."""
+    return [p for _, p in _auto_keyed(directory)]
 
 
 def newest_backup(directory: str | os.PathLike[str]) -> Path | None:
@@ -229,8 +236,7 @@ class Backups:
 
     def backup_now(self) -> BackupResult:
         """One scheduled backup, then retention (from the thread; callable directly, e.g. by tests)."""
-        dest = _unique(self.directory / time.strftime(f"{AUTO_PREFIX}%Y%m%d-%H%M%S.sqlite", time.gmtime()))
-        result = backup_database(self.db_path, dest, cancel=self._stop)
+        result = backup_database(self.db_path, next_auto_name(self.directory), cancel=self._stop)
         for p in prune_backups(self.directory, self.keep):
             log.info("old backup deleted: %s", p)
         return result
