@@ -3,6 +3,10 @@
 One thread owns the DEALER socket and runs :meth:`Agent.run`. Task runners finish on their own
 threads; they hand outcomes over through an :class:`~dtf_agent.inbox.Inbox` whose pipe the
 zmq.Poller watches, so the socket is only ever touched by the loop thread.
+
+Every result is journalled in the agent's spool (:mod:`dtf_agent.spool`) before it is sent, and
+leaves it only when the coordinator acknowledges it: an agent killed and started again sends what
+it held, and never runs a task again whose result it holds.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import random
 import shutil
 import tempfile
 import threading
@@ -26,6 +31,7 @@ from dtf_agent import __version__, hardware
 from dtf_agent import protocol as p
 from dtf_agent.inbox import Inbox
 from dtf_agent.runners.command import CommandRun, Outcome
+from dtf_agent.spool import Spool, default_spool_dir
 from dtf_agent.transport import hostname, make_socket
 
 log = logging.getLogger(__name__)
@@ -44,23 +50,46 @@ class AgentSettings:
     groups: list[str] = field(default_factory=list)
     heartbeat_interval: float = 5.0
     resend_interval: float = 5.0
-    register_retry: float = 2.0
+    # Pauses between Registers while no Welcome comes: doubling from the first to the last, each
+    # varied at random by a quarter, so that agents restarted together do not retry together.
+    register_retry_min: float = 0.5
+    register_retry_max: float = 10.0
+    # Seconds without an answer before a warning says what to check (once per outage).
+    unreachable_after: float = 5.0
     default_timeout: float | None = None
     tail_bytes: int = 4096
     work_dir: str | None = None
+    # None: <DTF home>/agent/<worker id>/spool
+    spool_dir: str | None = None
     max_message_size: int = p.DEFAULT_MAX_MESSAGE_SIZE
 
 
 class Agent:
     def __init__(self, settings: AgentSettings) -> None:
         self.s = settings
+        # First: a second agent with this worker id must fail here (SpoolLocked), before it has
+        # made anything that would need cleaning up.
+        spool_dir = Path(settings.spool_dir).expanduser() if settings.spool_dir else default_spool_dir(
+            settings.worker_id)
+        self.spool = Spool(spool_dir)
+        # New at every start: the coordinator tells a reconnect (same incarnation) from a restart.
+        self.incarnation = os.urandom(8).hex()
         self._stop = threading.Event()
         self._done: Inbox[Outcome] = Inbox()
         self.registered = False
         self.fatal_error: str | None = None
         self.running: dict[str, CommandRun] = {}
         self._stopping_ids: set[str] = set()
+        # result_id -> (record, when last sent); mirrors the spool's pending results.
         self.unacked: dict[str, tuple[p.ResultRecord, float]] = {}
+        # task_id -> result_id of the unacknowledged result: such a task is never run again.
+        self._held: dict[str, str] = {}
+        for rec in self.spool.pending():
+            self._hold(rec, float("-inf"))  # sent after the Welcome
+        if self.unacked:
+            log.info("%d unacknowledged result(s) in the spool %s will be sent again", len(self.unacked),
+                     self.spool.path)
+        self._spool_failing = False
         self._outbox: list[p.ResultRecord] = []
         self._started: list[str] = []
         self.bad_frames = 0
@@ -72,6 +101,14 @@ class Agent:
         self.work_dir = Path(settings.work_dir or tempfile.mkdtemp(prefix="dtf-agent-"))
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.capabilities = hardware.detect_capabilities(str(self.work_dir))
+        now = time.monotonic()
+        # Registration and contact: see run(). Initial values so that handlers may run before it.
+        self._next_register = now
+        self._register_delay = settings.register_retry_min
+        self._contact_lost_at = now  # since when this agent has been trying to register
+        self._warned_at: float | None = None  # a warning was given in this outage
+        self._owed_since: float | None = None  # first frame sent that awaits an answer, none since
+        self._drops = 0
         self._handlers: dict[type, Callable[[Any], None]] = {
             p.Welcome: self._on_welcome,
             p.Refused: self._on_refused,
@@ -109,24 +146,31 @@ class Agent:
         now = time.monotonic()
         # Attributes, not locals: a coordinator that asks us to register again brings the next
         # Register forward, and the Welcome restarts the heartbeat with the coordinator's interval.
-        self._next_register = now
+        self._lose_contact(now)
         self._next_heartbeat = now + self.s.heartbeat_interval
         next_resend = now + self.s.resend_interval
-        log.info("agent %s connecting to %s with %d slot(s)", self.s.worker_id, self.s.address, self.s.slots)
+        log.info("agent %s (incarnation %s) connecting to %s with %d slot(s)", self.s.worker_id, self.incarnation,
+                 self.s.address, self.s.slots)
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
-                if not self.registered and now >= self._next_register:
-                    self._send(self._register_msg())
-                    self._next_register = now + self.s.register_retry
+                if self.registered and self._owed_since is not None and now - self._owed_since > self._silence_limit():
+                    self._lose_contact(now, silent_for=now - self._owed_since)
+                if not self.registered:
+                    if now >= self._next_register:
+                        self._send(self._register_msg())
+                        self._owe(now)
+                        self._next_register = now + self._register_delay * random.uniform(0.75, 1.25)
+                        self._register_delay = min(2 * self._register_delay, self.s.register_retry_max)
+                    if self._warned_at is None and now - self._contact_lost_at >= self.s.unreachable_after:
+                        self._warn_unreachable(now, now - self._contact_lost_at)
                 if self.registered and now >= self._next_heartbeat:
                     self._send(self._heartbeat_msg())
                     self._next_heartbeat = now + self.s.heartbeat_interval
                 if now >= next_resend:
                     self._resend_unacked(now)
                     next_resend = now + self.s.resend_interval
-                deadline = min(self._next_heartbeat if self.registered else self._next_register, next_resend)
-                timeout_ms = max(0, int((deadline - time.monotonic()) * 1000)) + 1
+                timeout_ms = max(0, int((self._next_wake(next_resend) - time.monotonic()) * 1000)) + 1
                 for s, _ in poller.poll(timeout_ms):
                     if s is sock:
                         self._drain_socket()
@@ -141,15 +185,69 @@ class Agent:
             sock.close(linger=200)
             ctx.term()
             self._done.close()
+            self.spool.close()
             if self._own_work_dir:
                 shutil.rmtree(self.work_dir, ignore_errors=True)
         return 0
+
+    def _next_wake(self, next_resend: float) -> float:
+        if self.registered:
+            wake = min(self._next_heartbeat, next_resend)
+            if self._owed_since is not None:
+                wake = min(wake, self._owed_since + self._silence_limit())
+            return wake
+        wake = min(self._next_register, next_resend)
+        if self._warned_at is None:
+            wake = min(wake, self._contact_lost_at + self.s.unreachable_after)
+        return wake
+
+    # -- contact with the coordinator ----------------------------------------------------------
+
+    def _silence_limit(self) -> float:
+        # The coordinator never speaks unasked, so silence counts only while an answer is owed
+        # (an ack of results sent): an idle agent re-registering every few intervals would make
+        # the coordinator churn. Not below unreachable_after: a coordinator busy committing for a
+        # second is slow, not gone.
+        return max(3 * self.s.heartbeat_interval, self.s.unreachable_after)
+
+    def _owe(self, now: float) -> None:
+        if self._owed_since is None:
+            self._owed_since = now
+
+    def _lose_contact(self, now: float, silent_for: float | None = None) -> None:
+        """Register again from now on, backing off from the shortest pause."""
+        self.registered = False
+        self._next_register = now
+        self._register_delay = self.s.register_retry_min
+        self._contact_lost_at = now
+        self._owed_since = None
+        if silent_for is not None:
+            self._warn_unreachable(now, silent_for, silent=True)
+
+    def _warn_unreachable(self, now: float, waited: float, *, silent: bool = False) -> None:
+        # Once per outage: the Welcome that ends it says so at INFO.
+        self._warned_at = now - waited
+        what = ("stopped answering" if silent else "does not answer")
+        log.warning(
+            "the coordinator at %s %s (nothing for %.0f s). Check that `dtf serve` or the DTF window is running "
+            "there, that %s is its agent port, that no firewall blocks it, and that --coordinator or "
+            "coordinator.address in worker.yaml names it. Still trying every %.0f s at most; this is said once.",
+            self.s.address, what, waited, _port_of(self.s.address), self.s.register_retry_max)
 
     def _send(self, msg: p.Message) -> None:
         try:
             self.sock.send(p.encode(msg), zmq.NOBLOCK)
         except zmq.Again:
-            log.warning("send queue full; %s dropped (it will be resent)", type(msg).__name__)
+            # Once until a frame goes through again: a coordinator away for long fills the queue,
+            # and every frame after that would say the same.
+            self._drops += 1
+            if self._drops == 1:
+                log.warning("send queue full; %s dropped (it will be resent); further drops are not logged "
+                            "until the queue drains", type(msg).__name__)
+        else:
+            if self._drops:
+                log.info("send queue drained; %d frame(s) had been dropped", self._drops)
+                self._drops = 0
 
     def _drain_socket(self) -> None:
         sock = self.sock
@@ -158,6 +256,7 @@ class Agent:
         events = cast(Callable[[int], int], sock.getsockopt)  # EVENTS is an int option
         while events(_EVENTS) & _POLLIN:
             frame = sock.recv(copy=True)
+            self._owed_since = None  # any frame, even a bad one, shows the coordinator is there
             try:
                 msg = p.decode(frame)
                 handler = self._handlers[type(msg)]
@@ -171,8 +270,8 @@ class Agent:
         return p.Register(
             protocol_version=p.PROTOCOL_VERSION, worker_id=self.s.worker_id, hostname=hostname(),
             agent_version=__version__, slots=self.s.slots, capabilities=self.capabilities,
-            tags=list(self.s.tags), groups=list(self.s.groups), running=list(self.running),
-            finished=sorted({rec.task_id for rec, _sent in self.unacked.values()}),
+            tags=list(self.s.tags), groups=list(self.s.groups), incarnation=self.incarnation,
+            running=list(self.running), finished=sorted(self._held),
         )
 
     def _heartbeat_msg(self) -> p.Heartbeat:
@@ -183,12 +282,19 @@ class Agent:
     # -- handlers: one per message type ------------------------------------------------------
 
     def _on_welcome(self, msg: p.Welcome) -> None:
+        now = time.monotonic()
         self.registered = True
+        self._register_delay = self.s.register_retry_min
         self.s.heartbeat_interval = msg.heartbeat_interval
         # The first heartbeat was scheduled with this agent's own interval (5 s by default); a
         # coordinator with a shorter timeout would mark a healthy agent offline before it came.
-        self._next_heartbeat = time.monotonic() + msg.heartbeat_interval
-        log.info("registered with coordinator %s as %s", msg.coordinator_id, msg.worker_id)
+        self._next_heartbeat = now + msg.heartbeat_interval
+        if self._warned_at is not None:
+            log.info("the coordinator at %s is reachable again (after %.0f s); registered as %s", self.s.address,
+                     now - self._warned_at, msg.worker_id)
+            self._warned_at = None
+        else:
+            log.info("registered with coordinator %s as %s", msg.coordinator_id, msg.worker_id)
         # Results the coordinator may not have seen (it restarted, or we reconnected) go again now.
         self._resend_unacked(float("inf"))
 
@@ -198,8 +304,7 @@ class Agent:
             # register once (now, from the loop), not once per frame. Each extra Register would
             # look to it like this agent restarting, and cost the tasks we run a "worker lost".
             if self.registered:
-                self.registered = False
-                self._next_register = time.monotonic()
+                self._lose_contact(time.monotonic())
             return
         log.error("coordinator refused this agent: %s", msg.reason)
         if msg.fatal:
@@ -207,9 +312,19 @@ class Agent:
             self.stop()
 
     def _on_assign(self, msg: p.Assign) -> None:
-        for rid in msg.acks:
-            self.unacked.pop(rid, None)
+        if msg.acks:
+            self._acked(msg.acks)
         for spec in msg.tasks:
+            rid = self._held.get(spec.task_id)
+            if rid is not None:
+                # Its result is in the spool, unacknowledged: the coordinator never stored it (a
+                # restart, a lost ack) and assigns the task anew. Not run again; the result goes
+                # under this attempt, the only one the coordinator will store.
+                rec = self.unacked[rid][0]
+                if rec.attempt != spec.attempt:
+                    rec = msgspec.structs.replace(rec, attempt=spec.attempt)
+                self._outbox.append(rec)
+                continue
             run = self.running.get(spec.task_id)
             if run is not None:
                 # Already on it: the assignment was resent, or the coordinator took this agent for
@@ -233,8 +348,39 @@ class Agent:
                 run.cancel()
 
     def _on_ack(self, msg: p.ResultAck) -> None:
-        for rid in msg.result_ids:
-            self.unacked.pop(rid, None)
+        self._acked(msg.result_ids)
+
+    # -- results and the spool ----------------------------------------------------------------
+
+    def _hold(self, rec: p.ResultRecord, sent: float) -> None:
+        self.unacked[rec.result_id] = (rec, sent)
+        self._held[rec.task_id] = rec.result_id
+
+    def _acked(self, result_ids: list[str]) -> None:
+        for rid in result_ids:
+            entry = self.unacked.pop(rid, None)
+            if entry is not None and self._held.get(entry[0].task_id) == rid:
+                del self._held[entry[0].task_id]
+        try:
+            self.spool.ack(result_ids)
+        except (OSError, ValueError) as exc:
+            # Only costs a resend after a restart, which the coordinator recognises.
+            log.warning("cannot record an acknowledgement in the result spool %s: %s", self.spool.path, exc)
+
+    def _journal(self, records: list[p.ResultRecord]) -> None:
+        """Results on disk before they are sent. A spool that fails (disk full) does not stop the
+        results: they go out anyway and stay in memory until acknowledged, as before spools."""
+        try:
+            self.spool.append(records)
+        except (OSError, ValueError) as exc:
+            if not self._spool_failing:
+                log.error("cannot write the result spool %s (%s): results are sent but not kept on disk until "
+                          "it works again", self.spool.path, exc)
+            self._spool_failing = True
+        else:
+            if self._spool_failing:
+                log.info("the result spool %s works again", self.spool.path)
+            self._spool_failing = False
 
     # -- runners ------------------------------------------------------------------------------
 
@@ -272,17 +418,22 @@ class Agent:
         self._outbox.append(rec)
         self.completed += 1
 
-    def _flush(self) -> None:
-        """One frame per loop turn for everything that happened in it."""
+    def _flush(self, *, send: bool = True) -> None:
+        """One frame per loop turn for everything that happened in it, and one fsync."""
         if self._started:
-            self._send(p.TaskStarted(task_ids=self._started, time=time.time()))
+            if send:
+                self._send(p.TaskStarted(task_ids=self._started, time=time.time()))
             self._started = []
         if self._outbox:
+            batch, self._outbox = self._outbox, []
+            self._journal(batch)
             now = time.monotonic()
-            for rec in self._outbox:
-                self.unacked[rec.result_id] = (rec, now)
-            self._send(p.Results(results=self._outbox))
-            self._outbox = []
+            for rec in batch:
+                self._hold(rec, now)
+            if send:
+                for i in range(0, len(batch), p.MAX_RESULTS):
+                    self._send(p.Results(results=batch[i:i + p.MAX_RESULTS]))
+                self._owe(now)
 
     def _resend_unacked(self, now: float) -> None:
         if not self.registered or not self.unacked:
@@ -295,6 +446,7 @@ class Agent:
                 self.unacked[rec.result_id] = (rec, t)
             for i in range(0, len(due), 1000):
                 self._send(p.Results(results=due[i:i + 1000]))
+            self._owe(t)
 
     def _shutdown(self) -> None:
         # Tasks killed because the agent stops are not the test's failure: they are not reported
@@ -305,6 +457,15 @@ class Agent:
         for run in list(self.running.values()):
             run.join(timeout=10)
         self._collect_done()
+        # Journalled even when the coordinator is away: they are sent after the next start.
+        self._flush(send=self.registered)
         if self.registered:
-            self._flush()
             self._send(p.Goodbye(reason="agent stopping"))
+
+
+def _port_of(address: str) -> str:
+    """How the warning names the port: 'port 8081' for tcp://host:8081, else the address."""
+    host, sep, port = address.rpartition(":")
+    if sep and port.isdigit() and "://" in host:
+        return f"port {port}"
+    return address

@@ -14,6 +14,7 @@ from dtf_agent import discovery
 from dtf_agent.agent import Agent, AgentSettings
 from dtf_agent.config import ConfigError, load_worker_config
 from dtf_agent.paths import dtf_home, read_coordinator_file
+from dtf_agent.spool import SpoolLocked
 from dtf_agent.transport import hostname
 
 
@@ -93,8 +94,18 @@ def main(argv: list[str] | None = None) -> int:
         heartbeat_interval=args.heartbeat or cfg.health.heartbeat_interval,
         resend_interval=cfg.reporting.result_resend_interval, default_timeout=cfg.execution.default_timeout,
         tail_bytes=cfg.execution.output_tail_bytes, work_dir=cfg.execution.work_dir,
+        spool_dir=cfg.execution.spool_dir,
     )
-    agent = Agent(settings)
+    try:
+        agent = Agent(settings)
+    except SpoolLocked as exc:
+        print(f"dtf-agent: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # The spool or work directory cannot be made or written (permissions, a read-only home);
+        # the error names the path.
+        print(f"dtf-agent: cannot start: {exc}", file=sys.stderr)
+        return 2
     if stopping.is_set():
         return 0
     code = agent.run()

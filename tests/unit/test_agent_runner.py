@@ -4,6 +4,8 @@ And the agent's loop around it, against a fake coordinator: heartbeats, re-assig
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
 import queue
 import shlex
@@ -25,6 +27,7 @@ from dtf_agent import protocol as p
 from dtf_agent.agent import Agent, AgentSettings
 from dtf_agent.protocol import RunSpec
 from dtf_agent.runners.command import MAX_COMMAND_BYTES, CommandRun, Outcome, _argv, _too_long
+from dtf_agent.spool import SpoolLocked
 from dtf_agent.transport import bind, make_socket
 from tests.helpers import alive, descendants, find_descendants, wait_until
 
@@ -346,6 +349,19 @@ class FakeCoordinator:
             if isinstance(msg, kind):
                 return msg
 
+    def recv_all(self, until: type[T], count: int = 1, timeout: float = 10) -> list[tuple[float, p.Message]]:
+        """Every message, with the time it was received, up to the ``count``-th of type ``until``."""
+        deadline = time.monotonic() + timeout
+        seen: list[tuple[float, p.Message]] = []
+        while sum(isinstance(m, until) for _t, m in seen) < count:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.sock.poll(int(left * 1000) + 1):
+                raise AssertionError(f"fake coordinator: {count} {until.__name__} not seen within {timeout:g} s; "
+                                     f"saw {[type(m).__name__ for _t, m in seen]}")
+            self.identity, frame = self.sock.recv_multipart()
+            seen.append((time.monotonic(), p.decode(frame)))
+        return seen
+
     def send(self, msg: p.Message) -> None:
         self.sock.send_multipart([self.identity, p.encode(msg)])
 
@@ -374,8 +390,9 @@ def fake_coordinator():
 def agent_on(tmp_path):
     started: list[tuple[Agent, threading.Thread]] = []
 
-    def start(endpoint: str, **kw: object) -> Agent:
-        settings = AgentSettings(address=endpoint, worker_id="unit-agent", work_dir=str(tmp_path / "work"), **kw)
+    def start(endpoint: str, **kw: Any) -> Agent:
+        settings = AgentSettings(**{"address": endpoint, "worker_id": "unit-agent",
+                                    "work_dir": str(tmp_path / "work"), **kw})
         agent = Agent(settings)
         t = threading.Thread(target=agent.run, daemon=True)
         t.start()
@@ -434,7 +451,9 @@ def test_unacknowledged_results_are_resent_with_the_same_id(fake_coordinator, ag
 
 
 def test_a_restarted_coordinator_gets_one_register_that_names_unacknowledged_results(fake_coordinator, agent_on):
-    agent_on(fake_coordinator.endpoint, resend_interval=30.0)
+    # A long retry pause: a second Register here would come from the Refused frames, not from a
+    # retry racing the Welcome on a slow machine.
+    agent_on(fake_coordinator.endpoint, resend_interval=30.0, register_retry_min=30.0)
     fake_coordinator.welcome(heartbeat_interval=0.2)
     fake_coordinator.send(p.Assign(tasks=[RunSpec(task_id="n1", type="noop")]))
     (held,) = fake_coordinator.recv(p.Results).results  # not acknowledged: the coordinator "restarts"
@@ -454,3 +473,95 @@ def test_a_restarted_coordinator_gets_one_register_that_names_unacknowledged_res
     assert not any(isinstance(m, p.Register) for m in seen), f"a second Register: {seen}"
     resent = [r for m in seen if isinstance(m, p.Results) for r in m.results]
     assert [r.result_id for r in resent] == [held.result_id], "the held result is resent after the Welcome"
+
+
+
+# ------------------------------------------------------------------ registration, contact, spool
+
+
+def _messages(caplog: pytest.LogCaptureFixture, level: int, needle: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == level and needle in r.getMessage()]
+
+
+def test_register_backs_off_warns_once_and_says_when_the_coordinator_is_reached(fake_coordinator, agent_on,
+                                                                               caplog):
+    caplog.set_level(logging.INFO, logger="dtf_agent")
+    agent_on(fake_coordinator.endpoint, register_retry_min=0.05, register_retry_max=0.4, unreachable_after=0.5)
+    seen = fake_coordinator.recv_all(p.Register, count=8)
+    regs = [(t, m) for t, m in seen if isinstance(m, p.Register)]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(regs)]
+    assert gaps[0] < 0.2 and max(gaps) <= 0.4 * 1.25 + 0.2, f"pauses {gaps}"
+    assert min(gaps[-3:]) >= 0.4 * 0.75 - 0.05, f"pauses {gaps}: they double up to the longest"
+    incarnations = {m.incarnation for _t, m in regs}
+    assert len(incarnations) == 1 and len(next(iter(incarnations))) == 16, "one incarnation per agent"
+    warned = _messages(caplog, logging.WARNING, "does not answer")
+    assert len(warned) == 1, f"said once, not per retry: {warned}"
+    assert fake_coordinator.endpoint in warned[0] and "dtf serve" in warned[0] and "firewall" in warned[0]
+    port = fake_coordinator.endpoint.rsplit(":", 1)[1]
+    assert f"port {port}" in warned[0]
+    fake_coordinator.send(p.Welcome(protocol_version=p.PROTOCOL_VERSION, worker_id="unit-agent",
+                                    heartbeat_interval=5.0))
+    wait_until(lambda: _messages(caplog, logging.INFO, "reachable again"), 10)
+
+
+def test_a_coordinator_that_stops_answering_is_registered_with_again(fake_coordinator, agent_on, caplog):
+    caplog.set_level(logging.INFO, logger="dtf_agent")
+    agent = agent_on(fake_coordinator.endpoint, resend_interval=30.0, unreachable_after=0.5)
+    first = fake_coordinator.welcome(heartbeat_interval=0.1)
+    wait_until(lambda: agent.registered, 10)
+    fake_coordinator.send(p.Assign(tasks=[RunSpec(task_id="n1", type="noop")]))
+    (held,) = fake_coordinator.recv(p.Results).results
+    # No ack, nothing at all: the coordinator is gone. The agent registers again (same incarnation,
+    # the result named) and says so once.
+    again = fake_coordinator.recv(p.Register, timeout=10)
+    assert again.incarnation == first.incarnation and again.finished == ["n1"]
+    assert not agent.registered
+    assert len(_messages(caplog, logging.WARNING, "stopped answering")) == 1
+    fake_coordinator.send(p.Welcome(protocol_version=p.PROTOCOL_VERSION, worker_id="unit-agent",
+                                    heartbeat_interval=5.0))
+    resent = fake_coordinator.recv(p.Results).results
+    assert [r.result_id for r in resent] == [held.result_id]
+    wait_until(lambda: _messages(caplog, logging.INFO, "reachable again"), 10)
+    fake_coordinator.send(p.ResultAck(result_ids=[held.result_id]))
+
+
+def test_an_idle_agent_does_not_take_a_quiet_coordinator_for_gone(fake_coordinator, agent_on, caplog):
+    # The coordinator never speaks unasked: only an answer owed and not given is silence.
+    caplog.set_level(logging.INFO, logger="dtf_agent")
+    agent_on(fake_coordinator.endpoint, unreachable_after=0.2)
+    fake_coordinator.welcome(heartbeat_interval=0.05)
+    seen = fake_coordinator.recv_all(p.Heartbeat, count=20)  # 1 s: five times the silence limit
+    assert not [m for _t, m in seen if isinstance(m, p.Register)]
+    assert not _messages(caplog, logging.WARNING, "answer")
+
+
+def test_a_held_result_is_resent_under_the_new_attempt_and_its_task_not_run_again(fake_coordinator, agent_on,
+                                                                                 tmp_path):
+    spool = str(tmp_path / "spool")
+    first = agent_on(fake_coordinator.endpoint, resend_interval=30.0, spool_dir=spool)
+    reg1 = fake_coordinator.welcome(heartbeat_interval=5.0)
+    marker = tmp_path / "runs.txt"
+    fake_coordinator.send(p.Assign(tasks=[RunSpec(task_id="c1", parameters={"command": f"echo run >> {marker}"})]))
+    (held,) = fake_coordinator.recv(p.Results).results
+    first.stop()
+    wait_until(lambda: first.spool._lock_fd is None, 15)  # the loop has ended and let the spool go
+    second = agent_on(fake_coordinator.endpoint, resend_interval=30.0, spool_dir=spool)
+    assert list(second.unacked) == [held.result_id]
+    reg2 = fake_coordinator.welcome(heartbeat_interval=5.0)
+    assert reg2.finished == ["c1"] and reg2.incarnation != reg1.incarnation
+    assert [r.result_id for r in fake_coordinator.recv(p.Results).results] == [held.result_id]
+    fake_coordinator.send(p.Assign(tasks=[RunSpec(task_id="c1", parameters={"command": f"echo run >> {marker}"},
+                                                  attempt=2)]))
+    (again,) = fake_coordinator.recv(p.Results).results
+    assert (again.result_id, again.attempt, again.stdout_tail) == (held.result_id, 2, held.stdout_tail)
+    assert marker.read_text() == "run\n", "the task ran again"
+    assert second.completed == 0
+    fake_coordinator.send(p.ResultAck(result_ids=[held.result_id]))
+    wait_until(lambda: not second.unacked and len(second.spool) == 0, 10)
+
+
+def test_a_second_agent_with_the_same_worker_id_is_refused(fake_coordinator, agent_on, tmp_path):
+    agent_on(fake_coordinator.endpoint)
+    with pytest.raises(SpoolLocked, match=f"pid {os.getpid()}"):
+        Agent(AgentSettings(address=fake_coordinator.endpoint, worker_id="unit-agent",
+                            work_dir=str(tmp_path / "work2")))
