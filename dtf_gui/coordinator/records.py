@@ -57,9 +57,9 @@ class TaskRecord:
     scheduler instructs. ``stored`` tells the store an INSERT already happened; ``sent`` is when
     the current attempt went out (perf_counter), for the dispatch latency figures."""
 
-    __slots__ = ("attempt", "create_time", "end_time", "error", "metadata", "parameters", "priority", "results",
-                 "sent", "spec", "start_time", "status", "status_reason", "stored", "task_id", "test_id",
-                 "timeout", "type", "worker_id")
+    __slots__ = ("attempt", "create_time", "end_time", "error", "failures", "lost", "metadata", "parameters",
+                 "pinned_to", "priority", "results", "retry_at", "sent", "spec", "start_time", "status",
+                 "status_reason", "stored", "task_id", "test_id", "timeout", "type", "worker_id")
 
     def __init__(self, spec: TaskSpec, *, type: str, parameters: dict[str, Any], timeout: float | None,
                  metadata: dict[str, Any] | None, create_time: float, status: str = PENDING) -> None:
@@ -80,6 +80,13 @@ class TaskRecord:
         self.results: str | None = None
         self.error: str | None = None
         self.attempt = 0
+        # The scheduler's memory of this task, stored so that a restart resumes it where it was:
+        # failed attempts and worker losses (against retry_limit and lost_limit), the backoff
+        # deadline (epoch seconds) and the worker an engineer pinned it to.
+        self.failures = 0
+        self.lost = 0
+        self.retry_at: float | None = None
+        self.pinned_to: str | None = None
         self.stored = False
         self.sent: float | None = None
 
@@ -92,13 +99,18 @@ class TaskRecord:
             dependencies=tuple(row.get("dependencies") or ()),
             requirements=requirements_from_dict(row.get("requirements")),
             test_id=row.get("test_id") or "", submit_time=row.get("create_time") or 0.0,
-            submission=str((meta or {}).get("submission", "")))
+            submission=str((meta or {}).get("submission", "")), cpu_slots=int(row.get("cpu_slots") or 1),
+            retry_limit=row.get("retry_limit"), expected_duration=row.get("expected_duration"))
         rec = cls(spec, type=row.get("type") or "command", parameters=row.get("parameters") or {},
                   timeout=row.get("timeout"), metadata=meta, create_time=row.get("create_time") or 0.0,
                   status=row.get("status") or PENDING)
         for name in ("status_reason", "start_time", "end_time", "worker_id", "results", "error"):
             setattr(rec, name, row.get(name))
         rec.attempt = row.get("attempt") or 0
+        rec.failures = row.get("failures") or 0
+        rec.lost = row.get("lost") or 0
+        rec.retry_at = row.get("retry_at")
+        rec.pinned_to = row.get("pinned_to")
         rec.stored = True
         return rec
 
@@ -135,14 +147,15 @@ class WorkerRecord:
     ``last_seen`` (epoch) is what people are shown."""
 
     __slots__ = ("capabilities", "current_task", "first_seen", "health_status", "hardware_id", "hostname",
-                 "identity", "last_seen", "metadata", "online", "performance_metrics", "seen_at", "slots",
-                 "status", "tags", "worker_id")
+                 "identity", "incarnation", "last_seen", "metadata", "online", "performance_metrics", "seen_at",
+                 "slots", "status", "tags", "worker_id")
 
     def __init__(self, worker_id: str, identity: bytes, *, hostname: str, slots: int,
                  capabilities: dict[str, Any], tags: list[str], metadata: dict[str, Any], running: list[str],
-                 now: float, first_seen: float, seen_at: float) -> None:
+                 now: float, first_seen: float, seen_at: float, incarnation: str = "") -> None:
         self.worker_id = worker_id
         self.identity = identity
+        self.incarnation = incarnation
         self.hostname = hostname
         self.status = ONLINE
         self.hardware_id: str | None = capabilities.get("hardware_id")

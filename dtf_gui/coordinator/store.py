@@ -31,7 +31,7 @@ from dtf_gui.coordinator.records import Result, TaskRecord, WorkerRecord, requir
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Column order used by the coalesced task upsert. Kept in one place because the loader and the
 # writer must agree on it.
@@ -54,15 +54,25 @@ TASK_COLUMNS: tuple[str, ...] = (
     "attempt",
     "test_id",
     "status_reason",
+    "failures",
+    "lost",
+    "retry_at",
+    "pinned_to",
+    "cpu_slots",
+    "retry_limit",
+    "expected_duration",
 )
+# Fixed at submit and held by the task's scheduler spec, not by the record itself.
+_SPEC_TASK_COLUMNS = ("cpu_slots", "retry_limit", "expected_duration")
 # Stored as JSON text; fixed at submit, so they are encoded once, when the row is first inserted.
 _JSON_TASK_COLUMNS = ("parameters", "dependencies", "requirements", "metadata")
 # The other columns are TaskRecord attributes of the same name: one attrgetter call reads a whole
 # row (in C, under the GIL: a consistent snapshot however the loop changes the record after).
-_PLAIN_TASK_COLUMNS = tuple(c for c in TASK_COLUMNS if c not in _JSON_TASK_COLUMNS)
+_PLAIN_TASK_COLUMNS = tuple(c for c in TASK_COLUMNS if c not in _JSON_TASK_COLUMNS and c not in _SPEC_TASK_COLUMNS)
 _task_plain_row = operator.attrgetter(*_PLAIN_TASK_COLUMNS)
 TASK_MUTABLE_COLUMNS: tuple[str, ...] = (
     "status", "priority", "start_time", "end_time", "worker_id", "results", "error", "attempt", "status_reason",
+    "failures", "lost", "retry_at", "pinned_to",
 )
 _task_update_row = operator.attrgetter(*TASK_MUTABLE_COLUMNS, "task_id")
 
@@ -138,8 +148,17 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     db.table("events").create_index(["time"])
 
 
+def _migration_2(db: sqlite_utils.Database) -> None:
+    # What the scheduler knows of a task beyond its row, so that a restart resumes it exactly:
+    # the spec fields fixed at submit, and the counts and deadlines that change as it runs.
+    for column in ("cpu_slots INTEGER NOT NULL DEFAULT 1", "retry_limit INTEGER", "expected_duration FLOAT",
+                   "failures INTEGER NOT NULL DEFAULT 0", "lost INTEGER NOT NULL DEFAULT 0", "retry_at FLOAT",
+                   "pinned_to TEXT"):
+        db.execute(f"ALTER TABLE tasks ADD COLUMN {column}")
+
+
 # Each entry upgrades the schema from version i to i+1. Append, never edit a released one.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
 
 # The metrics of a result whose result_id is already stored are skipped like the result row
 # itself (INSERT OR IGNORE): a resent result must not double its metrics in the long table,
@@ -167,9 +186,11 @@ def _loads(value: str | None) -> Any:
     return json.loads(value)
 
 
-def _tune(conn: sqlite3.Connection) -> None:
+def _tune(conn: sqlite3.Connection, synchronous: str = "NORMAL") -> None:
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
+    # NORMAL in WAL: a commit survives the process dying at any moment (the OS has the pages);
+    # FULL adds an fsync per commit so that it survives the machine losing power too.
+    conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=5000")
     # Fewer, larger checkpoints: the writer thread pays for each one.
     conn.execute("PRAGMA wal_autocheckpoint=8000")
@@ -211,11 +232,13 @@ def connect_readonly(path: str | Path) -> sqlite3.Connection:
 
 def _task_insert_row(t: TaskRecord) -> tuple[Any, ...]:
     """The whole row of a task never written before, in ``_TASK_INSERT_COLUMNS`` order."""
-    return (*_task_plain_row(t), json_or_none(t.parameters), json_or_none(list(t.spec.dependencies)),
-            json_or_none(requirements_to_dict(t.spec.requirements)), json_or_none(t.metadata))
+    spec = t.spec
+    return (*_task_plain_row(t), json_or_none(t.parameters), json_or_none(list(spec.dependencies)),
+            json_or_none(requirements_to_dict(spec.requirements)), json_or_none(t.metadata),
+            spec.cpu_slots, spec.retry_limit, spec.expected_duration)
 
 
-_TASK_INSERT_COLUMNS = (*_PLAIN_TASK_COLUMNS, *_JSON_TASK_COLUMNS)
+_TASK_INSERT_COLUMNS = (*_PLAIN_TASK_COLUMNS, *_JSON_TASK_COLUMNS, *_SPEC_TASK_COLUMNS)
 
 
 def task_row_to_dict(row: Sequence[Any]) -> dict[str, Any]:
@@ -241,8 +264,9 @@ def result_row_to_dict(row: Sequence[Any]) -> dict[str, Any]:
 
 @dataclasses.dataclass
 class _Batch:
-    """What one flush writes. Tasks are the live records; their rows are read in ``_write``: on the
-    writer thread in background mode, so building thousands of rows does not stall the loop."""
+    """What one flush writes: one transaction. Tasks are the live records; their rows are read in
+    ``_commit``: on the writer thread in background mode, so building thousands of rows does not
+    stall the loop. ``seq`` numbers the batches in the order they were taken (and committed)."""
 
     tasks: list[TaskRecord]
     workers: list[tuple[Any, ...]]
@@ -250,12 +274,24 @@ class _Batch:
     metrics: list[tuple[str, str, float]]
     events: list[tuple[float, str, str, str]]
     retracted: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    seq: int = 0
     # The task rows, built once: a retried write must not turn a rolled-back INSERT into an UPDATE.
     task_rows: tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]] | None = None
+    # Rows that could not even be built (a value no column can hold): reported with the batch.
+    unbuilt: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
 
     def __len__(self) -> int:
         return (len(self.tasks) + len(self.workers) + len(self.results) + len(self.metrics) + len(self.events)
                 + len(self.retracted))
+
+
+# Errors that are about one row, not about the database: the same batch would fail again, so its
+# rows are written one by one and only the refused ones are left out (and reported).
+# sqlite3 raises OverflowError for an integer beyond 64 bits before SQLite sees it.
+_ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError, sqlite3.DataError,
+               OverflowError, ValueError, TypeError)
+_EVENT_SQL = "INSERT INTO events (time, kind, subject, data) VALUES (?,?,?,?)"
+_RETRACT_SQL = "UPDATE events SET kind = kind || '_retracted' WHERE kind=? AND subject=?"
 
 
 class _Writer:
@@ -263,19 +299,19 @@ class _Writer:
 
     sqlite3 releases the GIL while SQLite works, so writing here lets the coordinator loop go on
     decoding and dispatching on the other core instead of waiting for each commit. Batches are
-    written in order; one that fails is retried (nothing is dropped) and the error is logged and
-    counted, never swallowed.
+    committed in order. One the database cannot take now (disk full, I/O error, a lock held
+    elsewhere) is retried with backoff until it can: nothing is dropped, and nothing that waits
+    on it is acknowledged meanwhile.
     """
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self.q: queue.Queue[_Batch | None] = queue.Queue()
-        self.errors = 0
-        self.last_error = ""
         self.thread = threading.Thread(target=self._run, name="dtf-sqlite-writer", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
+        store = self.store
         while True:
             batch = self.q.get()
             try:
@@ -284,17 +320,16 @@ class _Writer:
                 delay = 0.05
                 while True:
                     try:
-                        self.store._write(batch)
+                        store._commit(batch)
                         break
                     except sqlite3.Error as exc:
-                        self.errors += 1
-                        self.last_error = f"{type(exc).__name__}: {exc}"
-                        log.error("writing to %s failed (%s); retrying in %.1f s", self.store.path, exc, delay)
+                        store._failed(exc)
                         time.sleep(delay)  # a full disk or a lock held elsewhere: wait, then try again
                         delay = min(delay * 2, 5.0)
             except Exception:
-                self.errors += 1
-                log.exception("SQLite writer: unexpected error; the batch is lost")
+                # Not an SQLite error: a bug. Say so loudly; the loop goes on with the next batch.
+                store.write_errors += 1
+                log.exception("SQLite writer: unexpected error writing batch %s", batch.seq if batch else "-")
             finally:
                 self.q.task_done()
 
@@ -309,20 +344,34 @@ class Store:
     ``put_*`` and ``flush`` are called from one thread (the coordinator's). With
     ``background=True`` the transactions run on a writer thread of the store's own; reads then go
     through a separate connection after the queued writes have landed.
+
+    Every flush takes one numbered batch (``taken``); ``committed`` is the number of the last
+    batch known to be in the database. The coordinator holds every acknowledgement back until the
+    batch that holds what it acknowledges is committed (see server.py), and ``on_commit`` (called
+    on the writer thread) wakes it when that happens off its own thread.
     """
 
     def __init__(self, path: str | Path, *, batch_size: int = 5000, flush_interval: float = 0.25,
-                 background: bool = False) -> None:
+                 background: bool = False, durability: str = "process-crash",
+                 on_commit: Callable[[], None] | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-        _tune(self.conn)
+        _tune(self.conn, "FULL" if durability == "power-loss" else "NORMAL")
         migrate(self.conn)
         self._writer: _Writer | None = None
+        self.on_commit = on_commit
+        self.taken = 0
+        self.committed = 0
         self.inline_flushes = 0
         self.background_flushes = 0
+        self.write_errors = 0
+        self.refused_rows = 0
+        # Why the database cannot be written right now ("" when it can): set by a failed commit,
+        # cleared by the next one that succeeds.
+        self.failing = ""
         self._reader = self.conn
         if background:
             self._reader = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
@@ -360,14 +409,12 @@ class Store:
         """Queue a task for writing. The live record is read at flush time, so its last state
         before a flush is what lands (one row write however often it changed)."""
         self._tasks[task.task_id] = task
-        self._maybe_flush()
 
     def put_worker(self, w: WorkerRecord) -> None:
         """Queue a worker's row; read now (heartbeats change the record in place)."""
         self._workers[w.worker_id] = tuple(
             json_or_none(getattr(w, c)) if c in _JSON_WORKER_COLUMNS else getattr(w, c) for c in WORKER_COLUMNS
         )
-        self._maybe_flush()
 
     def put_result(self, r: Result) -> None:
         """Queue a result row and its metrics in the long table. The caller has already
@@ -383,7 +430,6 @@ class Store:
         for name, value in metrics.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self._metrics.append((rid, name, float(value)))
-        self._maybe_flush()
 
     def put_event(self, kind: str, subject: str, data: dict[str, Any], when: float | None = None) -> None:
         self._events.append((time.time() if when is None else when, kind, subject, json_or_none(data) or "{}"))
@@ -402,52 +448,79 @@ class Store:
             found.update(r[0] for r in self._reader.execute(sql, chunk))
         return found
 
+    def task_statuses(self, ids: Iterable[str]) -> dict[str, str]:
+        """{task_id: status} of those of ``ids`` in the table (committed rows; the caller knows the rest)."""
+        ids = list(ids)
+        found: dict[str, str] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            sql = f"SELECT task_id, status FROM tasks WHERE task_id IN ({','.join('?' * len(chunk))})"
+            found.update((str(a), str(b)) for a, b in self._reader.execute(sql, chunk))
+        return found
+
+    def status_counts(self) -> dict[str, int]:
+        """Tasks per status over the whole table (one scan: at start, not per request)."""
+        return {str(a): int(b) for a, b in self.query("SELECT status, count(*) FROM tasks GROUP BY status")}
+
     def pending_rows(self) -> int:
         return (len(self._tasks) + len(self._workers) + len(self._results) + len(self._metrics) + len(self._events)
                 + len(self._retracted))
 
-    def _maybe_flush(self) -> None:
-        if len(self._results) + len(self._tasks) >= self.batch_size:
-            self.flush()
+    def full(self) -> bool:
+        """The batch is big enough to write now. The caller checks between messages, never inside
+        one: a result and the status it gives its task must land in the same transaction."""
+        return len(self._results) + len(self._tasks) >= self.batch_size
 
     def flush_due(self, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now
         return bool(self.pending_rows()) and now - self._last_flush >= self.flush_interval
 
     def flush(self, wait: bool = False) -> int:
-        """Write everything queued as one transaction; returns the number of rows.
+        """Take everything queued as one batch (one transaction); returns the number of rows.
 
-        In background mode the rows are handed to the writer thread; ``wait=True`` returns only
-        once everything handed over so far is committed."""
+        In background mode the batch is written inline when it is small and the writer is idle,
+        else handed to the writer thread; ``wait=True`` returns once everything handed over so far
+        is committed, or at once while the database cannot be written (reads go on meanwhile)."""
         self._last_flush = time.monotonic()
         n = self.pending_rows()
         if n:
             batch = self._take()
             writer = self._writer
             if writer is None:
-                self._write(batch)
-            elif n < self.batch_size and writer.q.unfinished_tasks == 0:
-                # A periodic, smallish flush is written inline: the loop pauses once for a few
-                # milliseconds, instead of competing with the writer thread for the GIL and the CPU
-                # all the time, which is what stretches the tail of dispatch latency. The writer
-                # is idle (nothing queued or running), so its connection is free and order is kept.
+                self._commit(batch)
+            elif n < self.batch_size and writer.q.unfinished_tasks == 0 and not self.failing:
+                # A small, frequent flush is written inline: the loop pauses for a commit of a few
+                # rows (tens of microseconds in WAL) instead of handing over to a thread and
+                # waiting for its wake-up. The writer is idle, so its connection is free and
+                # batches stay in order.
                 self.inline_flushes += 1
                 try:
-                    self._write(batch)
+                    self._commit(batch)
                 except sqlite3.Error as exc:
-                    log.warning("inline write failed (%s); the writer thread retries it", exc)
-                    writer.q.put(batch)
+                    self._failed(exc)
+                    writer.q.put(batch)  # the writer retries it, with backoff, until it lands
             else:
-                # A flood (the batch filled up): the writer thread takes it and dispatch goes on.
+                # A flood (the batch filled up), or the writer is busy: it takes the batch, and
+                # the loop goes on receiving while it commits.
                 self.background_flushes += 1
                 writer.q.put(batch)
-        if wait and self._writer is not None:
-            self._writer.q.join()
+        if wait:
+            self.wait_committed()
         return n
 
+    def wait_committed(self) -> None:
+        writer = self._writer
+        if writer is None:
+            return
+        q = writer.q
+        with q.all_tasks_done:
+            while q.unfinished_tasks and not self.failing:
+                q.all_tasks_done.wait(0.1)
+
     def _take(self) -> _Batch:
+        self.taken += 1
         batch = _Batch(list(self._tasks.values()), list(self._workers.values()), self._results, self._metrics,
-                       self._events, self._retracted)
+                       self._events, self._retracted, seq=self.taken)
         self._tasks = {}
         self._workers = {}
         self._results = []
@@ -457,62 +530,104 @@ class Store:
         return batch
 
     @staticmethod
-    def _task_rows(tasks: list[TaskRecord]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    def _task_rows(b: _Batch) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
         """INSERT rows for tasks never written, UPDATE rows for the others. attrgetter reads a
         live task's changing columns in one C call under the GIL, so each row is a consistent
         snapshot even while the loop thread goes on changing tasks; a task changed after its
         snapshot is queued again by put_task and written by a later batch, after this one (the
         writer keeps order)."""
         new, known = [], []
-        for t in tasks:
-            if t.stored:
-                known.append(_task_update_row(t))
-            else:
-                new.append(_task_insert_row(t))
-                t.stored = True
+        for t in b.tasks:
+            try:
+                if t.stored:
+                    known.append(_task_update_row(t))
+                else:
+                    new.append(_task_insert_row(t))
+                    t.stored = True
+            except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:  # this task alone is left out
+                b.unbuilt.append(("tasks", t.task_id, f"{type(exc).__name__}: {exc}"))
         return new, known
 
-    def _write(self, b: _Batch) -> None:
-        conn = self.conn
-        if b.task_rows is None:
-            b.task_rows = self._task_rows(b.tasks)
+    def _statements(self, b: _Batch) -> list[tuple[str, Sequence[tuple[Any, ...]], str, int]]:
+        """(sql, rows, table, index of the row's key) for each part of a batch, in write order."""
+        assert b.task_rows is not None
         new_tasks, task_updates = b.task_rows
+        return [(self._task_sql, new_tasks, "tasks", 0), (self._task_update_sql, task_updates, "tasks", -1),
+                (self._worker_sql, b.workers, "workers", 0), (self._result_sql, b.results, "results", 0),
+                (_METRIC_SQL, b.metrics, "metrics", 0), (_EVENT_SQL, b.events, "events", 2),
+                (_RETRACT_SQL, b.retracted, "events", 1)]
+
+    def _commit(self, b: _Batch) -> None:
+        """Write one batch as one transaction. A row the database refuses is left out alone (the
+        rest is written, the refusal recorded as an event); an error of the database itself
+        (disk full, I/O) raises sqlite3.Error with nothing written, for the caller to retry."""
+        if b.task_rows is None:
+            b.task_rows = self._task_rows(b)
+        try:
+            self._write(b, self._statements(b), None)
+        except _ROW_ERRORS as exc:
+            log.warning("a write batch of %d rows was refused (%s); writing its rows one by one", len(b), exc)
+            refused: list[tuple[str, str, str]] = []
+            self._write(b, self._statements(b), refused)
+        self.committed = b.seq
+        if self.failing:
+            log.warning("writing to %s works again", self.path)
+            self.failing = ""
+        if self.on_commit is not None:
+            self.on_commit()
+
+    def _write(self, b: _Batch, statements: list[tuple[str, Sequence[tuple[Any, ...]], str, int]],
+               refused: list[tuple[str, str, str]] | None) -> None:
+        """One transaction. ``refused`` None: each statement for all its rows at once (the fast
+        path); a list: row by row, collecting the rows the database refuses there."""
+        conn = self.conn
         conn.execute("BEGIN")
         try:
-            if new_tasks:
-                conn.executemany(self._task_sql, new_tasks)
-            if task_updates:
-                conn.executemany(self._task_update_sql, task_updates)
-            if b.workers:
-                conn.executemany(self._worker_sql, b.workers)
-            if b.results:
-                conn.executemany(self._result_sql, b.results)
-            if b.metrics:
-                conn.executemany(_METRIC_SQL, b.metrics)
-            if b.events:
-                conn.executemany("INSERT INTO events (time, kind, subject, data) VALUES (?,?,?,?)", b.events)
-            if b.retracted:
-                conn.executemany("UPDATE events SET kind = kind || '_retracted' WHERE kind=? AND subject=?",
-                                 b.retracted)
+            for sql, rows, table, key in statements:
+                if not rows:
+                    continue
+                if refused is None:
+                    conn.executemany(sql, rows)
+                    continue
+                for row in rows:
+                    try:
+                        conn.execute(sql, row)
+                    except _ROW_ERRORS as exc:  # SQLite undid this statement only; the transaction goes on
+                        refused.append((table, str(row[key])[:200], f"{type(exc).__name__}: {exc}"))
+            bad = [*b.unbuilt, *(refused or ())]
+            if bad:
+                self.refused_rows += len(bad)
+                now = time.time()
+                for table, subject, error in bad[:1000]:
+                    log.error("the database refused a row of %s (%s): %s", table, subject, error)
+                    conn.execute(_EVENT_SQL, (now, "write_refused", subject,
+                                              json_or_none({"table": table, "error": error})))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         self.rows_written += len(b)
 
-    @property
-    def write_errors(self) -> int:
-        return self._writer.errors if self._writer else 0
+    def _failed(self, exc: sqlite3.Error) -> None:
+        """A commit failed for a reason of the database's own; it is retried. Logged once per
+        different reason, not once per retry."""
+        self.write_errors += 1
+        why = f"{type(exc).__name__}: {exc}"
+        if why != self.failing:
+            log.error("writing to %s failed (%s); retrying until it works. Nothing that waits on it "
+                      "is acknowledged meanwhile", self.path, why)
+        self.failing = why
 
     @property
     def last_write_error(self) -> str:
-        """The writer thread's latest failure (it retries; status shows what keeps it failing)."""
-        return self._writer.last_error if self._writer else ""
+        """Why writing fails right now ("" when it works): status shows what keeps it failing."""
+        return self.failing
 
     # -- reads on the writer's connection (flush first so they see everything) ----------------
 
     def query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
-        self.flush(wait=True)
+        if self.pending_rows() or self.taken != self.committed:
+            self.flush(wait=True)
         return self._reader.execute(sql, tuple(params)).fetchall()
 
     def load_tasks(self, where: str = "", params: Iterable[Any] = ()) -> list[dict[str, Any]]:

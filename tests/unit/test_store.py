@@ -194,15 +194,20 @@ def test_flush_is_due_after_the_interval_only_when_rows_wait(store):
     assert store.flush_due(flushed_at + store.flush_interval + 0.01)
 
 
-def test_batch_size_triggers_a_flush_without_waiting(db_path):
+def test_a_full_batch_says_so_and_is_never_written_from_inside_a_put(db_path):
+    # The loop flushes between messages: a put never writes, so a result and the status it gives
+    # its task cannot be split over two transactions.
     s = Store(db_path, batch_size=100, flush_interval=3600)
     try:
         for i in range(99):
             s.put_result(result(f"r{i}"))
-        assert count(db_path, "results") == 0
+        assert not s.full()
         s.put_result(result("r99"))
+        assert s.full()
+        assert count(db_path, "results") == 0
+        s.flush()
         assert count(db_path, "results") == 100
-        assert s.pending_rows() == 0
+        assert s.pending_rows() == 0 and s.committed == s.taken == 1
     finally:
         s.close()
 
