@@ -279,11 +279,57 @@ class Tick(msgspec.Struct, frozen=True):
 
 
 class Adopt(msgspec.Struct, frozen=True):
-    """After a coordinator restart: a reconnecting worker reports it is running this task."""
+    """After a coordinator restart: a reconnecting worker reports it is running this task (or holds
+    its result), under ``attempt`` (the attempt it was given; None: a new one is counted)."""
 
     now: float
     task_id: str
     worker_id: str
+    attempt: int | None = None
+
+
+class Progress(msgspec.Struct, frozen=True, kw_only=True):
+    """What the scheduler had learnt about a task before a restart (see :class:`Restore`)."""
+
+    attempt: int = 0                     # attempts dispatched so far; the next one is attempt + 1
+    failures: int = 0                    # against retry_limit
+    lost: int = 0                        # against lost_limit
+    error: str = ""                      # the last failure's error
+    retry_at: float = 0.0                # backoff deadline (epoch seconds); 0: none
+    pinned_to: str | None = None         # the worker an engineer assigned it to
+    # The worker that was running it: the task waits for that worker to reconnect until
+    # ``hold_until`` rather than start a second copy elsewhere at once.
+    held_for: str | None = None
+    hold_until: float = 0.0
+
+
+class Restore(msgspec.Struct, frozen=True):
+    """At start: the unfinished tasks of an earlier life, with what was known of them. Unlike a
+    submission each is accepted or refused alone (a dependency no longer known refuses the task
+    and its dependents, nothing else); dependencies may come in any order."""
+
+    now: float
+    tasks: tuple[tuple[TaskSpec, Progress], ...]
+
+
+class Remember(msgspec.Struct, frozen=True):
+    """Tasks that ended before the scheduler's memory begins (they are only in the database):
+    (task_id, final status). Lets a restored or new task depend on them."""
+
+    now: float
+    tasks: tuple[tuple[str, str], ...]
+
+
+class Reconcile(msgspec.Struct, frozen=True):
+    """A worker registered again and listed the tasks it ``holds`` (running, or finished with the
+    result not yet acknowledged). Tasks the scheduler had on it and it does not hold go back to
+    the queue; ``restarted`` (a new agent process) counts that as a loss against lost_limit, a
+    reconnect of the same process does not."""
+
+    now: float
+    worker_id: str
+    holds: frozenset[str]
+    restarted: bool
 
 
 # ----------------------------------------------------------------------------- instructions (out)
@@ -318,7 +364,7 @@ class PriorityChanged(msgspec.Struct, frozen=True):
 
 
 Event = (Submit | SubmitBatch | CancelRequested | WorkerUp | WorkerLost | StartReported | FinishReported | Pin
-         | Unpin | SetPriority | Retry | Tick | Adopt)
+         | Unpin | SetPriority | Retry | Tick | Adopt | Restore | Remember | Reconcile)
 Instruction = Dispatch | StatusChanged | Rejected | CancelOnWorker | PriorityChanged
 
 
@@ -400,7 +446,7 @@ class TaskState:
     """One task as the scheduler sees it (strategies may read the attributes named in balancer.py)."""
 
     __slots__ = ("assigned_at", "attempt", "cls", "dependents", "error", "expected_end", "failed_by",
-                 "failures", "hw", "lost", "pin", "predicted", "priority", "qseq", "reason", "spec",
+                 "failures", "held_for", "hw", "lost", "pin", "predicted", "priority", "qseq", "reason", "spec",
                  "started_at", "state", "submit_time", "task_id", "until", "waiting_on", "where", "worker")
 
     def __init__(self, spec: TaskSpec, submit_time: float) -> None:
@@ -423,6 +469,7 @@ class TaskState:
         self.waiting_on: set[str] | None = None
         self.dependents: list[TaskState] | None = None
         self.until = 0.0
+        self.held_for: str | None = None
         self.assigned_at = 0.0
         self.started_at = 0.0
         self.expected_end = 0.0
@@ -514,6 +561,7 @@ class Scheduler:
             WorkerUp: self._on_worker_up, WorkerLost: self._on_worker_lost, StartReported: self._on_started,
             FinishReported: self._on_finished, Pin: self._on_pin, Unpin: self._on_unpin,
             SetPriority: self._on_set_priority, Retry: self._on_retry, Tick: self._on_tick, Adopt: self._on_adopt,
+            Restore: self._on_restore, Remember: self._on_remember, Reconcile: self._on_reconcile,
         }
 
     # ------------------------------------------------------------------ public API
@@ -736,12 +784,22 @@ class Scheduler:
                 if left[u] == 0:
                     heapq.heappush(heap, (pos[u], u))
 
-    def _accept(self, spec: TaskSpec, now: float, out: list[Any]) -> None:
+    def _accept(self, spec: TaskSpec, now: float, out: list[Any], progress: Progress | None = None) -> None:
         t = TaskState(spec, spec.submit_time or now)
         self._tasks[t.task_id] = t
         self._counts["submitted"] += 1
         self._npending += 1
         self._join_class(t)
+        if progress is not None:
+            t.attempt = progress.attempt
+            t.failures = progress.failures
+            t.lost = progress.lost
+            t.error = progress.error
+            t.until = max(progress.retry_at, progress.hold_until if progress.held_for else 0.0)
+            if progress.held_for and progress.hold_until > progress.retry_at:
+                t.held_for = progress.held_for
+            if progress.pinned_to:
+                t.pin = self._workers.get(progress.pinned_to) or self._placeholder(progress.pinned_to)
         dead: TaskState | None = None
         if spec.dependencies:
             tasks = self._tasks
@@ -809,6 +867,9 @@ class Scheduler:
         return f"waiting for dependencies: {_names(waiting)}"
 
     def _backoff_reason(self, t: TaskState) -> str:
+        if t.held_for:
+            return (f"waiting until {_fmt_time(t.until)} for {t.held_for}, which was running it before the "
+                    "coordinator restarted, to reconnect")
         limit = self._retry_limit(t)
         err = f": {t.error}" if t.error else ""
         return (f"backoff until {_fmt_time(t.until)} (attempt {t.attempt} failed{err}; "
@@ -966,6 +1027,7 @@ class Scheduler:
             _, q, t = heapq.heappop(bh)
             if t.where == _W_BACKOFF and t.qseq == q:
                 t.where = _W_NONE
+                t.held_for = None
                 self._place(t, out)
         if self._pinned_ready:
             self._dispatch_pinned(out)
@@ -1437,9 +1499,81 @@ class Scheduler:
         self._unqueue(t)
         t.waiting_on = None
         t.pin = None
+        t.held_for = None
         self._npending -= 1
-        t.attempt += 1
+        t.attempt = t.attempt + 1 if ev.attempt is None else max(t.attempt, ev.attempt)
         t.assigned_at = t.started_at = ev.now
         self._occupy(t, w)
         self.strategy.on_dispatch(t, w, self)
         self._status(t, RUNNING, "adopted after coordinator restart", out, w.worker_id)
+
+    def _placeholder(self, worker_id: str) -> WorkerState:
+        """A worker known only by name (a restored pin names it before it registers): offline,
+        with a minimal spec, until its WorkerUp brings the real one."""
+        w = self._workers[worker_id] = WorkerState(WorkerSpec(worker_id=worker_id))
+        return w
+
+    def _on_restore(self, ev: Restore, out: list[Any]) -> None:
+        specs = {s.task_id: (s, pr) for s, pr in ev.tasks}
+        pos = {i: n for n, i in enumerate(specs)}
+        # Kahn's order over the restored tasks, ties in the order given (their submit order).
+        waits = {i: {d for d in s.dependencies if d in specs and d != i} for i, (s, _) in specs.items()}
+        users: dict[str, list[str]] = {}
+        for i, ds in waits.items():
+            for d in ds:
+                users.setdefault(d, []).append(i)
+        heap = [(pos[i], i) for i, ds in waits.items() if not ds]
+        heapq.heapify(heap)
+        done: set[str] = set()
+        while heap:
+            _, i = heapq.heappop(heap)
+            done.add(i)
+            spec, progress = specs[i]
+            why = _bad_spec(spec)
+            if why is None and i in self._tasks:
+                why = f"duplicate task id {i} (already {self._tasks[i].state})"
+            if why is None:
+                why = next((f"unknown dependency {d}" for d in spec.dependencies if d not in self._tasks), None)
+            if why is not None:
+                self._reject(i, why, out)  # its dependents meet an unknown dependency in turn
+            else:
+                self._accept(spec, ev.now, out, progress)
+            for u in users.get(i, ()):
+                waits[u].discard(i)
+                if not waits[u]:
+                    heapq.heappush(heap, (pos[u], u))
+        cyc = sorted(i for i in specs if i not in done)
+        for i in cyc:
+            self._reject(i, f"dependency cycle among {_names(cyc)}", out)
+
+    def _on_remember(self, ev: Remember, out: list[Any]) -> None:
+        for task_id, status in ev.tasks:
+            if task_id in self._tasks or status not in TERMINAL_STATUSES:
+                continue
+            t = TaskState(TaskSpec(task_id=task_id), ev.now)
+            t.state = status
+            self._tasks[task_id] = t
+            self._remember_finished(t)
+
+    def _on_reconcile(self, ev: Reconcile, out: list[Any]) -> None:
+        w = self._workers.get(ev.worker_id)
+        if w is None:
+            return
+        wid = w.worker_id
+        limit = self.config.lost_limit
+        for t in [t for t in w.tasks.values() if t.task_id not in ev.holds]:
+            self._release(t, out, cancel=False)
+            if ev.restarted:
+                t.lost += 1
+                if t.lost > limit:
+                    self._terminal(t, FAILED, f"worker {wid} restarted while running it, {t.lost} losses "
+                                              f"(lost_limit {limit})", out)
+                    continue
+                note = f"requeued: worker {wid} restarted ({t.lost}/{limit}); "
+            else:
+                note = f"requeued: worker {wid} reconnected without it; "
+            self._counts["requeued_lost"] += 1
+            self._npending += 1
+            t.state = PENDING
+            t.reason = ""
+            self._place(t, out, note=note)

@@ -13,7 +13,7 @@ import os
 import time
 from collections import Counter, OrderedDict
 
-from dtf_agent.protocol import COMPLETED, PENDING, TASK_STATUSES, TERMINAL_STATUSES
+from dtf_agent.protocol import ASSIGNED, COMPLETED, FAILED, PENDING, RUNNING, TASK_STATUSES, TERMINAL_STATUSES
 from dtf_gui.coordinator import scheduler as sch
 from dtf_gui.coordinator.records import TaskRecord
 from dtf_gui.coordinator.store import Store
@@ -114,31 +114,49 @@ class TaskTable:
         return {s: counts.get(s, 0) for s in TASK_STATUSES}
 
 
-def recover(store: Store, sched: sch.Scheduler, tasks: TaskTable) -> list[sch.Instruction]:
-    """After a start, state comes back from SQLite: the duration history placement predicts from
-    is seeded, and unfinished tasks are offered to the scheduler again in the order they came
-    (running ones go back to the queue; a reconnecting agent that still runs one gets it adopted).
-    Returns the scheduler's instructions for the loop to carry out.
+def recover(store: Store, sched: sch.Scheduler, tasks: TaskTable, hold: float) -> tuple[list[sch.Instruction],
+                                                                                     dict[str, str]]:
+    """After a start the scheduler is rebuilt from SQLite, so that a restart is invisible to the
+    work: the duration history placement predicts from; every unfinished task with its attempt
+    number, failure and loss counts, backoff deadline and pin; the final status of the finished
+    tasks they depend on. A task that was assigned or running waits up to ``hold`` seconds for the
+    worker that had it to reconnect and claim it, rather than start a second copy elsewhere.
 
-    A task the scheduler refuses (its dependency is no longer known) stays in SQLite, pending,
-    with the reason as its status_reason."""
+    Returns the scheduler's instructions for the loop to carry out, and {task_id: worker_id} of
+    the tasks held for a worker. A task the scheduler refuses (a dependency that is in no table)
+    ends failed with the reason: nothing stays pending forever."""
     for test_id, hardware, seconds in store.duration_history(sched.config.history_window):
         sched.record_duration(test_id, hardware, seconds)
-    out: list[sch.Instruction] = []
     now = time.time()
-    for row in store.load_tasks("WHERE status NOT IN ('completed','failed','cancelled') ORDER BY create_time"):
-        task = TaskRecord.from_row(row)
-        ins = sched.handle([sch.Submit(now, task.spec)])
-        refused = [i.reason for i in ins if isinstance(i, sch.Rejected) and i.task_id == task.task_id]
-        if refused:
-            log.warning("task %s cannot be recovered: %s", task.task_id, refused[0])
-            task.status_reason = f"not recovered after a coordinator restart: {refused[0]}"
-            store.put_task(task)
+    records = [TaskRecord.from_row(row) for row in store.load_tasks(
+        "WHERE status NOT IN ('completed','failed','cancelled') ORDER BY create_time, task_id")]
+    ids = {r.task_id for r in records}
+    outside = {d for r in records for d in r.spec.dependencies if d not in ids}
+    finished = store.task_statuses(outside) if outside else {}
+    held = {r.task_id: r.worker_id for r in records if r.status in (ASSIGNED, RUNNING) and r.worker_id}
+    restore = sch.Restore(now, tuple(
+        (r.spec, sch.Progress(attempt=r.attempt, failures=r.failures, lost=r.lost, error=r.error or "",
+                              retry_at=r.retry_at or 0.0, pinned_to=r.pinned_to, held_for=held.get(r.task_id),
+                              hold_until=now + hold))
+        for r in records))
+    ins = sched.handle([sch.Remember(now, tuple(finished.items())), restore])
+    refused = {i.task_id: i.reason for i in ins if isinstance(i, sch.Rejected)}
+    for r in records:
+        why = refused.get(r.task_id)
+        if why is not None:
+            log.warning("task %s cannot be recovered: %s", r.task_id, why)
+            r.status = FAILED
+            r.error = r.status_reason = f"not recovered after a coordinator restart: {why}"
+            r.end_time = now
+            store.put_task(r)
+            held.pop(r.task_id, None)
             continue
-        if task.status != PENDING:
-            task.worker_id = None
-            task.start_time = None
-            task.status = PENDING
-        tasks.add(task)
-        out.extend(ins)
-    return out
+        if r.status != PENDING:
+            r.status = PENDING
+            r.start_time = None
+        tasks.add(r)
+    # Counts of what ended in earlier lives, so status shows the database, not this run.
+    counts = store.status_counts()
+    for status in TERMINAL_STATUSES:
+        tasks.finished_counts[status] += counts.get(status, 0)
+    return [i for i in ins if not isinstance(i, sch.Rejected)], held
