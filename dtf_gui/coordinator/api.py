@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import msgspec
 
@@ -31,6 +31,18 @@ log = logging.getLogger(__name__)
 
 TASK_TYPES = ("command", "noop")
 MAX_LIST = 100_000
+MAX_COMMAND = 1024 * 1024     # bytes of a command line (the agent splits it; a shell takes no more)
+MAX_WAIT = 24 * 3600.0
+
+# Ranges for every number a client sends: out of range is refused with the field named, never
+# stored (a priority beyond 64 bits once made SQLite refuse a whole batch of other rows).
+Priority = Annotated[int, msgspec.Meta(ge=-p.MAX_PRIORITY, le=p.MAX_PRIORITY)]
+Slots = Annotated[int, msgspec.Meta(ge=1, le=4096)]
+RetryLimit = Annotated[int, msgspec.Meta(ge=0, le=1000)]
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=p.MAX_TIMEOUT)]
+Memory = Annotated[float, msgspec.Meta(ge=0, le=1e9)]
+Limit = Annotated[int, msgspec.Meta(ge=1, le=MAX_LIST)]
+Offset = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 
 
 class ApiError(Exception):
@@ -45,64 +57,73 @@ class RequirementArgs(_Args):
     """What a worker must offer (all optional): tags it has, a hardware kind, memory, GPUs, OS, a
     named worker or group. A misspelt key is refused rather than silently ignored."""
 
-    tags: list[str] = msgspec.field(default_factory=list)
-    hardware: str | None = None
-    min_memory_gb: float = 0.0
-    gpu_count: int = 0
-    gpu_memory_gb: float = 0.0
-    os: str | None = None
-    worker: str | None = None
-    group: str | None = None
+    tags: p.NameList = msgspec.field(default_factory=list)
+    hardware: p.Name | None = None
+    min_memory_gb: Memory = 0.0
+    gpu_count: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 0
+    gpu_memory_gb: Memory = 0.0
+    os: p.Name | None = None
+    worker: p.Name | None = None
+    group: p.Name | None = None
 
 
 class CreateTask(_Args):
-    type: str = "command"
-    command: str | list[str] | None = None
+    type: p.Name = "command"
+    command: Annotated[str, msgspec.Meta(max_length=MAX_COMMAND)] | list[str] | None = None
     parameters: dict[str, Any] = msgspec.field(default_factory=dict)
-    priority: int | None = None
-    timeout: float | None = None
-    dependencies: list[str] = msgspec.field(default_factory=list)
+    priority: Priority | None = None
+    timeout: Seconds | None = None
+    dependencies: Annotated[list[p.Id], msgspec.Meta(max_length=10_000)] = msgspec.field(default_factory=list)
     requirements: RequirementArgs | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
-    task_id: str | None = None
-    retry_limit: int | None = None
-    test_id: str = ""
-    cpu_slots: int = 1
-    expected_duration: float | None = None
+    task_id: Annotated[str, msgspec.Meta(min_length=1, max_length=p.MAX_ID)] | None = None
+    retry_limit: RetryLimit | None = None
+    test_id: p.Name = ""
+    cpu_slots: Slots = 1
+    expected_duration: Seconds | None = None
 
 
 class CreateTasks(_Args):
-    tasks: list[CreateTask]
+    tasks: Annotated[list[CreateTask], msgspec.Meta(max_length=MAX_LIST)]
 
 
 class TaskRef(_Args):
-    task_id: str
+    task_id: p.Id
 
 
 class AssignArgs(_Args):
-    task_id: str
-    worker_id: str
+    task_id: p.Id
+    worker_id: p.Name
 
 
 class PriorityArgs(_Args):
-    task_id: str
-    priority: int
+    task_id: p.Id
+    priority: Priority
 
 
 class WorkerRef(_Args):
-    worker_id: str
+    worker_id: p.Name
 
 
 class ListTasks(_Args):
-    status: str | None = None
-    worker_id: str | None = None
-    limit: int = 100
+    status: p.Name | None = None
+    worker_id: p.Name | None = None
+    limit: Limit = 100
+    offset: Offset = 0
 
 
 class ListResults(_Args):
-    task_id: str | None = None
-    worker_id: str | None = None
-    limit: int = 1000
+    task_id: p.Id | None = None
+    worker_id: p.Name | None = None
+    limit: Limit = 1000
+    offset: Offset = 0
+
+
+class WaitArgs(_Args):
+    """Wait until every one of these tasks is final, or ``timeout`` seconds have passed."""
+
+    task_ids: Annotated[list[p.Id], msgspec.Meta(min_length=1, max_length=MAX_LIST)]
+    timeout: Annotated[float, msgspec.Meta(ge=0, le=MAX_WAIT)] = 60.0
 
 
 class NoArgs(_Args):
@@ -119,6 +140,14 @@ class Analysis(_Args):
     threshold: float | None = None
     lookback_days: float | None = None
     include_trends: bool = False
+
+
+class Waiting(msgspec.Struct):
+    """A request answered when its tasks end (the loop's waiter table), or at its timeout."""
+
+    req_id: int
+    task_ids: list[str]
+    timeout: float
 
 
 class Deferred(msgspec.Struct):
@@ -144,11 +173,11 @@ class Commands(Protocol):
     def stats(self) -> dict[str, Any]: ...
 
 
-def _filtered(equal: dict[str, Any], order: str, limit: int) -> tuple[str, list[Any]]:
-    """WHERE col=? for each filter that is set, then ORDER BY and a capped LIMIT."""
+def _filtered(equal: dict[str, Any], order: str, limit: int, offset: int = 0) -> tuple[str, list[Any]]:
+    """WHERE col=? for each filter that is set, then ORDER BY and a capped LIMIT (a page)."""
     used = {k: v for k, v in equal.items() if v}
     where = ("WHERE " + " AND ".join(f"{k}=?" for k in used)) if used else ""
-    return f"{where} ORDER BY {order} LIMIT ?", [*used.values(), max(1, min(limit, MAX_LIST))]
+    return f"{where} ORDER BY {order} LIMIT ? OFFSET ?", [*used.values(), max(1, min(limit, MAX_LIST)), offset]
 
 
 class ClientApi:
@@ -177,6 +206,7 @@ class ClientApi:
             "get_worker": (WorkerRef, self.get_worker),
             "list_results": (ListResults, self.list_results),
             "get_status": (NoArgs, self.get_status),
+            "wait": (WaitArgs, self.wait),
         }
         # Read-only analysis over possibly millions of rows: run on the analysis thread.
         self.deferred_ops: dict[str, tuple[type[_Args], Callable[[Any], Any]]] = {
@@ -185,7 +215,7 @@ class ClientApi:
             "get_comparison_report": (Analysis, self.get_comparison_report),
         }
 
-    def handle(self, req: p.Request) -> p.Reply | Deferred:
+    def handle(self, req: p.Request) -> p.Reply | Deferred | Waiting:
         problem = p.version_problem(req.protocol_version)
         if problem:
             return p.Reply(req_id=req.req_id, ok=False, error=problem)
@@ -200,6 +230,8 @@ class ClientApi:
             return p.Reply(req_id=req.req_id, ok=False, error=f"{req.op}: invalid arguments: {exc}")
         if req.op in self.deferred_ops:
             return Deferred(req.req_id, req.op, lambda: fn(args))
+        if isinstance(args, WaitArgs):
+            return Waiting(req.req_id, list(dict.fromkeys(args.task_ids)), args.timeout)
         try:
             return p.Reply(req_id=req.req_id, data=fn(args))
         except ApiError as exc:
@@ -209,6 +241,16 @@ class ClientApi:
             return p.Reply(req_id=req.req_id, ok=False, error=f"{req.op} failed: {type(exc).__name__}: {exc}")
 
     # -- operations -------------------------------------------------------------------------------
+
+    def wait(self, a: WaitArgs) -> None:
+        raise AssertionError("wait is answered by the loop's waiter table (see handle)")
+
+    def _writable(self) -> None:
+        """Nothing is accepted that could not be stored: while the database refuses writes (disk
+        full, I/O error) submissions are refused with the reason; reads go on."""
+        if self.store.failing:
+            raise ApiError(f"the database cannot be written right now ({self.store.failing}); nothing was "
+                           "submitted. Free some disk space (or fix the error); DTF resumes on its own")
 
     def ping(self, _: NoArgs) -> dict[str, Any]:
         return {"protocol_version": p.PROTOCOL_VERSION, "coordinator_id": self.coordinator_id}
@@ -221,10 +263,11 @@ class ClientApi:
         params = dict(a.parameters)
         if a.command is not None:
             params["command"] = a.command
-        if a.type == "command" and not params.get("command"):
+        command = params.get("command")
+        if a.type == "command" and not command:
             raise ApiError("a command task needs a command")
-        if a.timeout is not None and not a.timeout > 0:
-            raise ApiError(f"timeout must be a positive number of seconds, got {a.timeout}")
+        if isinstance(command, list) and sum(len(str(x)) + 1 for x in command) > MAX_COMMAND:
+            raise ApiError(f"the command is longer than {MAX_COMMAND} bytes")
         metadata = dict(a.metadata)
         if submission:
             metadata["submission"] = submission
@@ -255,6 +298,7 @@ class ClientApi:
             raise ApiError(f"task id(s) already exist: {', '.join(sorted(clash)[:10])}")
 
     def create_task(self, a: CreateTask) -> dict[str, Any]:
+        self._writable()
         self._check_given_ids([a.task_id] if a.task_id else [])
         task = self._new_task(a, time.time())
         refused = self.commands.submit([task])
@@ -263,6 +307,7 @@ class ClientApi:
         return task.public()
 
     def create_tasks(self, a: CreateTasks) -> dict[str, Any]:
+        self._writable()
         self._check_given_ids([t.task_id for t in a.tasks if t.task_id])
         # One request is one submission: load_balancer.worker_cap limits how many workers its
         # tasks occupy at once, leaving the others for everybody else.
@@ -299,7 +344,8 @@ class ClientApi:
     def list_tasks(self, a: ListTasks) -> list[dict[str, Any]]:
         if a.status and a.status not in p.TASK_STATUSES:
             raise ApiError(f"unknown status {a.status!r}; known: {', '.join(p.TASK_STATUSES)}")
-        sql, params = _filtered({"status": a.status, "worker_id": a.worker_id}, "create_time DESC, task_id", a.limit)
+        sql, params = _filtered({"status": a.status, "worker_id": a.worker_id}, "create_time DESC, task_id", a.limit,
+                                a.offset)
         rows = self.store.load_tasks(sql, params)
         for row in rows:
             row["why"] = self._why(row["task_id"], row["status"], row)
@@ -354,7 +400,8 @@ class ClientApi:
         return w.public()
 
     def list_results(self, a: ListResults) -> list[dict[str, Any]]:
-        sql, params = _filtered({"task_id": a.task_id, "worker_id": a.worker_id}, "timestamp DESC", a.limit)
+        sql, params = _filtered({"task_id": a.task_id, "worker_id": a.worker_id}, "timestamp DESC", a.limit,
+                                a.offset)
         rows = self.store.query(f"SELECT {','.join(RESULT_COLUMNS)} FROM results {sql}", params)
         return [result_row_to_dict(r) for r in rows]
 

@@ -59,28 +59,27 @@ class WorkerTable:
 
     # -- what agents tell us ---------------------------------------------------------------------
 
-    def register(self, identity: bytes, msg: p.Register) -> tuple[WorkerRecord, list[sch.Event]]:
-        """A (re)registration: the new record and the scheduler events it implies."""
+    def register(self, identity: bytes, msg: p.Register) -> tuple[WorkerRecord, WorkerRecord | None, list[sch.Event]]:
+        """A (re)registration: the new record, the one it replaces (None for a newcomer), and the
+        scheduler events it implies. What the worker's tasks become is the loop's to decide: it
+        compares the incarnations and the tasks the agent says it holds (server.py)."""
         now = time.time()
         old = self.workers.get(msg.worker_id)
         w = WorkerRecord(
             msg.worker_id, identity, hostname=msg.hostname, slots=msg.slots, capabilities=msg.capabilities,
             tags=msg.tags, metadata={"agent_version": msg.agent_version, "groups": msg.groups},
-            running=msg.running, now=now, first_seen=old.first_seen if old else now, seen_at=time.monotonic())
-        events: list[sch.Event] = []
-        if old is not None and old.online:
-            # The agent restarted (or reconnected) without us noticing it leave: what it no longer
-            # runs was lost with its previous life. Fed in the same scheduler call as the loop's
-            # adoptions of what it still runs, so nothing is dispatched elsewhere in between.
-            events.append(sch.WorkerLost(now, msg.worker_id))
+            running=msg.running, now=now, first_seen=old.first_seen if old else now, seen_at=time.monotonic(),
+            incarnation=msg.incarnation)
+        if old is not None and old.identity != identity:
+            self.by_identity.pop(old.identity, None)
         self.workers[msg.worker_id] = w
         self.by_identity[identity] = msg.worker_id
         self.store.put_worker(w)
-        self.store.put_event("worker_online", msg.worker_id, {"hostname": msg.hostname, "slots": msg.slots})
+        if old is None or not old.online or old.incarnation != msg.incarnation:
+            self.store.put_event("worker_online", msg.worker_id, {"hostname": msg.hostname, "slots": msg.slots})
+            log.info("agent %s (%s) registered with %d slot(s)", msg.worker_id, msg.hostname, msg.slots)
         self.hub.worker_changed(w)
-        log.info("agent %s (%s) registered with %d slot(s)", msg.worker_id, msg.hostname, msg.slots)
-        events.append(sch.WorkerUp(now, worker_spec(w)))
-        return w, events
+        return w, old, [sch.WorkerUp(now, worker_spec(w))]
 
     def seen(self, identity: bytes) -> tuple[WorkerRecord | None, list[sch.Event]]:
         """Any frame from a registered agent proves it alive; None when we do not know it (it

@@ -15,6 +15,7 @@ batches. This module receives, hands events to the scheduler and carries out its
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import logging
@@ -26,6 +27,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, cast
 
+import msgspec
 import zmq
 
 from dtf_agent import discovery
@@ -34,20 +36,40 @@ from dtf_agent.inbox import Inbox
 from dtf_agent.transport import bind, hostname, make_socket
 from dtf_gui.coordinator import scheduler as sch
 from dtf_gui.coordinator.analysis import Analysis
-from dtf_gui.coordinator.api import ApiError, ClientApi, Deferred
+from dtf_gui.coordinator.api import ApiError, ClientApi, Waiting
 from dtf_gui.coordinator.config import ServerSettings
 from dtf_gui.coordinator.events import EventHub, EventSink
 from dtf_gui.coordinator.health import WorkerTable
 from dtf_gui.coordinator.records import Result, TaskRecord, WorkerRecord
 from dtf_gui.coordinator.state import TaskTable, recover
 from dtf_gui.coordinator.store import Store
-from dtf_gui.coordinator.telemetry import Counters, DispatchLatency
+from dtf_gui.coordinator.telemetry import Counters, DispatchLatency, Throttled
+from dtf_gui.coordinator.waiters import Waiters
 
 log = logging.getLogger(__name__)
 
 # Plain ints: pyzmq's enum wrappers cost more than the check itself on the hot path.
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
+# Peers we do not know are asked to register at most this often each, and at most this many are
+# remembered for that (a flood of unknown identities must not grow memory).
+_REREGISTER_EVERY = 1.0
+_REREGISTER_PEERS = 10_000
+
+
+@dataclasses.dataclass
+class _Outgoing:
+    """What one turn of the loop promises: assignments, result acks and client replies. It leaves
+    only once the batch holding what it acknowledges is committed (``seq``, see Store)."""
+
+    seq: int = 0
+    assigns: dict[str, list[p.RunSpec]] = dataclasses.field(default_factory=dict)
+    assigned: list[TaskRecord] = dataclasses.field(default_factory=list)
+    acks: dict[bytes, list[str]] = dataclasses.field(default_factory=dict)
+    replies: list[Callable[[], None]] = dataclasses.field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.assigns or self.acks or self.replies)
 
 
 class Coordinator:
@@ -69,9 +91,13 @@ class Coordinator:
         # Everything below belongs to the loop thread.
         self.tasks = TaskTable()
         self.sched = sch.Scheduler(settings.scheduler)
-        self._assign_out: dict[str, list[p.RunSpec]] = {}
-        self._assign_tasks: list[TaskRecord] = []
-        self._acks_out: dict[bytes, list[str]] = {}
+        self._out = _Outgoing()
+        self._held: collections.deque[_Outgoing] = collections.deque()
+        self._held_for: dict[str, str] = {}
+        self._reregister_asked: dict[bytes, float] = {}
+        self.waiters = Waiters()
+        self._bad_agent_frame = Throttled(log)
+        self._bad_client_frame = Throttled(log)
         self._agent_handlers: dict[type, Callable[[bytes, Any], None]] = {
             p.Register: self._on_register,
             p.Heartbeat: self._on_heartbeat,
@@ -174,11 +200,13 @@ class Coordinator:
         cfg = self.cfg
         srv, db = cfg.server, cfg.database
         self.store = Store(self.s.db_path, batch_size=db.batch_size, flush_interval=db.flush_interval,
-                           background=True)
+                           background=True, durability=db.durability, on_commit=self.inbox.wake)
         self.workers = WorkerTable(self.store, self.hub, cfg.health_monitor.heartbeat_timeout)
         self.agents = make_socket(self.ctx, zmq.ROUTER, max_message_size=srv.max_message_size)
         self.agents.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted agent takes its id back at once
-        self.clients = make_socket(self.ctx, zmq.ROUTER, max_message_size=srv.max_message_size)
+        # libzmq drops an oversize frame without a word; allowing it a margin lets the loop see the
+        # request and answer it with the limit it broke.
+        self.clients = make_socket(self.ctx, zmq.ROUTER, max_message_size=4 * srv.max_message_size)
         # XPUB rather than PUB: it tells us when someone subscribes, so per-task events are only
         # built while somebody (a subscriber or the window) is listening.
         pub = make_socket(self.ctx, zmq.XPUB, max_message_size=srv.max_message_size)
@@ -225,7 +253,8 @@ class Coordinator:
                     sock.close(linger=0)
 
     def _recover(self) -> None:
-        ins = recover(self.store, self.sched, self.tasks)
+        ins, self._held_for = recover(self.store, self.sched, self.tasks,
+                                      hold=self.cfg.health_monitor.heartbeat_timeout)
         self._carry_out(ins)
         if self.tasks.active:
             log.info("recovered %d unfinished task(s) from %s", len(self.tasks.active), self.s.db_path)
@@ -245,7 +274,8 @@ class Coordinator:
         self._next_health = now + 1.0
         self._next_tick = now + 0.5
         while not self._stop.is_set():
-            timeout = max(0.0, min(self._next_events, self._next_health, self._next_tick) - time.monotonic())
+            timeout = max(0.0, min(self._next_events, self._next_health, self._next_tick,
+                                   self.waiters.next_deadline() or self._next_tick) - time.monotonic())
             if self.store.pending_rows():
                 timeout = min(timeout, flush_interval)
             for sock, _ in poller.poll(int(timeout * 1000) + 1):
@@ -264,6 +294,7 @@ class Coordinator:
                     log.exception("coordinator: error while handling messages (loop continues)")
             try:
                 self._send_out()
+                self._release()
                 self._timers(time.monotonic())
             except Exception:
                 self.counters.loop_errors += 1
@@ -274,6 +305,7 @@ class Coordinator:
         if self.store.flush_due(now):
             self._flush_store()
         # Each deadline moves before its work runs, so a failing step cannot spin the loop.
+        self.waiters.expire(now)
         if now >= self._next_tick:
             self._next_tick = now + 0.5
             self._sched([sch.Tick(time.time())])
@@ -323,9 +355,15 @@ class Coordinator:
                 handler = handlers[type(msg)]
             except (p.ProtocolError, KeyError) as exc:
                 self.counters.bad_frames += 1
-                log.warning("dropped a bad frame from agent %r: %s", identity[:64], exc)
+                self._bad_agent_frame.warning("dropped a bad frame from agent %r: %s", identity[:64], exc)
+                continue
+            if type(msg) is p.Register and len(frame) > p.MAX_REGISTER_BYTES:
+                self._refuse(identity, msg, f"Register of {len(frame)} bytes is over the limit of "
+                                            f"{p.MAX_REGISTER_BYTES} (capabilities, tags or task lists too big)")
                 continue
             handler(identity, msg)
+            if self.store.full():
+                self._flush_store()  # between messages: a result and its task's status share a batch
 
     def _send_agent(self, identity: bytes, msg: p.Message) -> None:
         try:
@@ -336,35 +374,68 @@ class Coordinator:
     def _known_agent(self, identity: bytes) -> WorkerRecord | None:
         w, events = self.workers.seen(identity)
         if w is None:
-            # We do not know this peer (we restarted, or it never registered): ask it to.
-            self._send_agent(identity, p.Refused(reason="unknown agent; register first", fatal=False,
-                                                 reregister=True))
+            # We do not know this peer (we restarted, or it never registered): ask it to, once a
+            # second at most; the frames it queued while we were away would each draw one.
+            now = time.monotonic()
+            asked = self._reregister_asked
+            if now - asked.get(identity, -_REREGISTER_EVERY) >= _REREGISTER_EVERY:
+                if len(asked) >= _REREGISTER_PEERS:
+                    asked.clear()
+                asked[identity] = now
+                self.counters.reregister_asked += 1
+                self._send_agent(identity, p.Refused(reason="unknown agent; register first", fatal=False,
+                                                     reregister=True))
             return None
         self._sched(events)
         return w
 
+    def _refuse(self, identity: bytes, msg: p.Register, problem: str) -> None:
+        log.warning("refused agent %s (%s): %s", msg.worker_id, msg.hostname, problem)
+        self._send_agent(identity, p.Refused(reason=problem, fatal=True))
+        self.store.put_event("refused", msg.worker_id, {"reason": problem})
+
     def _on_register(self, identity: bytes, msg: p.Register) -> None:
         problem = p.version_problem(msg.protocol_version)
         if problem:
-            log.warning("refused agent %s (%s): %s", msg.worker_id, msg.hostname, problem)
-            self._send_agent(identity, p.Refused(reason=problem, fatal=True))
-            self.store.put_event("refused", msg.worker_id, {"reason": problem})
+            self._refuse(identity, msg, problem)
             return
-        w, events = self.workers.register(identity, msg)
-        self._send_agent(identity, p.Welcome(protocol_version=p.PROTOCOL_VERSION, worker_id=msg.worker_id,
+        self._reregister_asked.pop(identity, None)
+        w, old, events = self.workers.register(identity, msg)
+        wid = w.worker_id
+        self._send_agent(identity, p.Welcome(protocol_version=p.PROTOCOL_VERSION, worker_id=wid,
                                              heartbeat_interval=self.cfg.health_monitor.heartbeat_interval,
                                              coordinator_id=self.s.coordinator_id))
-        # After a coordinator restart (or a reconnect) the agent tells us what it is still running,
-        # and which finished tasks' results it is about to resend: keep that work on it rather
-        # than run it a second time.
         now = time.time()
-        for tid in (*msg.running, *msg.finished):
+        holds = frozenset((*msg.running, *msg.finished))
+        if old is not None:
+            # Registering again. The same incarnation is the same agent process reconnecting:
+            # what it still holds stays on it. A new one restarted: what it no longer holds was
+            # lost with its previous life. Fed in one scheduler call with the adoptions below,
+            # so nothing is dispatched elsewhere in between.
+            restarted = not msg.incarnation or msg.incarnation != old.incarnation
+            events.insert(0, sch.Reconcile(now, wid, holds, restarted and old.online))
+        # What the agent still runs, or holds results of, stays its own: after a coordinator
+        # restart a recovered task waits for the worker that had it (``_held_for``).
+        stray: list[str] = []
+        for tid in holds:
             task = self.tasks.get(tid)
-            if task is not None and (task.status == p.PENDING or task.worker_id == w.worker_id) \
-                    and task.status not in p.TERMINAL_STATUSES:
-                task.worker_id = w.worker_id
-                events.append(sch.Adopt(now, tid, w.worker_id))
+            if task is None or task.status in p.TERMINAL_STATUSES:
+                stray.append(tid)
+            elif task.worker_id == wid and task.status in (p.ASSIGNED, p.RUNNING):
+                events.append(sch.Adopt(now, tid, wid, task.attempt))
+            elif task.status == p.PENDING and self._held_for.get(tid) == wid:
+                del self._held_for[tid]
+                task.worker_id = wid
+                events.append(sch.Adopt(now, tid, wid, task.attempt))
+            else:
+                stray.append(tid)
         self._sched(events)
+        # Running here but given to someone else (or finished) meanwhile: stop this copy. Its
+        # result, if one comes, is acknowledged and not stored.
+        running = set(msg.running)
+        stop = [t for t in stray if t in running]
+        if stop:
+            self._send_agent(identity, p.Cancel(task_ids=stop))
 
     def _on_heartbeat(self, identity: bytes, msg: p.Heartbeat) -> None:
         w = self._known_agent(identity)
@@ -392,7 +463,7 @@ class Coordinator:
             return
         now = time.time()
         held = time.perf_counter()
-        acks = self._acks_out.setdefault(identity, [])
+        acks = self._out.acks.setdefault(identity, [])
         events: list[sch.Event] = []
         store = self.store
         # The scheduler hears of this frame's results only after the loop, so a task's status
@@ -447,7 +518,17 @@ class Coordinator:
         """Commands for the API: new tasks, one batch. They may depend on each other in any order,
         and the scheduler accepts or refuses them together (a plan is never half queued); they
         join the task table only once accepted. Returns {task_id: reason} when refused."""
-        ins = self.sched.handle([sch.SubmitBatch(time.time(), tuple(t.spec for t in tasks))])
+        now = time.time()
+        # A dependency on a task that ended before the scheduler's memory (an earlier run of the
+        # coordinator, or long ago) is looked up in the database and counts as what it ended as.
+        ids = {t.task_id for t in tasks}
+        unknown = {d for t in tasks for d in t.spec.dependencies
+                   if d not in ids and self.sched.task_state(d) is None}
+        if unknown:
+            found = self.store.task_statuses(unknown)
+            if found:
+                self.sched.handle([sch.Remember(now, tuple(found.items()))])
+        ins = self.sched.handle([sch.SubmitBatch(now, tuple(t.spec for t in tasks))])
         refused = {i.task_id: i.reason for i in ins if type(i) is sch.Rejected}
         if not refused:
             for t in tasks:
@@ -467,16 +548,24 @@ class Coordinator:
             return
         task.attempt = ins.attempt
         task.worker_id = ins.worker_id
-        self._assign_out.setdefault(ins.worker_id, []).append(
+        out = self._out
+        out.assigns.setdefault(ins.worker_id, []).append(
             p.RunSpec(task_id=task.task_id, type=task.type, parameters=task.parameters, timeout=task.timeout,
                       attempt=ins.attempt))
-        self._assign_tasks.append(task)
+        out.assigned.append(task)
         self.counters.tasks_dispatched += 1
 
     def _do_status(self, ins: sch.StatusChanged) -> None:
         task = self.tasks.apply_status(ins, time.time())
         if task is None:
             return
+        # The scheduler's counts and deadlines go into the row too: a restart resumes from them.
+        ts = self.sched.task(ins.task_id)
+        if ts is not None:
+            task.failures = ts.failures
+            task.lost = ts.lost
+            task.retry_at = ts.until or None
+            task.pinned_to = ts.pin.worker_id if ts.pin is not None else None
         status = ins.status
         if status == p.COMPLETED:
             self.hub.completed += 1
@@ -486,6 +575,7 @@ class Coordinator:
         self.hub.task_changed(task)
         if status in p.TERMINAL_STATUSES:
             self.tasks.finished(ins.task_id)
+            self.waiters.finished(ins.task_id, status)
 
     def _do_cancel_on_worker(self, ins: sch.CancelOnWorker) -> None:
         w = self.workers.get(ins.worker_id)
@@ -500,24 +590,39 @@ class Coordinator:
             self.hub.task_changed(task)
 
     def _send_out(self) -> None:
-        if self._assign_out:
-            for wid, specs in self._assign_out.items():
+        """End of a turn: what it promised waits for the commit of what it promised about. The
+        batch is taken now (group commit: one transaction for everything the turn did)."""
+        out = self._out
+        if not out:
+            return
+        if self.store.pending_rows():
+            self._flush_store()
+        out.seq = self.store.taken
+        self._held.append(out)
+        self._out = _Outgoing()
+
+    def _release(self) -> None:
+        """Send what was held, in order, once the batches it waits for are committed."""
+        held = self._held
+        committed = self.store.committed
+        while held and held[0].seq <= committed:
+            out = held.popleft()
+            for wid, specs in out.assigns.items():
                 w = self.workers.get(wid)
                 # A worker found lost after this batch was queued has had its tasks requeued by
                 # the scheduler already; assigning them now would run them twice.
                 if w is not None and w.online:
-                    acks = self._acks_out.pop(w.identity, [])
+                    acks = out.acks.pop(w.identity, [])
                     self._send_agent(w.identity, p.Assign(tasks=specs, acks=acks))
-            self._assign_out = {}
-            sent = time.perf_counter()
-            for task in self._assign_tasks:
-                task.sent = sent
-            self._assign_tasks = []
-        if self._acks_out:
-            for identity, rids in self._acks_out.items():
+            if out.assigned:
+                sent = time.perf_counter()
+                for task in out.assigned:
+                    task.sent = sent
+            for identity, rids in out.acks.items():
                 if rids:
                     self._send_agent(identity, p.ResultAck(result_ids=rids))
-            self._acks_out = {}
+            for reply in out.replies:
+                reply()
 
     # -- clients ----------------------------------------------------------------------------------
 
@@ -533,11 +638,19 @@ class Coordinator:
                 continue
             identity, frame = parts
             self.counters.frames_in += 1
+            limit = self.cfg.server.max_message_size
+            if len(frame) > limit:
+                self.counters.oversize += 1
+                self._send_client(identity, p.Reply(req_id=_req_id(frame), ok=False, error=(
+                    f"request of {len(frame)} bytes is over the coordinator's limit of {limit} bytes "
+                    "(server.max_message_size): send fewer tasks per request")))
+                continue
             try:
                 msg = p.decode(frame)
             except p.ProtocolError as exc:
                 self.counters.bad_frames += 1
-                log.warning("dropped a bad client frame: %s", exc)
+                self._bad_client_frame.warning("dropped a bad client frame: %s", exc)
+                self._send_client(identity, p.Reply(req_id=_req_id(frame), ok=False, error=f"bad request: {exc}"))
                 continue
             if not isinstance(msg, p.Request):
                 self.counters.bad_frames += 1
@@ -548,8 +661,12 @@ class Coordinator:
         """One request, from a socket or from the inbox: answered now, or later by the analysis
         thread (a read-only query that may take long), always delivered from this loop."""
         reply = self.api.handle(req)
-        if not isinstance(reply, Deferred):
-            deliver(reply)
+        if isinstance(reply, p.Reply):
+            # Sent after the commit of whatever the request changed: a reply is a promise.
+            self._out.replies.append(functools.partial(deliver, reply))
+            return
+        if isinstance(reply, Waiting):
+            self._wait(reply, deliver)
             return
         d = reply
         self.store.flush(wait=True)  # the query must see every result already acknowledged
@@ -567,9 +684,43 @@ class Coordinator:
 
         self.analysis.run(d.fn, answered)
 
-    def _send_client(self, identity: bytes, rep: p.Reply) -> None:
+    def _wait(self, w: Waiting, deliver: Callable[[p.Reply], None]) -> None:
+        """The client API's wait: answered when every task named is final, or at the timeout."""
+        statuses: dict[str, str | None] = {}
+        unknown: list[str] = []
+        for tid in w.task_ids:
+            task = self.tasks.get(tid)
+            if task is None:
+                unknown.append(tid)
+            else:
+                statuses[tid] = task.status if task.status in p.TERMINAL_STATUSES else None
+        if unknown:
+            stored = self.store.task_statuses(unknown)
+            missing = [t for t in unknown if t not in stored]
+            if missing:
+                deliver(p.Reply(req_id=w.req_id, ok=False, error=f"wait: no task {', '.join(missing[:10])}"))
+                return
+            statuses.update((t, s if s in p.TERMINAL_STATUSES else None) for t, s in stored.items())
+
+        def answer(data: dict[str, Any]) -> None:
+            self._out.replies.append(functools.partial(deliver, p.Reply(req_id=w.req_id, data=data)))
+
         try:
-            self.clients.send_multipart([identity, p.encode(rep)], zmq.NOBLOCK)
+            self.waiters.add(statuses, time.monotonic() + w.timeout, answer)
+        except OverflowError as exc:
+            deliver(p.Reply(req_id=w.req_id, ok=False, error=f"wait: {exc}"))
+
+    def _send_client(self, identity: bytes, rep: p.Reply) -> None:
+        frame = p.encode(rep)
+        limit = self.cfg.server.max_message_size
+        if len(frame) > limit:
+            # A client's socket would drop it without a word; say what to ask for instead.
+            self.counters.oversize += 1
+            frame = p.encode(p.Reply(req_id=rep.req_id, ok=False, error=(
+                f"the reply ({len(frame)} bytes) is over the limit of {limit} bytes (server.max_message_size); "
+                "ask for fewer rows (limit/offset)")))
+        try:
+            self.clients.send_multipart([identity, frame], zmq.NOBLOCK)
         except zmq.ZMQError:
             self.counters.unroutable += 1
 
@@ -587,10 +738,24 @@ class Coordinator:
             "counters": dataclasses.asdict(self.counters),
             "dispatch_latency_us": self.latency.summary(),
             "db": {"write_errors": store.write_errors, "last_write_error": store.last_write_error,
+                   "refused_rows": store.refused_rows, "batches_committed": store.committed,
                    "inline_flushes": store.inline_flushes,
                    "background_flushes": store.background_flushes, "rows_written": store.rows_written},
             "ports": dict(self.ports),
         }
+
+
+def _req_id(frame: bytes) -> int:
+    """The request id of a frame we could not accept, when it can be read, so that the client
+    matches the error to its request; 0 otherwise."""
+    try:
+        return int(msgspec.msgpack.decode(frame, type=_ReqId).req_id)
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+        return 0
+
+
+class _ReqId(msgspec.Struct):
+    req_id: int = 0
 
 
 def _rejection(instructions: list[sch.Instruction], task_id: str) -> str | None:

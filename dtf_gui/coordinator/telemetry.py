@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import array
 import dataclasses
+import logging
 import time
 
 import numpy as np
 
-__all__ = ["Counters", "DispatchLatency"]
+__all__ = ["Counters", "DispatchLatency", "Throttled"]
 
 
 @dataclasses.dataclass
@@ -23,6 +24,30 @@ class Counters:
     duplicate_results: int = 0
     tasks_dispatched: int = 0
     loop_errors: int = 0
+    oversize: int = 0
+    reregister_asked: int = 0
+
+
+class Throttled:
+    """A warning that a flood of bad input could repeat thousands of times a second: logged at
+    most once per ``interval`` seconds, with the count of those held back since the last line."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 5.0) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._last = -interval
+        self.held = 0
+
+    def warning(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self.held += 1
+            return
+        if self.held:
+            msg += f" (and {self.held} more like it in the last {now - self._last:.0f} s)"
+        self._last = now
+        self.held = 0
+        self.logger.warning(msg, *args)
 
 
 class DispatchLatency:

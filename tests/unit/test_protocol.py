@@ -212,6 +212,14 @@ def test_bad_client_frames_are_counted_and_requests_still_answered(coord):
         for frame in frames:
             raw.send(frame)
         raw.send(p.encode(p.Request(req_id=1, op="ping")))
+        # An undecodable frame is answered with an error naming the problem (a client learns at
+        # once instead of timing out); a valid non-request is dropped.
+        errors = []
+        for _ in range(2):
+            assert raw.poll(10_000), "no error reply to a bad frame"
+            bad = p.decode(raw.recv())
+            assert isinstance(bad, p.Reply) and not bad.ok and bad.error.startswith("bad request:")
+            errors.append(bad)
         assert raw.poll(10_000), "no reply to a valid request after bad frames"
         reply = p.decode(raw.recv())
         assert isinstance(reply, p.Reply) and reply.ok and reply.req_id == 1
