@@ -45,6 +45,12 @@ Limit = Annotated[int, msgspec.Meta(ge=1, le=MAX_LIST)]
 Offset = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 
 
+# Operations that change nothing: their replies need no commit to wait for (and keep flowing while
+# the database refuses writes).
+READ_ONLY_OPS = frozenset({"ping", "get_task", "list_tasks", "list_workers", "get_worker", "list_results",
+                           "get_status"})
+
+
 class ApiError(Exception):
     """A request the coordinator refuses; the message goes back to the client as is."""
 

@@ -36,7 +36,7 @@ from dtf_agent.inbox import Inbox
 from dtf_agent.transport import bind, hostname, make_socket
 from dtf_gui.coordinator import scheduler as sch
 from dtf_gui.coordinator.analysis import Analysis
-from dtf_gui.coordinator.api import ApiError, ClientApi, Waiting
+from dtf_gui.coordinator.api import READ_ONLY_OPS, ApiError, ClientApi, Waiting
 from dtf_gui.coordinator.config import ServerSettings
 from dtf_gui.coordinator.events import EventHub, EventSink
 from dtf_gui.coordinator.health import WorkerTable
@@ -662,8 +662,11 @@ class Coordinator:
         thread (a read-only query that may take long), always delivered from this loop."""
         reply = self.api.handle(req)
         if isinstance(reply, p.Reply):
-            # Sent after the commit of whatever the request changed: a reply is a promise.
-            self._out.replies.append(functools.partial(deliver, reply))
+            if reply.ok and req.op not in READ_ONLY_OPS:
+                # Sent after the commit of whatever the request changed: a reply is a promise.
+                self._out.replies.append(functools.partial(deliver, reply))
+            else:
+                deliver(reply)  # a refusal or a read promises nothing to wait for
             return
         if isinstance(reply, Waiting):
             self._wait(reply, deliver)

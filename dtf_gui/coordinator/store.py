@@ -307,6 +307,7 @@ class _Writer:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.q: queue.Queue[_Batch | None] = queue.Queue()
+        self.stopping = False
         self.thread = threading.Thread(target=self._run, name="dtf-sqlite-writer", daemon=True)
         self.thread.start()
 
@@ -318,12 +319,20 @@ class _Writer:
                 if batch is None:
                     return
                 delay = 0.05
+                given_up = 0.0
                 while True:
                     try:
                         store._commit(batch)
                         break
                     except sqlite3.Error as exc:
                         store._failed(exc)
+                        if self.stopping:
+                            # Closing: a while longer, then say plainly what is lost and go.
+                            given_up = given_up or time.monotonic() + 10.0
+                            if time.monotonic() > given_up:
+                                log.error("closing with %d rows that %s would not take (%s): they are lost",
+                                          len(batch), store.path, exc)
+                                break
                         time.sleep(delay)  # a full disk or a lock held elsewhere: wait, then try again
                         delay = min(delay * 2, 5.0)
             except Exception:
@@ -334,6 +343,7 @@ class _Writer:
                 self.q.task_done()
 
     def stop(self) -> None:
+        self.stopping = True
         self.q.put(None)
         self.thread.join()
 
@@ -604,7 +614,10 @@ class Store:
                                               json_or_none({"table": table, "error": error})))
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # SQLite rolls back by itself on some errors (SQLITE_FULL, I/O): a second ROLLBACK
+            # would raise "no transaction is active" and hide the error that matters.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
         self.rows_written += len(b)
 

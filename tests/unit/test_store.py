@@ -365,3 +365,60 @@ def test_retracted_events_are_kept_but_renamed(tmp_path):
         conn.close()
         store.close()
     assert rows == [("anomaly", "r1"), ("anomaly_retracted", "r2"), ("change_point", "r2")]
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_a_row_the_database_refuses_is_left_out_alone_and_reported(db_path: Path, background: bool) -> None:
+    # A value beyond SQLite's 64-bit integers once made a whole batch of neighbours vanish.
+    s = Store(db_path, background=background)
+    try:
+        for i in range(60):
+            s.put_task(task(f"before-{i}"))
+            s.put_result(result(f"r-before-{i}", task_id=f"before-{i}"))
+        bad = task("poison")
+        bad.priority = 2**63
+        s.put_task(bad)
+        for i in range(60):
+            s.put_task(task(f"after-{i}"))
+        s.flush(wait=True)
+        assert s.committed == s.taken and s.refused_rows == 1 and not s.failing
+    finally:
+        s.close()
+    assert count(db_path, "tasks") == 120 and count(db_path, "results") == 60
+    assert count(db_path, "tasks", "WHERE task_id='poison'") == 0
+    conn = connect_readonly(db_path)
+    try:
+        (kind, subject, data) = conn.execute("SELECT kind, subject, data FROM events").fetchone()
+    finally:
+        conn.close()
+    assert (kind, subject) == ("write_refused", "poison") and "OverflowError" in data
+
+
+def test_a_version_1_database_is_migrated_and_keeps_its_tasks(db_path: Path) -> None:
+    conn = sqlite3.connect(db_path)
+    db = sqlite_utils.Database(conn)
+    store_mod.MIGRATIONS[0](db)
+    conn.execute("PRAGMA user_version=1")
+    conn.execute("INSERT INTO tasks (task_id, type, status, priority, attempt) VALUES ('old', 'command', "
+                 "'pending', 5, 2)")
+    conn.commit()
+    conn.close()
+    s = Store(db_path)
+    try:
+        (row,) = s.load_tasks()
+    finally:
+        s.close()
+    assert row["task_id"] == "old" and row["attempt"] == 2
+    assert (row["cpu_slots"], row["failures"], row["lost"], row["retry_at"], row["pinned_to"]) == (1, 0, 0, None, None)
+    assert SCHEMA_VERSION == 2
+
+
+def test_the_scheduler_memory_of_a_task_round_trips(store: Any, db_path: Path) -> None:
+    t = task("t", cpu_slots=3, retry_limit=0, expected_duration=12.5)
+    t.failures, t.lost, t.retry_at, t.pinned_to = 2, 1, 1234.5, "w9"
+    store.put_task(t)
+    store.flush()
+    (row,) = store.load_tasks()
+    back = TaskRecord.from_row(row)
+    assert (back.spec.cpu_slots, back.spec.retry_limit, back.spec.expected_duration) == (3, 0, 12.5)
+    assert (back.failures, back.lost, back.retry_at, back.pinned_to) == (2, 1, 1234.5, "w9")
