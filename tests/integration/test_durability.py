@@ -318,7 +318,7 @@ def test_a_disk_that_refuses_writes_acknowledges_nothing_refuses_submissions_and
 
 def test_concurrent_clients_all_get_their_replies_after_commit(coordinator: Callable[..., Coordinator]) -> None:
     coord = coordinator()
-    errors: list[BaseException] = []
+    errors: list[ApiError] = []
     got: list[str] = []
 
     def client() -> None:
@@ -327,7 +327,7 @@ def test_concurrent_clients_all_get_their_replies_after_commit(coordinator: Call
                 got.extend(coord.request("create_tasks", {"tasks": [{"type": "noop",
                                                                      "requirements": {"tags": ["n"]}}] * 5})
                            ["task_ids"])
-        except BaseException as exc:  # reported below, with the others
+        except ApiError as exc:  # reported below, with the others
             errors.append(exc)
 
     threads = [threading.Thread(target=client) for _ in range(4)]
