@@ -106,6 +106,7 @@ class Agent:
         self._next_register = now
         self._register_delay = settings.register_retry_min
         self._contact_lost_at = now  # since when this agent has been trying to register
+        self._connected_at = now  # since when the current connection has gone without an answer
         self._warned_at: float | None = None  # a warning was given in this outage
         self._owed_since: float | None = None  # first frame sent that awaits an answer, none since
         self._drops = 0
@@ -135,14 +136,10 @@ class Agent:
 
     def run(self) -> int:
         """Run until stop(); returns a process exit code."""
-        ctx = zmq.Context()
-        sock = make_socket(ctx, zmq.DEALER, identity=self.s.worker_id.encode(),
-                           max_message_size=self.s.max_message_size)
-        sock.connect(self.s.address)
-        self.sock = sock
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
+        self._ctx = zmq.Context()
+        self._poller = poller = zmq.Poller()
         poller.register(self._done.fileno(), zmq.POLLIN)
+        self._connect(time.monotonic())
         now = time.monotonic()
         # Attributes, not locals: a coordinator that asks us to register again brings the next
         # Register forward, and the Welcome restarts the heartbeat with the coordinator's interval.
@@ -158,6 +155,8 @@ class Agent:
                     self._lose_contact(now, silent_for=now - self._owed_since)
                 if not self.registered:
                     if now >= self._next_register:
+                        if now - self._connected_at >= self._fresh_socket_after():
+                            self._reconnect(now)
                         self._send(self._register_msg())
                         self._owe(now)
                         self._next_register = now + self._register_delay * random.uniform(0.75, 1.25)
@@ -172,7 +171,7 @@ class Agent:
                     next_resend = now + self.s.resend_interval
                 timeout_ms = max(0, int((self._next_wake(next_resend) - time.monotonic()) * 1000)) + 1
                 for s, _ in poller.poll(timeout_ms):
-                    if s is sock:
+                    if s is self.sock:
                         self._drain_socket()
                     else:
                         self._done.clear_wake()
@@ -182,8 +181,8 @@ class Agent:
                     return 2
         finally:
             self._shutdown()
-            sock.close(linger=200)
-            ctx.term()
+            self.sock.close(linger=200)
+            self._ctx.term()
             self._done.close()
             self.spool.close()
             if self._own_work_dir:
@@ -214,6 +213,28 @@ class Agent:
         if self._owed_since is None:
             self._owed_since = now
 
+    def _connect(self, now: float) -> None:
+        sock = make_socket(self._ctx, zmq.DEALER, identity=self.s.worker_id.encode(),
+                           max_message_size=self.s.max_message_size)
+        sock.connect(self.s.address)
+        self.sock = sock
+        self._poller.register(sock, zmq.POLLIN)
+        self._connected_at = now
+
+    def _fresh_socket_after(self) -> float:
+        return self.s.unreachable_after / 2
+
+    def _reconnect(self, now: float) -> None:
+        """A new socket, so a new connection: a ROUTER that still holds this worker id for an
+        earlier connection (this agent before a restart, or one the network left half-open)
+        refuses the new one without a word, and keeps ignoring it for as long as it stays up, even
+        once the old one is gone. Frames queued on the old socket go with it: whatever matters is
+        sent again after the Welcome."""
+        log.debug("no answer on the connection to %s: opening a new one", self.s.address)
+        self._poller.unregister(self.sock)
+        self.sock.close(linger=0)
+        self._connect(now)
+
     def _lose_contact(self, now: float, silent_for: float | None = None) -> None:
         """Register again from now on, backing off from the shortest pause."""
         self.registered = False
@@ -221,6 +242,9 @@ class Agent:
         self._register_delay = self.s.register_retry_min
         self._contact_lost_at = now
         self._owed_since = None
+        # Measured from now when the coordinator has just spoken on this connection (it restarted
+        # and asks us to register again); a silent one may itself be the trouble: a new one at once.
+        self._connected_at = now if silent_for is None else float("-inf")
         if silent_for is not None:
             self._warn_unreachable(now, silent_for, silent=True)
 
@@ -231,7 +255,7 @@ class Agent:
         log.warning(
             "the coordinator at %s %s (nothing for %.0f s). Check that `dtf serve` or the DTF window is running "
             "there, that %s is its agent port, that no firewall blocks it, and that --coordinator or "
-            "coordinator.address in worker.yaml names it. Still trying every %.0f s at most; this is said once.",
+            "coordinator.address in worker.yaml names it. Retrying in the background, backing off to about every %.0f s; said once.",
             self.s.address, what, waited, _port_of(self.s.address), self.s.register_retry_max)
 
     def _send(self, msg: p.Message) -> None:
