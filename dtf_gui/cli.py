@@ -287,38 +287,82 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if not args.wait:
             print("\n".join(ids))
             return 0
-        final = _wait_for(c, ids, args.wait_timeout)
+        started = time.monotonic()
+        try:
+            final = _wait_for(c, ids, args.wait_timeout, progress=not args.json and sys.stderr.isatty())
+        except KeyboardInterrupt:
+            return _interrupted(c, ids)
     failed = [t for t in final if t["status"] != p.COMPLETED]
     if args.json:
         print(json.dumps(final, indent=2, default=str))
-    else:
-        for t in final:
-            res = (t.get("result_list") or [{}])[-1]
-            raw = res.get("raw_data") or {}
-            print(f"{t['task_id']}: {t['status']}" + (f" ({t['error']})" if t.get("error") else ""))
-            if raw.get("stdout_tail"):
-                print(raw["stdout_tail"].rstrip())
+        return 1 if failed else 0
+    # Every task when there are few; with many, the failures only (the summary counts the rest).
+    for t in final if len(final) <= 20 else failed[:50]:
+        res = (t.get("result_list") or [{}])[-1]
+        raw = res.get("raw_data") or {}
+        print(f"{t['task_id']}: {t['status']}" + (f" ({t['error']})" if t.get("error") else ""))
+        tail = raw.get("stdout_tail") if t["status"] == p.COMPLETED else (raw.get("stderr_tail")
+                                                                          or raw.get("stdout_tail"))
+        if tail:
+            print(tail.rstrip())
+    counts: dict[str, int] = {}
+    for t in final:
+        counts[t["status"]] = counts.get(t["status"], 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    print(f"{summary} in {time.monotonic() - started:.1f} s")
     return 1 if failed else 0
 
 
-def _wait_for(c: Client, ids: list[str], timeout: float) -> list[dict[str, Any]]:
+def _wait_for(c: Client, ids: list[str], timeout: float, progress: bool = False) -> list[dict[str, Any]]:
+    """Until every task is final: the coordinator answers a ``wait`` the moment they are (no
+    polling); on a terminal it is asked once a second, to show how far along they are."""
     deadline = time.monotonic() + timeout
-    pending = list(ids)
-    done: dict[str, dict[str, Any]] = {}
-    delay = 0.05
+    pending = list(dict.fromkeys(ids))
+    total = len(pending)
+    finished: dict[str, str] = {}
     while pending:
-        for tid in list(pending):
-            t = c.call("get_task", {"task_id": tid})
-            if t["status"] in p.TERMINAL_STATUSES:
-                done[tid] = t
-                pending.remove(tid)
-        if not pending:
-            break
-        if time.monotonic() > deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
             raise ClientError(f"{len(pending)} task(s) not finished after {timeout:g} s: {', '.join(pending[:5])}")
-        time.sleep(delay)  # polling a remote service, not synchronising a test
-        delay = min(delay * 1.5, 1.0)
-    return [done[i] for i in ids]
+        step = min(left, 1.0 if progress else 60.0)
+        answer = c.call("wait", {"task_ids": pending, "timeout": step}, timeout=step + 30.0)
+        finished.update(answer["finished"])
+        pending = answer["pending"]
+        if progress:
+            bad = sum(1 for status in finished.values() if status != p.COMPLETED)
+            print(f"\r{len(finished)}/{total} finished, {bad} failed or cancelled", end="", file=sys.stderr,
+                  flush=True)
+    if progress:
+        print(file=sys.stderr)
+    return [c.call("get_task", {"task_id": tid}) for tid in ids]
+
+
+def _interrupted(c: Client, ids: list[str]) -> int:
+    """Ctrl-C while waiting: the tasks go on running unless the engineer says to cancel them."""
+    try:
+        pending = c.call("wait", {"task_ids": ids, "timeout": 0})["pending"]
+    except ClientError:
+        pending = list(ids)
+    print(file=sys.stderr)
+    if not pending:
+        print("interrupted; every task had finished already", file=sys.stderr)
+        return 130
+    if sys.stdin.isatty():
+        try:
+            answer = input(f"interrupted: cancel the {len(pending)} unfinished task(s)? [y/N] ")
+        except (EOFError, KeyboardInterrupt):
+            answer = ""
+        if answer.strip().lower() in ("y", "yes"):
+            for tid in pending:
+                try:
+                    c.call("cancel_task", {"task_id": tid})
+                except ClientError as exc:
+                    print(f"{tid}: {exc}", file=sys.stderr)
+            print(f"cancelled {len(pending)} task(s)", file=sys.stderr)
+            return 130
+    print(f"interrupted; {len(pending)} task(s) go on running (`dtf cancel ID` stops one): "
+          f"{', '.join(pending[:5])}{' ...' if len(pending) > 5 else ''}", file=sys.stderr)
+    return 130
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -341,3 +341,28 @@ def test_concurrent_clients_all_get_their_replies_after_commit(coordinator: Call
         assert db.execute("SELECT count(*) FROM tasks").fetchone()[0] == len(got) == 400
     finally:
         db.close()
+
+
+def test_ctrl_c_while_waiting_leaves_the_tasks_running_and_says_how_to_cancel(
+        serve: Callable[..., Serve], dtf_env: dict[str, str]) -> None:
+    import subprocess
+
+    from tests.helpers import dtf_command
+
+    s = serve()
+    s.start_agent("sleeper", slots=1)
+    s.wait_workers_online("sleeper")
+    proc = subprocess.Popen([*dtf_command("dtf"), "submit", "--command", "sleep 60", "--wait"], env=dtf_env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        running = wait_until(lambda: [t for t in s.call("list_tasks") if t["status"] == p.RUNNING], 20)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert "1 task(s) go on running" in err and running[0]["task_id"] in err
+    assert s.task(running[0]["task_id"])["status"] == p.RUNNING
+    s.call("cancel_task", {"task_id": running[0]["task_id"]})

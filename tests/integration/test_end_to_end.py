@@ -213,7 +213,7 @@ def test_killed_agent_goes_offline_and_its_task_finishes_on_the_other(serve):
 # ------------------------------------------------------------------------------ the CLI
 
 
-@pytest.mark.slow  # ~10 s: a dozen CLI processes, and `submit --wait` polls with a backoff
+@pytest.mark.slow  # ~10 s: a dozen CLI processes
 def test_cli_submit_wait_and_results_export(serve, dtf_env, tmp_path):
     s = serve("task_scheduler:\n  retry_limit: 0\n")  # the failing task below fails at once
     s.start_agent("agent-x", slots=2)
@@ -231,6 +231,7 @@ def test_cli_submit_wait_and_results_export(serve, dtf_env, tmp_path):
     metric_cmd = """echo "{\\"latency_ms\\": 2.5, \\"ops\\": $((3 * 4))}" > "$DTF_RESULT_FILE" """
     made = cli(dtf_env, "submit", "--command", metric_cmd, "--count", "3", "--test-id", "lat", "--wait")
     assert made.returncode == 0, made.stdout + made.stderr
+    assert made.stdout.splitlines()[-1].startswith("3 completed in ")
 
     wait_until(lambda: db_rows(s, "SELECT COUNT(*) FROM results WHERE test_id='lat'")[0][0] == 3, 10)
     conn = s.db()
