@@ -41,6 +41,23 @@ def finding_row(f: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def history_task_row(t: dict[str, Any]) -> dict[str, Any]:
+    """A stored task (list_tasks) in the shape of a live task event (TaskRecord.summary)."""
+    command = (t.get("parameters") or {}).get("command")
+    keys = ("task_id", "type", "status", "priority", "worker_id", "create_time", "start_time", "end_time",
+            "attempt", "error", "status_reason", "test_id", "why")
+    return {**{k: t.get(k) for k in keys}, "command": command if isinstance(command, str) else None}
+
+
+def history_worker_row(w: dict[str, Any]) -> dict[str, Any]:
+    """A stored worker (list_workers) in the shape of a live worker event (WorkerRecord.summary)."""
+    pm = w.get("performance_metrics") or {}
+    return {"worker_id": w["worker_id"], "hostname": w.get("hostname"), "status": w.get("status"),
+            "slots": w.get("slots"), "running": len(w.get("current_task") or ()), "last_seen": w.get("last_seen"),
+            "cpu_percent": pm.get("cpu_percent"), "memory_percent": pm.get("memory_percent"),
+            "hardware_id": w.get("hardware_id"), "tags": w.get("tags") or []}
+
+
 class CoordinatorBridge(QObject):
     # list[protocol.Event]; emitted from the coordinator thread, delivered queued in the GUI thread.
     eventsReady = Signal(object)
@@ -90,6 +107,20 @@ class CoordinatorBridge(QObject):
             if e.kind == "stats":
                 self.last_stats = e.data
                 self.statsChanged.emit(e.data)
+
+    def load_history(self, limit: int = 2000) -> None:
+        """The latest ``limit`` tasks and every known worker from the database, as if their events
+        had just arrived (call after connecting the models)."""
+        tasks = self.call("list_tasks", {"limit": limit}) or []
+        if tasks:
+            self.tasksChanged.emit([history_task_row(t) for t in reversed(tasks)])
+        workers = self.call("list_workers") or []
+        if workers:
+            self.workersChanged.emit([history_worker_row(w) for w in workers])
+        stats = self.call("get_status")
+        if stats:
+            self.last_stats = stats
+            self.statsChanged.emit(stats)
 
     def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
         """A client-API request; errors are shown to the engineer, not raised into Qt."""

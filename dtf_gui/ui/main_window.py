@@ -167,6 +167,8 @@ class MainWindow(QMainWindow):
         bridge.findingsRetracted.connect(self._on_retracted)
         bridge.statsChanged.connect(self._on_stats)
         bridge.errorRaised.connect(self._on_error)
+        # Opened on an existing database, the window shows what it holds, not empty tables.
+        bridge.load_history()
         self._closing_hooks: list[Any] = []
         # The status bar also shows how fresh the data is; refresh it even when nothing happens.
         self._clock = QTimer(self)

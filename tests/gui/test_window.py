@@ -145,3 +145,24 @@ def test_keyed_model_removes_rows_and_stays_consistent(qtmodeltester) -> None:
     m.apply([{"id": "e", "v": 1}, {"id": "h"}])
     assert m.row_for("e")["v"] == 1 and m.keys()[-1] == "h"
     qtmodeltester.check(m, force_py=True)
+
+
+def test_the_window_opens_showing_what_the_database_holds(qtbot, tmp_path, monkeypatch) -> None:
+    from dtf_gui.coordinator.config import ephemeral_settings
+    from dtf_gui.coordinator.server import Coordinator
+    from dtf_gui.ui.app import Session
+
+    db = tmp_path / "dtf.sqlite"
+    earlier = Coordinator(ephemeral_settings(db)).start()
+    try:
+        ids = earlier.request("create_tasks", {"tasks": [{"command": "true", "requirements": {"tags": ["x"]}}] * 5})
+    finally:
+        earlier.stop()
+    monkeypatch.setenv("DTF_HOME", str(tmp_path))
+    session = Session(ephemeral_settings(db), tmp_path, local_agent=False)
+    qtbot.addWidget(session.window)
+    try:
+        assert set(ids["task_ids"]) <= set(session.window.tasks.keys())
+        assert session.bridge.last_stats["tasks"]["pending"] == 5
+    finally:
+        session.close()
