@@ -321,10 +321,11 @@ class Remember(msgspec.Struct, frozen=True):
 
 
 class Reconcile(msgspec.Struct, frozen=True):
-    """A worker registered again and listed the tasks it ``holds`` (running, or finished with the
+    """A worker registered (again) and listed the tasks it ``holds`` (running, or finished with the
     result not yet acknowledged). Tasks the scheduler had on it and it does not hold go back to
     the queue; ``restarted`` (a new agent process) counts that as a loss against lost_limit, a
-    reconnect of the same process does not."""
+    reconnect of the same process does not. Tasks restored from an earlier life and held for this
+    worker (see Progress.held_for) that it does not hold stop waiting for it."""
 
     now: float
     worker_id: str
@@ -1561,6 +1562,12 @@ class Scheduler:
             return
         wid = w.worker_id
         limit = self.config.lost_limit
+        for t in [e[2] for e in self._backoff if e[2].held_for == wid and e[2].where == _W_BACKOFF
+                  and e[2].qseq == e[1] and e[2].task_id not in ev.holds]:
+            self._unqueue(t)
+            t.held_for = None
+            t.until = 0.0
+            self._place(t, out, note=f"{wid} came back without it; ")
         for t in [t for t in w.tasks.values() if t.task_id not in ev.holds]:
             self._release(t, out, cancel=False)
             if ev.restarted:

@@ -407,13 +407,6 @@ class Coordinator:
                                              coordinator_id=self.s.coordinator_id))
         now = time.time()
         holds = frozenset((*msg.running, *msg.finished))
-        if old is not None:
-            # Registering again. The same incarnation is the same agent process reconnecting:
-            # what it still holds stays on it. A new one restarted: what it no longer holds was
-            # lost with its previous life. Fed in one scheduler call with the adoptions below,
-            # so nothing is dispatched elsewhere in between.
-            restarted = not msg.incarnation or msg.incarnation != old.incarnation
-            events.insert(0, sch.Reconcile(now, wid, holds, restarted and old.online))
         # What the agent still runs, or holds results of, stays its own: after a coordinator
         # restart a recovered task waits for the worker that had it (``_held_for``).
         stray: list[str] = []
@@ -429,6 +422,11 @@ class Coordinator:
                 events.append(sch.Adopt(now, tid, wid, task.attempt))
             else:
                 stray.append(tid)
+        # Then the rest. The same incarnation is the same agent process reconnecting: what it
+        # still holds stays on it. A new one restarted: what it no longer holds was lost with its
+        # previous life. All in one scheduler call, so nothing is dispatched elsewhere in between.
+        restarted = old is not None and old.online and (not msg.incarnation or msg.incarnation != old.incarnation)
+        events.append(sch.Reconcile(now, wid, holds, restarted))
         self._sched(events)
         # Running here but given to someone else (or finished) meanwhile: stop this copy. Its
         # result, if one comes, is acknowledged and not stored.
@@ -439,8 +437,27 @@ class Coordinator:
 
     def _on_heartbeat(self, identity: bytes, msg: p.Heartbeat) -> None:
         w = self._known_agent(identity)
-        if w is not None:
-            self.workers.heartbeat(w, msg)
+        if w is None:
+            return
+        self.workers.heartbeat(w, msg)
+        # A task we think is on this worker that it has not listed for a while (an assignment
+        # dropped on the way, a result lost with its ack) would wait forever: it goes back to
+        # the queue. Recent assignments may simply not have reached the agent yet.
+        ours = self.sched.running_on(w.worker_id)
+        if not ours:
+            return
+        listed = set(msg.running)
+        grace = 2 * self.cfg.health_monitor.heartbeat_interval + 5.0
+        now = time.perf_counter()
+        missing = []
+        for tid in ours:
+            task = self.tasks.get(tid)
+            if tid not in listed and task is not None and task.sent is not None and now - task.sent > grace:
+                missing.append(tid)
+        if missing:
+            log.warning("agent %s no longer lists %d task(s) it was given (%s): back to the queue", w.worker_id,
+                        len(missing), ", ".join(missing[:5]))
+            self._sched([sch.Reconcile(time.time(), w.worker_id, frozenset(ours) - set(missing), False)])
 
     def _on_task_started(self, identity: bytes, msg: p.TaskStarted) -> None:
         w = self._known_agent(identity)

@@ -12,7 +12,11 @@ Reports, as the medians of --runs runs:
   of --latency-tasks (25,000: the first ones share the machine with the submission burst being
   written to SQLite, which is a throughput matter, not dispatch latency);
 - command tasks running `true` against a bare loop of subprocess.run(["true"]) measured in the
-  same run, and their ratio.
+  same run, and their ratio;
+- submit_wait p50/p99: what a client sees, one no-op task at a time: create_task, then `wait`
+  until it is completed (both replies leave the coordinator only after their commit).
+--durability power-loss runs the coordinator with database.durability: power-loss (an fsync
+per commit) instead of the default process-crash.
 The last line printed is one JSON object.
 """
 
@@ -39,10 +43,13 @@ from dtf_gui.client import Client  # noqa: E402
 class Stack:
     """`dtf serve` plus agents, on loopback; stops everything it started."""
 
-    def __init__(self, agents: int, window: int, log_level: str = "WARNING") -> None:
+    def __init__(self, agents: int, window: int, log_level: str = "WARNING", durability: str = "") -> None:
         self.home = Path(tempfile.mkdtemp(prefix="dtf-bench-"))
         self.env = dict(os.environ, DTF_HOME=str(self.home))
-        (self.home / "coordinator.yaml").write_text("health_monitor:\n  heartbeat_interval: 2\n", encoding="utf-8")
+        yaml = "health_monitor:\n  heartbeat_interval: 2\n"
+        if durability:
+            yaml += f"database:\n  durability: {durability}\n"
+        (self.home / "coordinator.yaml").write_text(yaml, encoding="utf-8")
         self.procs: list[subprocess.Popen[bytes]] = []
         self.log = open(self.home / "bench.log", "wb")  # closed in stop()
         self.procs.append(self._spawn([sys.executable, "-m", "dtf_gui.cli", "--log-level", log_level, "serve",
@@ -90,6 +97,18 @@ class Stack:
         self._until(lambda: self.completed() >= target, timeout, f"{len(tasks)} tasks")
         return time.perf_counter() - t0
 
+    def submit_wait(self, n: int) -> list[float]:
+        """Seconds from create_task to the `wait` reply saying it completed, one task at a time."""
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            tid = self.client.call("create_task", {"type": "noop"})["task_id"]
+            done = self.client.call("wait", {"task_ids": [tid], "timeout": 30})
+            out.append(time.perf_counter() - t0)
+            if done["finished"].get(tid) != "completed":
+                raise RuntimeError(f"task {tid} did not complete: {done}")
+        return out
+
     def stop(self) -> None:
         self.client.close()
         for p in reversed(self.procs):
@@ -118,12 +137,14 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=64, help="in-flight tasks per agent (agent slots)")
     ap.add_argument("--latency-tasks", type=int, default=25_000)
     ap.add_argument("--true-tasks", type=int, default=1000)
+    ap.add_argument("--wait-tasks", type=int, default=2000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--durability", choices=["process-crash", "power-loss"], default="process-crash")
     args = ap.parse_args()
 
-    rates, p50s, p99s, true_rates, bare_rates = [], [], [], [], []
+    rates, p50s, p99s, true_rates, bare_rates, w50s, w99s = [], [], [], [], [], [], []
     for run in range(args.runs):
-        stack = Stack(args.agents, args.window)
+        stack = Stack(args.agents, args.window, durability=args.durability)
         try:
             secs = stack.run_batch([{"type": "noop"}] * args.tasks)
             rates.append(args.tasks / secs)
@@ -132,17 +153,20 @@ def main() -> None:
         finally:
             stack.stop()
         bare_rates.append(bare_true_rate(args.true_tasks))
-        lat = Stack(args.agents, 1)
+        lat = Stack(args.agents, 1, durability=args.durability)
         try:
             lat.run_batch([{"type": "noop"}] * args.latency_tasks)
             st = lat.client.call("get_status", timeout=60)["dispatch_latency_us"]
             p50s.append(st["p50"])
             p99s.append(st["p99"])
+            waits = sorted(lat.submit_wait(args.wait_tasks))
+            w50s.append(waits[len(waits) // 2] * 1e6)
+            w99s.append(waits[int(len(waits) * 0.99)] * 1e6)
         finally:
             lat.stop()
         print(f"run {run + 1}: {rates[-1]:,.0f} no-op tasks/s (window {args.window}); window 1 latency p50 "
-              f"{p50s[-1]:.0f} us p99 {p99s[-1]:.0f} us; `true` {true_rates[-1]:,.0f}/s vs bare "
-              f"{bare_rates[-1]:,.0f}/s", file=sys.stderr)
+              f"{p50s[-1]:.0f} us p99 {p99s[-1]:.0f} us; submit->wait p50 {w50s[-1]:.0f} us; `true` "
+              f"{true_rates[-1]:,.0f}/s vs bare {bare_rates[-1]:,.0f}/s", file=sys.stderr)
     ratios = [t / b for t, b in zip(true_rates, bare_rates, strict=True)]
     print(json.dumps({
         "tasks_per_s": round(statistics.median(rates)),
@@ -151,6 +175,8 @@ def main() -> None:
         "true_tasks_per_s": round(statistics.median(true_rates)),
         "bare_true_per_s": round(statistics.median(bare_rates)),
         "true_vs_bare_ratio": round(statistics.median(ratios), 3),
+        "submit_wait_p50_us": round(statistics.median(w50s)), "submit_wait_p99_us": round(statistics.median(w99s)),
+        "durability": args.durability,
         "runs": args.runs, "agents": args.agents, "window": args.window, "tasks": args.tasks,
         "all_tasks_per_s": [round(r) for r in rates], "cpus": os.cpu_count(),
     }))

@@ -366,3 +366,50 @@ def test_ctrl_c_while_waiting_leaves_the_tasks_running_and_says_how_to_cancel(
     assert "1 task(s) go on running" in err and running[0]["task_id"] in err
     assert s.task(running[0]["task_id"])["status"] == p.RUNNING
     s.call("cancel_task", {"task_id": running[0]["task_id"]})
+
+
+def test_a_recovered_task_waits_for_its_worker_but_not_once_it_came_back_without_it(
+        coordinator: Callable[..., Coordinator], fakes: Callable[..., FakeAgent]) -> None:
+    hm = {"heartbeat_timeout": 120.0}
+    coord = coordinator(health_monitor=hm)
+    second: Coordinator | None = None
+    try:
+        fake = fakes(coord.endpoint("agents"), "w1")
+        register(fake, "life-1")
+        tid = coord.request("create_task", {"command": "true"})["task_id"]
+        (spec,) = fake.recv(p.Assign).tasks
+        second = restart(coord, health_monitor=hm)
+        other = fakes(second.endpoint("agents"), "w2")
+        register(other, "other")
+        # Held for w1 (up to the heartbeat timeout): w2 does not get it meanwhile...
+        assert "for w1, which was running it" in second.request("get_task", {"task_id": tid})["why"]
+        assert second.request("get_task", {"task_id": tid})["status"] == p.PENDING
+        # ... and when w1 comes back as a new process that does not hold it, it waits no longer
+        # (far sooner than the 120 s hold), under a new attempt, on whichever worker is free.
+        register(fake, "life-2")
+        task = wait_until(lambda: (t := second.request("get_task", {"task_id": tid}))["status"] == p.ASSIGNED and t,
+                          10)
+        assert task["attempt"] == spec.attempt + 1
+    finally:
+        if second is not None:
+            second.stop()
+
+
+def test_a_task_its_worker_stopped_listing_goes_back_to_the_queue(
+        coordinator: Callable[..., Coordinator], fakes: Callable[..., FakeAgent]) -> None:
+    coord = coordinator(health_monitor={"heartbeat_interval": 0.2, "heartbeat_timeout": 60.0})
+    fake = fakes(coord.endpoint("agents"), "w1")
+    register(fake, "i1", slots=2)
+    tid = coord.request("create_task", {"command": "true"})["task_id"]
+    (spec,) = fake.recv(p.Assign).tasks  # say the agent never got it: its heartbeats do not list it
+
+    def reassigned() -> p.Assign | None:
+        fake.send(p.Heartbeat(running=[]))
+        try:
+            return fake.recv(p.Assign, timeout=0.3)
+        except AssertionError:
+            return None
+
+    again = wait_until(reassigned, 20)
+    assert again.tasks[0].task_id == tid and again.tasks[0].attempt == spec.attempt + 1
+    assert coord.sched.task(tid).lost == 0  # not the worker's fault: not counted against lost_limit
