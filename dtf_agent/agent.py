@@ -36,6 +36,10 @@ from dtf_agent.transport import hostname, make_socket
 
 log = logging.getLogger(__name__)
 
+# Between dropping a connection that brought no answer and making the next: time for the
+# coordinator to see the first one close (milliseconds on a LAN).
+_REATTACH_PAUSE = 0.5
+
 # Plain ints: pyzmq's enum wrappers cost more than the check itself on this hot path.
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
@@ -110,6 +114,7 @@ class Agent:
         self._warned_at: float | None = None  # a warning was given in this outage
         self._owed_since: float | None = None  # first frame sent that awaits an answer, none since
         self._drops = 0
+        self._detached = False  # between two connections: see _detach
         self._handlers: dict[type, Callable[[Any], None]] = {
             p.Welcome: self._on_welcome,
             p.Refused: self._on_refused,
@@ -137,9 +142,13 @@ class Agent:
     def run(self) -> int:
         """Run until stop(); returns a process exit code."""
         self._ctx = zmq.Context()
-        self._poller = poller = zmq.Poller()
+        self.sock = make_socket(self._ctx, zmq.DEALER, identity=self.s.worker_id.encode(),
+                                max_message_size=self.s.max_message_size)
+        self.sock.connect(self.s.address)
+        self._detached = False
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
         poller.register(self._done.fileno(), zmq.POLLIN)
-        self._connect(time.monotonic())
         now = time.monotonic()
         # Attributes, not locals: a coordinator that asks us to register again brings the next
         # Register forward, and the Welcome restarts the heartbeat with the coordinator's interval.
@@ -151,12 +160,16 @@ class Agent:
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
-                if self.registered and self._owed_since is not None and now - self._owed_since > self._silence_limit():
-                    self._lose_contact(now, silent_for=now - self._owed_since)
+                owed = self._owed_since
+                if self.registered and owed is not None and now - owed > self._silence_limit():
+                    self._lose_contact(now, silent_for=now - owed)
                 if not self.registered:
+                    if now >= self._next_register and not self._detached \
+                            and now - self._connected_at >= self._stale_after():
+                        self._detach(now)
                     if now >= self._next_register:
-                        if now - self._connected_at >= self._fresh_socket_after():
-                            self._reconnect(now)
+                        if self._detached:
+                            self._attach(now)
                         self._send(self._register_msg())
                         self._owe(now)
                         self._next_register = now + self._register_delay * random.uniform(0.75, 1.25)
@@ -213,27 +226,28 @@ class Agent:
         if self._owed_since is None:
             self._owed_since = now
 
-    def _connect(self, now: float) -> None:
-        sock = make_socket(self._ctx, zmq.DEALER, identity=self.s.worker_id.encode(),
-                           max_message_size=self.s.max_message_size)
-        sock.connect(self.s.address)
-        self.sock = sock
-        self._poller.register(sock, zmq.POLLIN)
-        self._connected_at = now
-
-    def _fresh_socket_after(self) -> float:
+    def _stale_after(self) -> float:
         return self.s.unreachable_after / 2
 
-    def _reconnect(self, now: float) -> None:
-        """A new socket, so a new connection: a ROUTER that still holds this worker id for an
-        earlier connection (this agent before a restart, or one the network left half-open)
-        refuses the new one without a word, and keeps ignoring it for as long as it stays up, even
-        once the old one is gone. Frames queued on the old socket go with it: whatever matters is
-        sent again after the Welcome."""
-        log.debug("no answer on the connection to %s: opening a new one", self.s.address)
-        self._poller.unregister(self.sock)
-        self.sock.close(linger=0)
-        self._connect(now)
+    def _detach(self, now: float) -> None:
+        """Drop a connection that brought no answer; a new one is made a moment later (_attach).
+
+        A ROUTER that still holds this worker id for an earlier connection (this agent before a
+        restart, or one the network left half-open) refuses the new one without a word, and goes
+        on ignoring it for as long as it stays up, even once the old one is gone: only a new
+        connection gets through. Not at once: the coordinator must see this one close first, or
+        it refuses the next one for the same reason. Frames queued here are dropped with it (no
+        pile of stale Registers reaches the coordinator); whatever matters goes again after the
+        Welcome."""
+        log.debug("no answer on the connection to %s: reconnecting", self.s.address)
+        self.sock.disconnect(self.s.address)
+        self._detached = True
+        self._next_register = now + _REATTACH_PAUSE
+
+    def _attach(self, now: float) -> None:
+        self.sock.connect(self.s.address)
+        self._detached = False
+        self._connected_at = now
 
     def _lose_contact(self, now: float, silent_for: float | None = None) -> None:
         """Register again from now on, backing off from the shortest pause."""
@@ -255,10 +269,13 @@ class Agent:
         log.warning(
             "the coordinator at %s %s (nothing for %.0f s). Check that `dtf serve` or the DTF window is running "
             "there, that %s is its agent port, that no firewall blocks it, and that --coordinator or "
-            "coordinator.address in worker.yaml names it. Retrying in the background, backing off to about every %.0f s; said once.",
+            "coordinator.address in worker.yaml names it. Retrying in the background, backing off to about "
+            "every %.0f s; said once.",
             self.s.address, what, waited, _port_of(self.s.address), self.s.register_retry_max)
 
     def _send(self, msg: p.Message) -> None:
+        if self._detached:
+            return  # between two connections (_detach): sent again, or not needed, after the Welcome
         try:
             self.sock.send(p.encode(msg), zmq.NOBLOCK)
         except zmq.Again:
