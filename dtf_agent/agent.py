@@ -95,6 +95,7 @@ class Agent:
                      self.spool.path)
         self._spool_failing = False
         self._outbox: list[p.ResultRecord] = []
+        self._volatile: list[p.ResultRecord] = []  # no-op results: sent, never journalled
         self._started: list[str] = []
         self.bad_frames = 0
         self.completed = 0
@@ -317,8 +318,11 @@ class Agent:
 
     def _heartbeat_msg(self) -> p.Heartbeat:
         m = hardware.live_metrics(str(self.work_dir))
+        # Tasks whose results await their ack count as held too: the coordinator requeues a task
+        # its worker stops listing, and a result in flight is not a task the agent lost.
+        held = [*self.running, *(t for t in self._held if t not in self.running)]
         return p.Heartbeat(cpu_percent=m["cpu_percent"], memory_percent=m["memory_percent"],
-                           disk_percent=m["disk_percent"], running=list(self.running))
+                           disk_percent=m["disk_percent"], running=held[:p.MAX_LIST])
 
     # -- handlers: one per message type ------------------------------------------------------
 
@@ -426,9 +430,11 @@ class Agent:
     # -- runners ------------------------------------------------------------------------------
 
     def _run_noop(self, spec: p.RunSpec) -> None:
-        # The framework's own overhead is what a no-op measures: straight to a result record.
+        # The framework's own overhead is what a no-op measures: straight to a result record. It
+        # is not journalled (no fsync): running a no-op again after a crash costs nothing and
+        # gives the same result, so the spool's promise is kept without paying for it.
         now = time.time()
-        self._outbox.append(p.ResultRecord(
+        self._volatile.append(p.ResultRecord(
             result_id=f"{self._rid_prefix}{next(self._rid_counter)}", task_id=spec.task_id, status="success",
             start_time=now, end_time=now, exit_code=0, attempt=spec.attempt,
             test_id=str(spec.parameters.get("test_id", "")) if spec.parameters else ""))
@@ -465,9 +471,11 @@ class Agent:
             if send:
                 self._send(p.TaskStarted(task_ids=self._started, time=time.time()))
             self._started = []
-        if self._outbox:
-            batch, self._outbox = self._outbox, []
-            self._journal(batch)
+        if self._outbox or self._volatile:
+            if self._outbox:
+                self._journal(self._outbox)
+            batch = self._outbox + self._volatile if self._volatile else self._outbox
+            self._outbox, self._volatile = [], []
             now = time.monotonic()
             for rec in batch:
                 self._hold(rec, now)
