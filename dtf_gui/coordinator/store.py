@@ -323,6 +323,8 @@ class _Writer:
                 while True:
                     try:
                         store._commit(batch)
+                        if store.on_commit is not None:
+                            store.on_commit()  # the loop, waiting to send what this batch promised
                         break
                     except sqlite3.Error as exc:
                         store._failed(exc)
@@ -583,8 +585,6 @@ class Store:
         if self.failing:
             log.warning("writing to %s works again", self.path)
             self.failing = ""
-        if self.on_commit is not None:
-            self.on_commit()
 
     def _write(self, b: _Batch, statements: list[tuple[str, Sequence[tuple[Any, ...]], str, int]],
                refused: list[tuple[str, str, str]] | None) -> None:
