@@ -314,6 +314,8 @@ class Agent:
             agent_version=__version__, slots=self.s.slots, capabilities=self.capabilities,
             tags=list(self.s.tags), groups=list(self.s.groups), incarnation=self.incarnation,
             running=list(self.running), finished=sorted(self._held),
+            attempts={**{tid: self.unacked[rid][0].attempt for tid, rid in self._held.items() if rid in self.unacked},
+                      **{tid: run.spec.attempt for tid, run in self.running.items()}},
         )
 
     def _heartbeat_msg(self) -> p.Heartbeat:

@@ -136,6 +136,10 @@ class Register(_Msg, tag="register"):
     # Tasks whose results this agent holds unacknowledged (its spool; it resends them after the
     # Welcome): the coordinator keeps them on this agent instead of running them again elsewhere.
     finished: IdList = msgspec.field(default_factory=list)
+    # The attempt each of those tasks was given: a coordinator that restarted before it stored an
+    # assignment learns the attempt from the agent that runs it, so no attempt number is reused.
+    attempts: Annotated[dict[Id, Attempt], msgspec.Meta(max_length=MAX_LIST)] = msgspec.field(
+        default_factory=dict)
 
 
 class Heartbeat(_Msg, tag="heartbeat"):

@@ -59,8 +59,9 @@ _REREGISTER_PEERS = 10_000
 
 @dataclasses.dataclass
 class _Outgoing:
-    """What one turn of the loop promises: assignments, result acks and client replies. It leaves
-    only once the batch holding what it acknowledges is committed (``seq``, see Store)."""
+    """What one turn of the loop promises: result acks and client replies (and the assignments
+    that must follow an ack). It leaves only once the batch holding what it acknowledges is
+    committed (``seq``, see Store)."""
 
     seq: int = 0
     assigns: dict[str, list[p.RunSpec]] = dataclasses.field(default_factory=dict)
@@ -93,6 +94,12 @@ class Coordinator:
         self.sched = sch.Scheduler(settings.scheduler)
         self._out = _Outgoing()
         self._held: collections.deque[_Outgoing] = collections.deque()
+        # Assignments that promise nothing go out at the end of the turn, without waiting for a
+        # commit (the agents never idle on SQLite). The exception: a task whose last result from
+        # the same worker is not acknowledged yet (task_id -> the batch holding that result); its
+        # new assignment follows the ack, or the agent would take it for a resend of that result.
+        self._now = _Outgoing()
+        self._owed: dict[str, int] = {}
         self._held_for: dict[str, str] = {}
         self._reregister_asked: dict[bytes, float] = {}
         self.waiters = Waiters()
@@ -293,12 +300,17 @@ class Coordinator:
                     self.counters.loop_errors += 1
                     log.exception("coordinator: error while handling messages (loop continues)")
             try:
+                self._timers(time.monotonic())
                 self._send_out()
                 self._release()
-                self._timers(time.monotonic())
             except Exception:
                 self.counters.loop_errors += 1
                 log.exception("coordinator: error in periodic work (loop continues)")
+        # Stopping: what the last turns promised goes out once it is committed (unless the disk
+        # refuses it, when it is not promised at all).
+        self._send_out()
+        self.store.wait_committed()
+        self._release()
         self.hub.emit(self.stats)
 
     def _timers(self, now: float) -> None:
@@ -309,7 +321,6 @@ class Coordinator:
         if now >= self._next_tick:
             self._next_tick = now + 0.5
             self._sched([sch.Tick(time.time())])
-            self._send_out()
         if now >= self._next_health:
             self._next_health = now + 1.0
             self._sched(self.workers.sweep(now))
@@ -409,16 +420,20 @@ class Coordinator:
         holds = frozenset((*msg.running, *msg.finished))
         # What the agent still runs, or holds results of, stays its own: after a coordinator
         # restart a recovered task waits for the worker that had it (``_held_for``).
+        # An attempt the agent names above the stored one was assigned just before a restart,
+        # with the assignment not yet stored: it is this agent's, under that attempt.
         stray: list[str] = []
         for tid in holds:
             task = self.tasks.get(tid)
+            claimed = msg.attempts.get(tid, 0)
             if task is None or task.status in p.TERMINAL_STATUSES:
                 stray.append(tid)
             elif task.worker_id == wid and task.status in (p.ASSIGNED, p.RUNNING):
                 events.append(sch.Adopt(now, tid, wid, task.attempt))
-            elif task.status == p.PENDING and self._held_for.get(tid) == wid:
-                del self._held_for[tid]
+            elif task.status == p.PENDING and (self._held_for.get(tid) == wid or claimed > task.attempt):
+                self._held_for.pop(tid, None)
                 task.worker_id = wid
+                task.attempt = max(task.attempt, claimed)
                 events.append(sch.Adopt(now, tid, wid, task.attempt))
             else:
                 stray.append(tid)
@@ -498,6 +513,7 @@ class Coordinator:
                 continue
             result = Result.reported(rec, w.worker_id, task.test_id, now)
             store.put_result(result)
+            self._owed[rec.task_id] = store.taken + 1
             finished_here.add(rec.task_id)
             self.analysis.result_stored(result)
             self.counters.results_stored += 1
@@ -565,7 +581,13 @@ class Coordinator:
             return
         task.attempt = ins.attempt
         task.worker_id = ins.worker_id
-        out = self._out
+        out = self._now
+        owed = self._owed.get(task.task_id)
+        if owed is not None:
+            if owed > self.store.committed:
+                out = self._out
+            else:
+                del self._owed[task.task_id]
         out.assigns.setdefault(ins.worker_id, []).append(
             p.RunSpec(task_id=task.task_id, type=task.type, parameters=task.parameters, timeout=task.timeout,
                       attempt=ins.attempt))
@@ -593,6 +615,7 @@ class Coordinator:
         if status in p.TERMINAL_STATUSES:
             self.tasks.finished(ins.task_id)
             self.waiters.finished(ins.task_id, status)
+            self._owed.pop(ins.task_id, None)
 
     def _do_cancel_on_worker(self, ins: sch.CancelOnWorker) -> None:
         w = self.workers.get(ins.worker_id)
@@ -607,39 +630,47 @@ class Coordinator:
             self.hub.task_changed(task)
 
     def _send_out(self) -> None:
-        """End of a turn: what it promised waits for the commit of what it promised about. The
-        batch is taken now (group commit: one transaction for everything the turn did)."""
+        """End of a turn: what it promised waits for the commit of what it promised about (the
+        batch taken next, when rows are pending). Group commit: one batch with the writer at a
+        time; while it commits, the next one grows with every turn, so under load a commit holds
+        many turns' work and the loop never waits for SQLite."""
+        now = self._now
+        if now:
+            self._now = _Outgoing()
+            self._send(now)
         out = self._out
-        if not out:
-            return
-        if self.store.pending_rows():
+        store = self.store
+        if out:
+            self._out = _Outgoing()
+            out.seq = store.taken + 1 if store.pending_rows() else store.taken
+            self._held.append(out)
+        if self._held and store.pending_rows() and not store.busy():
             self._flush_store()
-        out.seq = self.store.taken
-        self._held.append(out)
-        self._out = _Outgoing()
 
     def _release(self) -> None:
         """Send what was held, in order, once the batches it waits for are committed."""
         held = self._held
         committed = self.store.committed
         while held and held[0].seq <= committed:
-            out = held.popleft()
-            for wid, specs in out.assigns.items():
-                w = self.workers.get(wid)
-                # A worker found lost after this batch was queued has had its tasks requeued by
-                # the scheduler already; assigning them now would run them twice.
-                if w is not None and w.online:
-                    acks = out.acks.pop(w.identity, [])
-                    self._send_agent(w.identity, p.Assign(tasks=specs, acks=acks))
-            if out.assigned:
-                sent = time.perf_counter()
-                for task in out.assigned:
-                    task.sent = sent
-            for identity, rids in out.acks.items():
-                if rids:
-                    self._send_agent(identity, p.ResultAck(result_ids=rids))
-            for reply in out.replies:
-                reply()
+            self._send(held.popleft())
+
+    def _send(self, out: _Outgoing) -> None:
+        for wid, specs in out.assigns.items():
+            w = self.workers.get(wid)
+            # A worker found lost after this batch was queued has had its tasks requeued by the
+            # scheduler already; assigning them now would run them twice.
+            if w is not None and w.online:
+                acks = out.acks.pop(w.identity, [])
+                self._send_agent(w.identity, p.Assign(tasks=specs, acks=acks))
+        if out.assigned:
+            sent = time.perf_counter()
+            for task in out.assigned:
+                task.sent = sent
+        for identity, rids in out.acks.items():
+            if rids:
+                self._send_agent(identity, p.ResultAck(result_ids=rids))
+        for reply in out.replies:
+            reply()
 
     # -- clients ----------------------------------------------------------------------------------
 

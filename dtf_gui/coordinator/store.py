@@ -370,6 +370,7 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.batch_size = batch_size
         self.flush_interval = flush_interval
+        self.inline_max = 256
         self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         _tune(self.conn, "FULL" if durability == "power-loss" else "NORMAL")
         migrate(self.conn)
@@ -478,6 +479,10 @@ class Store:
         return (len(self._tasks) + len(self._workers) + len(self._results) + len(self._metrics) + len(self._events)
                 + len(self._retracted))
 
+    def busy(self) -> bool:
+        """A batch is with the writer thread (queued or committing)."""
+        return self._writer is not None and self._writer.q.unfinished_tasks > 0
+
     def full(self) -> bool:
         """The batch is big enough to write now. The caller checks between messages, never inside
         one: a result and the status it gives its task must land in the same transaction."""
@@ -500,11 +505,11 @@ class Store:
             writer = self._writer
             if writer is None:
                 self._commit(batch)
-            elif n < self.batch_size and writer.q.unfinished_tasks == 0 and not self.failing:
-                # A small, frequent flush is written inline: the loop pauses for a commit of a few
-                # rows (tens of microseconds in WAL) instead of handing over to a thread and
-                # waiting for its wake-up. The writer is idle, so its connection is free and
-                # batches stay in order.
+            elif n <= self.inline_max and writer.q.unfinished_tasks == 0 and not self.failing:
+                # A small flush (light load: a task or two per turn) is written inline: the loop
+                # pauses for a commit of a few rows (tens of microseconds in WAL) instead of handing
+                # over to a thread and waiting for its wake-up. The writer is idle, so its
+                # connection is free and batches stay in order.
                 self.inline_flushes += 1
                 try:
                     self._commit(batch)
@@ -512,8 +517,8 @@ class Store:
                     self._failed(exc)
                     writer.q.put(batch)  # the writer retries it, with backoff, until it lands
             else:
-                # A flood (the batch filled up), or the writer is busy: it takes the batch, and
-                # the loop goes on receiving while it commits.
+                # Load: the writer thread takes the batch, and the loop goes on receiving (on the
+                # other core) while it commits; what arrives meanwhile makes the next batch.
                 self.background_flushes += 1
                 writer.q.put(batch)
         if wait:

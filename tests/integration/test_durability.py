@@ -413,3 +413,36 @@ def test_a_task_its_worker_stopped_listing_goes_back_to_the_queue(
     again = wait_until(reassigned, 20)
     assert again.tasks[0].task_id == tid and again.tasks[0].attempt == spec.attempt + 1
     assert coord.sched.task(tid).lost == 0  # not the worker's fault: not counted against lost_limit
+
+
+def test_an_assignment_not_stored_before_a_crash_is_claimed_with_its_attempt(
+        coordinator: Callable[..., Coordinator], fakes: Callable[..., FakeAgent]) -> None:
+    coord = coordinator()
+    second: Coordinator | None = None
+    try:
+        fake = fakes(coord.endpoint("agents"), "w1")
+        register(fake, "life-1")
+        tid = coord.request("create_task", {"command": "true"})["task_id"]
+        (spec,) = fake.recv(p.Assign).tasks
+        coord.stop()
+        # As after a kill -9 between sending the assignment and committing it: the row still
+        # says pending, attempt 0.
+        db = sqlite3.connect(coord.s.db_path)
+        db.execute("UPDATE tasks SET status='pending', attempt=0, worker_id=NULL WHERE task_id=?", (tid,))
+        db.commit()
+        db.close()
+        second = restart(coord)
+        fake.send(p.Register(protocol_version=p.PROTOCOL_VERSION, worker_id="w1", hostname="fakehost",
+                             incarnation="life-1", running=[tid], attempts={tid: spec.attempt}))
+        fake.recv(p.Welcome)
+        task = wait_until(lambda: (t := second.request("get_task", {"task_id": tid}))["status"] == p.RUNNING and t,
+                          10)
+        assert (task["worker_id"], task["attempt"]) == ("w1", spec.attempt)
+        fake.send(p.Results(results=[success(tid, spec.attempt, "r-claimed")]))
+        fake.recv(p.ResultAck)
+        wait_until(lambda: second.request("get_task", {"task_id": tid})["status"] == p.COMPLETED, 10)
+        # The next attempt (a retry) would be spec.attempt + 1: the scheduler took the claim.
+        assert second.sched.task(tid).attempt == spec.attempt
+    finally:
+        if second is not None:
+            second.stop()
