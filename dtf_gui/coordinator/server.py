@@ -54,6 +54,7 @@ _POLLIN = int(zmq.POLLIN)
 # Peers we do not know are asked to register at most this often each, and at most this many are
 # remembered for that (a flood of unknown identities must not grow memory).
 _REREGISTER_EVERY = 1.0
+_ANALYSIS_EVERY = 0.05
 _REREGISTER_PEERS = 10_000
 
 
@@ -101,6 +102,7 @@ class Coordinator:
         self._now = _Outgoing()
         self._owed: dict[str, int] = {}
         self._held_for: dict[str, str] = {}
+        self._analysis_due = False
         self._reregister_asked: dict[bytes, float] = {}
         self.waiters = Waiters()
         self._bad_agent_frame = Throttled(log)
@@ -280,11 +282,14 @@ class Coordinator:
         self._next_events = now + interval
         self._next_health = now + 1.0
         self._next_tick = now + 0.5
+        self._next_analysis = now
         while not self._stop.is_set():
             timeout = max(0.0, min(self._next_events, self._next_health, self._next_tick,
                                    self.waiters.next_deadline() or self._next_tick) - time.monotonic())
             if self.store.pending_rows():
                 timeout = min(timeout, flush_interval)
+            if self._analysis_due:
+                timeout = min(timeout, max(0.0, self._next_analysis - time.monotonic()))
             for sock, _ in poller.poll(int(timeout * 1000) + 1):
                 try:
                     if sock is self.agents:
@@ -318,6 +323,10 @@ class Coordinator:
             self._flush_store()
         # Each deadline moves before its work runs, so a failing step cannot spin the loop.
         self.waiters.expire(now)
+        if self._analysis_due and now >= self._next_analysis:
+            self._analysis_due = False
+            self._next_analysis = now + _ANALYSIS_EVERY
+            self.analysis.after_flush()
         if now >= self._next_tick:
             self._next_tick = now + 0.5
             self._sched([sch.Tick(time.time())])
@@ -335,7 +344,10 @@ class Coordinator:
             self.counters.loop_errors += 1
             log.exception("coordinator: writing to %s failed; will retry", self.s.db_path)
             return
-        self.analysis.after_flush()
+        # The analysis thread hears of what was written at most every _ANALYSIS_EVERY: with a
+        # commit per turn, a hand-over per flush cost a thread round trip (and GIL switches) per
+        # turn, a quarter of the loop's time under load.
+        self._analysis_due = True
 
     def _run_inbox(self) -> None:
         for call in self.inbox.take():
