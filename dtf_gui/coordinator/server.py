@@ -55,6 +55,11 @@ _POLLIN = int(zmq.POLLIN)
 # remembered for that (a flood of unknown identities must not grow memory).
 _REREGISTER_EVERY = 1.0
 _ANALYSIS_EVERY = 0.05
+# How long an ack to an agent may wait for company in its commit (a client's reply does not
+# wait): a commit costs the loop a few hundred microseconds however few rows it holds, and at a
+# commit per result that was most of the loop's time at window 1. Measured in-process, 4 agents
+# at window 1: 5x fewer commits, p50 round trip 0.87 -> 0.70 ms, +8% tasks/s.
+_COMMIT_WINDOW = 0.002
 _REREGISTER_PEERS = 10_000
 
 
@@ -103,6 +108,8 @@ class Coordinator:
         self._owed: dict[str, int] = {}
         self._held_for: dict[str, str] = {}
         self._analysis_due = False
+        self._held_since: float | None = None
+        self._held_urgent = False
         self._reregister_asked: dict[bytes, float] = {}
         self.waiters = Waiters()
         self._bad_agent_frame = Throttled(log)
@@ -288,6 +295,8 @@ class Coordinator:
                                    self.waiters.next_deadline() or self._next_tick) - time.monotonic())
             if self.store.pending_rows():
                 timeout = min(timeout, flush_interval)
+                if self._held_since is not None:  # a promise waits: commit when its window ends
+                    timeout = min(timeout, max(0.0, self._held_since + _COMMIT_WINDOW - time.monotonic()))
             if self._analysis_due:
                 timeout = min(timeout, max(0.0, self._next_analysis - time.monotonic()))
             for sock, _ in poller.poll(int(timeout * 1000) + 1):
@@ -656,8 +665,19 @@ class Coordinator:
             self._out = _Outgoing()
             out.seq = store.taken + 1 if store.pending_rows() else store.taken
             self._held.append(out)
-        if self._held and store.pending_rows() and not store.busy():
-            self._flush_store()
+            if out.seq > store.taken:
+                if self._held_since is None:
+                    self._held_since = time.monotonic()
+                # A client waits on its reply; an agent has more work in flight meanwhile.
+                self._held_urgent = self._held_urgent or bool(out.replies)
+        since = self._held_since
+        if since is not None and not store.busy() and (
+                self._held_urgent or time.monotonic() - since >= _COMMIT_WINDOW
+                or store.pending_rows() >= store.inline_max):
+            self._held_since = None
+            self._held_urgent = False
+            if store.pending_rows():
+                self._flush_store()
 
     def _release(self) -> None:
         """Send what was held, in order, once the batches it waits for are committed."""
