@@ -22,7 +22,7 @@ from dtf_gui.coordinator.api import ApiError
 from dtf_gui.coordinator.config import ephemeral_settings
 from dtf_gui.coordinator.server import Coordinator
 from dtf_gui.coordinator.store import connect_readonly
-from tests.helpers import FakeAgent, Serve, wait_until
+from tests.helpers import FakeAgent, Serve, WaitTimeout, wait_until
 
 
 @pytest.fixture
@@ -42,10 +42,22 @@ def fakes() -> Iterator[Callable[..., FakeAgent]]:
 
 
 def register(fake: FakeAgent, incarnation: str, running: tuple[str, ...] = (), finished: tuple[str, ...] = (),
-             slots: int = 1) -> None:
-    fake.send(p.Register(protocol_version=p.PROTOCOL_VERSION, worker_id=fake.worker_id, hostname="fakehost",
-                         slots=slots, incarnation=incarnation, running=list(running), finished=list(finished)))
-    fake.recv(p.Welcome)
+             slots: int = 1, attempts: dict[str, int] | None = None) -> None:
+    """Register until welcomed, as an agent does: a frame sent while the socket is still finding
+    out that the coordinator restarted goes down with the old connection."""
+    msg = p.Register(protocol_version=p.PROTOCOL_VERSION, worker_id=fake.worker_id, hostname="fakehost",
+                     slots=slots, incarnation=incarnation, running=list(running), finished=list(finished),
+                     attempts=attempts or {})
+
+    def welcomed() -> bool:
+        fake.send(msg)
+        try:
+            fake.recv(p.Welcome, timeout=1.0)
+        except WaitTimeout:
+            return False
+        return True
+
+    wait_until(welcomed, 20)
 
 
 def success(task_id: str, attempt: int, rid: str) -> p.ResultRecord:
@@ -432,9 +444,7 @@ def test_an_assignment_not_stored_before_a_crash_is_claimed_with_its_attempt(
         db.commit()
         db.close()
         second = restart(coord)
-        fake.send(p.Register(protocol_version=p.PROTOCOL_VERSION, worker_id="w1", hostname="fakehost",
-                             incarnation="life-1", running=[tid], attempts={tid: spec.attempt}))
-        fake.recv(p.Welcome)
+        register(fake, "life-1", running=(tid,), attempts={tid: spec.attempt})
         task = wait_until(lambda: (t := second.request("get_task", {"task_id": tid}))["status"] == p.RUNNING and t,
                           10)
         assert (task["worker_id"], task["attempt"]) == ("w1", spec.attempt)
