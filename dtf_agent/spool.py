@@ -28,7 +28,6 @@ import logging
 import os
 import re
 import struct
-import sys
 import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -37,6 +36,7 @@ from typing import IO
 
 import msgspec
 
+from dtf_agent.filelock import try_lock
 from dtf_agent.paths import dtf_home
 from dtf_agent.protocol import ResultRecord
 
@@ -144,36 +144,12 @@ def _read_pid(fd: int) -> str:
     return text if text.isdigit() else ""
 
 
-if sys.platform == "win32":
-    import msvcrt
-
-    # The pid is readable by others at the start of the file; the lock sits past it.
-    _LOCK_OFFSET = 4096
-
-    def _try_lock(fd: int) -> bool:
-        os.lseek(fd, _LOCK_OFFSET, os.SEEK_SET)
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-else:
-    import fcntl
-
-    def _try_lock(fd: int) -> bool:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
-
-
 def _take_lock(directory: Path) -> int:
     path = directory / LOCK
     # os.open's descriptors are not inherited: the tasks the agent starts never hold the lock.
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        if not _try_lock(fd):
+        if not try_lock(fd):
             pid = _read_pid(fd)
             holder = f"pid {pid}" if pid else "a process that has not written its pid yet"
             raise SpoolLocked(

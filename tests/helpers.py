@@ -315,6 +315,19 @@ class FakeAgent:
         self.send(p.Register(protocol_version=protocol_version, worker_id=self.worker_id, hostname="fakehost",
                              slots=slots))
 
+    def register_until_welcomed(self, msg: p.Register, timeout: float = 20.0) -> p.Welcome:
+        """Send ``msg`` until a Welcome comes, as an agent does: a frame sent while the socket is
+        still finding out that the coordinator restarted goes down with the old connection."""
+
+        def welcomed() -> p.Welcome | None:
+            self.send(msg)
+            try:
+                return self.recv(p.Welcome, timeout=1.0)
+            except WaitTimeout:
+                return None
+
+        return wait_until(welcomed, timeout)
+
     def recv(self, kind: type[T], timeout: float = 10.0) -> T:
         """The next message of type ``kind`` (others are kept in ``inbox``)."""
         for i, msg in enumerate(self.inbox):

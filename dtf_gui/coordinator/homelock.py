@@ -16,39 +16,15 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from dtf_agent.filelock import try_lock
 from dtf_agent.paths import COORDINATOR_FILE
 
 LOCK_FILE = "coordinator.lock"
-
-if sys.platform == "win32":  # pragma: no cover - the lab's servers run Linux; kept so the window starts on Windows
-    import msvcrt
-
-    # msvcrt locks byte ranges, and a locked range cannot be read by others: lock one byte far past
-    # the owner's info, so a second start can still read who holds the lock.
-    _WIN_LOCK_OFFSET = 1 << 20
-
-    def _try_lock(fd: int) -> bool:
-        os.lseek(fd, _WIN_LOCK_OFFSET, os.SEEK_SET)
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-else:
-    import fcntl
-
-    def _try_lock(fd: int) -> bool:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
 
 
 class HomeLockError(RuntimeError):
@@ -83,7 +59,7 @@ class HomeLock:
         # must not keep the home locked after the window has gone.
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            locked = _try_lock(fd)
+            locked = try_lock(fd)
         except BaseException:
             os.close(fd)
             raise

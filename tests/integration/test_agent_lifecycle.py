@@ -111,19 +111,8 @@ def test_a_result_held_through_a_coordinator_restart_completes_the_task_without_
         (spec,) = fake.recv(p.Assign).tasks
         first.stop()
         second = Coordinator(ephemeral_settings(db, server={"agent_port": port})).start()
-        # Until welcomed, as an agent does: a frame sent before the socket noticed the restart is lost.
-        register = p.Register(protocol_version=p.PROTOCOL_VERSION, worker_id="holder", hostname="fakehost",
-                              finished=[tid])
-
-        def welcomed() -> bool:
-            fake.send(register)
-            try:
-                fake.recv(p.Welcome, timeout=1.0)
-            except AssertionError:
-                return False
-            return True
-
-        wait_until(welcomed, 20)
+        fake.register_until_welcomed(p.Register(protocol_version=p.PROTOCOL_VERSION, worker_id="holder",
+                                                hostname="fakehost", finished=[tid]))
         fake.send(p.Results(results=[p.ResultRecord(result_id="held-1", task_id=tid, status="success",
                                                      attempt=spec.attempt)]))
         ack = fake.recv(p.ResultAck)

@@ -22,7 +22,7 @@ from dtf_gui.coordinator.api import ApiError
 from dtf_gui.coordinator.config import ephemeral_settings
 from dtf_gui.coordinator.server import Coordinator
 from dtf_gui.coordinator.store import connect_readonly
-from tests.helpers import FakeAgent, Serve, WaitTimeout, wait_until
+from tests.helpers import FakeAgent, Serve, wait_until
 
 
 @pytest.fixture
@@ -43,21 +43,9 @@ def fakes() -> Iterator[Callable[..., FakeAgent]]:
 
 def register(fake: FakeAgent, incarnation: str, running: tuple[str, ...] = (), finished: tuple[str, ...] = (),
              slots: int = 1, attempts: dict[str, int] | None = None) -> None:
-    """Register until welcomed, as an agent does: a frame sent while the socket is still finding
-    out that the coordinator restarted goes down with the old connection."""
-    msg = p.Register(protocol_version=p.PROTOCOL_VERSION, worker_id=fake.worker_id, hostname="fakehost",
-                     slots=slots, incarnation=incarnation, running=list(running), finished=list(finished),
-                     attempts=attempts or {})
-
-    def welcomed() -> bool:
-        fake.send(msg)
-        try:
-            fake.recv(p.Welcome, timeout=1.0)
-        except WaitTimeout:
-            return False
-        return True
-
-    wait_until(welcomed, 20)
+    fake.register_until_welcomed(p.Register(
+        protocol_version=p.PROTOCOL_VERSION, worker_id=fake.worker_id, hostname="fakehost", slots=slots,
+        incarnation=incarnation, running=list(running), finished=list(finished), attempts=attempts or {}))
 
 
 def success(task_id: str, attempt: int, rid: str) -> p.ResultRecord:
