@@ -352,8 +352,11 @@ def test_ctrl_c_while_waiting_leaves_the_tasks_running_and_says_how_to_cancel(
     s = serve()
     s.start_agent("sleeper", slots=1)
     s.wait_workers_online("sleeper")
+    # SIGINT back to its default in the child: a test run started in the background (as CI may be)
+    # inherits SIGINT ignored, and Python then never raises KeyboardInterrupt.
     proc = subprocess.Popen([*dtf_command("dtf"), "submit", "--command", "sleep 60", "--wait"], env=dtf_env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         running = wait_until(lambda: [t for t in s.call("list_tasks") if t["status"] == p.RUNNING], 20)
         proc.send_signal(signal.SIGINT)
