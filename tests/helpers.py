@@ -353,3 +353,9 @@ class FakeAgent:
 
 def results_per_task(conn: sqlite3.Connection) -> dict[str, int]:
     return {row[0]: row[1] for row in conn.execute("SELECT task_id, COUNT(*) FROM results GROUP BY task_id")}
+
+
+def pause(seconds: float) -> None:
+    """A deliberate pause in a schedule the test itself sets (the gap between two injected faults,
+    a random delay to aim one), never a wait for something to happen: that is wait_until's job."""
+    time.sleep(seconds)

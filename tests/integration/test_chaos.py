@@ -26,7 +26,7 @@ connection of our own, must show:
 
 On failure the message holds the seed, a table of violations (counts and up to 10 examples),
 the fault log and the tails of every process's log. Repeat a run with DTF_CHAOS_SEED=<seed>;
-DTF_CHAOS_TASKS=200 is a quicker iteration mode. ``time.sleep`` here only spaces the faults.
+DTF_CHAOS_TASKS=200 is a quicker iteration mode. ``pause`` here only spaces the faults.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ from tests.helpers import (
     WaitTimeout,
     descendants,
     dtf_command,
+    pause,
     read_coordinator_json,
     wait_until,
 )
@@ -464,7 +465,7 @@ def run_schedule(c: Cluster, rng: random.Random, kinds: list[str], span: float, 
                 {w for w in wids if w not in c.stopped and c.agents.get(w) is not None})
             if left <= 0:
                 break
-            time.sleep(min(left, 0.5))
+            pause(min(left, 0.5))
         now = time.monotonic() - c.t0
         kind = action.kind
         if kind in FAULTS:
@@ -490,7 +491,7 @@ def run_schedule(c: Cluster, rng: random.Random, kinds: list[str], span: float, 
             # on): an acknowledgement given before its transaction committed is lost here.
             sub.just_acked.clear()
             if sub.thread is not None and sub.thread.is_alive() and sub.just_acked.wait(4.0):
-                time.sleep(rng.uniform(0.0, 0.15))
+                pause(rng.uniform(0.0, 0.15))
             if kind == "coord_kill":
                 c.kill_coordinator()
                 push(time.monotonic() - c.t0 + rng.uniform(0.5, 3.0), "coord_up")
