@@ -55,6 +55,7 @@ MAX_RESULTS = 10_000          # results in one frame
 MAX_REGISTER_BYTES = 256 * 1024  # a whole Register (capabilities included)
 MAX_TIMEOUT = 366 * 86400.0   # a year; finite, so "no timeout" is spelled None, never NaN or inf
 MAX_PRIORITY = 1_000_000      # |priority|: far inside SQLite's 64-bit integers
+MAX_COMMAND = 1024 * 1024     # bytes of a command line: refused by the API, and by the agent before it splits one
 
 Id = Annotated[str, msgspec.Meta(max_length=MAX_ID)]
 Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME)]

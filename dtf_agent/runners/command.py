@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import psutil
 
-from dtf_agent.protocol import RunSpec
+from dtf_agent.protocol import MAX_COMMAND, RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ _WORD = re.compile(r"[^ \t\r\n]+")
 # Longest command accepted, in UTF-8 bytes (a list command: all its arguments together). Far above
 # what exec takes anyway (Linux: 128 KiB per argument, ARG_MAX for all); a bound keeps a runaway
 # generated command from costing the agent memory and time before exec refuses it.
-MAX_COMMAND_BYTES = 1024 * 1024
+MAX_COMMAND_BYTES = MAX_COMMAND
 KILL_GRACE_S = 2.0
 
 

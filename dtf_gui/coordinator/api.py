@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 TASK_TYPES = ("command", "noop")
 MAX_LIST = 100_000
-MAX_COMMAND = 1024 * 1024     # bytes of a command line (the agent splits it; a shell takes no more)
 MAX_WAIT = 24 * 3600.0
 
 # Ranges for every number a client sends: out of range is refused with the field named, never
@@ -75,7 +74,7 @@ class RequirementArgs(_Args):
 
 class CreateTask(_Args):
     type: p.Name = "command"
-    command: Annotated[str, msgspec.Meta(max_length=MAX_COMMAND)] | list[str] | None = None
+    command: Annotated[str, msgspec.Meta(max_length=p.MAX_COMMAND)] | list[str] | None = None
     parameters: dict[str, Any] = msgspec.field(default_factory=dict)
     priority: Priority | None = None
     timeout: Seconds | None = None
@@ -236,10 +235,11 @@ class ClientApi:
             return p.Reply(req_id=req.req_id, ok=False, error=f"{req.op}: invalid arguments: {exc}")
         if req.op in self.deferred_ops:
             return Deferred(req.req_id, req.op, lambda: fn(args))
-        if isinstance(args, WaitArgs):
-            return Waiting(req.req_id, list(dict.fromkeys(args.task_ids)), args.timeout)
         try:
-            return p.Reply(req_id=req.req_id, data=fn(args))
+            data = fn(args)
+            if isinstance(data, Waiting):  # answered later by the loop's waiter table
+                return msgspec.structs.replace(data, req_id=req.req_id)
+            return p.Reply(req_id=req.req_id, data=data)
         except ApiError as exc:
             return p.Reply(req_id=req.req_id, ok=False, error=str(exc))
         except Exception as exc:
@@ -248,8 +248,8 @@ class ClientApi:
 
     # -- operations -------------------------------------------------------------------------------
 
-    def wait(self, a: WaitArgs) -> None:
-        raise AssertionError("wait is answered by the loop's waiter table (see handle)")
+    def wait(self, a: WaitArgs) -> Waiting:
+        return Waiting(0, list(dict.fromkeys(a.task_ids)), a.timeout)
 
     def _writable(self) -> None:
         """Nothing is accepted that could not be stored: while the database refuses writes (disk
@@ -272,8 +272,8 @@ class ClientApi:
         command = params.get("command")
         if a.type == "command" and not command:
             raise ApiError("a command task needs a command")
-        if isinstance(command, list) and sum(len(str(x)) + 1 for x in command) > MAX_COMMAND:
-            raise ApiError(f"the command is longer than {MAX_COMMAND} bytes")
+        if isinstance(command, list) and sum(len(str(x)) + 1 for x in command) > p.MAX_COMMAND:
+            raise ApiError(f"the command is longer than {p.MAX_COMMAND} bytes")
         metadata = dict(a.metadata)
         if submission:
             metadata["submission"] = submission

@@ -624,7 +624,8 @@ class Coordinator:
         if ts is not None:
             task.failures = ts.failures
             task.lost = ts.lost
-            task.retry_at = ts.until or None
+            # A backoff deadline, not a hold for a reconnecting worker (that one ends with this life).
+            task.retry_at = ts.until if ts.until and not ts.held_for else None
             task.pinned_to = ts.pin.worker_id if ts.pin is not None else None
         status = ins.status
         if status == p.COMPLETED:
