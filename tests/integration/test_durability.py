@@ -387,6 +387,8 @@ def test_a_recovered_task_waits_for_its_worker_but_not_once_it_came_back_without
         # Held for w1 (up to the heartbeat timeout): w2 does not get it meanwhile...
         assert "for w1, which was running it" in second.request("get_task", {"task_id": tid})["why"]
         assert second.request("get_task", {"task_id": tid})["status"] == p.PENDING
+        # The hold ends with this coordinator's life: it is not stored as a backoff deadline.
+        assert second.store.query("SELECT retry_at FROM tasks WHERE task_id=?", (tid,)) == [(None,)]
         # ... and when w1 comes back as a new process that does not hold it, it waits no longer
         # (far sooner than the 120 s hold), under a new attempt, on whichever worker is free.
         register(fake, "life-2")
