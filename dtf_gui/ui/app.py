@@ -1,4 +1,5 @@
-"""`dtf-gui`: the window with its embedded coordinator and a local agent."""
+"""`dtf-gui`: the window with its embedded coordinator and a local agent; `dtf-gui --connect`: the
+same window on a coordinator elsewhere (`dtf serve`), nothing embedded."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from dtf_gui.coordinator.backup import BACKUP_DIR, Backups, check_database
 from dtf_gui.coordinator.config import ServerSettings
 from dtf_gui.coordinator.homelock import HomeLock
 from dtf_gui.coordinator.local_agent import LocalAgent
+from dtf_gui.remote import RemoteError
 from dtf_gui.ui.bridge import CoordinatorBridge
 from dtf_gui.ui.main_window import MainWindow
 
@@ -36,7 +38,7 @@ class Session:
             problem = check_database(settings.db_path, home / BACKUP_DIR)
             if problem:  # a RuntimeError: run_app shows it in a dialog
                 raise RuntimeError(problem)
-            self.bridge = CoordinatorBridge(settings)
+            self.bridge = CoordinatorBridge.embedded(settings)
             self.bridge.start()
             info = self.bridge.coordinator.info()
             info["db"] = str(Path(info["db"]).resolve())  # absolute: `dtf backup` reads it from anywhere
@@ -70,18 +72,38 @@ class Session:
         self.lock.release()
 
 
-def run_app(settings: ServerSettings, home: Path, *, local_agent: bool = True, local_slots: int | None = None) -> int:
+class RemoteSession:
+    """A window on a coordinator elsewhere: no coordinator, agent, lock or backups of its own."""
+
+    def __init__(self, endpoint: str | None, key_file: str | None = None) -> None:
+        self.bridge = CoordinatorBridge.remote_to(endpoint, key_file)  # RemoteError: address, key file
+        self.bridge.start()  # RemoteError: nobody answers this key there
+        try:
+            self.window = MainWindow(self.bridge)
+        except BaseException:
+            self.bridge.stop()
+            raise
+        self.window.on_close(self.close)
+        self._closed = False
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.bridge.stop()
+
+
+def _application() -> QApplication:
     app = QApplication.instance() or QApplication(sys.argv)
+    assert isinstance(app, QApplication)
     app.setApplicationName("DTF")
     icon = Path(__file__).resolve().parents[2] / "resources" / "dtf.svg"
     if icon.exists():
         app.setWindowIcon(QIcon(str(icon)))
-    try:
-        session = Session(settings, home, local_agent=local_agent, local_slots=local_slots)
-    except RuntimeError as exc:  # a port in use, an unloadable processor ...: say so, do not trace back
-        print(f"dtf-gui: {exc}", file=sys.stderr)
-        QMessageBox.critical(None, "DTF could not start", str(exc))
-        return 1
+    return app
+
+
+def _run(app: QApplication, session: Session | RemoteSession) -> int:
     session.window.show()
     # Ctrl-C in the terminal closes the window in order; the timer lets Python see the signal.
     signal.signal(signal.SIGINT, lambda *_: session.window.close())
@@ -93,3 +115,27 @@ def run_app(settings: ServerSettings, home: Path, *, local_agent: bool = True, l
         return app.exec()
     finally:
         session.close()
+
+
+def run_app(settings: ServerSettings, home: Path, *, local_agent: bool = True, local_slots: int | None = None) -> int:
+    app = _application()
+    try:
+        session = Session(settings, home, local_agent=local_agent, local_slots=local_slots)
+    except RuntimeError as exc:  # a port in use, an unloadable processor ...: say so, do not trace back
+        print(f"dtf-gui: {exc}", file=sys.stderr)
+        QMessageBox.critical(None, "DTF could not start", str(exc))
+        return 1
+    return _run(app, session)
+
+
+def run_remote(endpoint: str | None, key_file: str | None = None) -> int:
+    """`dtf-gui --connect tcp://HOST:PORT [--key FILE]`: the window on a coordinator elsewhere.
+    ``endpoint`` may be None when the key file names the coordinator's address. Returns the exit status."""
+    app = _application()
+    try:
+        session = RemoteSession(endpoint, key_file)
+    except RemoteError as exc:
+        print(f"dtf-gui: {exc}", file=sys.stderr)
+        QMessageBox.critical(None, "DTF could not connect", str(exc))
+        return 1
+    return _run(app, session)

@@ -4,19 +4,52 @@ Events arrive on the coordinator's thread, already batched (10-20 Hz); the bridg
 over as ONE queued Qt signal, so the GUI thread sees one slot call per batch, never one per event.
 Commands go the other way as client-API requests handed to the coordinator's loop
 (:meth:`Coordinator.request`): the window never touches a socket or the database itself.
+
+The coordinator is either embedded (:meth:`CoordinatorBridge.embedded`, a thread of this process)
+or elsewhere (:meth:`CoordinatorBridge.remote`, `dtf-gui --connect`: :class:`~dtf_gui.remote.RemoteCoordinator`
+speaks the client API and listens to the events port). Both have the same face (:class:`Backend`);
+the window's code does not know which it has.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from PySide6.QtCore import QObject, Signal
 
 from dtf_agent import protocol as p
+from dtf_agent.keys import ROLES
 from dtf_gui.coordinator.api import ApiError
 from dtf_gui.coordinator.config import ServerSettings
 from dtf_gui.coordinator.server import Coordinator
+from dtf_gui.remote import RESYNC, RemoteCoordinator, RemoteError
+
+EventSink = Callable[[list[p.Event]], None]
+
+# The least role each operation the window offers needs. The coordinator decides (and says which role
+# would allow a refused request); this only keeps the window from offering what would be refused.
+OP_ROLES: dict[str, str] = {
+    "create_task": "operator", "create_tasks": "operator", "cancel_task": "operator", "assign_task": "operator",
+    "accept_agents": "admin", "reject_agents": "admin", "revoke_agents": "admin", "create_token": "admin",
+}
+
+
+_PAST = {"accept": "accepted", "reject": "rejected", "revoke": "revoked"}
+
+
+class Backend(Protocol):
+    """What the bridge needs of a coordinator, in-process or remote."""
+
+    def start(self) -> Any: ...
+    def stop(self) -> None: ...
+    @property
+    def is_running(self) -> bool: ...
+    def endpoint(self, which: str) -> str: ...
+    def request(self, op: str, args: dict[str, Any] | None = None, timeout: float = 30.0) -> Any: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +91,11 @@ def history_worker_row(w: dict[str, Any]) -> dict[str, Any]:
             "hardware_id": w.get("hardware_id"), "tags": w.get("tags") or []}
 
 
+def agent_row(a: dict[str, Any]) -> dict[str, Any]:
+    """An enrolled (or asking) agent, as list_agents and enrollment events give it."""
+    return {**a, "key": a.get("fingerprint") or a.get("name")}
+
+
 class CoordinatorBridge(QObject):
     # list[protocol.Event]; emitted from the coordinator thread, delivered queued in the GUI thread.
     eventsReady = Signal(object)
@@ -66,20 +104,79 @@ class CoordinatorBridge(QObject):
     statsChanged = Signal(dict)
     findingsChanged = Signal(list)
     findingsRetracted = Signal(list)  # finding ids
+    agentsChanged = Signal(list)  # enrollment rows (list_agents' shape)
+    securityEvents = Signal(list)  # {"seq", "what", "subject", "detail", "time"}
+    identityChanged = Signal(dict)  # whoami
     errorRaised = Signal(str)
 
-    def __init__(self, settings: ServerSettings, parent: QObject | None = None) -> None:
+    def __init__(self, make_backend: Callable[[list[EventSink]], Backend], *, remote: bool = False,
+                 parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self.coordinator = Coordinator(settings, event_sinks=[self._on_events_coordinator_thread])
+        self.coordinator: Backend = make_backend([self._on_events_coordinator_thread])
+        self.remote = remote
         self.eventsReady.connect(self._on_events_gui_thread)
         self.last_stats: dict[str, Any] = {}
+        self.identity: dict[str, Any] = {}
         self.batches_received = 0
+        self._security_seq = itertools.count(1)
+
+    @classmethod
+    def embedded(cls, settings: ServerSettings) -> CoordinatorBridge:
+        """A coordinator thread in this process (the window owns it)."""
+        return cls(lambda sinks: Coordinator(settings, event_sinks=sinks))
+
+    @classmethod
+    def remote_to(cls, endpoint: str | None, key_file: str | None = None) -> CoordinatorBridge:
+        """A coordinator elsewhere (`dtf serve`), through its client and events ports. Raises
+        RemoteError (bad address or key file); :meth:`start` raises it when nobody answers."""
+        return cls(lambda sinks: RemoteCoordinator.open(endpoint, key_file, event_sinks=sinks), remote=True)
 
     def start(self) -> None:
         self.coordinator.start()
+        self.refresh_identity()
 
     def stop(self) -> None:
         self.coordinator.stop()
+
+    # -- who we are to the coordinator -----------------------------------------------------------
+
+    def refresh_identity(self) -> dict[str, Any]:
+        try:
+            self.identity = self.coordinator.request("whoami", None, timeout=10.0) or {}
+        except (ApiError, RemoteError) as exc:
+            if "unknown operation" not in str(exc):
+                raise
+            # A coordinator from before keys and roles: plain text, and everyone may do everything.
+            self.identity = {"role": "admin", "name": "", "insecure": True, "coordinator_key": "",
+                             "fingerprint": "", "coordinator_id": ""}
+        self.identityChanged.emit(self.identity)
+        return self.identity
+
+    @property
+    def role(self) -> str:
+        return str(self.identity.get("role") or "viewer")
+
+    def allows(self, op: str) -> bool:
+        """Whether our role may run ``op`` (operations not listed are open to every role)."""
+        need = OP_ROLES.get(op)
+        if need is None:
+            return True
+        try:
+            return ROLES.index(self.role) >= ROLES.index(need)
+        except ValueError:
+            return False
+
+    @staticmethod
+    def needed_role(op: str) -> str:
+        return OP_ROLES.get(op, "viewer")
+
+    def describe(self) -> str:
+        """Where the coordinator is, for the status bar."""
+        c = self.coordinator
+        if self.remote:
+            name = self.identity.get("name") or "?"
+            return f"Connected to {c.endpoint('clients')} as {name} ({self.role})"
+        return f"Coordinator {c.endpoint('agents')} (clients {c.endpoint('clients')})"
 
     # -- coordinator thread: hand over, touch nothing else ----------------------------------------
 
@@ -90,12 +187,20 @@ class CoordinatorBridge(QObject):
 
     def _on_events_gui_thread(self, events: list[p.Event]) -> None:
         self.batches_received += 1
+        if any(e.kind == RESYNC for e in events):
+            self.load_history()  # batches were lost: what the window shows may be stale
         workers = [e.data for e in events if e.kind == "worker"]
         tasks = [e.data for e in events if e.kind == "task"]
         if workers:
             self.workersChanged.emit(workers)
         if tasks:
             self.tasksChanged.emit(tasks)
+        agents = [agent_row(e.data) for e in events if e.kind == "enrollment"]
+        if agents:
+            self.agentsChanged.emit(agents)
+        security = [self._security_row(e) for e in events if e.kind == "security"]
+        if security:
+            self.securityEvents.emit(security)
         findings = [finding_row(e.data) for e in events if e.kind in ("anomaly", "change_point")]
         if findings:
             self.findingsChanged.emit(findings)
@@ -108,6 +213,11 @@ class CoordinatorBridge(QObject):
                 self.last_stats = e.data
                 self.statsChanged.emit(e.data)
 
+    def _security_row(self, e: p.Event) -> dict[str, Any]:
+        d = e.data
+        return {"seq": next(self._security_seq), "time": d.get("time") or e.time, "what": d.get("what"),
+                "subject": d.get("subject"), "detail": d.get("detail")}
+
     def load_history(self, limit: int = 2000) -> None:
         """The latest ``limit`` tasks and every known worker from the database, as if their events
         had just arrived (call after connecting the models)."""
@@ -117,17 +227,27 @@ class CoordinatorBridge(QObject):
         workers = self.call("list_workers") or []
         if workers:
             self.workersChanged.emit([history_worker_row(w) for w in workers])
+        self.load_agents()
         stats = self.call("get_status")
         if stats:
             self.last_stats = stats
             self.statsChanged.emit(stats)
 
-    def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
-        """A client-API request; errors are shown to the engineer, not raised into Qt."""
+    def load_agents(self) -> None:
+        agents = self.call("list_agents", quiet=True) or []
+        if agents:
+            self.agentsChanged.emit([agent_row(a) for a in agents])
+
+    def call(self, op: str, args: dict[str, Any] | None = None, *, quiet: bool = False) -> Any:
+        """A client-API request; errors are shown to the engineer (``quiet``: only logged, for reads
+        the window can do without), not raised into Qt."""
         try:
             return self.coordinator.request(op, args, timeout=10.0)
-        except ApiError as exc:
-            self.errorRaised.emit(str(exc))
+        except (ApiError, RemoteError) as exc:
+            if quiet:
+                log.info("%s: %s", op, exc)
+            else:
+                self.errorRaised.emit(str(exc))
             return None
 
     def submit_task(self, fields: dict[str, Any]) -> str | None:
@@ -136,3 +256,20 @@ class CoordinatorBridge(QObject):
 
     def cancel_task(self, task_id: str) -> bool:
         return self.call("cancel_task", {"task_id": task_id}) is not None
+
+    def decide_agents(self, decision: str, agents: list[str] | None = None, *, all_pending: bool = False,
+                      ) -> list[str]:
+        """accept / reject / revoke agents (names or fingerprints); returns the names it applied to."""
+        op = f"{decision}_agents"
+        data = self.call(op, {"agents": list(agents or []), "all_pending": all_pending})
+        if data is None:
+            return []
+        done = list(data.get(_PAST[decision], []))
+        self.load_agents()  # the answer is the truth now; events follow and agree
+        return done
+
+    def create_token(self, uses: int, ttl: float, tags: list[str]) -> dict[str, Any] | None:
+        return self.call("create_token", {"uses": uses, "ttl": ttl, "tags": tags})
+
+    def seen_agents(self) -> list[dict[str, Any]]:
+        return self.call("seen_agents", quiet=True) or []

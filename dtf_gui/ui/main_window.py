@@ -1,4 +1,5 @@
-"""The main window: workers, tasks, live throughput, and a status bar."""
+"""The main window: machines (asking to join, and workers), tasks, live throughput, security events,
+and a status bar that says where the coordinator is, with what key, and loudly when it is insecure."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ import time
 from typing import Any
 
 import pyqtgraph as pg
-from PySide6.QtCore import QSortFilterProxyModel, Qt, QTimer, Signal
+from PySide6.QtCore import QRegularExpression, QSortFilterProxyModel, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDragMoveEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QFrame,
+    QHBoxLayout,
     QHeaderView,
     QLabel,
     QMainWindow,
     QMessageBox,
+    QPushButton,
     QSplitter,
     QTableView,
     QTabWidget,
@@ -23,11 +27,21 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from dtf_agent.keys import short
 from dtf_gui.ui.bridge import CoordinatorBridge
-from dtf_gui.ui.dialogs import NewTaskDialog
-from dtf_gui.ui.models import TASK_IDS_MIME, KeyedTableModel, findings_model, tasks_model, workers_model
+from dtf_gui.ui.dialogs import AboutDialog, AddMachinesDialog, NewTaskDialog
+from dtf_gui.ui.models import (
+    TASK_IDS_MIME,
+    KeyedTableModel,
+    agents_model,
+    findings_model,
+    security_model,
+    tasks_model,
+    workers_model,
+)
 
 HISTORY_POINTS = 300
+INSECURE_TEXT = "INSECURE: plain-text sockets, any agent accepted"
 
 
 class WorkerDropView(QTableView):
@@ -64,6 +78,64 @@ class WorkerDropView(QTableView):
         ids = [t for t in bytes(event.mimeData().data(TASK_IDS_MIME).data()).decode().split("\n") if t]
         event.acceptProposedAction()
         self.tasksDropped.emit(ids, worker)
+
+
+class PendingAgentsView(QTableView):
+    """Agents asking to join, each row with its own Accept and Reject buttons (in the model's last,
+    empty column). The buttons follow their row as the table sorts and go with it when it leaves."""
+
+    decided = Signal(str, str)  # "accept" | "reject", the agent's fingerprint (or name)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buttons_enabled = True
+        self.why_disabled = ""
+
+    def setModel(self, model: Any) -> None:
+        super().setModel(model)
+        model.rowsInserted.connect(self.place_buttons)
+        model.modelReset.connect(self.place_buttons)
+        model.layoutChanged.connect(self.place_buttons)
+
+    def place_buttons(self, *_: Any) -> None:
+        model = self.model()
+        col = model.columnCount() - 1
+        for r in range(model.rowCount()):
+            index = model.index(r, col)
+            if self.indexWidget(index) is None:
+                self.setIndexWidget(index, self._buttons(str(index.data(Qt.ItemDataRole.UserRole))))
+        self.resizeColumnsToContents()
+
+    def fit_rows(self, rows: int, most: int = 5) -> None:
+        """As tall as its rows (up to ``most``; it scrolls beyond), so the workers keep the room."""
+        header = self.horizontalHeader().sizeHint().height()
+        scroll = self.horizontalScrollBar().sizeHint().height()
+        self.setFixedHeight(header + max(1, min(rows, most)) * self.verticalHeader().defaultSectionSize()
+                            + scroll + 2 * self.frameWidth() + 2)
+
+    def _buttons(self, key: str) -> QWidget:
+        box = QWidget()
+        lay = QHBoxLayout(box)
+        lay.setContentsMargins(2, 0, 2, 0)
+        lay.setSpacing(4)
+        for decision, text in (("accept", "Accept"), ("reject", "Reject")):
+            b = QPushButton(text)
+            b.setObjectName(f"{decision}:{key}")
+            b.setEnabled(self.buttons_enabled)
+            b.setToolTip(self.why_disabled or f"{text} this agent's key")
+            b.clicked.connect(lambda _=False, d=decision: self.decided.emit(d, key))
+            lay.addWidget(b)
+        return box
+
+    def button(self, decision: str, key: str) -> QPushButton | None:
+        return self.findChild(QPushButton, f"{decision}:{key}")
+
+    def set_buttons_enabled(self, enabled: bool, why: str = "") -> None:
+        self.buttons_enabled, self.why_disabled = enabled, why
+        for b in self.findChildren(QPushButton):
+            b.setEnabled(enabled)
+            if why:
+                b.setToolTip(why)
 
 
 def _table(model: KeyedTableModel, name: str, view: QTableView | None = None,
@@ -110,10 +182,12 @@ class MainWindow(QMainWindow):
     def __init__(self, bridge: CoordinatorBridge) -> None:
         super().__init__()
         self.bridge = bridge
-        self.setWindowTitle("DTF — distributed testing")
-        self.resize(1200, 760)
+        self.setWindowTitle("DTF — distributed testing" + (" (remote)" if bridge.remote else ""))
+        self.resize(1280, 800)
         self.workers = workers_model()
         self.tasks = tasks_model()
+        self.agents = agents_model()
+        self.security = security_model()
         self.workers_view, _ = _table(self.workers, "workersView", WorkerDropView())
         self.tasks_view, _ = _table(self.tasks, "tasksView")
         # Drag a task (or several) from the tasks table onto a worker to assign it there.
@@ -125,48 +199,99 @@ class MainWindow(QMainWindow):
         self.findings_view, _ = _table(self.findings, "findingsView")
         self.throughput = ThroughputPlot()
 
+        # Agents asking to join: only the pending ones, each with Accept / Reject; hidden when none.
+        self.pending_view, self.pending_proxy = _table(self.agents, "pendingView", PendingAgentsView())
+        self.pending_proxy.setFilterKeyColumn(1)
+        self.pending_proxy.setFilterRegularExpression(QRegularExpression("^pending$"))
+        # What to compare before accepting, and the buttons; the state (pending, all of them), how it
+        # came, last seen and online add nothing here (the Agents tab has them).
+        for title in ("State", "How", "Last seen", "Online"):
+            self.pending_view.setColumnHidden(next(i for i, c in enumerate(self.agents.columns)
+                                                   if c.title == title), True)
+        self.pending_view.verticalHeader().setDefaultSectionSize(30)  # room for the buttons
+        self.pending_view.decided.connect(self._decide_one)
+        self.pending_box = self._pending_box()
+        # Every agent the coordinator knows of, by state, with decisions on the selected ones.
+        self.agents_view, _ = _table(self.agents, "agentsView")
+        self.agents_view.setColumnHidden(self.agents.columnCount() - 1, True)
+        self.agents_view.sortByColumn(1, Qt.SortOrder.AscendingOrder)
+        self.security_view, _ = _table(self.security, "securityView")
+        self.security_view.sortByColumn(0, Qt.SortOrder.DescendingOrder)
+
         central = QWidget()
         layout = QVBoxLayout(central)
         split = QSplitter(Qt.Orientation.Vertical)
         top = QSplitter(Qt.Orientation.Horizontal)
-        top.addWidget(self._titled("Workers", self.workers_view))
+        machines = QWidget()
+        mlay = QVBoxLayout(machines)
+        mlay.setContentsMargins(0, 0, 0, 0)
+        mlay.addWidget(self.pending_box)
+        mlay.addWidget(self._titled("Workers", self.workers_view), 1)
+        top.addWidget(machines)
         top.addWidget(self._titled("Throughput", self.throughput))
-        top.setSizes([700, 500])
+        top.setSizes([860, 420])
         split.addWidget(top)
         self.tabs = QTabWidget()
         self.tabs.addTab(self.tasks_view, "Tasks")
         self.tabs.addTab(self.findings_view, "Anomalies && regressions")
+        self.tabs.addTab(self._agents_tab(), "Agents")
+        self.tabs.addTab(self.security_view, "Security")
         split.addWidget(self.tabs)
-        split.setSizes([280, 480])
+        split.setSizes([320, 480])
         layout.addWidget(split)
         self.setCentralWidget(central)
 
-        bar = QToolBar("Main")
-        bar.setObjectName("mainToolbar")
-        self.addToolBar(bar)
         self.new_task_action = QAction("New task…", self)
         self.new_task_action.setShortcut(QKeySequence.StandardKey.New)
         self.new_task_action.triggered.connect(self.open_new_task_dialog)
-        bar.addAction(self.new_task_action)
         self.cancel_action = QAction("Cancel task", self)
         self.cancel_action.triggered.connect(self.cancel_selected)
-        bar.addAction(self.cancel_action)
+        self.add_machines_action = QAction("Add test machines…", self)
+        self.add_machines_action.triggered.connect(self.open_add_machines_dialog)
+        self.accept_all_action = QAction("Accept all waiting agents", self)
+        self.accept_all_action.triggered.connect(self.accept_all_pending)
+        self.about_action = QAction("About DTF…", self)
+        self.about_action.triggered.connect(self.open_about_dialog)
+        bar = QToolBar("Main")
+        bar.setObjectName("mainToolbar")
+        self.addToolBar(bar)
+        for a in (self.new_task_action, self.cancel_action, self.add_machines_action):
+            bar.addAction(a)
+        tasks_menu = self.menuBar().addMenu("&Tasks")
+        tasks_menu.addAction(self.new_task_action)
+        tasks_menu.addAction(self.cancel_action)
+        machines_menu = self.menuBar().addMenu("&Machines")
+        machines_menu.addAction(self.add_machines_action)
+        machines_menu.addAction(self.accept_all_action)
+        self.menuBar().addMenu("&Help").addAction(self.about_action)
 
+        # Status bar: a plain, permanent warning first when the coordinator runs without security.
+        self.insecure_label = QLabel(INSECURE_TEXT)
+        self.insecure_label.setObjectName("insecureBanner")
+        self.insecure_label.setStyleSheet("QLabel { background: #c62828; color: white; font-weight: bold; "
+                                          "padding: 1px 8px; }")
+        self.insecure_label.setVisible(False)
+        # Permanent (a passing message never covers it), and the first of the permanent widgets.
+        self.statusBar().addPermanentWidget(self.insecure_label)
         self.address_label = QLabel()
+        self.key_label = QLabel()
+        self.key_label.setObjectName("coordinatorKey")
         self.workers_label = QLabel()
         self.tasks_label = QLabel()
-        for w in (self.address_label, self.workers_label, self.tasks_label):
+        for w in (self.address_label, self.key_label, self.workers_label, self.tasks_label):
             self.statusBar().addPermanentWidget(w)
-        c = bridge.coordinator
-        self.address_label.setText(f"Coordinator {c.endpoint('agents')} (clients {c.endpoint('clients')})")
-        self._update_status({})
 
         bridge.workersChanged.connect(self.workers.apply)
         bridge.tasksChanged.connect(self.tasks.apply)
+        bridge.agentsChanged.connect(self._on_agents)
+        bridge.securityEvents.connect(self._on_security)
+        bridge.identityChanged.connect(self._on_identity)
         bridge.findingsChanged.connect(self._on_findings)
         bridge.findingsRetracted.connect(self._on_retracted)
         bridge.statsChanged.connect(self._on_stats)
         bridge.errorRaised.connect(self._on_error)
+        self._on_identity(bridge.identity)
+        self._update_status({})
         # Opened on an existing database, the window shows what it holds, not empty tables.
         bridge.load_history()
         self._closing_hooks: list[Any] = []
@@ -174,6 +299,8 @@ class MainWindow(QMainWindow):
         self._clock = QTimer(self)
         self._clock.timeout.connect(lambda: self._update_status(bridge.last_stats))
         self._clock.start(1000)
+
+    # -- building -----------------------------------------------------------------------------------
 
     @staticmethod
     def _titled(title: str, widget: QWidget) -> QWidget:
@@ -185,8 +312,91 @@ class MainWindow(QMainWindow):
         lay.addWidget(widget)
         return box
 
+    def _pending_box(self) -> QWidget:
+        box = QFrame()
+        box.setObjectName("pendingBox")
+        box.setFrameShape(QFrame.Shape.StyledPanel)
+        box.setStyleSheet("#pendingBox { background: #fff8e1; border: 1px solid #b26a00; }")
+        lay = QVBoxLayout(box)
+        lay.setContentsMargins(6, 4, 6, 4)
+        self.pending_title = QLabel()
+        self.pending_title.setObjectName("pendingTitle")
+        self.pending_title.setWordWrap(True)
+        lay.addWidget(self.pending_title)
+        lay.addWidget(self.pending_view)
+        box.setVisible(False)
+        return box
+
+    def _agents_tab(self) -> QWidget:
+        page = QWidget()
+        lay = QVBoxLayout(page)
+        lay.setContentsMargins(0, 0, 0, 0)
+        row = QHBoxLayout()
+        self.agent_buttons: dict[str, QPushButton] = {}
+        for decision, text in (("accept", "Accept"), ("reject", "Reject"), ("revoke", "Revoke")):
+            b = QPushButton(f"{text} selected")
+            b.setObjectName(f"{decision}Selected")
+            b.clicked.connect(lambda _=False, d=decision: self.decide_selected(d))
+            self.agent_buttons[decision] = b
+            row.addWidget(b)
+        row.addStretch(1)
+        lay.addLayout(row)
+        lay.addWidget(self.agents_view)
+        return page
+
     def on_close(self, hook: Any) -> None:
         self._closing_hooks.append(hook)
+
+    # -- identity and roles --------------------------------------------------------------------------
+
+    def _on_identity(self, ident: dict[str, Any]) -> None:
+        bridge = self.bridge
+        self.insecure_label.setVisible(bool(ident.get("insecure")))
+        self.address_label.setText(bridge.describe())
+        fp = str(ident.get("fingerprint") or "")
+        self.key_label.setText(f"Key {short(fp)}" if fp else "No key")
+        self.key_label.setToolTip(f"Coordinator key fingerprint {fp} (full text in Help > About)" if fp else
+                                  "The coordinator has no key: it runs in plain text")
+        self._apply_role()
+
+    def _apply_role(self) -> None:
+        """Offer only what our role may do; say which role would allow the rest."""
+        bridge = self.bridge
+
+        def gate(widget: QAction | QPushButton, op: str, tip: str) -> None:
+            ok = bridge.allows(op)
+            widget.setEnabled(ok)
+            widget.setToolTip(tip if ok else f"needs the {bridge.needed_role(op)} role (you are {bridge.role})")
+
+        gate(self.new_task_action, "create_task", "Submit a command to run on a worker")
+        gate(self.cancel_action, "cancel_task", "Cancel the selected tasks")
+        gate(self.add_machines_action, "create_token", "A command that joins test machines to this coordinator")
+        gate(self.accept_all_action, "accept_agents", "Accept every agent waiting to join")
+        for decision, b in self.agent_buttons.items():
+            gate(b, f"{decision}_agents", f"{decision.capitalize()} the selected agents")
+        allowed = bridge.allows("accept_agents")
+        self.pending_view.set_buttons_enabled(
+            allowed, "" if allowed else f"needs the {bridge.needed_role('accept_agents')} role "
+                                        f"(you are {bridge.role})")
+        self.workers_view.setAcceptDrops(bridge.allows("assign_task"))
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def _on_agents(self, rows: list[dict[str, Any]]) -> None:
+        self.agents.apply(rows)
+        pending = sum(1 for k in self.agents.keys() if (self.agents.row_for(k) or {}).get("state") == "pending")
+        self.pending_box.setVisible(pending > 0)
+        self.accept_all_action.setText(f"Accept all waiting agents ({pending})")
+        self.pending_title.setText(
+            f"<b>{pending} agent{'s' if pending != 1 else ''} waiting to join.</b> Before accepting, compare each "
+            "key fingerprint with the one <tt>dtf-agent</tt> printed on that machine.")
+        self.pending_view.place_buttons()
+        self.pending_view.fit_rows(pending)
+        self.agents_view.resizeColumnsToContents()
+
+    def _on_security(self, rows: list[dict[str, Any]]) -> None:
+        self.security.apply(rows)
+        self.tabs.setTabText(3, f"Security ({self.security.rowCount()})")
 
     def _on_stats(self, stats: dict[str, Any]) -> None:
         interval = stats.get("interval_s") or 1.0
@@ -210,6 +420,46 @@ class MainWindow(QMainWindow):
 
     def _on_error(self, message: str) -> None:
         self.statusBar().showMessage(message, 10_000)
+
+    # -- agents ----------------------------------------------------------------------------------
+
+    def _decide_one(self, decision: str, key: str) -> None:
+        self.decide_agents(decision, [key])
+
+    def decide_agents(self, decision: str, keys: list[str]) -> list[str]:
+        done = self.bridge.decide_agents(decision, keys)
+        if done:
+            past = {"accept": "Accepted", "reject": "Rejected", "revoke": "Revoked"}[decision]
+            self.statusBar().showMessage(f"{past}: {', '.join(done)}", 8000)
+        return done
+
+    def accept_all_pending(self) -> list[str]:
+        done = self.bridge.decide_agents("accept", all_pending=True)
+        if done:
+            self.statusBar().showMessage(f"Accepted: {', '.join(done)}", 8000)
+        return done
+
+    def selected_agent_keys(self) -> list[str]:
+        return [idx.data(Qt.ItemDataRole.UserRole) for idx in self.agents_view.selectionModel().selectedRows()]
+
+    def decide_selected(self, decision: str) -> None:
+        keys = self.selected_agent_keys()
+        if not keys:
+            QMessageBox.information(self, "Agents", "Select one or more agents first.")
+            return
+        self.decide_agents(decision, keys)
+
+    def open_add_machines_dialog(self) -> AddMachinesDialog:
+        dlg = AddMachinesDialog(self.bridge.create_token, self.bridge.seen_agents(), self)
+        dlg.open()
+        return dlg
+
+    def open_about_dialog(self) -> AboutDialog:
+        dlg = AboutDialog(self.bridge.identity, self.bridge.describe(), self)
+        dlg.open()
+        return dlg
+
+    # -- tasks -----------------------------------------------------------------------------------
 
     def open_new_task_dialog(self) -> NewTaskDialog:
         dlg = NewTaskDialog(self)

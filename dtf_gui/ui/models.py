@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from PySide6.QtCore import QAbstractTableModel, QMimeData, QModelIndex, QPersistentModelIndex, Qt
-from PySide6.QtGui import QBrush, QColor
+from PySide6.QtGui import QBrush, QColor, QFont, QFontDatabase
 
 Index = QModelIndex | QPersistentModelIndex
 TASK_IDS_MIME = "application/x-dtf-task-ids"
@@ -23,6 +23,9 @@ STATUS_COLOURS = {
     "failed": "#c62828", "cancelled": "#9e9e9e", "regression": "#c62828", "improvement": "#2e7d32",
 }
 
+# An agent's enrollment state: waiting for a decision stands out, refused and revoked recede.
+STATE_COLOURS = {"pending": "#b26a00", "accepted": "#2e7d32", "rejected": "#c62828", "revoked": "#9e9e9e"}
+
 
 def fmt_time(v: Any) -> str:
     return time.strftime("%H:%M:%S", time.localtime(v)) if v else ""
@@ -30,6 +33,19 @@ def fmt_time(v: Any) -> str:
 
 def fmt_pct(v: Any) -> str:
     return f"{v:.0f}%" if isinstance(v, (int, float)) else ""
+
+
+def fmt_when(v: Any) -> str:
+    """A time that may be days old: the date too unless it is today."""
+    if not v:
+        return ""
+    t = time.localtime(v)
+    same_day = time.strftime("%Y-%m-%d", t) == time.strftime("%Y-%m-%d")
+    return time.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M", t)
+
+
+def fmt_yes(v: Any) -> str:
+    return "yes" if v else ""
 
 
 def fmt_plain(v: Any) -> str:
@@ -41,8 +57,18 @@ def fmt_plain(v: Any) -> str:
 
 
 class Column:
-    def __init__(self, key: str, title: str, fmt: Formatter = fmt_plain) -> None:
+    def __init__(self, key: str, title: str, fmt: Formatter = fmt_plain, *, colours: dict[str, str] | None = None,
+                 mono: bool = False) -> None:
         self.key, self.title, self.fmt = key, title, fmt
+        # Foreground colour by value (statuses); a monospaced font (keys and fingerprints, read character
+        # by character against another screen).
+        self.colours = colours if colours is not None else (
+            STATUS_COLOURS if key in ("status", "direction") else None)
+        self.mono = mono
+
+
+def _mono_font() -> QFont:
+    return QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont)
 
 
 class KeyedTableModel(QAbstractTableModel):
@@ -74,9 +100,11 @@ class KeyedTableModel(QAbstractTableModel):
         col = self.columns[index.column()]
         if role == Qt.ItemDataRole.DisplayRole:
             return col.fmt(row.get(col.key))
-        if role == Qt.ItemDataRole.ForegroundRole and col.key in ("status", "direction"):
-            colour = STATUS_COLOURS.get(str(row.get(col.key)))
+        if role == Qt.ItemDataRole.ForegroundRole and col.colours:
+            colour = col.colours.get(str(row.get(col.key)))
             return QBrush(QColor(colour)) if colour else None
+        if role == Qt.ItemDataRole.FontRole and col.mono:
+            return _mono_font()
         if role == Qt.ItemDataRole.ToolTipRole:
             value = row.get(col.key)
             return None if value is None else str(value)
@@ -194,4 +222,23 @@ def findings_model(max_rows: int = 5000) -> KeyedTableModel:
         Column("time", "Time", fmt_time), Column("kind", "Kind"), Column("direction", "Direction"),
         Column("test_id", "Test"), Column("worker_id", "Worker"), Column("metric", "Metric"),
         Column("result_id", "Result"), Column("detail", "Detail"),
+    ], max_rows=max_rows)
+
+
+def agents_model() -> KeyedTableModel:
+    """Agents by enrollment state, keyed by key fingerprint (two machines may share a name; never a key).
+    The last column is empty: views put their Accept / Reject buttons there."""
+    return KeyedTableModel("key", [
+        Column("name", "Agent"), Column("state", "State", colours=STATE_COLOURS),
+        Column("fingerprint", "Key fingerprint", mono=True), Column("hostname", "Host"),
+        Column("address", "Address"), Column("how", "How"), Column("first_seen", "First seen", fmt_when),
+        Column("last_seen", "Last seen", fmt_when), Column("online", "Online", fmt_yes), Column("", ""),
+    ], max_rows=5000)
+
+
+def security_model(max_rows: int = 2000) -> KeyedTableModel:
+    """Security events (refused keys, enrollments, tokens ...), newest kept."""
+    return KeyedTableModel("seq", [
+        Column("time", "Time", fmt_when), Column("what", "What"), Column("subject", "Who"),
+        Column("detail", "Detail"),
     ], max_rows=max_rows)
