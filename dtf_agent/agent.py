@@ -32,7 +32,7 @@ from dtf_agent import protocol as p
 from dtf_agent.inbox import Inbox
 from dtf_agent.runners.command import CommandRun, Outcome
 from dtf_agent.spool import Spool, default_spool_dir
-from dtf_agent.transport import hostname, make_socket
+from dtf_agent.transport import CurveClient, hostname, make_socket
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,12 @@ class AgentSettings:
     # None: <DTF home>/agent/<worker id>/spool
     spool_dir: str | None = None
     max_message_size: int = p.DEFAULT_MAX_MESSAGE_SIZE
+    # CURVE keys (ours, and the coordinator's we trust); None talks plain text (--insecure).
+    curve: CurveClient | None = None
+    # A join secret (token, the home's local secret): a new key is accepted without a click.
+    join: str = ""
+    # Called once with the Welcome when the coordinator's key was not pinned yet (trust on first use).
+    on_first_welcome: Callable[[p.Welcome], None] | None = None
 
 
 class Agent:
@@ -113,12 +119,14 @@ class Agent:
         self._contact_lost_at = now  # since when this agent has been trying to register
         self._connected_at = now  # since when the current connection has gone without an answer
         self._warned_at: float | None = None  # a warning was given in this outage
+        self._pending_said = False  # our key waits for acceptance, and we said so
         self._owed_since: float | None = None  # first frame sent that awaits an answer, none since
         self._drops = 0
         self._detached = False  # between two connections: see _detach
         self._handlers: dict[type, Callable[[Any], None]] = {
             p.Welcome: self._on_welcome,
             p.Refused: self._on_refused,
+            p.Pending: self._on_pending,
             p.Assign: self._on_assign,
             p.Cancel: self._on_cancel,
             p.ResultAck: self._on_ack,
@@ -143,8 +151,9 @@ class Agent:
     def run(self) -> int:
         """Run until stop(); returns a process exit code."""
         self._ctx = zmq.Context()
-        self.sock = make_socket(self._ctx, zmq.DEALER, identity=self.s.worker_id.encode(),
-                                max_message_size=self.s.max_message_size)
+        # No identity of our own: the coordinator's socket gives each connection one, so no peer can
+        # take over another's route by naming itself after it.
+        self.sock = make_socket(self._ctx, zmq.DEALER, max_message_size=self.s.max_message_size, curve=self.s.curve)
         self.sock.connect(self.s.address)
         self._detached = False
         poller = zmq.Poller()
@@ -175,7 +184,8 @@ class Agent:
                         self._owe(now)
                         self._next_register = now + self._register_delay * random.uniform(0.75, 1.25)
                         self._register_delay = min(2 * self._register_delay, self.s.register_retry_max)
-                    if self._warned_at is None and now - self._contact_lost_at >= self.s.unreachable_after:
+                    if (self._warned_at is None and not self._pending_said
+                            and now - self._contact_lost_at >= self.s.unreachable_after):
                         self._warn_unreachable(now, now - self._contact_lost_at)
                 if self.registered and now >= self._next_heartbeat:
                     self._send(self._heartbeat_msg())
@@ -313,7 +323,7 @@ class Agent:
             protocol_version=p.PROTOCOL_VERSION, worker_id=self.s.worker_id, hostname=hostname(),
             agent_version=__version__, slots=self.s.slots, capabilities=self.capabilities,
             tags=list(self.s.tags), groups=list(self.s.groups), incarnation=self.incarnation,
-            running=list(self.running), finished=sorted(self._held),
+            running=list(self.running), finished=sorted(self._held), join=self.s.join,
             attempts={**{tid: self.unacked[rid][0].attempt for tid, rid in self._held.items() if rid in self.unacked},
                       **{tid: run.spec.attempt for tid, run in self.running.items()}},
         )
@@ -331,6 +341,12 @@ class Agent:
     def _on_welcome(self, msg: p.Welcome) -> None:
         now = time.monotonic()
         self.registered = True
+        if self._pending_said:
+            log.info("accepted by the coordinator")
+            self._pending_said = False
+        if self.s.on_first_welcome is not None:
+            first, self.s.on_first_welcome = self.s.on_first_welcome, None
+            first(msg)
         self._register_delay = self.s.register_retry_min
         self.s.heartbeat_interval = msg.heartbeat_interval
         # The first heartbeat was scheduled with this agent's own interval (5 s by default); a
@@ -345,7 +361,25 @@ class Agent:
         # Results the coordinator may not have seen (it restarted, or we reconnected) go again now.
         self._resend_unacked(float("inf"))
 
+    def _on_pending(self, msg: p.Pending) -> None:
+        """Our key waits for the admin: not an outage (no warning about reachability), no tasks.
+        Register again now and then; at once when the coordinator says we were accepted."""
+        now = time.monotonic()
+        self.registered = False
+        self._owed_since = None
+        self._contact_lost_at = now
+        self._next_register = now + max(1.0, min(msg.retry_after, 30.0))
+        # This connection answers: the next Register goes on it, not on a new one (see _detach).
+        self._connected_at = self._next_register
+        self._register_delay = self.s.register_retry_min
+        if not self._pending_said:
+            self._pending_said = True
+            log.warning("waiting for acceptance: %s (this agent's key: %s)", msg.reason, msg.fingerprint)
+
     def _on_refused(self, msg: p.Refused) -> None:
+        if msg.reregister and not self.registered:
+            self._next_register = time.monotonic()  # accepted while pending: register now
+            return
         if msg.reregister:
             # A restarted coordinator answers every frame we queued while it was away with this:
             # register once (now, from the loop), not once per frame. Each extra Register would

@@ -10,10 +10,11 @@ import sys
 import threading
 from types import FrameType
 
-from dtf_agent import discovery
+from dtf_agent import enroll
 from dtf_agent.agent import Agent, AgentSettings
 from dtf_agent.config import ConfigError, load_worker_config
-from dtf_agent.paths import dtf_home, read_coordinator_file
+from dtf_agent.keys import KeyFileError
+from dtf_agent.paths import dtf_home
 from dtf_agent.spool import SpoolLocked
 from dtf_agent.transport import hostname
 
@@ -29,25 +30,17 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--heartbeat", type=float, help="seconds between heartbeats")
     ap.add_argument("--mdns-interface", action="append", metavar="IP",
                     help="look for the coordinator with mDNS on this address (repeat; default: all interfaces)")
+    ap.add_argument("--join", metavar="TOKEN",
+                    help="enroll with a token from `dtf token create`: accepted without a click, the coordinator's "
+                         "key pinned")
+    ap.add_argument("--coordinator-key", metavar="KEY_OR_FINGERPRINT",
+                    help="trust only the coordinator with this public key or fingerprint (SHA256:...)")
+    ap.add_argument("--coordinator-name", metavar="NAME",
+                    help="with several coordinators on the LAN, the one to join (its mDNS name)")
+    ap.add_argument("--insecure", action="store_true",
+                    help="plain-text connection, for a coordinator started with --insecure")
     ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return ap
-
-
-def discover(interfaces: list[str], name: str | None, stop: threading.Event, log: logging.Logger) -> str | None:
-    """Look for a coordinator on the LAN until one answers or we are told to stop."""
-    where = ", ".join(interfaces) or "all interfaces"
-    log.info("no coordinator address configured: looking for one with mDNS on %s", where)
-    waited = 0.0
-    while not stop.is_set():
-        ad = discovery.find_coordinator(interfaces, timeout=5.0, name=name)
-        if ad is not None:
-            log.info("found coordinator %s at %s", ad.name, ad.agent_endpoint)
-            return ad.agent_endpoint
-        waited += 5.0
-        if waited % 30 == 0:
-            log.warning("still no coordinator on %s after %.0f s (pass --coordinator tcp://HOST:8081 to skip "
-                        "discovery)", where, waited)
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,26 +64,28 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    # Where the coordinator is: the flag, worker.yaml, a coordinator on this machine, then the LAN.
-    address = args.coordinator or cfg.coordinator.address
-    if not address:
-        local = read_coordinator_file(home)
-        if local and local.get("agent_endpoint"):
-            address = local["agent_endpoint"]
-    if not address:
-        address = discover(args.mdns_interface or list(cfg.coordinator.interfaces), cfg.coordinator.service_name,
-                           stopping, log)
-        if address is None:
-            return 0
     worker_id = args.worker_id or cfg.worker.worker_id or (
         f"{hostname()}-{hashlib.sha1(str(home).encode()).hexdigest()[:6]}")
+    # Where the coordinator is and which key to trust (see enroll.py for the order).
+    try:
+        how = enroll.plan(home=home, worker_id=worker_id, cfg=cfg, address=args.coordinator,
+                          join_token=args.join, coordinator_key=args.coordinator_key,
+                          coordinator_name=args.coordinator_name or cfg.coordinator.service_name,
+                          interfaces=args.mdns_interface or list(cfg.coordinator.interfaces),
+                          insecure=args.insecure, stop=stopping)
+    except (enroll.EnrollError, KeyFileError) as exc:
+        print(f"dtf-agent: {exc}", file=sys.stderr)
+        return 2
+    if how is None:
+        return 0
     slots = args.slots if args.slots is not None else cfg.execution.slots()
     if slots < 1:
         print(f"dtf-agent: --slots must be at least 1, got {slots}", file=sys.stderr)
         return 2
     tags = [t.strip() for t in args.tags.split(",") if t.strip()] if args.tags else list(cfg.worker.tags)
     settings = AgentSettings(
-        address=address, worker_id=worker_id, slots=slots, tags=tags, groups=list(cfg.worker.groups),
+        address=how.address, worker_id=worker_id, curve=how.curve, join=how.join,
+        on_first_welcome=how.on_first_welcome, slots=slots, tags=tags, groups=list(cfg.worker.groups),
         heartbeat_interval=args.heartbeat or cfg.health.heartbeat_interval,
         resend_interval=cfg.reporting.result_resend_interval, default_timeout=cfg.execution.default_timeout,
         tail_bytes=cfg.execution.output_tail_bytes, work_dir=cfg.execution.work_dir,

@@ -490,9 +490,16 @@ class CoordinatorSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     address: Annotated[str | None, Meta(
         description="agent endpoint, e.g. tcp://host:8081; null finds it on the LAN via mDNS")] = None
     enrollment_token: Annotated[str | None, Meta(
-        description="token from the coordinator that gets this agent's key approved without a click")] = None
+        description="a join token from `dtf token create` (or the coordinator's security.enrollment_token): "
+                    "this agent's key is accepted without a click")] = None
     fingerprint: Annotated[str | None, Meta(
-        description="expected coordinator key fingerprint (pinning); null trusts the first one seen")] = None
+        description="the coordinator key to trust: its fingerprint (SHA256:...) or its public key; null pins "
+                    "the first one that accepts this agent (unless trust is pinned)")] = None
+    trust: Annotated[Literal["first-use", "pinned"], Meta(
+        description="first-use: pin the coordinator key of the first acceptance (as SSH does); pinned: only a "
+                    "key from a token, the fingerprint key or the local home")] = "first-use"
+    insecure: Annotated[bool, Meta(
+        description="plain-text sockets, for a coordinator started with --insecure")] = False
     interfaces: Annotated[list[str], Meta(
         description="IP addresses mDNS browses on; empty means all interfaces")] = msgspec.field(
         default_factory=list)

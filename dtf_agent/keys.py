@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import struct
 import time
 from pathlib import Path
 from typing import Annotated, Literal
@@ -100,7 +101,7 @@ def fingerprint(public: str) -> str:
 
     try:
         raw = z85.decode(public.encode("ascii"))
-    except (ValueError, UnicodeEncodeError, AssertionError):
+    except (ValueError, TypeError, AssertionError, struct.error):  # struct.error: a group over 32 bits
         raise ValueError(f"not a Z85 public key: {public[:50]!r}") from None
     if len(raw) != 32:
         raise ValueError(f"not a 32-byte public key: {public[:50]!r}")

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Final, Literal, Union
 
 import msgspec
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 # The oldest peer version this side still speaks; bump when a change is not backwards compatible.
 MIN_COMPATIBLE_VERSION = 1
 
@@ -141,6 +141,9 @@ class Register(_Msg, tag="register"):
     # assignment learns the attempt from the agent that runs it, so no attempt number is reused.
     attempts: Annotated[dict[Id, Attempt], msgspec.Meta(max_length=MAX_LIST)] = msgspec.field(
         default_factory=dict)
+    # A join secret (from a token, coordinator.yaml or the coordinator's home): a new key that
+    # presents a valid one is accepted without an admin's click. Travels only inside CURVE.
+    join: Annotated[str, msgspec.Meta(max_length=256)] = ""
 
 
 class Heartbeat(_Msg, tag="heartbeat"):
@@ -181,6 +184,15 @@ class Refused(_Msg, tag="refused"):
     fatal: bool = True
     # Set when the coordinator simply does not know this peer (e.g. after a restart): register again.
     reregister: bool = False
+
+
+class Pending(_Msg, tag="pending"):
+    """The agent's key is not accepted yet: it gets no task. It registers again now and then, and
+    at once when the coordinator says so (a Refused with ``reregister``, sent on acceptance)."""
+
+    reason: str
+    fingerprint: str = ""
+    retry_after: float = 5.0
 
 
 class Assign(_Msg, tag="assign"):
@@ -240,6 +252,7 @@ Message = Union[  # noqa: UP007 - msgspec needs a real Union object at runtime h
     Goodbye,
     Welcome,
     Refused,
+    Pending,
     Assign,
     Cancel,
     ResultAck,

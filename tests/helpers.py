@@ -18,11 +18,14 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 import psutil
 import zmq
 
+from dtf_agent import keys
 from dtf_agent import protocol as p
-from dtf_agent.transport import make_socket
+from dtf_agent.paths import dtf_home
+from dtf_agent.transport import CurveClient, make_socket
 from dtf_gui.client import Client
 from dtf_gui.coordinator.store import connect_readonly
 
@@ -295,17 +298,29 @@ def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.Comp
 
 class FakeAgent:
     def __init__(self, endpoint: str, worker_id: str = "fake-agent", *, max_message_size: int = 0,
-                 ctx: zmq.Context[Any] | None = None) -> None:
+                 ctx: zmq.Context[Any] | None = None, insecure: bool = False, stranger: bool = False) -> None:
+        """``stranger``: an agent from another machine (no enrollment secret: it waits for acceptance)."""
         self.worker_id = worker_id
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
+        # As a real agent on the coordinator's own machine: its key in the home (the same one at
+        # every start), the home's coordinator key, and the home's enrollment secret in its Register.
+        home = dtf_home()
+        self.join = ""
+        curve = None
+        if not insecure and (home / keys.COORDINATOR_KEY).exists():
+            me = keys.load_or_create(keys.agent_dir(home, worker_id) / "agent.key", "agent", worker_id)
+            self.key = me.public
+            curve = CurveClient(me.public, me.secret, keys.read_key_file(home / keys.COORDINATOR_KEY).public)
+            self.join = "" if stranger else keys.read_secret(home / keys.LOCAL_SECRET) or ""
         # No local size cap: the tests want to send frames the coordinator must refuse.
-        self.sock = make_socket(self.ctx, zmq.DEALER, identity=worker_id.encode(),
-                                max_message_size=max_message_size)
+        self.sock = make_socket(self.ctx, zmq.DEALER, max_message_size=max_message_size, curve=curve)
         self.sock.connect(endpoint)
         self.inbox: list[p.Message] = []
 
     def send(self, msg: p.Message) -> None:
+        if isinstance(msg, p.Register) and self.join and not msg.join:
+            msg = msgspec.structs.replace(msg, join=self.join)
         self.sock.send(p.encode(msg))
 
     def send_raw(self, *frames: bytes) -> None:

@@ -26,6 +26,8 @@ from dtf_gui.coordinator.health import WorkerTable
 from dtf_gui.coordinator.records import TaskRecord
 from dtf_gui.coordinator.state import TaskTable, new_task_id
 from dtf_gui.coordinator.store import RESULT_COLUMNS, Store, result_row_to_dict
+from dtf_gui.coordinator.trust import ClientKey, Trust
+from dtf_gui.coordinator.trust_api import ApiRefusal, TrustApi, TrustCommands
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,8 @@ Offset = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 # Operations that change nothing: their replies need no commit to wait for (and keep flowing while
 # the database refuses writes).
 READ_ONLY_OPS = frozenset({"ping", "get_task", "list_tasks", "list_workers", "get_worker", "list_results",
-                           "get_status"})
+                           "get_status", "whoami", "list_agents", "list_clients", "seen_agents",
+                           "list_security_events"})
 
 
 class ApiError(Exception):
@@ -178,6 +181,10 @@ class Commands(Protocol):
     def stats(self) -> dict[str, Any]: ...
 
 
+class LoopCommands(Commands, TrustCommands, Protocol):
+    """Everything the API asks of the loop."""
+
+
 def _filtered(equal: dict[str, Any], order: str, limit: int, offset: int = 0) -> tuple[str, list[Any]]:
     """WHERE col=? for each filter that is set, then ORDER BY and a capped LIMIT (a page)."""
     used = {k: v for k, v in equal.items() if v}
@@ -187,7 +194,7 @@ def _filtered(equal: dict[str, Any], order: str, limit: int, offset: int = 0) ->
 
 class ClientApi:
     def __init__(self, *, tasks: TaskTable, workers: WorkerTable, sched: sch.Scheduler, store: Store,
-                 queries: ResultQueries, commands: Commands, coordinator_id: str) -> None:
+                 queries: ResultQueries, commands: LoopCommands, coordinator_id: str, trust: Trust) -> None:
         self.tasks = tasks
         self.workers = workers
         self.sched = sched
@@ -196,6 +203,9 @@ class ClientApi:
         self.commands = commands
         self.coordinator_id = coordinator_id
         self._submissions = 0
+        # Who sent the request being handled (set by handle; the loop runs one at a time).
+        self.caller = ClientKey("", "nobody", "viewer", "", 0.0)
+        self.trust_api = TrustApi(trust, commands, lambda: self.caller, self._security_events)
         self.ops: dict[str, tuple[type[_Args], Callable[[Any], Any]]] = {
             "ping": (NoArgs, self.ping),
             "create_task": (CreateTask, self.create_task),
@@ -212,6 +222,7 @@ class ClientApi:
             "list_results": (ListResults, self.list_results),
             "get_status": (NoArgs, self.get_status),
             "wait": (WaitArgs, self.wait),
+            **self.trust_api.ops,
         }
         # Read-only analysis over possibly millions of rows: run on the analysis thread.
         self.deferred_ops: dict[str, tuple[type[_Args], Callable[[Any], Any]]] = {
@@ -220,7 +231,12 @@ class ClientApi:
             "get_comparison_report": (Analysis, self.get_comparison_report),
         }
 
-    def handle(self, req: p.Request) -> p.Reply | Deferred | Waiting:
+    def knows(self, op: str) -> bool:
+        return op in self.ops or op in self.deferred_ops
+
+    def handle(self, req: p.Request, caller: ClientKey | None = None) -> p.Reply | Deferred | Waiting:
+        if caller is not None:
+            self.caller = caller
         problem = p.version_problem(req.protocol_version)
         if problem:
             return p.Reply(req_id=req.req_id, ok=False, error=problem)
@@ -240,7 +256,7 @@ class ClientApi:
             if isinstance(data, Waiting):  # answered later by the loop's waiter table
                 return msgspec.structs.replace(data, req_id=req.req_id)
             return p.Reply(req_id=req.req_id, data=data)
-        except ApiError as exc:
+        except (ApiError, ApiRefusal) as exc:
             return p.Reply(req_id=req.req_id, ok=False, error=str(exc))
         except Exception as exc:
             log.exception("client operation %s failed", req.op)
@@ -413,6 +429,15 @@ class ClientApi:
 
     def get_status(self, _: NoArgs) -> dict[str, Any]:
         return self.commands.stats()
+
+    def _security_events(self, limit: int) -> list[dict[str, Any]]:
+        rows = self.store.query("SELECT time, kind, subject, data FROM events WHERE kind LIKE 'security\\_%' "
+                                "ESCAPE '\\' ORDER BY id DESC LIMIT ?", [limit])
+        out = []
+        for t, kind, subject, data in rows:
+            detail = msgspec.json.decode(data).get("detail", "") if data else ""
+            out.append({"time": t, "what": kind.removeprefix("security_"), "subject": subject, "detail": detail})
+        return out
 
     # -- analysis (run on the analysis thread; they only read) -------------------------------------
 

@@ -100,11 +100,22 @@ class SecuritySection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Encryption and trust."""
 
     enabled: Annotated[bool, Meta(
-        description="CURVE encryption on every socket and approval of agent keys")] = True
+        description="CURVE encryption on every socket and approval of agent keys (false is the same as "
+                    "insecure: true)")] = True
     insecure: Annotated[bool, Meta(
-        description="plain-text sockets, any agent accepted (like --insecure); for a quick local try")] = False
+        description="plain-text sockets, any agent accepted, every client an admin (like --insecure); for a "
+                    "quick local try only")] = False
     enrollment_token: Annotated[str | None, Meta(
-        description="agents presenting this token get their key approved without a click")] = None
+        description="agents presenting this secret (dtf-agent --join-secret, or worker.yaml) get their key "
+                    "accepted without a click; prefer `dtf token create`, whose tokens expire")] = None
+    requests_per_s: Annotated[float, Meta(
+        gt=0, description="each client key's requests per second (a burst of 2 s worth is allowed)")] = 2000.0
+    tasks_per_s: Annotated[float, Meta(
+        gt=0, description="each client key's submitted tasks per second (a burst of 2 s worth is allowed)")] = 100_000.0
+
+    @property
+    def is_insecure(self) -> bool:
+        return self.insecure or not self.enabled
 
 
 class TaskSchedulerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -232,6 +243,8 @@ class ServerSettings:
     config: CoordinatorConfig = dataclasses.field(default_factory=CoordinatorConfig)
     db_path: str = "dtf.sqlite"
     coordinator_id: str = dataclasses.field(default_factory=_new_coordinator_id)
+    # Where the keys live (keys/): None is $DTF_HOME (or the platform's data dir).
+    home: Path | None = None
 
     @property
     def scheduler(self) -> SchedulerConfig:
@@ -247,7 +260,7 @@ def server_settings(cfg: CoordinatorConfig, home: Path, *, db: str | None = None
     if not mdns:
         server = msgspec.structs.replace(server, advertise=False)
     return ServerSettings(config=msgspec.structs.replace(cfg, server=server),
-                          db_path=db or cfg.database.path or str(home / "dtf.sqlite"))
+                          db_path=db or cfg.database.path or str(home / "dtf.sqlite"), home=home)
 
 
 def ephemeral_settings(db_path: str | os.PathLike[str], **sections: Mapping[str, object]) -> ServerSettings:

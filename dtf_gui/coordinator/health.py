@@ -59,7 +59,8 @@ class WorkerTable:
 
     # -- what agents tell us ---------------------------------------------------------------------
 
-    def register(self, identity: bytes, msg: p.Register) -> tuple[WorkerRecord, WorkerRecord | None, list[sch.Event]]:
+    def register(self, identity: bytes, msg: p.Register, *, key: str = "", extra_tags: tuple[str, ...] = ()
+                 ) -> tuple[WorkerRecord, WorkerRecord | None, list[sch.Event]]:
         """A (re)registration: the new record, the one it replaces (None for a newcomer), and the
         scheduler events it implies. What the worker's tasks become is the loop's to decide: it
         compares the incarnations and the tasks the agent says it holds (server.py)."""
@@ -67,9 +68,10 @@ class WorkerTable:
         old = self.workers.get(msg.worker_id)
         w = WorkerRecord(
             msg.worker_id, identity, hostname=msg.hostname, slots=msg.slots, capabilities=msg.capabilities,
-            tags=msg.tags, metadata={"agent_version": msg.agent_version, "groups": msg.groups},
+            tags=[*msg.tags, *(t for t in extra_tags if t not in msg.tags)],
+            metadata={"agent_version": msg.agent_version, "groups": msg.groups},
             running=msg.running, now=now, first_seen=old.first_seen if old else now, seen_at=time.monotonic(),
-            incarnation=msg.incarnation)
+            incarnation=msg.incarnation, key=key)
         if old is not None and old.identity != identity:
             self.by_identity.pop(old.identity, None)
         self.workers[msg.worker_id] = w
@@ -81,12 +83,13 @@ class WorkerTable:
         self.hub.worker_changed(w)
         return w, old, [sch.WorkerUp(now, worker_spec(w))]
 
-    def seen(self, identity: bytes) -> tuple[WorkerRecord | None, list[sch.Event]]:
+    def seen(self, identity: bytes, key: str = "") -> tuple[WorkerRecord | None, list[sch.Event]]:
         """Any frame from a registered agent proves it alive; None when we do not know it (it
-        must register again). A worker that had been given up comes back."""
+        must register again), or when the frame did not come with the key the worker registered
+        with. A worker that had been given up comes back."""
         wid = self.by_identity.get(identity)
         w = self.workers.get(wid) if wid else None
-        if w is None:
+        if w is None or w.key != key:
             return None, []
         w.seen_at = time.monotonic()
         if w.online:
@@ -106,6 +109,10 @@ class WorkerTable:
         w.status = p.BUSY if msg.running else p.ONLINE
         self.store.put_worker(w)
         self.hub.worker_changed(w)
+
+    def forget_identity(self, w: WorkerRecord) -> None:
+        """Frames on the worker's connection are no longer its (it was revoked): they must register."""
+        self.by_identity.pop(w.identity, None)
 
     def gone(self, w: WorkerRecord, reason: str) -> list[sch.Event]:
         """The worker is offline (it said goodbye, or went silent): its tasks go back to the queue."""

@@ -143,18 +143,21 @@ class TaskRecord:
 class WorkerRecord:
     """An agent's row (the seed's Worker model) plus its live connection state.
 
-    ``identity`` is its ZeroMQ routing id; ``seen_at`` (monotonic) is what liveness is judged on,
+    ``identity`` is its ZeroMQ routing id (one per connection, given by the coordinator's socket);
+    ``key`` is the CURVE public key that connection proved ("" when insecure): every frame on that
+    routing id must come with it. ``seen_at`` (monotonic) is what liveness is judged on,
     ``last_seen`` (epoch) is what people are shown."""
 
     __slots__ = ("capabilities", "current_task", "first_seen", "health_status", "hardware_id", "hostname",
-                 "identity", "incarnation", "last_seen", "metadata", "online", "performance_metrics", "seen_at",
-                 "slots", "status", "tags", "worker_id")
+                 "identity", "incarnation", "key", "last_seen", "metadata", "online", "performance_metrics",
+                 "seen_at", "slots", "status", "tags", "worker_id")
 
     def __init__(self, worker_id: str, identity: bytes, *, hostname: str, slots: int,
                  capabilities: dict[str, Any], tags: list[str], metadata: dict[str, Any], running: list[str],
-                 now: float, first_seen: float, seen_at: float, incarnation: str = "") -> None:
+                 now: float, first_seen: float, seen_at: float, incarnation: str = "", key: str = "") -> None:
         self.worker_id = worker_id
         self.identity = identity
+        self.key = key
         self.incarnation = incarnation
         self.hostname = hostname
         self.status = ONLINE

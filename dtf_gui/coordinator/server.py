@@ -1,7 +1,9 @@
 """The coordinator's loop: one thread, one zmq.Poller, every socket owned by that thread.
 
-Sockets
-- agents:  ROUTER (default port 8081); each agent's DEALER identity is its worker id.
+Sockets (CURVE servers unless --insecure; trust.py judges every key, this loop answers libzmq's
+ZAP requests with its verdicts and checks each frame's key, see _drain_agents)
+- agents:  ROUTER (default port 8081); routing ids are the socket's own, one per connection, and
+  a worker is bound to the key its connection proved.
 - clients: ROUTER (default port 8080); the window, in the same process, calls :meth:`Coordinator.request`,
   which hands the same requests to this loop through its inbox (no socket in the GUI thread).
 - events:  XPUB (default port 8082); batches of :class:`protocol.Event` (see events.py).
@@ -30,10 +32,11 @@ from typing import Any, cast
 import msgspec
 import zmq
 
-from dtf_agent import discovery
+from dtf_agent import discovery, keys
 from dtf_agent import protocol as p
 from dtf_agent.inbox import Inbox
-from dtf_agent.transport import bind, hostname, make_socket
+from dtf_agent.paths import dtf_home
+from dtf_agent.transport import CurveServer, bind, hostname, make_socket
 from dtf_gui.coordinator import scheduler as sch
 from dtf_gui.coordinator.analysis import Analysis
 from dtf_gui.coordinator.api import READ_ONLY_OPS, ApiError, ClientApi, Waiting
@@ -44,6 +47,7 @@ from dtf_gui.coordinator.records import Result, TaskRecord, WorkerRecord
 from dtf_gui.coordinator.state import TaskTable, recover
 from dtf_gui.coordinator.store import Store
 from dtf_gui.coordinator.telemetry import Counters, DispatchLatency, Throttled
+from dtf_gui.coordinator.trust import ClientKey, Trust, role_allows, role_needed
 from dtf_gui.coordinator.waiters import Waiters
 
 log = logging.getLogger(__name__)
@@ -61,6 +65,8 @@ _ANALYSIS_EVERY = 0.05
 # at window 1: 5x fewer commits, p50 round trip 0.87 -> 0.70 ms, +8% tasks/s.
 _COMMIT_WINDOW = 0.002
 _REREGISTER_PEERS = 10_000
+_ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks, in this context, whether a key may connect
+_LOCAL = ClientKey("", "the window (in process)", "admin", "", 0.0)
 
 
 @dataclasses.dataclass
@@ -88,7 +94,11 @@ class Coordinator:
         self.counters = Counters()
         self.latency = DispatchLatency()
         self.hub = EventHub(event_sinks)
-        self.ctx: zmq.Context[Any] = zmq.Context.instance()
+        # A context of its own: libzmq asks the ZAP handler of the socket's context, and two
+        # coordinators in one process (tests) must not answer for each other.
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self.insecure = settings.config.security.is_insecure
+        self.home = settings.home or dtf_home()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -114,7 +124,10 @@ class Coordinator:
         self.waiters = Waiters()
         self._bad_agent_frame = Throttled(log)
         self._bad_client_frame = Throttled(log)
-        self._agent_handlers: dict[type, Callable[[bytes, Any], None]] = {
+        self._frame: zmq.Frame | None = None  # the agent frame being handled (its peer address)
+        self._pending_peers: dict[str, bytes] = {}  # key of a pending agent -> its routing id
+        self._buckets: dict[str, tuple[float, float, float]] = {}  # client key -> (time, requests, tasks)
+        self._agent_handlers: dict[type, Callable[[bytes, str, Any], None]] = {
             p.Register: self._on_register,
             p.Heartbeat: self._on_heartbeat,
             p.TaskStarted: self._on_task_started,
@@ -155,6 +168,9 @@ class Coordinator:
     def info(self) -> dict[str, Any]:
         """What `coordinator.json` holds: how local clients and agents reach this coordinator."""
         return {
+            "insecure": self.insecure,
+            "fingerprint": "" if self.insecure else self.trust.fingerprint,
+            "public_key": "" if self.insecure else self.trust.server.public,
             "pid": os.getpid(),
             "client_endpoint": self.endpoint("clients"),
             "agent_endpoint": self.endpoint("agents"),
@@ -180,7 +196,7 @@ class Coordinator:
             raise ApiError("the coordinator is not running")
         fut: Future[p.Reply] = Future()
         req = p.Request(req_id=0, op=op, args=args or {})
-        self.inbox.put(lambda: self._answer(req, fut.set_result))
+        self.inbox.put(lambda: self._answer(req, fut.set_result, _LOCAL))
         try:
             reply = fut.result(timeout)
         except TimeoutError:
@@ -218,14 +234,27 @@ class Coordinator:
         self.store = Store(self.s.db_path, batch_size=db.batch_size, flush_interval=db.flush_interval,
                            background=True, durability=db.durability, on_commit=self.inbox.wake)
         self.workers = WorkerTable(self.store, self.hub, cfg.health_monitor.heartbeat_timeout)
-        self.agents = make_socket(self.ctx, zmq.ROUTER, max_message_size=srv.max_message_size)
-        self.agents.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted agent takes its id back at once
+        self.trust = Trust(self.store, self.hub, self.home, insecure=self.insecure,
+                           coordinator_name=srv.service_name or f"DTF coordinator on {hostname()}",
+                           config_token=cfg.security.enrollment_token)
+        self.zap: zmq.Socket[Any] | None = None
+        curve: dict[str, CurveServer | None] = {"agents": None, "clients": None, "events": None}
+        if not self.insecure:
+            # Bound before any CURVE socket exists: a handshake with no handler would be let through.
+            self.zap = self.ctx.socket(zmq.REP)
+            self.zap.setsockopt(zmq.LINGER, 0)
+            self.zap.bind(_ZAP_ENDPOINT)
+            curve = {d: CurveServer(self.trust.server.secret, d) for d in curve}
+        # No ROUTER_HANDOVER: a peer that names itself after a connected agent's routing id must not
+        # take that agent's route (and the tasks sent on it).
+        self.agents = make_socket(self.ctx, zmq.ROUTER, max_message_size=srv.max_message_size, curve=curve["agents"])
         # libzmq drops an oversize frame without a word; allowing it a margin lets the loop see the
         # request and answer it with the limit it broke.
-        self.clients = make_socket(self.ctx, zmq.ROUTER, max_message_size=4 * srv.max_message_size)
+        self.clients = make_socket(self.ctx, zmq.ROUTER, max_message_size=4 * srv.max_message_size,
+                                   curve=curve["clients"])
         # XPUB rather than PUB: it tells us when someone subscribes, so per-task events are only
         # built while somebody (a subscriber or the window) is listening.
-        pub = make_socket(self.ctx, zmq.XPUB, max_message_size=srv.max_message_size)
+        pub = make_socket(self.ctx, zmq.XPUB, max_message_size=srv.max_message_size, curve=curve["events"])
         self.hub.attach(pub)
         self.ports = {
             "agents": bind(self.agents, srv.host, srv.agent_port),
@@ -235,7 +264,8 @@ class Coordinator:
         self.analysis = Analysis(self.s.db_path, cfg.result_aggregator, inbox=self.inbox, store=self.store,
                                  hub=self.hub, counters=self.counters)
         self.api = ClientApi(tasks=self.tasks, workers=self.workers, sched=self.sched, store=self.store,
-                             queries=self.analysis.queries, commands=self, coordinator_id=self.s.coordinator_id)
+                             queries=self.analysis.queries, commands=self, coordinator_id=self.s.coordinator_id,
+                             trust=self.trust)
         self.workers.mark_stored_offline()
         self._recover()
         self.advertiser: discovery.Advertiser | None = None
@@ -248,6 +278,13 @@ class Coordinator:
                 events_port=self.ports["events"], coordinator_id=self.s.coordinator_id)
         log.info("coordinator %s listening: agents %s, clients %s, events %s", self.s.coordinator_id,
                  self.ports["agents"], self.ports["clients"], self.ports["events"])
+        if self.insecure:
+            log.warning("INSECURE: plain-text sockets, every agent accepted, every client an admin. Anyone who "
+                        "reaches ports %s can run commands on the agents. For a quick local try only.",
+                        ", ".join(str(v) for v in self.ports.values()))
+        else:
+            log.info("coordinator key %s (agents pin it; `dtf token create` makes join tokens)",
+                     self.trust.fingerprint)
 
     def _close(self) -> None:
         """Close what :meth:`_open` made, in reverse; after a failed start only part of it exists."""
@@ -264,9 +301,10 @@ class Coordinator:
             if "store" in made:
                 self.store.close()
         finally:
-            for sock in (made.get("agents"), made.get("clients"), self.hub.pub):
+            for sock in (made.get("agents"), made.get("clients"), self.hub.pub, made.get("zap")):
                 if sock is not None:
                     sock.close(linger=0)
+            self.ctx.term()
 
     def _recover(self) -> None:
         ins, self._held_for = recover(self.store, self.sched, self.tasks,
@@ -281,6 +319,8 @@ class Coordinator:
         poller.register(self.agents, zmq.POLLIN)
         poller.register(self.clients, zmq.POLLIN)
         poller.register(self.hub.pub, zmq.POLLIN)
+        if self.zap is not None:
+            poller.register(self.zap, zmq.POLLIN)
         inbox = self.inbox.fileno()
         poller.register(inbox, zmq.POLLIN)  # the poller hands back the descriptor, not the object
         interval = self.cfg.server.event_interval
@@ -308,6 +348,8 @@ class Coordinator:
                     elif sock == inbox:
                         self.inbox.clear_wake()
                         self._run_inbox()
+                    elif sock is self.zap:
+                        self._drain_zap()
                     else:
                         self.hub.drain_subscriptions()
                 except Exception:
@@ -366,21 +408,56 @@ class Coordinator:
                 self.counters.loop_errors += 1
                 log.exception("coordinator: a handed-over call failed")
 
+    # -- ZAP: may this key connect? -------------------------------------------------------------
+
+    def _drain_zap(self) -> None:
+        """libzmq's questions about connecting keys (RFC 27), answered with trust.py's verdict. The
+        User-Id of an allowed connection is its key: every frame on it carries it (_drain_agents)."""
+        assert self.zap is not None
+        for _ in range(100):
+            try:
+                req = self.zap.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            reply = [b"1.0", req[1] if len(req) > 1 else b"", b"400", b"bad ZAP request", b"", b""]
+            try:
+                if len(req) >= 7 and req[0] == b"1.0" and req[5] == b"CURVE" and len(req[6]) == 32:
+                    key = zmq.utils.z85.encode(req[6]).decode("ascii")
+                    ok, why = self.trust.authenticate(req[2].decode("ascii", "replace"),
+                                                      req[3].decode("ascii", "replace"), key)
+                    reply = [b"1.0", req[1], b"200" if ok else b"400", (why or "OK").encode(),
+                             key.encode("ascii") if ok else b"", b""]
+            finally:
+                self.zap.send_multipart(reply)  # a REP socket must answer before it can hear the next
+
     # -- agents -----------------------------------------------------------------------------------
 
     def _drain_agents(self) -> None:
         sock = self.agents
         handlers = self._agent_handlers
+        secure = not self.insecure
         # Checking EVENTS instead of receiving until zmq.Again saves an exception per wake-up.
         events = cast(Callable[[int], int], sock.getsockopt)  # EVENTS is an int option
         for _ in range(1000):
             if not events(_EVENTS) & _POLLIN:
                 return
-            parts = sock.recv_multipart()
-            if len(parts) != 2:
-                self.counters.bad_frames += 1  # wrong number of parts
-                continue
-            identity, frame = parts
+            key = ""
+            if secure:
+                # Each frame carries the key its connection proved in the handshake: a frame is
+                # only ever taken for the worker that registered with that key (seen()).
+                fparts = sock.recv_multipart(copy=False)
+                if len(fparts) != 2:
+                    self.counters.bad_frames += 1
+                    continue
+                self._frame = fparts[1]
+                key = str(fparts[1].get("User-Id"))
+                identity, frame = fparts[0].bytes, fparts[1].bytes
+            else:
+                parts = sock.recv_multipart()
+                if len(parts) != 2:
+                    self.counters.bad_frames += 1  # wrong number of parts
+                    continue
+                identity, frame = parts
             self.counters.frames_in += 1
             try:
                 msg = p.decode(frame)
@@ -393,7 +470,7 @@ class Coordinator:
                 self._refuse(identity, msg, f"Register of {len(frame)} bytes is over the limit of "
                                             f"{p.MAX_REGISTER_BYTES} (capabilities, tags or task lists too big)")
                 continue
-            handler(identity, msg)
+            handler(identity, key, msg)
             if self.store.full():
                 self._flush_store()  # between messages: a result and its task's status share a batch
 
@@ -403,8 +480,8 @@ class Coordinator:
         except (zmq.Again, zmq.ZMQError):
             self.counters.unroutable += 1
 
-    def _known_agent(self, identity: bytes) -> WorkerRecord | None:
-        w, events = self.workers.seen(identity)
+    def _known_agent(self, identity: bytes, key: str) -> WorkerRecord | None:
+        w, events = self.workers.seen(identity, key)
         if w is None:
             # We do not know this peer (we restarted, or it never registered): ask it to, once a
             # second at most; the frames it queued while we were away would each draw one.
@@ -421,18 +498,38 @@ class Coordinator:
         self._sched(events)
         return w
 
-    def _refuse(self, identity: bytes, msg: p.Register, problem: str) -> None:
+    def _refuse(self, identity: bytes, msg: p.Register, problem: str, fatal: bool = True) -> None:
         log.warning("refused agent %s (%s): %s", msg.worker_id, msg.hostname, problem)
-        self._send_agent(identity, p.Refused(reason=problem, fatal=True))
+        self._send_agent(identity, p.Refused(reason=problem, fatal=fatal))
         self.store.put_event("refused", msg.worker_id, {"reason": problem})
 
-    def _on_register(self, identity: bytes, msg: p.Register) -> None:
+    def _peer_address(self) -> str:
+        frame = self._frame
+        if frame is None:
+            return ""
+        try:
+            return str(frame.get("Peer-Address"))
+        except zmq.ZMQError:
+            return ""
+
+    def _on_register(self, identity: bytes, key: str, msg: p.Register) -> None:
         problem = p.version_problem(msg.protocol_version)
         if problem:
             self._refuse(identity, msg, problem)
             return
+        verdict = self.trust.register(key, msg, self._peer_address())
+        if verdict.kind == "refuse":
+            self._refuse(identity, msg, verdict.reason, verdict.fatal)
+            return
+        if verdict.kind == "pending":
+            if len(self._pending_peers) >= 2 * _REREGISTER_PEERS:
+                self._pending_peers.clear()
+            self._pending_peers[key] = identity
+            self._send_agent(identity, p.Pending(reason=verdict.reason, fingerprint=keys.fingerprint(key)))
+            return
+        self._pending_peers.pop(key, None)
         self._reregister_asked.pop(identity, None)
-        w, old, events = self.workers.register(identity, msg)
+        w, old, events = self.workers.register(identity, msg, key=key, extra_tags=verdict.tags)
         wid = w.worker_id
         self._send_agent(identity, p.Welcome(protocol_version=p.PROTOCOL_VERSION, worker_id=wid,
                                              heartbeat_interval=self.cfg.health_monitor.heartbeat_interval,
@@ -471,8 +568,8 @@ class Coordinator:
         if stop:
             self._send_agent(identity, p.Cancel(task_ids=stop))
 
-    def _on_heartbeat(self, identity: bytes, msg: p.Heartbeat) -> None:
-        w = self._known_agent(identity)
+    def _on_heartbeat(self, identity: bytes, key: str, msg: p.Heartbeat) -> None:
+        w = self._known_agent(identity, key)
         if w is None:
             return
         self.workers.heartbeat(w, msg)
@@ -495,8 +592,8 @@ class Coordinator:
                         len(missing), ", ".join(missing[:5]))
             self._sched([sch.Reconcile(time.time(), w.worker_id, frozenset(ours) - set(missing), False)])
 
-    def _on_task_started(self, identity: bytes, msg: p.TaskStarted) -> None:
-        w = self._known_agent(identity)
+    def _on_task_started(self, identity: bytes, key: str, msg: p.TaskStarted) -> None:
+        w = self._known_agent(identity, key)
         if w is None:
             return
         # The agent's clock is shown (start_time); the scheduler hears of it on ours.
@@ -510,8 +607,8 @@ class Coordinator:
                 events.append(sch.StartReported(now, tid, w.worker_id))
         self._sched(events)
 
-    def _on_results(self, identity: bytes, msg: p.Results) -> None:
-        w = self._known_agent(identity)
+    def _on_results(self, identity: bytes, key: str, msg: p.Results) -> None:
+        w = self._known_agent(identity, key)
         if w is None:
             return
         now = time.time()
@@ -531,6 +628,9 @@ class Coordinator:
             if (task is None or task.status not in (p.ASSIGNED, p.RUNNING) or task.attempt != rec.attempt
                     or task.worker_id != w.worker_id or rec.task_id in finished_here):
                 self.counters.duplicate_results += 1
+                if task is not None and task.worker_id != w.worker_id and task.status in (p.ASSIGNED, p.RUNNING):
+                    self.trust.security("result_refused", w.worker_id, f"a result for task {rec.task_id}, which "
+                                        f"runs on {task.worker_id}, came from {w.worker_id}", throttle=True)
                 continue
             result = Result.reported(rec, w.worker_id, task.test_id, now)
             store.put_result(result)
@@ -548,8 +648,8 @@ class Coordinator:
                                              rec.execution_time))
         self._sched(events)
 
-    def _on_goodbye(self, identity: bytes, msg: p.Goodbye) -> None:
-        w = self._known_agent(identity)
+    def _on_goodbye(self, identity: bytes, key: str, msg: p.Goodbye) -> None:
+        w = self._known_agent(identity, key)
         if w is not None:
             log.info("agent %s said goodbye: %s", w.worker_id, msg.reason)
             self._sched(self.workers.gone(w, f"agent left: {msg.reason}"))
@@ -590,6 +690,55 @@ class Coordinator:
                 self.store.put_task(t)
         self._carry_out(ins)
         return refused
+
+    def agents_accepted(self, keys_: list[str]) -> None:
+        """Commands for the API: a pending agent that is connected hears at once that it may register."""
+        for key in keys_:
+            identity = self._pending_peers.pop(key, None)
+            if identity is not None:
+                self._send_agent(identity, p.Refused(reason="accepted: register now", fatal=False, reregister=True))
+
+    def agents_revoked(self, keys_: list[str]) -> None:
+        """Commands for the API: a revoked agent is cut off at once: told so (it stops), its frames no
+        longer count as its own, its tasks go back to the queue. Its key cannot connect again."""
+        revoked = set(keys_)
+        for w in list(self.workers.workers.values()):
+            if w.key in revoked and w.key:
+                self._send_agent(w.identity, p.Refused(reason="this agent's key was revoked by the coordinator's "
+                                                              "admin", fatal=True))
+                self.workers.forget_identity(w)
+                if w.online:
+                    self._sched(self.workers.gone(w, "key revoked"))
+        for key in revoked:
+            identity = self._pending_peers.pop(key, None)
+            if identity is not None:
+                self._send_agent(identity, p.Refused(reason="this agent's key was revoked", fatal=True))
+
+    def agent_endpoints(self) -> list[str]:
+        """Commands for the API: the addresses a join token names."""
+        port = self.ports["agents"]
+        bound = self.cfg.server.host
+        if bound in ("0.0.0.0", "*", ""):
+            hosts = discovery.interfaces_for_bind(bound, self.cfg.server.interfaces) or discovery.local_ipv4_addresses()
+        else:
+            hosts = [bound]
+        return [f"tcp://{h}:{port}" for h in hosts[:16]] or [self.endpoint("agents")]
+
+    def client_endpoints(self) -> tuple[str, str]:
+        return self.endpoint("clients", self._public_host()), self.endpoint("events", self._public_host())
+
+    def _public_host(self) -> str | None:
+        bound = self.cfg.server.host
+        if bound in ("0.0.0.0", "*", ""):
+            found = discovery.local_ipv4_addresses()
+            return found[0] if found else None
+        return None
+
+    def online_workers(self) -> set[str]:
+        return {w.worker_id for w in self.workers.workers.values() if w.online}
+
+    def seen_agents(self) -> list[dict[str, Any]]:
+        return []
 
     def command(self, event: sch.Event) -> str | None:
         """Commands for the API: one engineer's command about one task (cancel, pin, retry ...);
@@ -709,9 +858,16 @@ class Coordinator:
 
     def _drain_clients(self) -> None:
         sock = self.clients
+        secure = not self.insecure
         for _ in range(200):
+            key = ""
             try:
-                parts = sock.recv_multipart(zmq.NOBLOCK)
+                if secure:
+                    fparts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    key = str(fparts[-1].get("User-Id"))
+                    parts = [f.bytes for f in fparts]
+                else:
+                    parts = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
             if len(parts) != 2:
@@ -736,12 +892,55 @@ class Coordinator:
             if not isinstance(msg, p.Request):
                 self.counters.bad_frames += 1
                 continue
-            self._answer(msg, functools.partial(self._send_client, identity))
+            deliver = functools.partial(self._send_client, identity)
+            client = self.trust.client(key)
+            if client is None:  # the handshake let it in, and it has been removed since
+                deliver(p.Reply(req_id=msg.req_id, ok=False, error="this client key is not (or no longer) known "
+                                                                   "to the coordinator"))
+                continue
+            problem = self._over_limit(client, msg)
+            if problem:
+                deliver(p.Reply(req_id=msg.req_id, ok=False, error=problem))
+                continue
+            self._answer(msg, deliver, client)
 
-    def _answer(self, req: p.Request, deliver: Callable[[p.Reply], None]) -> None:
+    def _over_limit(self, client: ClientKey, req: p.Request) -> str | None:
+        """Per-client rate limits (token buckets of requests and of submitted tasks, 2 s deep)."""
+        sec = self.cfg.security
+        now = time.monotonic()
+        tasks_in = req.args.get("tasks") if req.op == "create_tasks" else None
+        n = len(tasks_in) if isinstance(tasks_in, list) else (1 if req.op == "create_task" else 0)
+        last, reqs, tasks = self._buckets.get(client.key, (now, 2 * sec.requests_per_s, 2 * sec.tasks_per_s))
+        reqs = min(2 * sec.requests_per_s, reqs + (now - last) * sec.requests_per_s)
+        tasks = min(2 * sec.tasks_per_s, tasks + (now - last) * sec.tasks_per_s)
+        problem = None
+        if reqs < 1:
+            problem = (f"rate limit: client {client.name!r} is over {sec.requests_per_s:g} requests/s "
+                       "(security.requests_per_s); slow down and retry")
+        elif n and tasks < n:
+            problem = (f"rate limit: client {client.name!r} is over {sec.tasks_per_s:g} submitted tasks/s "
+                       f"(security.tasks_per_s); {n} task(s) refused, nothing submitted; retry in a moment")
+        else:
+            reqs -= 1
+            tasks -= n
+        if len(self._buckets) > 10_000:
+            self._buckets.clear()
+        self._buckets[client.key] = (now, reqs, tasks)
+        if problem:
+            self.trust.security("rate_limited", client.name, problem, throttle=True)
+        return problem
+
+    def _answer(self, req: p.Request, deliver: Callable[[p.Reply], None], client: ClientKey) -> None:
         """One request, from a socket or from the inbox: answered now, or later by the analysis
         thread (a read-only query that may take long), always delivered from this loop."""
-        reply = self.api.handle(req)
+        if self.api.knows(req.op) and not role_allows(client.role, req.op):
+            need = role_needed(req.op)
+            why = (f"{req.op} needs the {need} role{' (or admin)' if need == 'operator' else ''}; the client "
+                   f"key {client.name!r} has the {client.role} role")
+            self.trust.security("refused", client.name, why, throttle=True)
+            deliver(p.Reply(req_id=req.req_id, ok=False, error=why))
+            return
+        reply = self.api.handle(req, client)
         if isinstance(reply, p.Reply):
             if reply.ok and req.op not in READ_ONLY_OPS:
                 # Sent after the commit of whatever the request changed: a reply is a promise.

@@ -31,7 +31,7 @@ from dtf_gui.coordinator.records import Result, TaskRecord, WorkerRecord, requir
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Column order used by the coalesced task upsert. Kept in one place because the loader and the
 # writer must agree on it.
@@ -157,8 +157,28 @@ def _migration_2(db: sqlite_utils.Database) -> None:
         db.execute(f"ALTER TABLE tasks ADD COLUMN {column}")
 
 
+def _migration_3(db: sqlite_utils.Database) -> None:
+    # Trust: the agents' keys and their enrollment, the clients' keys and roles, join tokens (only
+    # a hash of each secret). A key is an identity, so it is the primary key, not the name.
+    db.execute("CREATE TABLE agent_keys (key TEXT PRIMARY KEY, name TEXT, state TEXT, fingerprint TEXT, "
+               "hostname TEXT, address TEXT, first_seen FLOAT, last_seen FLOAT, how TEXT)")
+    db.execute("CREATE TABLE client_keys (key TEXT PRIMARY KEY, name TEXT, role TEXT, fingerprint TEXT, "
+               "created FLOAT, removed INTEGER NOT NULL DEFAULT 0)")
+    db.execute("CREATE TABLE tokens (id TEXT PRIMARY KEY, secret_hash TEXT, uses_left INTEGER, expires FLOAT, "
+               "tags TEXT, created FLOAT)")
+
+
 # Each entry upgrades the schema from version i to i+1. Append, never edit a released one.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2, _migration_3]
+
+# The columns of the trust tables, in the order put_trust takes them (the first is the key).
+TRUST_COLUMNS: dict[str, tuple[str, ...]] = {
+    "agent_keys": ("key", "name", "state", "fingerprint", "hostname", "address", "first_seen", "last_seen", "how"),
+    "client_keys": ("key", "name", "role", "fingerprint", "created", "removed"),
+    "tokens": ("id", "secret_hash", "uses_left", "expires", "tags", "created"),
+}
+_TRUST_SQL = {t: f"INSERT OR REPLACE INTO {t} ({','.join(c)}) VALUES ({','.join('?' * len(c))})"
+              for t, c in TRUST_COLUMNS.items()}
 
 # The metrics of a result whose result_id is already stored are skipped like the result row
 # itself (INSERT OR IGNORE): a resent result must not double its metrics in the long table,
@@ -274,6 +294,7 @@ class _Batch:
     metrics: list[tuple[str, str, float]]
     events: list[tuple[float, str, str, str]]
     retracted: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    trust: dict[str, list[tuple[Any, ...]]] = dataclasses.field(default_factory=dict)
     seq: int = 0
     # The task rows, built once: a retried write must not turn a rolled-back INSERT into an UPDATE.
     task_rows: tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]] | None = None
@@ -282,7 +303,7 @@ class _Batch:
 
     def __len__(self) -> int:
         return (len(self.tasks) + len(self.workers) + len(self.results) + len(self.metrics) + len(self.events)
-                + len(self.retracted))
+                + len(self.retracted) + sum(map(len, self.trust.values())))
 
 
 # Errors that are about one row, not about the database: the same batch would fail again, so its
@@ -396,6 +417,7 @@ class Store:
         self._metrics: list[tuple[str, str, float]] = []
         self._events: list[tuple[float, str, str, str]] = []
         self._retracted: list[tuple[str, str]] = []
+        self._trust: dict[str, dict[str, tuple[Any, ...]]] = {}
         self._last_flush = time.monotonic()
         self.rows_written = 0
         cols = ",".join(_TASK_INSERT_COLUMNS)
@@ -452,6 +474,16 @@ class Store:
         out of the way of anyone reading the live findings."""
         self._retracted.extend((kind, str(s)) for s in subjects)
 
+    def put_trust(self, table: str, row: tuple[Any, ...]) -> None:
+        """Queue a row of a trust table (TRUST_COLUMNS order); the last one per key wins."""
+        if len(row) != len(TRUST_COLUMNS[table]):
+            raise ValueError(f"{table} takes {len(TRUST_COLUMNS[table])} columns, not {len(row)}")
+        self._trust.setdefault(table, {})[str(row[0])] = row
+
+    def load_trust(self, table: str) -> list[dict[str, Any]]:
+        cols = TRUST_COLUMNS[table]
+        return [dict(zip(cols, r, strict=True)) for r in self.query(f"SELECT {','.join(cols)} FROM {table}")]
+
     def existing_task_ids(self, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` are already in the table (flushed rows only; the caller knows the rest)."""
         found: set[str] = set()
@@ -477,7 +509,7 @@ class Store:
 
     def pending_rows(self) -> int:
         return (len(self._tasks) + len(self._workers) + len(self._results) + len(self._metrics) + len(self._events)
-                + len(self._retracted))
+                + len(self._retracted) + sum(map(len, self._trust.values())))
 
     def busy(self) -> bool:
         """A batch is with the writer thread (queued or committing)."""
@@ -537,7 +569,9 @@ class Store:
     def _take(self) -> _Batch:
         self.taken += 1
         batch = _Batch(list(self._tasks.values()), list(self._workers.values()), self._results, self._metrics,
-                       self._events, self._retracted, seq=self.taken)
+                       self._events, self._retracted, {t: list(r.values()) for t, r in self._trust.items()},
+                       seq=self.taken)
+        self._trust = {}
         self._tasks = {}
         self._workers = {}
         self._results = []
@@ -572,7 +606,8 @@ class Store:
         return [(self._task_sql, new_tasks, "tasks", 0), (self._task_update_sql, task_updates, "tasks", -1),
                 (self._worker_sql, b.workers, "workers", 0), (self._result_sql, b.results, "results", 0),
                 (_METRIC_SQL, b.metrics, "metrics", 0), (_EVENT_SQL, b.events, "events", 2),
-                (_RETRACT_SQL, b.retracted, "events", 1)]
+                (_RETRACT_SQL, b.retracted, "events", 1),
+                *((_TRUST_SQL[t], rows, t, 0) for t, rows in b.trust.items())]
 
     def _commit(self, b: _Batch) -> None:
         """Write one batch as one transaction. A row the database refuses is left out alone (the

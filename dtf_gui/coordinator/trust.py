@@ -1,0 +1,408 @@
+"""Who may talk to this coordinator: agent enrollment, client roles, join tokens, the security log.
+
+Owned by the coordinator's loop thread, and does no socket I/O: the loop asks it about every key
+that knocks (:meth:`Trust.authenticate`, the ZAP handler's verdict), about every Register
+(:meth:`Trust.register`), and about every client request (:meth:`Trust.allowed`); it answers with
+verdicts, and writes its tables through the store like every other row.
+
+An agent's identity is its CURVE public key, not the name it gives: a name belongs to the first key
+accepted under it, and another key claiming it is refused and logged. A new key is *pending* until
+an admin accepts it, or until it presents a join secret: a token made by `dtf token create`, the
+token in coordinator.yaml, or the local secret in this coordinator's home (agents started by the
+same user from the same home are trusted without a click).
+
+With ``insecure`` (plain sockets) there are no keys to check: every agent is welcome and every
+client is an admin, as before this module existed; the coordinator says so loudly at start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from dtf_agent import keys
+from dtf_agent import protocol as p
+from dtf_gui.coordinator.events import EventHub
+from dtf_gui.coordinator.store import Store
+
+log = logging.getLogger(__name__)
+
+PENDING, ACCEPTED, REJECTED, REVOKED = "pending", "accepted", "rejected", "revoked"
+AGENT_STATES = (PENDING, ACCEPTED, REJECTED, REVOKED)
+ROLES = keys.ROLES  # viewer < operator < admin
+
+# The least role each operation needs; an operation not named here needs admin.
+VIEWER_OPS = frozenset({"ping", "whoami", "get_task", "list_tasks", "list_workers", "get_worker", "list_results",
+                        "get_status", "wait", "list_agents", "seen_agents", "list_security_events"})
+OPERATOR_OPS = frozenset({"create_task", "create_tasks", "cancel_task", "assign_task", "unassign_task",
+                          "retry_task", "set_priority", "aggregate_results", "get_result_anomalies",
+                          "get_comparison_report"})
+MAX_PENDING = 1000  # pending keys kept at once: strangers knocking must not grow memory without end
+MAX_TOKEN_USES = 10_000
+MAX_TOKEN_TTL = 366 * 86400.0
+_THROTTLE = 5.0  # seconds between two log lines of a throttled kind
+
+
+def role_needed(op: str) -> str:
+    if op in VIEWER_OPS:
+        return "viewer"
+    if op in OPERATOR_OPS:
+        return "operator"
+    return "admin"
+
+
+def role_allows(role: str, op: str) -> bool:
+    return ROLES.index(role) >= ROLES.index(role_needed(op))
+
+
+@dataclasses.dataclass
+class AgentKey:
+    key: str
+    name: str
+    state: str
+    fingerprint: str
+    hostname: str = ""
+    address: str = ""
+    first_seen: float = 0.0
+    last_seen: float = 0.0
+    how: str = ""  # manual, token, local, config token, first contact (insecure)
+
+    def row(self) -> tuple[Any, ...]:
+        return (self.key, self.name, self.state, self.fingerprint, self.hostname, self.address, self.first_seen,
+                self.last_seen, self.how)
+
+    def summary(self, online: bool = False) -> dict[str, Any]:
+        return {"name": self.name, "state": self.state, "fingerprint": self.fingerprint, "hostname": self.hostname,
+                "address": self.address, "first_seen": self.first_seen, "last_seen": self.last_seen,
+                "how": self.how, "online": online}
+
+
+@dataclasses.dataclass
+class ClientKey:
+    key: str
+    name: str
+    role: str
+    fingerprint: str
+    created: float
+    removed: bool = False
+
+    def row(self) -> tuple[Any, ...]:
+        return (self.key, self.name, self.role, self.fingerprint, self.created, int(self.removed))
+
+
+@dataclasses.dataclass
+class TokenRow:
+    id: str
+    secret_hash: str
+    uses_left: int
+    expires: float
+    tags: list[str]
+    created: float
+
+    def row(self) -> tuple[Any, ...]:
+        return (self.id, self.secret_hash, self.uses_left, self.expires, ",".join(self.tags), self.created)
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """What a Register gets: ``welcome`` (register it), ``pending`` (wait for an admin), or a refusal."""
+
+    kind: str  # welcome, pending, refuse
+    reason: str = ""
+    fatal: bool = False
+    tags: tuple[str, ...] = ()  # a token's tags, added to the worker's own
+
+
+class Trust:
+    def __init__(self, store: Store, hub: EventHub, home: Path, *, insecure: bool, coordinator_name: str,
+                 config_token: str | None = None) -> None:
+        self.store = store
+        self.hub = hub
+        self.home = home
+        self.insecure = insecure
+        self.config_token = config_token or None
+        self._quiet_until: dict[str, tuple[float, int]] = {}  # what -> (until, held back)
+        self.agents: dict[str, AgentKey] = {}
+        self.names: dict[str, str] = {}  # name -> key of the agent accepted under it
+        self.clients: dict[str, ClientKey] = {}
+        self.tokens: dict[str, TokenRow] = {}  # secret hash -> token
+        self.token_tags: dict[str, tuple[str, ...]] = {}  # agent key -> tags of the token it joined with
+        self.server = keys.load_or_create(home / keys.COORDINATOR_KEY, "coordinator", coordinator_name)
+        self.fingerprint = keys.fingerprint(self.server.public)
+        self.admin = keys.load_or_create(home / keys.ADMIN_KEY, "client", "admin", role="admin",
+                                         coordinator_key=self.server.public)
+        self.local_secret = keys.read_secret(home / keys.LOCAL_SECRET, create=True) or ""
+        for r in store.load_trust("agent_keys"):
+            a = AgentKey(**r)
+            self.agents[a.key] = a
+            if a.state == ACCEPTED:
+                self.names[a.name] = a.key
+        for r in store.load_trust("client_keys"):
+            c = ClientKey(**{**r, "removed": bool(r["removed"])})
+            self.clients[c.key] = c
+        now = time.time()
+        for r in store.load_trust("tokens"):
+            t = TokenRow(**{**r, "tags": [x for x in (r["tags"] or "").split(",") if x]})
+            if t.uses_left > 0 and t.expires > now:
+                self.tokens[t.secret_hash] = t
+        # The home's admin key is always an admin: it is how the local `dtf` reaches this coordinator.
+        self.clients[self.admin.public] = ClientKey(self.admin.public, "admin (local)", "admin",
+                                                    keys.fingerprint(self.admin.public), now)
+
+    # -- the ZAP handler's verdict (the loop thread, at every handshake) -------------------------
+
+    def authenticate(self, domain: str, address: str, key: str) -> tuple[bool, str]:
+        """May ``key`` (Z85) connect on ``domain`` (agents, clients, events)? (allowed, why not)."""
+        if domain == "agents":
+            a = self.agents.get(key)
+            if a is not None and a.state in (REJECTED, REVOKED):
+                self.security("handshake_refused", a.name, f"{a.state} agent key {keys.short(a.fingerprint)} "
+                              f"from {address}", throttle=True)
+                return False, f"agent key {a.state}"
+            return True, ""  # a stranger may knock: its Register makes it pending
+        c = self.clients.get(key)
+        if c is not None and not c.removed:
+            return True, ""
+        self.security("handshake_refused", address, f"unknown client key {_fp(key)} on the {domain} port",
+                      throttle=True)
+        return False, "unknown client key"
+
+    # -- agents ----------------------------------------------------------------------------------
+
+    def register(self, key: str, msg: p.Register, address: str) -> Verdict:
+        """A Register that came with ``key`` from ``address``."""
+        if self.insecure:
+            return Verdict("welcome")
+        now = time.time()
+        name = msg.worker_id
+        a = self.agents.get(key)
+        if a is not None and a.state in (REJECTED, REVOKED):
+            return Verdict("refuse", f"this agent's key ({keys.short(a.fingerprint)}) was {a.state} by the "
+                                     "coordinator's admin", fatal=True)
+        holder = self.names.get(name)
+        if holder is not None and holder != key:
+            fp = self.agents[holder].fingerprint
+            self.security("name_refused", name, f"a second key {_fp(key)} from {address} claimed the name of the "
+                          f"accepted agent {name} (key {keys.short(fp)})")
+            return Verdict("refuse", f"the name {name!r} belongs to another agent's key ({keys.short(fp)}); this "
+                                     f"agent's key is {_fp(key)}. Choose another --worker-id, or revoke the other "
+                                     f"agent first (`dtf agents revoke {name}`)", fatal=True)
+        if a is not None and a.state == ACCEPTED and a.name != name:
+            return Verdict("refuse", f"this agent's key is enrolled as {a.name!r}, not {name!r}: start it with "
+                                     f"--worker-id {a.name}, or revoke it and enroll it again", fatal=True)
+        if a is None:
+            pending = sum(1 for x in self.agents.values() if x.state == PENDING)
+            if pending >= MAX_PENDING and not msg.join:
+                self.security("pending_full", name, f"{_fp(key)} from {address}: {pending} agents already pending",
+                              throttle=True)
+                return Verdict("refuse", "too many agents are waiting for acceptance; ask the admin", fatal=False)
+            a = AgentKey(key, name, PENDING, keys.fingerprint(key), first_seen=now)
+            self.agents[key] = a
+        a.name, a.hostname, a.address, a.last_seen = name, msg.hostname, address, now
+        if a.state == PENDING and msg.join:
+            how, problem, tags = self._use_join(msg.join, a)
+            if problem:
+                self.security("join_refused", name, f"{a.fingerprint} from {address}: {problem}")
+                self._put(a)
+                return Verdict("refuse", f"join refused: {problem}", fatal=True)
+            self._set(a, ACCEPTED, how)
+            self.token_tags[key] = tags
+        if a.state == PENDING:
+            if a.how != "seen":
+                a.how = "seen"
+                self.security("agent_pending", name, f"new agent key {a.fingerprint} from {address} ({msg.hostname})"
+                              f" waits for acceptance: `dtf agents accept {name}`")
+            self._put(a)
+            return Verdict("pending", f"this agent (key {a.fingerprint}) waits for the coordinator's admin to accept "
+                                      f"it: `dtf agents accept {name}` there, or join with a token")
+        self._put(a)
+        return Verdict("welcome", tags=self.token_tags.get(key, ()))
+
+    def _use_join(self, secret: str, a: AgentKey) -> tuple[str, str, tuple[str, ...]]:
+        """(how, problem, tags) for a join secret."""
+        if self.local_secret and keys.same_secret(secret, self.local_secret):
+            return "local", "", ()
+        if self.config_token and keys.same_secret(secret, self.config_token):
+            return "config token", "", ()
+        t = self.tokens.get(keys.secret_hash(secret))
+        if t is None:
+            return "", "unknown token (made by another coordinator, or mistyped)", ()
+        if t.expires <= time.time():
+            return "", f"the token {t.id} expired", ()
+        if t.uses_left <= 0:
+            return "", f"the token {t.id} has no uses left", ()
+        t.uses_left -= 1
+        self.store.put_trust("tokens", t.row())
+        if t.uses_left <= 0:
+            del self.tokens[t.secret_hash]
+        self.security("token_used", a.name, f"token {t.id} enrolled {a.fingerprint} ({t.uses_left} use(s) left)")
+        return f"token {t.id}", "", tuple(t.tags)
+
+    def key_of(self, name: str) -> str | None:
+        return self.names.get(name)
+
+    def select(self, given: Iterable[str], *, all_pending: bool = False, states: Iterable[str] = AGENT_STATES
+               ) -> list[AgentKey]:
+        """Agents named by name or fingerprint (prefix); ApiError-worthy ValueError when one names
+        none or several."""
+        wanted = set(states)
+        found: dict[str, AgentKey] = {}
+        if all_pending:
+            found.update((a.key, a) for a in self.agents.values() if a.state == PENDING)
+        for g in given:
+            hits = [a for a in self.agents.values() if a.state in wanted and (a.name == g or keys.matches(a.fingerprint, g))]
+            by_name = [a for a in hits if a.name == g]
+            if len(by_name) > 1:
+                # One name, several keys: a stranger copying a name must not ride on the accept.
+                raise ValueError(f"{len(by_name)} keys go by the name {g!r} "
+                                 f"({', '.join(keys.short(a.fingerprint) for a in by_name)}): name one by fingerprint")
+            hits = by_name or hits
+            if not hits:
+                raise ValueError(f"no agent {g!r} (name or fingerprint) in the states {'/'.join(sorted(wanted))}")
+            if len(hits) > 1:
+                raise ValueError(f"{g!r} matches {len(hits)} agents: give more of the fingerprint")
+            found[hits[0].key] = hits[0]
+        return list(found.values())
+
+    def accept(self, agents: list[AgentKey]) -> list[str]:
+        for a in agents:
+            holder = self.names.get(a.name)
+            if holder is not None and holder != a.key:
+                raise ValueError(f"the name {a.name!r} belongs to another accepted agent "
+                                 f"({keys.short(self.agents[holder].fingerprint)}): revoke it first")
+        for a in agents:
+            self._set(a, ACCEPTED, "manual")
+        return [a.name for a in agents]
+
+    def reject(self, agents: list[AgentKey]) -> list[str]:
+        for a in agents:
+            self._set(a, REJECTED, a.how)
+        return [a.name for a in agents]
+
+    def revoke(self, agents: list[AgentKey]) -> list[str]:
+        for a in agents:
+            self._set(a, REVOKED, a.how)
+        return [a.name for a in agents]
+
+    def _set(self, a: AgentKey, state: str, how: str) -> None:
+        old = a.state
+        a.state, a.how = state, how
+        if state == ACCEPTED:
+            self.names[a.name] = a.key
+        elif self.names.get(a.name) == a.key:
+            del self.names[a.name]
+        self._put(a)
+        if old != state:
+            self.security(f"agent_{state}", a.name, f"{a.fingerprint} ({how or 'by the admin'})")
+
+    def _put(self, a: AgentKey) -> None:
+        self.store.put_trust("agent_keys", a.row())
+        self.hub.add("enrollment", a.summary())
+
+    def list_agents(self, online: set[str]) -> list[dict[str, Any]]:
+        order = {s: i for i, s in enumerate(AGENT_STATES)}
+        rows = sorted(self.agents.values(), key=lambda a: (order.get(a.state, 9), a.name))
+        return [a.summary(a.state == ACCEPTED and a.name in online) for a in rows]
+
+    def is_accepted(self, key: str) -> bool:
+        a = self.agents.get(key)
+        return a is not None and a.state == ACCEPTED
+
+    # -- tokens and clients ---------------------------------------------------------------------
+
+    def create_token(self, uses: int, ttl: float, tags: list[str], addresses: list[str]) -> dict[str, Any]:
+        now = time.time()
+        secret = keys.new_secret()
+        t = TokenRow(keys.secret_hash(secret)[:12], keys.secret_hash(secret), uses, now + ttl, list(tags), now)
+        self.tokens[t.secret_hash] = t
+        self.store.put_trust("tokens", t.row())
+        text = keys.encode_token(keys.Token(key=self.server.public, addresses=addresses, secret=secret,
+                                            name=self.server.name))
+        self.security("token_created", t.id, f"{uses} use(s), expires in {ttl:.0f} s"
+                      + (f", tags {', '.join(tags)}" if tags else ""))
+        return {"token": text, "command": f"dtf-agent --join {text}", "expires": t.expires, "uses": uses,
+                "id": t.id, "fingerprint": self.fingerprint}
+
+    def add_client(self, name: str, role: str, endpoint: str, events_endpoint: str) -> keys.KeyFile:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
+        if any(c.name == name and not c.removed for c in self.clients.values()):
+            raise ValueError(f"a client named {name!r} exists already: remove it first, or choose another name")
+        kf = keys.generate("client", name, role=role, coordinator_key=self.server.public, endpoint=endpoint,
+                           events_endpoint=events_endpoint)
+        c = ClientKey(kf.public, name, role, keys.fingerprint(kf.public), time.time())
+        self.clients[c.key] = c
+        self.store.put_trust("client_keys", c.row())
+        self.security("client_added", name, f"role {role}, key {c.fingerprint}")
+        return kf
+
+    def remove_client(self, name: str) -> str:
+        hits = [c for c in self.clients.values() if c.name == name and not c.removed and c.key != self.admin.public]
+        if not hits:
+            raise ValueError(f"no client named {name!r}")
+        for c in hits:
+            c.removed = True
+            self.store.put_trust("client_keys", c.row())
+            self.security("client_removed", name, c.fingerprint)
+        return name
+
+    def list_clients(self) -> list[dict[str, Any]]:
+        return [{"name": c.name, "role": c.role, "fingerprint": c.fingerprint, "created": c.created}
+                for c in sorted(self.clients.values(), key=lambda c: c.name) if not c.removed]
+
+    def client(self, key: str) -> ClientKey | None:
+        """The client a request came from (by the key its connection proved); None when unknown."""
+        if self.insecure:
+            return _INSECURE_CLIENT
+        c = self.clients.get(key)
+        return None if c is None or c.removed else c
+
+    def whoami(self, c: ClientKey) -> dict[str, Any]:
+        return {"role": c.role, "name": c.name, "insecure": self.insecure,
+                "coordinator_key": "" if self.insecure else self.server.public,
+                "fingerprint": "" if self.insecure else self.fingerprint}
+
+    # -- the security log ------------------------------------------------------------------------
+
+    def security(self, what: str, subject: str, detail: str, *, throttle: bool = False) -> None:
+        """One security decision: logged, stored as an event (kind security_WHAT), shown live. A
+        stream of the same kind (a stranger knocking in a loop) is throttled in all three."""
+        if throttle:
+            mono = time.monotonic()
+            until, held = self._quiet_until.get(what, (0.0, 0))
+            if mono < until:
+                self._quiet_until[what] = (until, held + 1)
+                return
+            self._quiet_until[what] = (mono + _THROTTLE, 0)
+            if held:
+                detail += f" (and {held} more like it in the last {_THROTTLE:.0f} s)"
+        log.warning("security: %s %s: %s", what, subject, detail)
+        now = time.time()
+        self.store.put_event(f"security_{what}", subject[:200], {"detail": detail[:2000]}, when=now)
+        self.hub.add("security", {"what": what, "subject": subject[:200], "detail": detail[:2000], "time": now})
+
+
+_INSECURE_CLIENT = ClientKey("", "anyone (insecure)", "admin", "", 0.0)
+
+
+def _fp(key: str) -> str:
+    try:
+        return keys.short(keys.fingerprint(key))
+    except ValueError:
+        return repr(key[:40])
+
+
+def token_args_problem(uses: int, ttl: float) -> str | None:
+    if not 1 <= uses <= MAX_TOKEN_USES:
+        return f"uses must be 1..{MAX_TOKEN_USES}, not {uses}"
+    if not 0 < ttl <= MAX_TOKEN_TTL:
+        return f"ttl must be more than 0 and at most {MAX_TOKEN_TTL:.0f} s, not {ttl:g}"
+    return None
+
+
+__all__ = ["ACCEPTED", "PENDING", "REJECTED", "REVOKED", "AgentKey", "ClientKey", "Trust", "Verdict",
+           "role_allows", "role_needed"]
