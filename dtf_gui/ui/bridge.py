@@ -174,8 +174,8 @@ class CoordinatorBridge(QObject):
         """Where the coordinator is, for the status bar."""
         c = self.coordinator
         if self.remote:
-            name = self.identity.get("name") or "?"
-            return f"Connected to {c.endpoint('clients')} as {name} ({self.role})"
+            name = self.identity.get("name")
+            return f"Connected to {c.endpoint('clients')} " + (f"as {name} ({self.role})" if name else f"({self.role})")
         return f"Coordinator {c.endpoint('agents')} (clients {c.endpoint('clients')})"
 
     # -- coordinator thread: hand over, touch nothing else ----------------------------------------

@@ -151,6 +151,9 @@ def _table(model: KeyedTableModel, name: str, view: QTableView | None = None,
     view.verticalHeader().setVisible(False)
     view.verticalHeader().setDefaultSectionSize(22)
     view.setWordWrap(False)
+    # A narrow column keeps both ends of an id (bench-07-…-local, 6619f4…e05a): cut at the end, ids
+    # that share a prefix would read the same.
+    view.setTextElideMode(Qt.TextElideMode.ElideMiddle)
     view.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
     view.horizontalHeader().setStretchLastSection(True)
     return view, proxy
@@ -194,6 +197,11 @@ class MainWindow(QMainWindow):
         self.tasks_view.setDragEnabled(True)
         self.tasks_view.setDragDropMode(QAbstractItemView.DragDropMode.DragOnly)
         self.workers_view.tasksDropped.connect(self.assign_tasks)
+        # Few rows: widen the columns to what they hold whenever a worker appears.
+        self.workers.rowsInserted.connect(lambda *_: self.workers_view.resizeColumnsToContents())
+        self.tasks_view.setColumnWidth(0, 200)
+        self.tasks_view.setColumnWidth(3, 200)
+        self.tasks_view.setColumnWidth(5, 160)
         self.tasks_view.sortByColumn(7, Qt.SortOrder.DescendingOrder)
         self.findings = findings_model()
         self.findings_view, _ = _table(self.findings, "findingsView")
