@@ -19,6 +19,7 @@ from dtf_gui.coordinator.backup import BACKUP_DIR, Backups, check_database
 from dtf_gui.coordinator.config import ServerSettings
 from dtf_gui.coordinator.homelock import HomeLock
 from dtf_gui.coordinator.local_agent import LocalAgent
+from dtf_gui.coordinator.server import Coordinator
 from dtf_gui.remote import RemoteError
 from dtf_gui.ui.bridge import CoordinatorBridge
 from dtf_gui.ui.main_window import MainWindow
@@ -40,7 +41,9 @@ class Session:
                 raise RuntimeError(problem)
             self.bridge = CoordinatorBridge.embedded(settings)
             self.bridge.start()
-            info = self.bridge.coordinator.info()
+            self.coordinator = self.bridge.coordinator
+            assert isinstance(self.coordinator, Coordinator)
+            info = self.coordinator.info()
             info["db"] = str(Path(info["db"]).resolve())  # absolute: `dtf backup` reads it from anywhere
             self.lock.write_info(info)
             # The same file `dtf serve` writes, so the CLI and agents on this machine find the window's
@@ -53,7 +56,7 @@ class Session:
             raise
         self.agent: LocalAgent | None = None
         if local_agent:
-            self.agent = LocalAgent(self.bridge.coordinator.endpoint("agents"), f"{hostname()}-local",
+            self.agent = LocalAgent(self.coordinator.endpoint("agents"), f"{hostname()}-local",
                                     slots=local_slots, log_path=home / "local-agent.log").start()
         self.window = MainWindow(self.bridge)
         self.window.on_close(self.close)

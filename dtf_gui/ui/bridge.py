@@ -21,20 +21,16 @@ from typing import Any, Protocol
 from PySide6.QtCore import QObject, Signal
 
 from dtf_agent import protocol as p
-from dtf_agent.keys import ROLES
 from dtf_gui.coordinator.api import ApiError
 from dtf_gui.coordinator.config import ServerSettings
 from dtf_gui.coordinator.server import Coordinator
+from dtf_gui.coordinator.trust import role_allows, role_needed
 from dtf_gui.remote import RESYNC, RemoteCoordinator, RemoteError
 
 EventSink = Callable[[list[p.Event]], None]
 
-# The least role each operation the window offers needs. The coordinator decides (and says which role
-# would allow a refused request); this only keeps the window from offering what would be refused.
-OP_ROLES: dict[str, str] = {
-    "create_task": "operator", "create_tasks": "operator", "cancel_task": "operator", "assign_task": "operator",
-    "accept_agents": "admin", "reject_agents": "admin", "revoke_agents": "admin", "create_token": "admin",
-}
+# Operations that change who may connect: a coordinator running --insecure has no keys to decide on.
+ENROLLMENT_OPS = frozenset({"accept_agents", "reject_agents", "revoke_agents", "create_token"})
 
 
 _PAST = {"accept": "accepted", "reject": "rejected", "revoke": "revoked"}
@@ -157,25 +153,28 @@ class CoordinatorBridge(QObject):
         return str(self.identity.get("role") or "viewer")
 
     def allows(self, op: str) -> bool:
-        """Whether our role may run ``op`` (operations not listed are open to every role)."""
-        need = OP_ROLES.get(op)
-        if need is None:
-            return True
+        """Whether the coordinator would run ``op`` for us: our role allows it (the coordinator's own
+        table, dtf_gui/coordinator/trust.py) and, for enrollment, the coordinator has keys at all. The
+        coordinator decides; this only keeps the window from offering what would be refused."""
+        if op in ENROLLMENT_OPS and self.identity.get("insecure"):
+            return False
         try:
-            return ROLES.index(self.role) >= ROLES.index(need)
-        except ValueError:
+            return role_allows(self.role, op)
+        except ValueError:  # a role this window does not know: offer nothing
             return False
 
-    @staticmethod
-    def needed_role(op: str) -> str:
-        return OP_ROLES.get(op, "viewer")
+    def why_not(self, op: str) -> str:
+        """Why :meth:`allows` says no, for a tooltip."""
+        if op in ENROLLMENT_OPS and self.identity.get("insecure"):
+            return "the coordinator runs --insecure: it accepts every agent, there are no keys to decide on"
+        return f"needs the {role_needed(op)} role (you are {self.role})"
 
     def describe(self) -> str:
         """Where the coordinator is, for the status bar."""
         c = self.coordinator
         if self.remote:
             name = self.identity.get("name")
-            return f"Connected to {c.endpoint('clients')} " + (f"as {name} ({self.role})" if name else f"({self.role})")
+            return f"Connected to {c.endpoint('clients')} " + (f"as {name}, {self.role} role" if name else f"({self.role} role)")
         return f"Coordinator {c.endpoint('agents')} (clients {c.endpoint('clients')})"
 
     # -- coordinator thread: hand over, touch nothing else ----------------------------------------
@@ -228,6 +227,10 @@ class CoordinatorBridge(QObject):
         if workers:
             self.workersChanged.emit([history_worker_row(w) for w in workers])
         self.load_agents()
+        security = self.call("list_security_events", {"limit": 500}, quiet=True) or []
+        if security:
+            self.securityEvents.emit([self._security_row(p.Event(kind="security", data=d, time=d.get("time") or 0.0))
+                                      for d in reversed(security)])
         stats = self.call("get_status")
         if stats:
             self.last_stats = stats

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 import pyqtgraph as pg
 from PySide6.QtCore import QRegularExpression, QSortFilterProxyModel, Qt, QTimer, Signal
@@ -138,11 +138,12 @@ class PendingAgentsView(QTableView):
                 b.setToolTip(why)
 
 
-def _table(model: KeyedTableModel, name: str, view: QTableView | None = None,
-           ) -> tuple[QTableView, QSortFilterProxyModel]:
+View = TypeVar("View", bound=QTableView)
+
+
+def _table(model: KeyedTableModel, name: str, view: View) -> tuple[View, QSortFilterProxyModel]:
     proxy = QSortFilterProxyModel()
     proxy.setSourceModel(model)
-    view = view or QTableView()
     view.setObjectName(name)
     view.setModel(proxy)
     view.setSortingEnabled(True)
@@ -192,7 +193,7 @@ class MainWindow(QMainWindow):
         self.agents = agents_model()
         self.security = security_model()
         self.workers_view, _ = _table(self.workers, "workersView", WorkerDropView())
-        self.tasks_view, _ = _table(self.tasks, "tasksView")
+        self.tasks_view, _ = _table(self.tasks, "tasksView", QTableView())
         # Drag a task (or several) from the tasks table onto a worker to assign it there.
         self.tasks_view.setDragEnabled(True)
         self.tasks_view.setDragDropMode(QAbstractItemView.DragDropMode.DragOnly)
@@ -204,7 +205,7 @@ class MainWindow(QMainWindow):
         self.tasks_view.setColumnWidth(5, 160)
         self.tasks_view.sortByColumn(7, Qt.SortOrder.DescendingOrder)
         self.findings = findings_model()
-        self.findings_view, _ = _table(self.findings, "findingsView")
+        self.findings_view, _ = _table(self.findings, "findingsView", QTableView())
         self.throughput = ThroughputPlot()
 
         # Agents asking to join: only the pending ones, each with Accept / Reject; hidden when none.
@@ -217,14 +218,18 @@ class MainWindow(QMainWindow):
             self.pending_view.setColumnHidden(next(i for i, c in enumerate(self.agents.columns)
                                                    if c.title == title), True)
         self.pending_view.verticalHeader().setDefaultSectionSize(30)  # room for the buttons
+        # The buttons right after what to check (fingerprint, host, address), before the rest, so they
+        # are in sight on a narrow window.
+        header, cols = self.pending_view.horizontalHeader(), [c.title for c in self.agents.columns]
+        header.moveSection(header.visualIndex(len(cols) - 1), header.visualIndex(cols.index("First seen")))
         self.pending_view.decided.connect(self._decide_one)
         self.pending_box = self._pending_box()
         # Every agent the coordinator knows of, by state, with decisions on the selected ones.
-        self.agents_view, _ = _table(self.agents, "agentsView")
+        self.agents_view, _ = _table(self.agents, "agentsView", QTableView())
         self.agents_view.setColumnHidden(self.agents.columnCount() - 1, True)
         self.agents_view.sortByColumn(1, Qt.SortOrder.AscendingOrder)
-        self.security_view, _ = _table(self.security, "securityView")
-        self.security_view.sortByColumn(0, Qt.SortOrder.DescendingOrder)
+        self.security_view, _ = _table(self.security, "securityView", QTableView())
+        self.security_view.setSortingEnabled(False)  # a log: oldest first, as it happened
 
         central = QWidget()
         layout = QVBoxLayout(central)
@@ -374,7 +379,7 @@ class MainWindow(QMainWindow):
         def gate(widget: QAction | QPushButton, op: str, tip: str) -> None:
             ok = bridge.allows(op)
             widget.setEnabled(ok)
-            widget.setToolTip(tip if ok else f"needs the {bridge.needed_role(op)} role (you are {bridge.role})")
+            widget.setToolTip(tip if ok else bridge.why_not(op))
 
         gate(self.new_task_action, "create_task", "Submit a command to run on a worker")
         gate(self.cancel_action, "cancel_task", "Cancel the selected tasks")
@@ -383,9 +388,7 @@ class MainWindow(QMainWindow):
         for decision, b in self.agent_buttons.items():
             gate(b, f"{decision}_agents", f"{decision.capitalize()} the selected agents")
         allowed = bridge.allows("accept_agents")
-        self.pending_view.set_buttons_enabled(
-            allowed, "" if allowed else f"needs the {bridge.needed_role('accept_agents')} role "
-                                        f"(you are {bridge.role})")
+        self.pending_view.set_buttons_enabled(allowed, "" if allowed else bridge.why_not("accept_agents"))
         self.workers_view.setAcceptDrops(bridge.allows("assign_task"))
 
     # -- events ---------------------------------------------------------------------------------
@@ -405,6 +408,9 @@ class MainWindow(QMainWindow):
     def _on_security(self, rows: list[dict[str, Any]]) -> None:
         self.security.apply(rows)
         self.tabs.setTabText(3, f"Security ({self.security.rowCount()})")
+        for col in range(self.security.columnCount() - 1):  # the detail column takes the rest
+            self.security_view.resizeColumnToContents(col)
+        self.security_view.scrollToBottom()
 
     def _on_stats(self, stats: dict[str, Any]) -> None:
         interval = stats.get("interval_s") or 1.0

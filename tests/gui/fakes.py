@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from dtf_agent import protocol as p
-from dtf_agent.keys import ROLES, fingerprint, generate
+from dtf_agent.keys import fingerprint, generate
 from dtf_gui.coordinator.api import ApiError
-from dtf_gui.ui.bridge import OP_ROLES
+from dtf_gui.coordinator.trust import role_allows, role_needed
 
 
 def agent(name: str, state: str = "pending", *, host: str | None = None, address: str = "192.0.2.10",
@@ -57,13 +57,12 @@ class FakeCoordinator:
     def request(self, op: str, args: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
         args = args or {}
         self.calls.append((op, args))
-        need = OP_ROLES.get(op)
-        if need and ROLES.index(self.identity["role"]) < ROLES.index(need):
-            raise ApiError(f"{op} needs the {need} role; this key ({self.identity['name']}) is "
-                           f"{self.identity['role']}")
+        if not role_allows(self.identity["role"], op):
+            raise ApiError(f"{op} needs the {role_needed(op)} role; the client key {self.identity['name']!r} "
+                           f"has the {self.identity['role']} role")
         if op == "whoami":
             return dict(self.identity)
-        if op in ("list_tasks", "list_workers", "seen_agents"):
+        if op in ("list_tasks", "list_workers", "seen_agents", "list_security_events"):
             return []
         if op == "get_status":
             return {"tasks": {}, "workers_online": 0}

@@ -98,7 +98,7 @@ def test_remote_window_shows_workers_and_tasks(qtbot, coordinator, tmp_path: Pat
     win.show()
     try:
         assert session.bridge.remote and "remote" in win.windowTitle()
-        assert win.address_label.text().startswith(f"Connected to {c.endpoint('clients')} ")
+        assert win.address_label.text().startswith(f"Connected to {c.endpoint('clients')} as admin")
         qtbot.waitUntil(lambda: "remote-test-agent" in win.workers.keys(), timeout=20_000)
         task_id = session.bridge.submit_task({"command": "echo over-the-wire"})
         assert task_id
