@@ -112,3 +112,42 @@ def test_remote_window_shows_workers_and_tasks(qtbot, coordinator, tmp_path: Pat
         agent.stop()
     assert not remote_thread.is_alive(), "the remote connection outlived the window"
     assert c.is_running, "closing a remote window stops nothing on the coordinator's side"
+
+
+def test_a_remote_viewer_key_sees_but_is_offered_no_changes(qtbot, coordinator, tmp_path: Path) -> None:
+    import msgspec
+
+    from dtf_agent import keys
+    from dtf_gui.ui.app import RemoteSession
+    from tests.helpers import FakeAgent
+
+    c = coordinator()
+    made = c.request("add_client", {"name": "lab-viewer", "role": "viewer"})
+    key_file = tmp_path / "lab-viewer.key"
+    keys.write_key_file(key_file, msgspec.convert(made["key_file"], keys.KeyFile))
+    stranger = FakeAgent(c.endpoint("agents"), "bench-unknown", stranger=True)
+    try:
+        stranger.register()
+        stranger.recv(p.Pending, timeout=10)
+        session = RemoteSession(c.endpoint("clients"), str(key_file))  # CURVE with the viewer's key
+        win = session.window
+        qtbot.addWidget(win)
+        win.show()
+        try:
+            assert session.bridge.identity["role"] == "viewer"
+            assert "as lab-viewer, viewer role" in win.address_label.text()
+            assert not win.insecure_label.isVisible()
+            qtbot.waitUntil(lambda: win.pending_proxy.rowCount() == 1, timeout=10_000)
+            key = win.agents.keys()[0]
+            accept = win.pending_view.button("accept", key)
+            assert accept is not None and not accept.isEnabled()
+            assert "needs the admin role (you are viewer)" in accept.toolTip()
+            assert not win.new_task_action.isEnabled() and not win.add_machines_action.isEnabled()
+            # Asked anyway, the coordinator refuses and the window says which role would do.
+            assert win.decide_agents("accept", [key]) == []
+            assert "needs the admin role" in win.statusBar().currentMessage()
+            print(screenshot(win, "remote-viewer"))
+        finally:
+            win.close()
+    finally:
+        stranger.close()
