@@ -29,6 +29,7 @@ _gc_was_enabled = gc.isenabled()
 gc.disable()
 try:
     from dtf_agent import protocol as p
+    from dtf_gui.cli_common import client_for, print_table
     from dtf_gui.client import Client, ClientError, EndpointError
 finally:
     if _gc_was_enabled:
@@ -52,22 +53,21 @@ def add_server_flags(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--db", metavar="PATH", help="SQLite database (default: $DTF_HOME/dtf.sqlite)")
     ap.add_argument("--no-mdns", action="store_true", help="do not advertise this coordinator on the LAN")
     ap.add_argument("--insecure", action="store_true",
-                    help="plain-text sockets; for a quick local try only")
+                    help="plain-text sockets, every agent accepted, every client an admin: for a quick local "
+                         "try only (security.insecure)")
 
 
 def load_server(args: argparse.Namespace) -> tuple[ServerSettings, Path]:
     """coordinator.yaml (or --config) with the command-line flags on top."""
-    import logging
+    import msgspec
 
     from dtf_agent.paths import dtf_home
     from dtf_gui.coordinator.config import load_coordinator_config, server_settings
 
-    log = logging.getLogger("dtf")
     home = dtf_home()
     cfg = load_coordinator_config(args.config, default_path=home / "coordinator.yaml")
-    if cfg.security.enabled and not (args.insecure or cfg.security.insecure):
-        log.warning("CURVE encryption is not implemented yet in this build: sockets are PLAIN TEXT. "
-                    "Bind to 127.0.0.1 or a trusted lab network only.")
+    if args.insecure:
+        cfg = msgspec.structs.replace(cfg, security=msgspec.structs.replace(cfg.security, insecure=True))
     settings = server_settings(cfg, home, db=args.db, host=args.host, port=args.port, agent_port=args.agent_port,
                                events_port=args.events_port, mdns=not args.no_mdns)
     return settings, home
@@ -139,7 +139,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"  clients: {info['client_endpoint']}")
         print(f"  agents:  {info['agent_endpoint']}")
         print(f"  events:  {info['events_endpoint']}")
-        print(f"  db:      {info['db']}", flush=True)
+        print(f"  db:      {info['db']}")
+        if info["insecure"]:
+            print("  INSECURE: plain-text sockets, every agent accepted, every client an admin", flush=True)
+        else:
+            print(f"  key:     {info['fingerprint']}", flush=True)
         done = threading.Event()
 
         def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -218,46 +222,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
 # -- client commands ------------------------------------------------------------------------------
 
 
-def _client(args: argparse.Namespace) -> Client:
-    endpoint = args.coordinator
-    if endpoint is None:  # an empty --coordinator is a malformed address, not "look it up"
-        from dtf_agent.paths import read_coordinator_file
-
-        info = read_coordinator_file()
-        if not info:
-            raise ClientError("no coordinator found: start `dtf serve` (or the window), or pass "
-                              "--coordinator tcp://HOST:8080")
-        endpoint = info["client_endpoint"]
-    return Client(endpoint, timeout=args.timeout_s)
-
-
-# Columns that hold a Unix time, shown as the local time of day.
-TIME_COLUMNS = frozenset({"create_time", "start_time", "end_time", "last_seen", "timestamp"})
-
-
-def _print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    """Columns left-aligned, two spaces apart, headers in capitals; "-" where a row has no value."""
-    cells = [[_fmt(r.get(c), c in TIME_COLUMNS) for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-
-
-def _fmt(v: Any, is_time: bool = False) -> str:
-    if v is None or v == "":
-        return "-"
-    if is_time and isinstance(v, (int, float)):
-        return time.strftime("%H:%M:%S", time.localtime(v))
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    if isinstance(v, (list, dict)):
-        return json.dumps(v)[:40]
-    return str(v)[:60]
-
-
 def cmd_submit(args: argparse.Namespace) -> int:
-    with _client(args) as c:
+    with client_for(args) as c:
         fields: dict[str, Any] = {"type": args.type}
         if args.command is not None:
             fields["command"] = args.command
@@ -366,7 +332,7 @@ def _interrupted(c: Client, ids: list[str]) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with _client(args) as c:
+    with client_for(args) as c:
         st = c.call("get_status")
     if args.json:
         print(json.dumps(st, indent=2))
@@ -378,20 +344,20 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    with _client(args) as c:
+    with client_for(args) as c:
         rows = c.call("list_tasks", {"status": args.status, "limit": args.limit})
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
     else:
         for r in rows:
             r["command"] = (r.get("parameters") or {}).get("command")
-        _print_table(rows, ["task_id", "type", "status", "priority", "worker_id", "create_time", "command",
+        print_table(rows, ["task_id", "type", "status", "priority", "worker_id", "create_time", "command",
                             "why"])
     return 0
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
-    with _client(args) as c:
+    with client_for(args) as c:
         rows = c.call("list_workers")
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
@@ -401,14 +367,14 @@ def cmd_workers(args: argparse.Namespace) -> int:
             r["cpus"] = caps.get("cpu_count")
             r["memory_gb"] = caps.get("memory_gb")
             r["gpus"] = caps.get("gpu_count")
-        _print_table(rows, ["worker_id", "hostname", "status", "slots", "cpus", "memory_gb", "gpus", "last_seen"])
+        print_table(rows, ["worker_id", "hostname", "status", "slots", "cpus", "memory_gb", "gpus", "last_seen"])
     return 0
 
 
 def cmd_results(args: argparse.Namespace) -> int:
     import csv
 
-    with _client(args) as c:
+    with client_for(args) as c:
         rows = c.call("list_results", {"task_id": args.task, "limit": args.limit})
     out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
     try:
@@ -432,7 +398,7 @@ def cmd_results(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     """Cancel each task named; one that cannot be cancelled is reported and the others still are."""
     failed = 0
-    with _client(args) as c:
+    with client_for(args) as c:
         for tid in args.task_ids:
             try:
                 r = c.call("cancel_task", {"task_id": tid})
@@ -445,7 +411,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def _task_command(op: str, extra: Callable[[argparse.Namespace], dict[str, Any]]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        with _client(args) as c:
+        with client_for(args) as c:
             r = c.call(op, {"task_id": args.task_id, **extra(args)})
         print(f"{r['task_id']}: {r['status']}" + (f" - {r['why']}" if r.get("why") else ""))
         return 0
@@ -482,22 +448,22 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         query["time_range"] = [now - args.since_hours * 3600, now]
     if args.what == "trends":
         query["include_trends"] = True
-    with _client(args) as c:
+    with client_for(args) as c:
         data = c.call(ANALYSES[args.what], query, timeout=max(args.timeout_s, 120))
     if args.json:
         print(json.dumps(data, indent=2, default=str))
         return 0
     if args.what == "stats":
-        _print_table(_per_group(data["basic_statistics"]), STATS_COLUMNS)
+        print_table(_per_group(data["basic_statistics"]), STATS_COLUMNS)
     elif args.what == "trends":
-        _print_table(_per_group(data.get("trends") or {}), TREND_COLUMNS)
+        print_table(_per_group(data.get("trends") or {}), TREND_COLUMNS)
     elif args.what == "anomalies":
-        _print_table(data, ANOMALY_COLUMNS)
+        print_table(data, ANOMALY_COLUMNS)
     else:
         comparisons = data.get("comparisons")
         rows = _per_group(comparisons) if isinstance(comparisons, dict) else data.get("rows", [])
         if rows:
-            _print_table(rows, COMPARE_COLUMNS)
+            print_table(rows, COMPARE_COLUMNS)
         else:
             print(json.dumps(data, indent=2, default=str))
     return 0
@@ -605,7 +571,19 @@ COMMANDS: dict[str, Command] = {
     "priority": Command("change a task's priority (higher runs first)",
                         _task_command("set_priority", lambda a: {"priority": a.priority}),
                         _task_args("task_id", "priority", types={"priority": int})),
+    "agents": Command("list agents by enrollment state; accept, reject or revoke them",
+                      lambda a: _security().cmd_agents(a), lambda sp: _security().agents_args(sp)),
+    "token": Command("create a join token for new agents (`dtf-agent --join TOKEN`)",
+                     lambda a: _security().cmd_token(a), lambda sp: _security().token_args(sp)),
+    "clients": Command("client keys and their roles: list, add NAME --role ROLE, remove NAME",
+                       lambda a: _security().cmd_clients(a), lambda sp: _security().clients_args(sp)),
 }
+
+
+def _security() -> Any:
+    from dtf_gui import cli_security  # only for these commands
+
+    return cli_security
 
 
 def dtf_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -614,6 +592,8 @@ def dtf_parser(only: str | None = None) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="dtf", description="DTF coordinator, headless.")
     ap.add_argument("--version", action="version", version=f"dtf {__version__}")
     ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    ap.add_argument("--key", metavar="FILE",
+                    help="client key file (from `dtf clients add`; default: $DTF_CLIENT_KEY, else this home's admin key)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name, command in COMMANDS.items():
         if only is not None and name != only:
@@ -634,9 +614,9 @@ def _named_command(argv: Sequence[str]) -> str | None:
     i = 0
     while i < len(argv):
         word = argv[i]
-        if word == "--log-level":
+        if word in ("--log-level", "--key"):
             i += 2
-        elif word.startswith("--log-level="):
+        elif word.startswith(("--log-level=", "--key=")):
             i += 1
         else:
             return word if word in COMMANDS else None
@@ -701,8 +681,22 @@ def gui_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-local-agent", action="store_true", help="do not start an agent on this machine")
     ap.add_argument("--local-slots", type=int, default=None, help="slots of the local agent")
     ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    ap.add_argument("--connect", metavar="tcp://HOST:PORT",
+                    help="open the window on a coordinator elsewhere (`dtf serve`); nothing is embedded")
+    ap.add_argument("--key", metavar="FILE",
+                    help="client key file for --connect (default: $DTF_CLIENT_KEY, else this home's admin key)")
     args = ap.parse_args(argv)
     configure_logging(args.log_level, "dtf-gui")
+    if args.connect or args.key:
+        embedded = [f for f in ("config", "host", "port", "agent_port", "events_port", "db")
+                    if getattr(args, f) is not None] + [f for f in ("no_mdns", "insecure", "no_local_agent")
+                                                        if getattr(args, f)]
+        if embedded:
+            ap.error(f"--connect opens a window on a coordinator elsewhere: --{embedded[0].replace('_', '-')} "
+                     "is for the embedded one")
+        from dtf_gui.ui.app import run_remote  # Qt only from here on
+
+        return run_remote(args.connect, args.key)
     try:
         settings, home = load_server(args)
     except ConfigError as exc:

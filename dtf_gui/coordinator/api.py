@@ -205,7 +205,7 @@ class ClientApi:
         self._submissions = 0
         # Who sent the request being handled (set by handle; the loop runs one at a time).
         self.caller = ClientKey("", "nobody", "viewer", "", 0.0)
-        self.trust_api = TrustApi(trust, commands, lambda: self.caller, self._security_events)
+        self.trust_api = TrustApi(trust, commands, lambda: self.caller, self._security_events, coordinator_id)
         self.ops: dict[str, tuple[type[_Args], Callable[[Any], Any]]] = {
             "ping": (NoArgs, self.ping),
             "create_task": (CreateTask, self.create_task),

@@ -235,10 +235,8 @@ class Trust:
             return "", f"the token {t.id} expired", ()
         if t.uses_left <= 0:
             return "", f"the token {t.id} has no uses left", ()
-        t.uses_left -= 1
+        t.uses_left -= 1  # kept at 0 (until a restart) so that a late comer hears "no uses left"
         self.store.put_trust("tokens", t.row())
-        if t.uses_left <= 0:
-            del self.tokens[t.secret_hash]
         self.security("token_used", a.name, f"token {t.id} enrolled {a.fingerprint} ({t.uses_left} use(s) left)")
         return f"token {t.id}", "", tuple(t.tags)
 
@@ -361,8 +359,8 @@ class Trust:
         c = self.clients.get(key)
         return None if c is None or c.removed else c
 
-    def whoami(self, c: ClientKey) -> dict[str, Any]:
-        return {"role": c.role, "name": c.name, "insecure": self.insecure,
+    def whoami(self, c: ClientKey, coordinator_id: str = "") -> dict[str, Any]:
+        return {"role": c.role, "name": c.name, "insecure": self.insecure, "coordinator_id": coordinator_id,
                 "coordinator_key": "" if self.insecure else self.server.public,
                 "fingerprint": "" if self.insecure else self.fingerprint}
 

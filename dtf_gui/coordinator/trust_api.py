@@ -82,8 +82,9 @@ class TrustCommands(Protocol):
 
 class TrustApi:
     def __init__(self, trust: Trust, commands: TrustCommands, caller: Callable[[], ClientKey],
-                 load_events: Callable[[int], list[dict[str, Any]]]) -> None:
+                 load_events: Callable[[int], list[dict[str, Any]]], coordinator_id: str = "") -> None:
         self.trust = trust
+        self.coordinator_id = coordinator_id
         self.commands = commands
         self.caller = caller
         self.load_events = load_events
@@ -107,7 +108,7 @@ class TrustApi:
                              "keys); restart it without --insecure")
 
     def whoami(self, _: NoArgs) -> dict[str, Any]:
-        return self.trust.whoami(self.caller())
+        return self.trust.whoami(self.caller(), self.coordinator_id)
 
     def list_agents(self, _: NoArgs) -> list[dict[str, Any]]:
         return self.trust.list_agents(self.commands.online_workers())
