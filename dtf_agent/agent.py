@@ -72,6 +72,9 @@ class AgentSettings:
     join: str = ""
     # Called once with the Welcome when the coordinator's key was not pinned yet (trust on first use).
     on_first_welcome: Callable[[p.Welcome], None] | None = None
+    # Announce this agent with mDNS on these addresses ([] all interfaces; None not at all), so that
+    # the window lists it before it is enrolled. Name, key fingerprint, slots and tags only.
+    advertise_on: list[str] | None = None
 
 
 class Agent:
@@ -151,6 +154,7 @@ class Agent:
     def run(self) -> int:
         """Run until stop(); returns a process exit code."""
         self._ctx = zmq.Context()
+        advertiser = self._advertise()
         # No identity of our own: the coordinator's socket gives each connection one, so no peer can
         # take over another's route by naming itself after it.
         self.sock = make_socket(self._ctx, zmq.DEALER, max_message_size=self.s.max_message_size, curve=self.s.curve)
@@ -204,6 +208,8 @@ class Agent:
                 if self.fatal_error:
                     return 2
         finally:
+            if advertiser is not None:
+                advertiser.close()
             self._shutdown()
             self.sock.close(linger=200)
             self._ctx.term()
@@ -212,6 +218,21 @@ class Agent:
             if self._own_work_dir:
                 shutil.rmtree(self.work_dir, ignore_errors=True)
         return 0
+
+    def _advertise(self) -> Any:
+        if self.s.advertise_on is None or self.s.curve is None:
+            return None
+        from dtf_agent import discovery
+        from dtf_agent.keys import fingerprint
+
+        try:
+            return discovery.AgentAdvertiser(
+                name=self.s.worker_id, fingerprint=fingerprint(self.s.curve.public), slots=self.s.slots,
+                tags=self.s.tags, addresses=self.s.advertise_on or discovery.local_ipv4_addresses(),
+                interfaces=self.s.advertise_on)
+        except (OSError, ValueError, RuntimeError) as exc:  # mDNS is a convenience: the agent works without it
+            log.warning("could not announce this agent with mDNS (%s: %s); it works without", type(exc).__name__, exc)
+            return None
 
     def _next_wake(self, next_resend: float) -> float:
         if self.registered:
@@ -283,6 +304,13 @@ class Agent:
             "coordinator.address in worker.yaml names it. Retrying in the background, backing off to about "
             "every %.0f s; said once.",
             self.s.address, what, waited, _port_of(self.s.address), self.s.register_retry_max)
+        if self.s.curve is not None:
+            from dtf_agent.keys import fingerprint
+
+            log.warning("this agent only talks to the coordinator key %s: a coordinator there with another key, "
+                        "or one started with --insecure, never answers it (start the agent with --insecure for an "
+                        "insecure coordinator; --join TOKEN or --coordinator-key for another key)",
+                        fingerprint(self.s.curve.server_key))
 
     def _send(self, msg: p.Message) -> None:
         if self._detached:
@@ -294,8 +322,9 @@ class Agent:
             # and every frame after that would say the same.
             self._drops += 1
             if self._drops == 1:
-                log.warning("send queue full; %s dropped (it will be resent); further drops are not logged "
-                            "until the queue drains", type(msg).__name__)
+                log.warning("%s not sent: no connection to the coordinator yet, or its send queue is full (it "
+                            "will be sent again); further drops are not logged until frames go through",
+                            type(msg).__name__)
         else:
             if self._drops:
                 log.info("send queue drained; %d frame(s) had been dropped", self._drops)

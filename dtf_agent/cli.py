@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     tags = [t.strip() for t in args.tags.split(",") if t.strip()] if args.tags else list(cfg.worker.tags)
     settings = AgentSettings(
         address=how.address, worker_id=worker_id, curve=how.curve, join=how.join,
-        on_first_welcome=how.on_first_welcome, slots=slots, tags=tags, groups=list(cfg.worker.groups),
+        on_first_welcome=how.on_first_welcome,
+        advertise_on=(args.mdns_interface or list(cfg.coordinator.interfaces)) if how.browsed else None, slots=slots, tags=tags, groups=list(cfg.worker.groups),
         heartbeat_interval=args.heartbeat or cfg.health.heartbeat_interval,
         resend_interval=cfg.reporting.result_resend_interval, default_timeout=cfg.execution.default_timeout,
         tail_bytes=cfg.execution.output_tail_bytes, work_dir=cfg.execution.work_dir,

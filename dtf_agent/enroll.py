@@ -50,6 +50,7 @@ class Plan:
     join: str = ""
     on_first_welcome: Callable[[p.Welcome], None] | None = None
     how: str = ""
+    browsed: bool = False  # found through mDNS: the agent announces itself there too
 
 
 def _is_key(text: str) -> bool:
@@ -64,6 +65,10 @@ def plan(*, home: Path, worker_id: str, cfg: WorkerConfig, address: str | None, 
          coordinator_key: str | None, coordinator_name: str | None, interfaces: list[str], insecure: bool,
          stop: threading.Event) -> Plan | None:
     """Where to connect and with which keys; None when told to stop while looking. Raises EnrollError."""
+    local = read_coordinator_file(home) or {}
+    if local.get("insecure") and (address or cfg.coordinator.address or local.get("agent_endpoint")) == \
+            local.get("agent_endpoint") and not join_token and not coordinator_key:
+        insecure = True  # this home's coordinator runs --insecure: it has no key to trust
     if insecure or cfg.coordinator.insecure:
         addr = address or cfg.coordinator.address or _local_endpoint(home)
         if not addr:
@@ -126,7 +131,7 @@ def plan(*, home: Path, worker_id: str, cfg: WorkerConfig, address: str | None, 
             if ad is None:
                 return None
             keys.write_pin(pin_path, ad.public_key, "flag", name=ad.name, endpoint=ad.agent_endpoint)
-            return Plan(address or ad.agent_endpoint, curve(ad.public_key), join=join, how="flag")
+            return Plan(address or ad.agent_endpoint, curve(ad.public_key), join=join, how="flag", browsed=True)
     if pin is not None:
         addr = address or cfg.coordinator.address or ""
         local = read_coordinator_file(home) or {}
@@ -166,7 +171,8 @@ def plan(*, home: Path, worker_id: str, cfg: WorkerConfig, address: str | None, 
 
     log.info("found coordinator %s; it has not been trusted before: its key %s is pinned once it accepts this "
              "agent", ad.describe(), ad.fingerprint)
-    return Plan(chosen_addr, curve(ad.public_key), join=join, on_first_welcome=pin_on_acceptance, how="first use")
+    return Plan(chosen_addr, curve(ad.public_key), join=join, on_first_welcome=pin_on_acceptance, how="first use",
+                browsed=True)
 
 
 def _local_endpoint(home: Path, key: str | None = None) -> str:

@@ -94,6 +94,14 @@ def find_credentials(key_file: str | None = None, home: Path | None = None) -> C
                        events_endpoint=kf.events_endpoint)
 
 
+def _local_insecure(endpoint: str) -> bool:
+    """Is ``endpoint`` this home's coordinator, and does it run --insecure (so no key is wanted)?"""
+    from dtf_agent.paths import read_coordinator_file
+
+    info = read_coordinator_file() or {}
+    return bool(info.get("insecure")) and endpoint in (info.get("client_endpoint"), info.get("events_endpoint"))
+
+
 class Client:
     def __init__(self, endpoint: str, *, timeout: float = 30.0, ctx: zmq.Context[Any] | None = None,
                  credentials: Credentials | None | str = "auto") -> None:
@@ -102,7 +110,7 @@ class Client:
         self.endpoint = check_endpoint(endpoint)
         self.timeout = timeout
         if credentials == "auto":
-            credentials = find_credentials()
+            credentials = None if _local_insecure(endpoint) else find_credentials()
         self.credentials = credentials if isinstance(credentials, Credentials) else None
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()

@@ -269,13 +269,18 @@ class Coordinator:
         self.workers.mark_stored_offline()
         self._recover()
         self.advertiser: discovery.Advertiser | None = None
+        self.agent_browser: discovery.AgentBrowser | None = None
         if srv.advertise:
             interfaces = discovery.interfaces_for_bind(srv.host, srv.interfaces)
+            # The public key goes in the ad (it is no secret): agents check the handshake against it.
             self.advertiser = discovery.Advertiser(
                 name=srv.service_name or f"DTF coordinator on {hostname()}",
                 addresses=interfaces or discovery.local_ipv4_addresses(), interfaces=interfaces,
                 agent_port=self.ports["agents"], client_port=self.ports["clients"],
-                events_port=self.ports["events"], coordinator_id=self.s.coordinator_id)
+                events_port=self.ports["events"], coordinator_id=self.s.coordinator_id,
+                public_key="" if self.insecure else self.trust.server.public)
+            # Agents on the LAN that advertise themselves, to list those not enrolled yet.
+            self.agent_browser = discovery.AgentBrowser(interfaces)
         log.info("coordinator %s listening: agents %s, clients %s, events %s", self.s.coordinator_id,
                  self.ports["agents"], self.ports["clients"], self.ports["events"])
         if self.insecure:
@@ -289,9 +294,9 @@ class Coordinator:
     def _close(self) -> None:
         """Close what :meth:`_open` made, in reverse; after a failed start only part of it exists."""
         made = self.__dict__
-        advertiser = made.get("advertiser")
-        if advertiser is not None:
-            advertiser.close()
+        for mdns in (made.get("advertiser"), made.get("agent_browser")):
+            if mdns is not None:
+                mdns.close()
         if "analysis" in made:
             self.analysis.close()
         self.inbox.close()
@@ -738,7 +743,10 @@ class Coordinator:
         return {w.worker_id for w in self.workers.workers.values() if w.online}
 
     def seen_agents(self) -> list[dict[str, Any]]:
-        return []
+        if self.agent_browser is None:
+            return []
+        return [{"name": a.name, "fingerprint": a.fingerprint, "address": ", ".join(a.addresses), "slots": a.slots,
+                 "tags": list(a.tags), "seen_at": a.seen_at} for a in self.agent_browser.snapshot_threadsafe()]
 
     def command(self, event: sch.Event) -> str | None:
         """Commands for the API: one engineer's command about one task (cancel, pin, retry ...);

@@ -131,11 +131,18 @@ class Trust:
         self.clients: dict[str, ClientKey] = {}
         self.tokens: dict[str, TokenRow] = {}  # secret hash -> token
         self.token_tags: dict[str, tuple[str, ...]] = {}  # agent key -> tags of the token it joined with
-        self.server = keys.load_or_create(home / keys.COORDINATOR_KEY, "coordinator", coordinator_name)
+        if insecure:
+            # No key files are made: their presence is how local agents and clients tell that this
+            # home's coordinator wants CURVE. What uses the keys is refused while insecure.
+            self.server = keys.generate("coordinator", coordinator_name)
+            self.admin = keys.generate("client", "admin", role="admin", coordinator_key=self.server.public)
+            self.local_secret = ""
+        else:
+            self.server = keys.load_or_create(home / keys.COORDINATOR_KEY, "coordinator", coordinator_name)
+            self.admin = keys.load_or_create(home / keys.ADMIN_KEY, "client", "admin", role="admin",
+                                             coordinator_key=self.server.public)
+            self.local_secret = keys.read_secret(home / keys.LOCAL_SECRET, create=True) or ""
         self.fingerprint = keys.fingerprint(self.server.public)
-        self.admin = keys.load_or_create(home / keys.ADMIN_KEY, "client", "admin", role="admin",
-                                         coordinator_key=self.server.public)
-        self.local_secret = keys.read_secret(home / keys.LOCAL_SECRET, create=True) or ""
         for r in store.load_trust("agent_keys"):
             a = AgentKey(**r)
             self.agents[a.key] = a

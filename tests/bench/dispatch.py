@@ -17,6 +17,9 @@ Reports, as the medians of --runs runs:
   until it is completed (both replies leave the coordinator only after their commit).
 --durability power-loss runs the coordinator with database.durability: power-loss (an fsync
 per commit) instead of the default process-crash.
+--curve measures every figure twice in each run, on a coordinator started with --insecure and
+on one with CURVE on every socket (the default), in alternating order, and reports both and
+their ratio (curve / insecure) next to each other. Without it, the stack runs --insecure.
 The last line printed is one JSON object.
 """
 
@@ -37,13 +40,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from dtf_gui.client import Client  # noqa: E402
+from dtf_gui.client import Client, find_credentials  # noqa: E402
 
 
 class Stack:
     """`dtf serve` plus agents, on loopback; stops everything it started."""
 
-    def __init__(self, agents: int, window: int, log_level: str = "WARNING", durability: str = "") -> None:
+    def __init__(self, agents: int, window: int, log_level: str = "WARNING", durability: str = "",
+                 curve: bool = False) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="dtf-bench-"))
         self.env = dict(os.environ, DTF_HOME=str(self.home))
         yaml = "health_monitor:\n  heartbeat_interval: 2\n"
@@ -53,9 +57,12 @@ class Stack:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.log = open(self.home / "bench.log", "wb")  # closed in stop()
         self.procs.append(self._spawn([sys.executable, "-m", "dtf_gui.cli", "--log-level", log_level, "serve",
-                                       "--port", "0", "--agent-port", "0", "--events-port", "0", "--insecure"]))
+                                       "--port", "0", "--agent-port", "0", "--events-port", "0",
+                                       *([] if curve else ["--insecure"])]))
         info = self._wait_file(self.home / "coordinator.json")
-        self.client = Client(info["client_endpoint"], timeout=60)
+        # Secure: the home's admin key; the agents (same home) enroll with the home's local secret.
+        self.client = Client(info["client_endpoint"], timeout=60,
+                             credentials=find_credentials(home=self.home) if curve else None)
         for i in range(agents):
             self.procs.append(self._spawn([sys.executable, "-m", "dtf_agent.cli", "--log-level", log_level,
                                            "--coordinator", info["agent_endpoint"], "--worker-id", f"bench-{i}",
@@ -140,46 +147,70 @@ def main() -> None:
     ap.add_argument("--wait-tasks", type=int, default=2000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--durability", choices=["process-crash", "power-loss"], default="process-crash")
+    ap.add_argument("--curve", action="store_true", help="measure with CURVE too, side by side with --insecure")
     args = ap.parse_args()
 
-    rates, p50s, p99s, true_rates, bare_rates, w50s, w99s = [], [], [], [], [], [], []
+    modes = ["insecure", "curve"] if args.curve else ["insecure"]
+    figures: dict[str, dict[str, list[float]]] = {m: {} for m in modes}
+    bare_rates: list[float] = []
     for run in range(args.runs):
-        stack = Stack(args.agents, args.window, durability=args.durability)
-        try:
-            secs = stack.run_batch([{"type": "noop"}] * args.tasks)
-            rates.append(args.tasks / secs)
-            true_secs = stack.run_batch([{"type": "command", "command": "true"}] * args.true_tasks)
-            true_rates.append(args.true_tasks / true_secs)
-        finally:
-            stack.stop()
+        # Alternate which goes first: the machine's noise drifts, and neither mode should always
+        # get the quieter first half.
+        for mode in (modes if run % 2 == 0 else modes[::-1]):
+            got = one_run(args, curve=mode == "curve")
+            for k, v in got.items():
+                figures[mode].setdefault(k, []).append(v)
+            print(f"run {run + 1} {mode}: {got['tasks_per_s']:,.0f} no-op tasks/s (window {args.window}); window 1 "
+                  f"latency p50 {got['p50_latency_us']:.0f} us p99 {got['p99_latency_us']:.0f} us; submit->wait p50 "
+                  f"{got['submit_wait_p50_us']:.0f} us; `true` {got['true_tasks_per_s']:,.0f}/s", file=sys.stderr)
         bare_rates.append(bare_true_rate(args.true_tasks))
-        lat = Stack(args.agents, 1, durability=args.durability)
-        try:
-            lat.run_batch([{"type": "noop"}] * args.latency_tasks)
-            st = lat.client.call("get_status", timeout=60)["dispatch_latency_us"]
-            p50s.append(st["p50"])
-            p99s.append(st["p99"])
-            waits = sorted(lat.submit_wait(args.wait_tasks))
-            w50s.append(waits[len(waits) // 2] * 1e6)
-            w99s.append(waits[int(len(waits) * 0.99)] * 1e6)
-        finally:
-            lat.stop()
-        print(f"run {run + 1}: {rates[-1]:,.0f} no-op tasks/s (window {args.window}); window 1 latency p50 "
-              f"{p50s[-1]:.0f} us p99 {p99s[-1]:.0f} us; submit->wait p50 {w50s[-1]:.0f} us; `true` "
-              f"{true_rates[-1]:,.0f}/s vs bare {bare_rates[-1]:,.0f}/s", file=sys.stderr)
-    ratios = [t / b for t, b in zip(true_rates, bare_rates, strict=True)]
-    print(json.dumps({
-        "tasks_per_s": round(statistics.median(rates)),
-        "p50_latency_us": round(statistics.median(p50s)),
-        "p99_latency_us": round(statistics.median(p99s)),
-        "true_tasks_per_s": round(statistics.median(true_rates)),
-        "bare_true_per_s": round(statistics.median(bare_rates)),
-        "true_vs_bare_ratio": round(statistics.median(ratios), 3),
-        "submit_wait_p50_us": round(statistics.median(w50s)), "submit_wait_p99_us": round(statistics.median(w99s)),
-        "durability": args.durability,
-        "runs": args.runs, "agents": args.agents, "window": args.window, "tasks": args.tasks,
-        "all_tasks_per_s": [round(r) for r in rates], "cpus": os.cpu_count(),
-    }))
+
+    def medians(mode: str) -> dict[str, Any]:
+        f = figures[mode]
+        out: dict[str, Any] = {k: round(statistics.median(v)) for k, v in f.items()}
+        out["true_vs_bare_ratio"] = round(statistics.median(
+            [t / b for t, b in zip(f["true_tasks_per_s"], bare_rates, strict=True)]), 3)
+        out["all_tasks_per_s"] = [round(r) for r in f["tasks_per_s"]]
+        return out
+
+    report: dict[str, Any] = {**medians("insecure"), "bare_true_per_s": round(statistics.median(bare_rates))}
+    if args.curve:
+        cur = medians("curve")
+        report["curve"] = cur
+        # Per run, side by side (same minute of the machine's noise), then the median of those.
+        report["curve_vs_insecure_tasks_ratio"] = round(statistics.median(
+            [c / i for c, i in zip(figures["curve"]["tasks_per_s"], figures["insecure"]["tasks_per_s"],
+                                   strict=True)]), 3)
+        report["curve_vs_insecure_p50_ratio"] = round(statistics.median(
+            [c / i for c, i in zip(figures["curve"]["p50_latency_us"], figures["insecure"]["p50_latency_us"],
+                                   strict=True)]), 3)
+    report.update({"durability": args.durability, "runs": args.runs, "agents": args.agents, "window": args.window,
+                   "tasks": args.tasks, "cpus": os.cpu_count()})
+    print(json.dumps(report))
+
+
+def one_run(args: argparse.Namespace, *, curve: bool) -> dict[str, float]:
+    out: dict[str, float] = {}
+    stack = Stack(args.agents, args.window, durability=args.durability, curve=curve)
+    try:
+        secs = stack.run_batch([{"type": "noop"}] * args.tasks)
+        out["tasks_per_s"] = args.tasks / secs
+        true_secs = stack.run_batch([{"type": "command", "command": "true"}] * args.true_tasks)
+        out["true_tasks_per_s"] = args.true_tasks / true_secs
+    finally:
+        stack.stop()
+    lat = Stack(args.agents, 1, durability=args.durability, curve=curve)
+    try:
+        lat.run_batch([{"type": "noop"}] * args.latency_tasks)
+        st = lat.client.call("get_status", timeout=60)["dispatch_latency_us"]
+        out["p50_latency_us"] = st["p50"]
+        out["p99_latency_us"] = st["p99"]
+        waits = sorted(lat.submit_wait(args.wait_tasks))
+        out["submit_wait_p50_us"] = waits[len(waits) // 2] * 1e6
+        out["submit_wait_p99_us"] = waits[int(len(waits) * 0.99)] * 1e6
+    finally:
+        lat.stop()
+    return out
 
 
 if __name__ == "__main__":

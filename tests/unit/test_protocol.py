@@ -41,6 +41,7 @@ SAMPLES: list[p.Message] = [
     p.Goodbye(reason="agent stopping"),
     p.Welcome(protocol_version=p.PROTOCOL_VERSION, worker_id="w1", heartbeat_interval=0.5, coordinator_id="c1"),
     p.Refused(reason="protocol version 9 is not supported", fatal=False, reregister=True),
+    p.Pending(reason="waits for acceptance", fingerprint="SHA256:abc", retry_after=5.0),
     p.Assign(tasks=[SPEC, p.RunSpec(task_id="t-2", type="noop")]),
     p.Cancel(task_ids=["t-1"]),
     p.ResultAck(result_ids=["w-1-7", "w-1-8"]),
@@ -151,7 +152,8 @@ BAD_AGENT_FRAMES: list[bytes] = [
 
 @pytest.fixture
 def coord(coordinator):
-    return coordinator()
+    # The protocol's framing and refusals, under the encryption (test_security.py has CURVE's own).
+    return coordinator(security={"insecure": True})
 
 
 def _agent(coord: Any, name: str = "fake-1") -> FakeAgent:
