@@ -9,7 +9,7 @@ AGENT_VENV ?= .venv-agent
 CORE_VENV ?= .venv-core
 QT_LIB := $(VENV)/lib/python*/site-packages/PySide6/Qt
 
-.PHONY: install run test lint unit agent-only core-only bench clean sysdeps sysdeps-run
+.PHONY: install run test lint unit agent-only core-only bench clean sysdeps sysdeps-run sysdeps-netns
 
 # Reinstalls only when pyproject.toml changed, so a second `make test` starts at once.
 $(STAMP): pyproject.toml
@@ -43,6 +43,18 @@ sysdeps: $(STAMP)
 sysdeps-run: $(STAMP)
 	$(call ensure_libs,$(QT_RUN_LIBS))
 
+# The multi-host tests (tests/netns.py) build a LAN of network namespaces with `ip` (Debian package
+# iproute2). They need root and are skipped without it, so iproute2 is installed (as root, with apt)
+# only when `ip` is missing; without root the tests say why they are skipped.
+sysdeps-netns:
+	@if ! command -v ip >/dev/null 2>&1 && [ ! -x /usr/sbin/ip ] && [ ! -x /sbin/ip ]; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	        echo "the network-namespace tests need the ip tool: installing iproute2"; \
+	        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	            iproute2 >/dev/null; \
+	    else echo "no ip tool (Debian package iproute2): the network-namespace tests will be skipped"; fi; \
+	fi
+
 install: $(STAMP) sysdeps
 
 run: install sysdeps-run
@@ -73,7 +85,7 @@ core-only:
 unit: install
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q tests/unit
 
-test: install lint agent-only core-only
+test: install lint agent-only core-only sysdeps-netns
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -ra --durations=15
 
 bench: install
