@@ -407,7 +407,8 @@ class Agent:
 
     def _on_refused(self, msg: p.Refused) -> None:
         if msg.reregister and not self.registered:
-            self._next_register = time.monotonic()  # accepted while pending: register now
+            if self._pending_said:
+                self._next_register = time.monotonic()  # accepted while pending: register now
             return
         if msg.reregister:
             # A restarted coordinator answers every frame we queued while it was away with this:

@@ -340,6 +340,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"coordinator {st['coordinator_id']} up {st['uptime_s']:.0f} s")
     print(f"workers: {st['workers_online']} online of {st['workers_known']} known")
     print("tasks:   " + ", ".join(f"{k} {v}" for k, v in st["tasks"].items()))
+    sec = st.get("security") or {}
+    if sec.get("insecure"):
+        print("security: INSECURE (plain-text sockets, every agent accepted)")
+    elif sec:
+        waiting = sec.get("pending_agents") or 0
+        print(f"security: CURVE, coordinator key {sec.get('fingerprint')}"
+              + (f"; {waiting} agent(s) wait for acceptance (`dtf agents`)" if waiting else ""))
     return 0
 
 

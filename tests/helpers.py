@@ -26,7 +26,7 @@ from dtf_agent import keys
 from dtf_agent import protocol as p
 from dtf_agent.paths import dtf_home
 from dtf_agent.transport import CurveClient, make_socket
-from dtf_gui.client import Client
+from dtf_gui.client import Client, find_credentials
 from dtf_gui.coordinator.store import connect_readonly
 
 T = TypeVar("T")
@@ -217,8 +217,8 @@ class Serve:
         self.tracker = tracker
         self.home = home
         self.env = env
-        argv = dtf_command("dtf") + ["serve", "--port", "0", "--agent-port", "0", "--events-port", "0",
-                                     "--insecure", *extra]
+        # Secure, as the product's default; a test that wants plain text passes "--insecure".
+        argv = dtf_command("dtf") + ["serve", "--port", "0", "--agent-port", "0", "--events-port", "0", *extra]
         self.proc = tracker.start("serve", argv, env)
 
         def coordinator_json_written() -> dict[str, Any] | None:
@@ -236,7 +236,9 @@ class Serve:
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = Client(self.client_endpoint, timeout=20)
+            # This coordinator's home's admin key (the test process's own $DTF_HOME may be another).
+            creds = None if self.info.get("insecure") else find_credentials(home=self.home)
+            self._client = Client(self.client_endpoint, timeout=20, credentials=creds)
         return self._client
 
     def call(self, op: str, args: dict[str, Any] | None = None) -> Any:

@@ -263,10 +263,11 @@ def server_settings(cfg: CoordinatorConfig, home: Path, *, db: str | None = None
                           db_path=db or cfg.database.path or str(home / "dtf.sqlite"), home=home)
 
 
-def ephemeral_settings(db_path: str | os.PathLike[str], **sections: Mapping[str, object]) -> ServerSettings:
+def ephemeral_settings(db_path: str | os.PathLike[str], *, home: Path | None = None,
+                       **sections: Mapping[str, object]) -> ServerSettings:
     """A coordinator on free ports of 127.0.0.1 that does not advertise itself: for self-checks,
     benchmarks and tests. ``sections`` override coordinator.yaml sections by name, checked like
     the file (``ephemeral_settings(db, load_balancer={"worker_cap": 1})``)."""
     server = {"port": 0, "agent_port": 0, "events_port": 0, "advertise": False, **sections.pop("server", {})}
     cfg = msgspec.convert({"server": server, **sections}, CoordinatorConfig)
-    return ServerSettings(config=cfg, db_path=str(db_path))
+    return ServerSettings(config=cfg, db_path=str(db_path), home=home)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def main() -> int:
-    from dtf_gui.client import Client
+    from dtf_gui.client import Client, find_credentials
     from dtf_gui.coordinator.config import ephemeral_settings
     from dtf_gui.coordinator.server import Coordinator
 
@@ -22,9 +22,10 @@ def main() -> int:
         print(f"coordinator self-check FAILED: {', '.join(present)} installed in a server-only environment")
         return 1
     with tempfile.TemporaryDirectory() as tmp:
-        coord = Coordinator(ephemeral_settings(Path(tmp) / "check.sqlite")).start()
+        coord = Coordinator(ephemeral_settings(Path(tmp) / "check.sqlite", home=Path(tmp))).start()
         try:
-            with Client(coord.endpoint("clients"), timeout=10) as c:
+            # Over CURVE, with the admin key the coordinator made in its home.
+            with Client(coord.endpoint("clients"), timeout=10, credentials=find_credentials(home=Path(tmp))) as c:
                 task = c.call("create_task", {"type": "noop"})
                 status = c.call("get_status")
         finally:

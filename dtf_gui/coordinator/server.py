@@ -279,8 +279,13 @@ class Coordinator:
                 agent_port=self.ports["agents"], client_port=self.ports["clients"],
                 events_port=self.ports["events"], coordinator_id=self.s.coordinator_id,
                 public_key="" if self.insecure else self.trust.server.public)
-            # Agents on the LAN that advertise themselves, to list those not enrolled yet.
-            self.agent_browser = discovery.AgentBrowser(interfaces)
+            # Agents on the LAN that advertise themselves, to list those not enrolled yet. A
+            # convenience: a network without multicast must not stop the coordinator.
+            try:
+                self.agent_browser = discovery.AgentBrowser(interfaces)
+            except OSError as exc:
+                log.warning("mDNS: cannot browse for agents on %s (%s); `dtf agents` still lists those that "
+                            "connect", ", ".join(interfaces) or "all interfaces", exc)
         log.info("coordinator %s listening: agents %s, clients %s, events %s", self.s.coordinator_id,
                  self.ports["agents"], self.ports["clients"], self.ports["events"])
         if self.insecure:
@@ -1033,6 +1038,8 @@ class Coordinator:
                    "inline_flushes": store.inline_flushes,
                    "background_flushes": store.background_flushes, "rows_written": store.rows_written},
             "ports": dict(self.ports),
+            "security": {"insecure": self.insecure, "fingerprint": "" if self.insecure else self.trust.fingerprint,
+                         "pending_agents": sum(1 for a in self.trust.agents.values() if a.state == "pending")},
         }
 
 

@@ -48,7 +48,9 @@ def main() -> None:
     if args.commit_window is not None:
         server._COMMIT_WINDOW = args.commit_window
     home = tempfile.mkdtemp(prefix="dtf-inprocess-")
-    coord = server.Coordinator(ephemeral_settings(os.path.join(home, "dtf.sqlite"))).start()
+    # The agents and the client find the coordinator's keys in this home, as on one machine.
+    os.environ["DTF_HOME"] = home
+    coord = server.Coordinator(ephemeral_settings(os.path.join(home, "dtf.sqlite"), home=Path(home))).start()
     env = dict(os.environ, DTF_HOME=home)
     agents = [subprocess.Popen([sys.executable, "-m", "dtf_agent.cli", "--log-level", "WARNING", "--coordinator",
                                 coord.endpoint("agents"), "--worker-id", f"a{i}", "--slots", str(args.slots)],

@@ -71,7 +71,8 @@ def router() -> Any:
 def test_results_survive_kill_9_and_are_resent_not_rerun(router: Router, procs: ProcessTracker,
                                                          dtf_env: dict[str, str], dtf_home: Path,
                                                          tmp_path: Path) -> None:
-    argv = dtf_command("dtf-agent") + ["--coordinator", router.endpoint, "--worker-id", WORKER, "--slots", "1"]
+    argv = dtf_command("dtf-agent") + ["--coordinator", router.endpoint, "--insecure", "--worker-id", WORKER,
+                                       "--slots", "1"]  # the fake coordinator speaks plain text
     marker = tmp_path / "runs.txt"
     command = f"echo run >> {marker}; echo out"
 

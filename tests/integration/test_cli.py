@@ -193,7 +193,9 @@ def test_status_summary(lab: Lab) -> None:
     out = cli(lab.env, "status")
     assert out.returncode == 0 and out.stderr == "", out.stderr
     st = lab.call("get_status")
-    first, workers, tasks = out.stdout.rstrip("\n").split("\n")
+    first, workers, tasks, security = out.stdout.rstrip("\n").split("\n")
+    assert security == f"security: CURVE, coordinator key {st['security']['fingerprint']}", security
+    assert st["security"]["fingerprint"].startswith("SHA256:")
     m = re.fullmatch(r"coordinator (\S+) up (\d+) s", first)
     assert m and m[1] == st["coordinator_id"], first
     assert workers == "workers: 1 online of 1 known"

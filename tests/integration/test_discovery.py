@@ -20,20 +20,29 @@ from tests.helpers import dtf_command, wait_until
 
 
 def test_agent_without_an_address_finds_the_coordinator_over_mdns(serve, tmp_path):
-    # `serve` runs --insecure, so the agent is told --insecure too (the secure path, key pinned on
-    # first use and the agent accepted by the admin, runs over a namespace LAN in test_netns.py).
+    # Another machine's agent: no address, no key, no token. It finds the coordinator by mDNS,
+    # waits as pending until the admin accepts it, and then pins the key it was accepted under.
     name = f"dtf-test-{os.getpid()}-{tmp_path.name[-12:]}"
     s = serve(f"server:\n  service_name: {name}\n")
-    # The agent lives in a DTF home of its own: no coordinator.json to shortcut discovery.
-    agent_home = tmp_path / "agent-home"
+    agent_home = tmp_path / "agent-home"  # a home of its own: no coordinator.json, no keys to shortcut
     agent_home.mkdir()
     (agent_home / "worker.yaml").write_text(f"coordinator:\n  service_name: {name}\n", encoding="utf-8")
     s.tracker.start("mdns-agent", dtf_command("dtf-agent") + ["--worker-id", "found-me", "--slots", "1",
-                                                             "--mdns-interface", "127.0.0.1", "--insecure"],
+                                                             "--mdns-interface", "127.0.0.1"],
                     {**s.env, "DTF_HOME": str(agent_home)})
+    pending = wait_until(lambda: [a for a in s.call("list_agents") if a["name"] == "found-me"
+                                  and a["state"] == "pending"], 30, message=lambda: s.tracker.log("mdns-agent"))
+    assert "found-me" not in {w["worker_id"] for w in s.call("list_workers")}
+    pin = agent_home / "agent" / "found-me" / "coordinator.pin"
+    assert not pin.exists(), "pinned before any coordinator accepted it"
+    assert s.call("accept_agents", {"agents": [pending[0]["fingerprint"]]}) == {"accepted": ["found-me"]}
     s.wait_workers_online("found-me", timeout=30)
     tid = s.call("create_task", {"command": "echo discovered"})["task_id"]
     assert s.wait_task_status(tid, "completed")["worker_id"] == "found-me"
+    pinned = keys.read_pin(pin)
+    assert pinned is not None and pinned.how == "first use"
+    assert pinned.fingerprint == s.info["fingerprint"]
+    assert "on first use" in s.tracker.log("mdns-agent")
 
 
 def test_advertisement_carries_the_endpoints(coordinator):

@@ -18,6 +18,8 @@ import pytest
 import zmq
 
 from dtf_agent import protocol as p
+from dtf_agent.transport import make_socket
+from dtf_gui.client import find_credentials
 from dtf_gui.coordinator.api import ApiError
 from dtf_gui.coordinator.config import ephemeral_settings
 from dtf_gui.coordinator.server import Coordinator
@@ -215,8 +217,8 @@ def test_an_oversize_register_is_refused_with_the_limit_named(coordinator: Calla
 
 def raw_request(endpoint: str, frame: bytes, timeout_ms: int = 10_000) -> p.Reply:
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
+    creds = find_credentials()  # the home's admin key: a raw socket, but a known client
+    sock = make_socket(ctx, zmq.DEALER, max_message_size=0, curve=creds.curve() if creds else None)
     sock.connect(endpoint)
     try:
         sock.send(frame)
