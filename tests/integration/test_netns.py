@@ -42,11 +42,8 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 class Net:
     """The lab seen from the test: the coordinator in host 0 and `dtf` commands against it."""
 
-    def __init__(self, lab: Lab, *, keyless_client: bool = False) -> None:
-        """``keyless_client``: `dtf` commands run from a home of their own on host 0 with
-        ``--coordinator`` (no key: plain text), not from the coordinator's home (its admin key)."""
+    def __init__(self, lab: Lab) -> None:
         self.lab = lab
-        self.keyless_client = keyless_client
         self.serve: subprocess.Popen[bytes] | None = None
         self.info: dict[str, Any] = {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}  # log name -> process
@@ -92,11 +89,7 @@ class Net:
                 raise AssertionError(f"{name} exited with {proc.returncode}\n{self.lab.log(name)}")
 
     def dtf(self, *args: str, host: int = 0, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        env = None
-        if self.keyless_client and host == 0 and not args[0].startswith("-"):
-            env = self.lab.env(0, {"DTF_HOME": str(self.lab.workdir / "client-h0")})
-            args = (args[0], "--coordinator", self.info["client_endpoint"], *args[1:])
-        return self.lab.run(host, dtf_command("dtf") + list(args), env, timeout=timeout)
+        return self.lab.run(host, dtf_command("dtf") + list(args), None, timeout=timeout)
 
     def dtf_ok(self, *args: str, host: int = 0) -> str:
         out = self.dtf(*args, host=host)
@@ -152,9 +145,7 @@ def marker() -> str:
 
 
 def test_insecure_lan_agents_find_the_coordinator_and_commands_cross_the_wire_in_clear(lab: Lab) -> None:
-    # The coordinator's home holds an admin key even under --insecure, and a `dtf` run from that
-    # home speaks CURVE with it: the client here is a plain one with a home of its own.
-    net = Net(lab, keyless_client=True)
+    net = Net(lab)  # `dtf` in host 0 shares the coordinator's home: it follows its --insecure
     cap: Capture = lab.capture()
     net.start_serve("--insecure")
     assert net.info["agent_endpoint"].startswith(f"tcp://{lab.address(0)}:")
@@ -186,7 +177,6 @@ def _token(text: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="issue 9 security landing")
 def test_secure_lan(lab: Lab) -> None:
     net = Net(lab)
     cap = lab.capture()
