@@ -138,11 +138,18 @@ def plan(*, home: Path, worker_id: str, cfg: WorkerConfig, address: str | None, 
         if not addr and local.get("public_key") == pin.key:
             addr = str(local.get("agent_endpoint") or "")
         if not addr:
-            # A pinned agent finds its coordinator again by key, wherever it moved.
-            ad = _look(interfaces, coordinator_name, pin.fingerprint, stop)
-            if ad is None:
+            # A pinned agent finds its coordinator again by key, wherever it moved; with no ad for
+            # it (no multicast here), it tries the address it had last.
+            ad = _look(interfaces, coordinator_name, pin.fingerprint, stop, rounds=1 if pin.endpoint else 0)
+            if ad is not None:
+                addr = ad.agent_endpoint
+                if addr != pin.endpoint:
+                    keys.write_pin(pin_path, pin.key, pin.how, name=pin.name or ad.name, endpoint=addr)
+            elif stop.is_set():
                 return None
-            addr = ad.agent_endpoint
+            else:
+                addr = pin.endpoint
+                log.info("no mDNS ad carries the pinned key: trying the address it had last, %s", addr)
         log.info("trusting the pinned coordinator key %s (%s, %s)", pin.fingerprint, pin.how, pin_path)
         return Plan(addr, curve(pin.key), join=join or _local_join(home, pin.key), how="pinned")
     home_key = _home_key(home)
@@ -198,18 +205,31 @@ def _local_join(home: Path, server_key: str) -> str:
 
 
 def _look(interfaces: list[str], name: str | None, fingerprint: str | None, stop: threading.Event, *,
-          near: str = "") -> discovery.CoordinatorAd | None:
-    """Browse mDNS until the rule of discovery.choose_coordinator picks one; say what was found
-    while it does not (several coordinators and nothing to choose by: none is picked)."""
+          near: str = "", rounds: int = 0) -> discovery.CoordinatorAd | None:
+    """Browse mDNS until the rule of discovery.choose_coordinator picks one (or ``rounds`` rounds
+    of a few seconds, when not 0); say what was found while it does not (several coordinators
+    and nothing to choose by: none is picked)."""
     where = ", ".join(interfaces) or "all interfaces"
     what = f"the coordinator with key {fingerprint}" if fingerprint else (
         f"the coordinator named {name!r}" if name else "a coordinator")
     log.info("looking for %s with mDNS on %s", what, where)
     said = ""
-    while not stop.is_set():
+    done = 0
+    while not stop.is_set() and not (rounds and done >= rounds):
+        done += 1
         ads = discovery.browse_coordinators(interfaces, timeout=_BROWSE_ROUND)
         if near:
-            ads = [a for a in ads if near.split("//")[-1].split(":")[0] in (a.address, *a.addresses)] or ads
+            # An address was given: only the coordinator advertised at that address (and port) may
+            # lend its key; an ad of another coordinator never stands in for it.
+            host, _, port = near.split("//")[-1].rpartition(":")
+            ads = [a for a in ads if host.strip("[]") in (a.address, *a.addresses) and str(a.agent_port) == port]
+            if not ads:
+                if said != "near":
+                    log.warning("no coordinator key is known for %s and no mDNS ad shows one there: pass --join "
+                                "TOKEN (from `dtf token create` on the coordinator) or --coordinator-key KEY; still "
+                                "looking", near)
+                    said = "near"
+                continue
         ad, message = discovery.choose_coordinator(ads, pinned_fingerprint=fingerprint, name=name)
         if ad is not None:
             log.info("%s", message)

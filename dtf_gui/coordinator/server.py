@@ -67,6 +67,10 @@ _COMMIT_WINDOW = 0.002
 _REREGISTER_PEERS = 10_000
 _ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks, in this context, whether a key may connect
 _LOCAL = ClientKey("", "the window (in process)", "admin", "", 0.0)
+# Handshakes that fail before the ZAP handler hears of them: a peer expecting another coordinator
+# key, or speaking plain text to a CURVE port. libzmq says so only on a monitor socket.
+_HANDSHAKE_FAILED = (int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL) | int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+                     | int(zmq.EVENT_HANDSHAKE_FAILED_AUTH))
 
 
 @dataclasses.dataclass
@@ -255,6 +259,10 @@ class Coordinator:
         # XPUB rather than PUB: it tells us when someone subscribes, so per-task events are only
         # built while somebody (a subscriber or the window) is listening.
         pub = make_socket(self.ctx, zmq.XPUB, max_message_size=srv.max_message_size, curve=curve["events"])
+        self.monitors: dict[zmq.Socket[Any], str] = {}
+        if not self.insecure:
+            for sock, door in ((self.agents, "agent"), (self.clients, "client"), (pub, "events")):
+                self.monitors[sock.get_monitor_socket(_HANDSHAKE_FAILED)] = door
         self.hub.attach(pub)
         self.ports = {
             "agents": bind(self.agents, srv.host, srv.agent_port),
@@ -311,6 +319,8 @@ class Coordinator:
             if "store" in made:
                 self.store.close()
         finally:
+            for mon in made.get("monitors", {}):
+                mon.close(linger=0)
             for sock in (made.get("agents"), made.get("clients"), self.hub.pub, made.get("zap")):
                 if sock is not None:
                     sock.close(linger=0)
@@ -331,6 +341,8 @@ class Coordinator:
         poller.register(self.hub.pub, zmq.POLLIN)
         if self.zap is not None:
             poller.register(self.zap, zmq.POLLIN)
+        for mon in self.monitors:
+            poller.register(mon, zmq.POLLIN)
         inbox = self.inbox.fileno()
         poller.register(inbox, zmq.POLLIN)  # the poller hands back the descriptor, not the object
         interval = self.cfg.server.event_interval
@@ -360,6 +372,8 @@ class Coordinator:
                         self._run_inbox()
                     elif sock is self.zap:
                         self._drain_zap()
+                    elif sock in self.monitors:
+                        self._drain_monitor(sock)
                     else:
                         self.hub.drain_subscriptions()
                 except Exception:
@@ -439,6 +453,21 @@ class Coordinator:
                              key.encode("ascii") if ok else b"", b""]
             finally:
                 self.zap.send_multipart(reply)  # a REP socket must answer before it can hear the next
+
+    def _drain_monitor(self, mon: zmq.Socket[Any]) -> None:
+        from zmq.utils.monitor import parse_monitor_message
+
+        door = self.monitors[mon]
+        for _ in range(100):
+            try:
+                event = parse_monitor_message(mon.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            self.counters.failed_handshakes += 1
+            self.trust.security("handshake_failed", f"{door} port",
+                                f"a connection to the {door} port failed its CURVE handshake ({event['event']!s}, "
+                                f"code {event['value']}): a peer that expects another coordinator key, or plain "
+                                "text (an agent or client started with --insecure)", throttle=True)
 
     # -- agents -----------------------------------------------------------------------------------
 

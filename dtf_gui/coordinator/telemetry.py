@@ -19,6 +19,7 @@ __all__ = ["Counters", "DispatchLatency", "Throttled"]
 class Counters:
     frames_in: int = 0
     bad_frames: int = 0
+    failed_handshakes: int = 0  # CURVE handshakes that failed (see Coordinator._drain_monitor)
     unroutable: int = 0
     results_stored: int = 0
     duplicate_results: int = 0

@@ -92,8 +92,13 @@ def test_findings_reach_subscribers_as_events(serve):
     s = serve()
     s.start_agent("bench-box", slots=1)
     s.wait_workers_online("bench-box")
+    from dtf_agent.transport import make_socket
+    from dtf_gui.client import find_credentials
+
     ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
+    creds = find_credentials(home=s.home)  # the events port serves known client keys only
+    assert creds is not None
+    sub = make_socket(ctx, zmq.SUB, curve=creds.curve())
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(s.info["events_endpoint"])
     kinds: set[str] = set()

@@ -53,7 +53,7 @@ from typing import Any
 import psutil
 import pytest
 
-from dtf_gui.client import Client, ClientError
+from dtf_gui.client import Client, ClientError, find_credentials
 from dtf_gui.coordinator.store import connect_readonly
 from tests.helpers import (
     ProcessTracker,
@@ -161,6 +161,7 @@ class Cluster:
     log: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # things that are bugs, found on the way
     t0: float = field(default_factory=time.monotonic)
+    token: str | None = None  # the join token every agent starts with
 
     def note(self, text: str) -> None:
         self.log.append(f"{time.monotonic() - self.t0:7.2f}s {text}")
@@ -195,7 +196,7 @@ class Cluster:
         process exits at once (a harness condition, not a finding, unless it persists)."""
         assert self.coord is None or self.coord.poll() is not None
         (self.home / "coordinator.yaml").write_text(COORDINATOR_YAML, encoding="utf-8")
-        argv = dtf_command("dtf") + ["serve", "--config", str(self.home / "coordinator.yaml"), "--insecure",
+        argv = dtf_command("dtf") + ["serve", "--config", str(self.home / "coordinator.yaml"),
                                      "--no-mdns", "--port", str(self.ports[0]), "--agent-port", str(self.ports[1]),
                                      "--events-port", str(self.ports[2])]
         last = ""
@@ -259,8 +260,13 @@ class Cluster:
         state = self.agent_root / wid
         state.mkdir(parents=True, exist_ok=True)
         env = dict(self.env, DTF_HOME=str(state))
-        argv = dtf_command("dtf-agent") + ["--coordinator", self.agent_endpoint, "--worker-id", wid,
-                                           "--slots", str(SLOTS)]
+        if self.token is None:
+            # Each agent is a machine of its own (its own home): it enrolls with a join token, once;
+            # its key stays accepted through its restarts and the coordinator's.
+            with Client(self.client_endpoint, timeout=20, credentials=find_credentials(home=self.home)) as c:
+                self.token = str(c.call("create_token", {"uses": AGENTS, "ttl": 3600})["token"])
+        argv = dtf_command("dtf-agent") + ["--coordinator", self.agent_endpoint, "--join", self.token,
+                                           "--worker-id", wid, "--slots", str(SLOTS)]
         name = f"{wid}.{self.agent_starts[wid]}"
         self.agent_starts[wid] += 1
         proc = self._start(name, argv, env)
@@ -672,7 +678,7 @@ def chaos(c: Cluster, rng: random.Random, kinds: list[str], span: float, wids: l
     c.start_coordinator()
     for wid in wids:
         c.start_agent(wid)
-    with Client(c.client_endpoint, timeout=20) as client:
+    with Client(c.client_endpoint, timeout=20, credentials=find_credentials(home=c.home)) as client:
         def all_online() -> bool:
             rows = client.call("list_workers")
             return {r["worker_id"] for r in rows if r["status"] in ("online", "busy")} >= set(wids)

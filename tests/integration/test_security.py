@@ -304,6 +304,10 @@ def test_an_agent_refuses_a_coordinator_without_the_pinned_key(coordinator: Call
     assert "careful" not in {a["name"] for a in coord.request("list_agents")}
     pin = keys.read_pin(tmp_path / "elsewhere" / "agent" / "careful" / "coordinator.pin")
     assert pin is not None and pin.key == other
+    # The coordinator saw the knock fail, and says so (throttled) in the security log.
+    assert coord.counters.failed_handshakes > 0
+    assert any(e["what"] == "handshake_failed" and e["subject"] == "agent port"
+               for e in coord.request("list_security_events", {"limit": 50}))
 
 
 def test_an_agent_joins_with_a_token_and_pins_the_key(coordinator: Callable[..., Coordinator],
@@ -325,6 +329,34 @@ def test_an_agent_joins_with_a_token_and_pins_the_key(coordinator: Callable[...,
     key_file = home / "agent" / "joined" / "agent.key"
     assert key_file.stat().st_mode & 0o777 == 0o600
     assert keys.read_key_file(key_file).secret not in procs.log("agent")
+
+
+def test_a_peer_naming_itself_after_an_agent_cannot_speak_for_it(coordinator: Callable[..., Coordinator]) -> None:
+    # Agents once named their own ZeroMQ routing id after their worker id, and a peer reusing it
+    # took over the route. Now the coordinator's socket names each connection; a frame counts
+    # only for the worker that registered on that connection, with that key.
+    coord = coordinator()
+    victim = FakeAgent(coord.endpoint("agents"), "victim2")
+    ctx = zmq.Context()
+    try:
+        victim.register_until_welcomed(_register(victim))
+        tid = _submit(coord, requirements={"worker": "victim2"})
+        spec = victim.recv(p.Assign, timeout=5).tasks[0]
+        me = keys.generate("agent", "x")
+        sock = make_socket(ctx, zmq.DEALER, identity=b"victim2",
+                           curve=CurveClient(me.public, me.secret, coord.trust.server.public))
+        sock.connect(coord.endpoint("agents"))
+        forged = p.encode(p.Results(results=[p.ResultRecord(result_id="forged-2", task_id=tid, status="failure",
+                                                            attempt=spec.attempt)]))
+        sock.send(forged)
+        answer = wait_until(lambda: sock.poll(300) and p.decode(sock.recv()), 10)
+        assert isinstance(answer, p.Refused) and answer.reregister  # unknown here: register first
+        assert coord.request("get_task", {"task_id": tid})["status"] in ("assigned", "running")
+        assert coord.request("list_results", {"task_id": tid}) == []
+        sock.close(linger=0)
+    finally:
+        victim.close()
+        ctx.destroy(linger=0)
 
 
 def test_rate_limits_refuse_with_the_limit_named(coordinator: Callable[..., Coordinator]) -> None:
