@@ -101,7 +101,7 @@ def fingerprint(public: str) -> str:
 
     try:
         raw = z85.decode(public.encode("ascii"))
-    except (ValueError, TypeError, AssertionError, struct.error):  # struct.error: a group over 32 bits
+    except (ValueError, TypeError, KeyError, AssertionError, struct.error):  # KeyError: not in the alphabet; struct.error: a group over 32 bits
         raise ValueError(f"not a Z85 public key: {public[:50]!r}") from None
     if len(raw) != 32:
         raise ValueError(f"not a 32-byte public key: {public[:50]!r}")

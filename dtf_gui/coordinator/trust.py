@@ -209,6 +209,7 @@ class Trust:
                 return Verdict("refuse", "too many agents are waiting for acceptance; ask the admin", fatal=False)
             a = AgentKey(key, name, PENDING, keys.fingerprint(key), first_seen=now)
             self.agents[key] = a
+        changed = (a.name, a.hostname, a.address) != (name, msg.hostname, address) or now - a.last_seen > 60
         a.name, a.hostname, a.address, a.last_seen = name, msg.hostname, address, now
         if a.state == PENDING and msg.join:
             how, problem, tags = self._use_join(msg.join, a)
@@ -223,7 +224,9 @@ class Trust:
                 a.how = "seen"
                 self.security("agent_pending", name, f"new agent key {a.fingerprint} from {address} ({msg.hostname})"
                               f" waits for acceptance: `dtf agents accept {name}`")
-            self._put(a)
+                changed = True
+            if changed:  # a waiting agent asks again every few seconds: a row per ask would be noise
+                self._put(a)
             return Verdict("pending", f"this agent (key {a.fingerprint}) waits for the coordinator's admin to accept "
                                       f"it: `dtf agents accept {name}` there, or join with a token")
         self._put(a)
