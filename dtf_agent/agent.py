@@ -69,7 +69,7 @@ class AgentSettings:
     # CURVE keys (ours, and the coordinator's we trust); None talks plain text (--insecure).
     curve: CurveClient | None = None
     # A join secret (token, the home's local secret): a new key is accepted without a click.
-    join: str = ""
+    join: str = field(default="", repr=False)  # a secret: never in a repr
     # Called once with the Welcome when the coordinator's key was not pinned yet (trust on first use).
     on_first_welcome: Callable[[p.Welcome], None] | None = None
     # Announce this agent with mDNS on these addresses ([] all interfaces; None not at all), so that

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -30,9 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--heartbeat", type=float, help="seconds between heartbeats")
     ap.add_argument("--mdns-interface", action="append", metavar="IP",
                     help="look for the coordinator with mDNS on this address (repeat; default: all interfaces)")
-    ap.add_argument("--join", metavar="TOKEN",
+    ap.add_argument("--join", metavar="TOKEN", default=os.environ.get("DTF_JOIN_TOKEN") or None,
                     help="enroll with a token from `dtf token create`: accepted without a click, the coordinator's "
-                         "key pinned")
+                         "key pinned (or $DTF_JOIN_TOKEN, which `ps` does not show)")
     ap.add_argument("--coordinator-key", metavar="KEY_OR_FINGERPRINT",
                     help="trust only the coordinator with this public key or fingerprint (SHA256:...)")
     ap.add_argument("--coordinator-name", metavar="NAME",

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dtf_agent import discovery, keys
@@ -47,7 +47,7 @@ class Plan:
 
     address: str
     curve: CurveClient | None
-    join: str = ""
+    join: str = field(default="", repr=False)  # a secret: never in a repr
     on_first_welcome: Callable[[p.Welcome], None] | None = None
     how: str = ""
     browsed: bool = False  # found through mDNS: the agent announces itself there too
@@ -66,9 +66,14 @@ def plan(*, home: Path, worker_id: str, cfg: WorkerConfig, address: str | None, 
          stop: threading.Event) -> Plan | None:
     """Where to connect and with which keys; None when told to stop while looking. Raises EnrollError."""
     local = read_coordinator_file(home) or {}
-    if local.get("insecure") and (address or cfg.coordinator.address or local.get("agent_endpoint")) == \
-            local.get("agent_endpoint") and not join_token and not coordinator_key:
-        insecure = True  # this home's coordinator runs --insecure: it has no key to trust
+    trusts_a_key = bool(join_token or coordinator_key or cfg.coordinator.fingerprint or cfg.coordinator.enrollment_token
+                        or cfg.coordinator.trust == "pinned"
+                        or (keys.agent_dir(home, worker_id) / "coordinator.pin").exists())
+    if local.get("insecure") and not trusts_a_key and _alive(local.get("pid")) and \
+            (address or cfg.coordinator.address or local.get("agent_endpoint")) == local.get("agent_endpoint"):
+        # This home's coordinator runs --insecure (and still runs: a file left by a crash does not
+        # count): it has no key to trust. Never for an agent that trusts a key already.
+        insecure = True
     if insecure or cfg.coordinator.insecure:
         addr = address or cfg.coordinator.address or _local_endpoint(home)
         if not addr:
@@ -90,6 +95,8 @@ def plan(*, home: Path, worker_id: str, cfg: WorkerConfig, address: str | None, 
 
     log.info("this agent's key: %s", keys.fingerprint(me.public))
     join = ""
+    if join_token and not join_token.strip().startswith(keys.TOKEN_PREFIX):
+        raise EnrollError(f"--join: {_token_problem(join_token)}")
     if token_text and not token_text.startswith(keys.TOKEN_PREFIX):
         # A plain shared secret (the coordinator's security.enrollment_token): it names no key.
         join, token_text = token_text, None
@@ -101,12 +108,19 @@ def plan(*, home: Path, worker_id: str, cfg: WorkerConfig, address: str | None, 
         if pin is not None and pin.key != token.key:
             log.warning("the join token names coordinator key %s; this agent had pinned %s: the token wins (it was "
                         "given on purpose)", keys.fingerprint(token.key), pin.fingerprint)
-        addr = address or cfg.coordinator.address or token.addresses[0]
-        keys.write_pin(pin_path, token.key, "token", name=token.name, endpoint=addr)
+        addr = address or cfg.coordinator.address or _reachable(token.addresses)
         log.info("joining coordinator %s (key %s) at %s with a token", token.name or "?",
                  keys.fingerprint(token.key), addr)
-        return Plan(addr, curve(token.key), join=token.secret, how="token")
+
+        def pin_on_join(w: p.Welcome) -> None:  # only once the join worked: a bad token leaves a good pin
+            keys.write_pin(pin_path, token.key, "token", name=token.name, endpoint=addr)
+
+        return Plan(addr, curve(token.key), join=token.secret, how="token", on_first_welcome=pin_on_join)
     if wanted:
+        if not _is_key(wanted) and len(wanted.strip().removeprefix("SHA256:")) != 43:
+            raise EnrollError(f"--coordinator-key {wanted!r}: give the coordinator's whole public key (40 characters) "
+                              "or its whole fingerprint (SHA256: and 43 characters), as `dtf serve` prints it; a "
+                              "prefix is not enough to pin")
         if _is_key(wanted):
             if pin is not None and pin.key != wanted:
                 log.warning("--coordinator-key replaces the pinned coordinator key %s", pin.fingerprint)
@@ -143,15 +157,21 @@ def plan(*, home: Path, worker_id: str, cfg: WorkerConfig, address: str | None, 
             ad = _look(interfaces, coordinator_name, pin.fingerprint, stop, rounds=1 if pin.endpoint else 0)
             if ad is not None:
                 addr = ad.agent_endpoint
-                if addr != pin.endpoint:
-                    keys.write_pin(pin_path, pin.key, pin.how, name=pin.name or ad.name, endpoint=addr)
             elif stop.is_set():
                 return None
             else:
                 addr = pin.endpoint
                 log.info("no mDNS ad carries the pinned key: trying the address it had last, %s", addr)
         log.info("trusting the pinned coordinator key %s (%s, %s)", pin.fingerprint, pin.how, pin_path)
-        return Plan(addr, curve(pin.key), join=join or _local_join(home, pin.key), how="pinned")
+        moved = None
+        if addr != pin.endpoint:
+            known = pin
+
+            def moved(w: p.Welcome) -> None:  # an ad says where; only the handshake says it is the one
+                keys.write_pin(pin_path, known.key, known.how, name=known.name, endpoint=addr)
+
+        return Plan(addr, curve(pin.key), join=join or _local_join(home, pin.key), how="pinned",
+                    on_first_welcome=moved)
     home_key = _home_key(home)
     addr = address or cfg.coordinator.address or _local_endpoint(home)
     if home_key and addr:
@@ -170,6 +190,9 @@ def plan(*, home: Path, worker_id: str, cfg: WorkerConfig, address: str | None, 
         raise EnrollError(f"the coordinator {ad.describe()} runs --insecure: start this agent with --insecure too "
                           "(plain text), or secure the coordinator")
     chosen_addr = addr or ad.agent_endpoint
+    if join:
+        log.warning("the enrollment secret of worker.yaml is not sent to a coordinator trusted on first use; give "
+                    "its key (--coordinator-key) to use it")
 
     def pin_on_acceptance(w: p.Welcome) -> None:
         keys.write_pin(pin_path, ad.public_key, "first use", name=ad.name, endpoint=chosen_addr)
@@ -178,8 +201,48 @@ def plan(*, home: Path, worker_id: str, cfg: WorkerConfig, address: str | None, 
 
     log.info("found coordinator %s; it has not been trusted before: its key %s is pinned once it accepts this "
              "agent", ad.describe(), ad.fingerprint)
-    return Plan(chosen_addr, curve(ad.public_key), join=join, on_first_welcome=pin_on_acceptance, how="first use",
+    return Plan(chosen_addr, curve(ad.public_key), on_first_welcome=pin_on_acceptance, how="first use",
                 browsed=True)
+
+
+def _token_problem(text: str) -> str:
+    try:
+        keys.decode_token(text)
+    except keys.TokenError as exc:
+        return str(exc)
+    return ""
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _reachable(addresses: list[str], timeout: float = 1.0) -> str:
+    """The first of a token's addresses that accepts a TCP connection (a coordinator bound to
+    every interface names them all, and not every one is reachable from here); the first when
+    none does (the agent then retries it as usual)."""
+    if len(addresses) < 2:
+        return addresses[0]
+    import socket
+
+    for a in addresses:
+        host, _, port = a.split("//")[-1].rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+                return a
+        except (OSError, ValueError):
+            continue
+    return addresses[0]
 
 
 def _local_endpoint(home: Path, key: str | None = None) -> str:

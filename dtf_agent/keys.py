@@ -22,6 +22,7 @@ import hmac
 import os
 import secrets
 import struct
+import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Literal
@@ -65,6 +66,9 @@ class KeyFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_def
     coordinator_key: Z85Key | Literal[""] = ""
     endpoint: str = ""
     events_endpoint: str = ""
+
+    def __repr__(self) -> str:
+        return f"KeyFile(kind={self.kind!r}, name={self.name!r}, public={self.public!r})"  # never the secret
 
 
 class Pin(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
@@ -127,14 +131,19 @@ def matches(fp: str, given: str) -> bool:
 def write_secret_file(path: Path, data: bytes) -> None:
     """Write ``data`` readable by its owner only, atomically (never a moment world-readable)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A fresh name, made with O_EXCL and never through a link: a file or symlink planted in a
+    # shared directory (`-o /tmp/...`) cannot catch the secret.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_key_file(path: Path, kf: KeyFile) -> None:
@@ -152,7 +161,11 @@ def read_key_file(path: Path) -> KeyFile:
         raise KeyFileError(f"{path} is not a DTF key file: {exc}") from None
     try:
         if os.stat(path).st_mode & 0o077:
-            os.chmod(path, 0o600)  # a key file copied with a lax mode is tightened, not refused
+            os.chmod(path, 0o600)  # tightened, not refused; but the secret may have been read already
+            import logging
+
+            logging.getLogger(__name__).warning("%s was readable by others (mode tightened to 0600 now): if others "
+                                                "could log in here, make a new key", path)
     except OSError:
         pass
     return kf

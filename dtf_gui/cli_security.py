@@ -10,6 +10,7 @@ import argparse
 import json
 import re
 import sys
+import time
 from pathlib import Path
 
 from dtf_gui.cli_common import client_for, print_table
@@ -73,7 +74,10 @@ def cmd_agents(args: argparse.Namespace) -> int:
 
 
 def token_args(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("action", choices=["create"], help="create: print a join token for new agents")
+    sp.add_argument("action", choices=["create", "list", "revoke"],
+                    help="create: print a join token for new agents; list: the tokens and their uses left; "
+                         "revoke ID: no agent joins with it any more")
+    sp.add_argument("id", nargs="?", help="the token's id (revoke)")
     sp.add_argument("--uses", type=int, default=1, help="agents that may join with it (default 1)")
     sp.add_argument("--ttl", type=duration, default=3600.0, help="how long it is valid: 90s, 15m, 1h (default), 7d")
     sp.add_argument("--tag", action="append", default=[], metavar="TAG",
@@ -82,7 +86,24 @@ def token_args(sp: argparse.ArgumentParser) -> None:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
+    if args.action == "revoke" and not args.id:
+        print("dtf token revoke: name the token's id (`dtf token list` shows them)", file=sys.stderr)
+        return 2
     with client_for(args) as c:
+        if args.action == "list":
+            rows = c.call("list_tokens")
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            else:
+                for r in rows:
+                    r["expires"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["expires"]))
+                    r["valid"] = "yes" if r["valid"] else "no"
+                print_table(rows, ["id", "uses_left", "expires", "tags", "valid"])
+            return 0
+        if args.action == "revoke":
+            c.call("revoke_token", {"id": args.id})
+            print(f"revoked: {args.id}")
+            return 0
         t = c.call("create_token", {"uses": args.uses, "ttl": args.ttl, "tags": args.tag})
     if args.json:
         print(json.dumps(t))
@@ -120,6 +141,8 @@ def cmd_clients(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(rows, indent=2))
             else:
+                for r in rows:
+                    r["created"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"]))
                 print_table(rows, ["name", "role", "fingerprint", "created"])
             return 0
         if args.action == "remove":

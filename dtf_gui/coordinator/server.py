@@ -42,7 +42,7 @@ from dtf_gui.coordinator.analysis import Analysis
 from dtf_gui.coordinator.api import READ_ONLY_OPS, ApiError, ClientApi, Waiting
 from dtf_gui.coordinator.config import ServerSettings
 from dtf_gui.coordinator.events import EventHub, EventSink
-from dtf_gui.coordinator.health import WorkerTable
+from dtf_gui.coordinator.health import WorkerTable, worker_spec
 from dtf_gui.coordinator.records import Result, TaskRecord, WorkerRecord
 from dtf_gui.coordinator.state import TaskTable, recover
 from dtf_gui.coordinator.store import Store
@@ -538,9 +538,9 @@ class Coordinator:
         return w
 
     def _refuse(self, identity: bytes, msg: p.Register, problem: str, fatal: bool = True) -> None:
-        log.warning("refused agent %s (%s): %s", msg.worker_id, msg.hostname, problem)
+        # Throttled: a peer that registers in a loop must not write a row per try.
+        self.trust.security("agent_refused", msg.worker_id, f"{msg.hostname}: {problem}", throttle=True)
         self._send_agent(identity, p.Refused(reason=problem, fatal=fatal))
-        self.store.put_event("refused", msg.worker_id, {"reason": problem})
 
     def _peer_address(self) -> str:
         frame = self._frame
@@ -587,7 +587,8 @@ class Coordinator:
                 stray.append(tid)
             elif task.worker_id == wid and task.status in (p.ASSIGNED, p.RUNNING):
                 events.append(sch.Adopt(now, tid, wid, task.attempt))
-            elif task.status == p.PENDING and (self._held_for.get(tid) == wid or claimed > task.attempt):
+            elif task.status == p.PENDING and (self._held_for.get(tid) == wid
+                                               or (claimed > task.attempt and self._may_claim(tid, w))):
                 self._held_for.pop(tid, None)
                 task.worker_id = wid
                 task.attempt = max(task.attempt, claimed)
@@ -606,6 +607,15 @@ class Coordinator:
         stop = [t for t in stray if t in running]
         if stop:
             self._send_agent(identity, p.Cancel(task_ids=stop))
+
+    def _may_claim(self, task_id: str, w: WorkerRecord) -> bool:
+        """May this worker claim a queued task it says it runs under a newer attempt (given just before
+        a restart, the assignment not stored)? Only one the rules could have given it: not pinned
+        elsewhere, requirements met. Otherwise an accepted agent could take any task it liked."""
+        ts = self.sched.task(task_id)
+        if ts is None or (ts.pin is not None and ts.pin.worker_id != w.worker_id):
+            return False
+        return sch.mismatch(ts.spec.requirements, ts.spec.cpu_slots, worker_spec(w)) is None
 
     def _on_heartbeat(self, identity: bytes, key: str, msg: p.Heartbeat) -> None:
         w = self._known_agent(identity, key)
@@ -737,21 +747,22 @@ class Coordinator:
             if identity is not None:
                 self._send_agent(identity, p.Refused(reason="accepted: register now", fatal=False, reregister=True))
 
-    def agents_revoked(self, keys_: list[str]) -> None:
-        """Commands for the API: a revoked agent is cut off at once: told so (it stops), its frames no
-        longer count as its own, its tasks go back to the queue. Its key cannot connect again."""
-        revoked = set(keys_)
+    def agents_revoked(self, keys_: list[str], what: str = "revoked") -> None:
+        """Commands for the API: a revoked (or rejected) agent is cut off at once: told so (it stops),
+        its frames no longer count as its own, its tasks go back to the queue. Its key cannot
+        connect again (the ZAP handler refuses it)."""
+        gone = set(keys_)
+        why = f"this agent's key was {what} by the coordinator's admin"
         for w in list(self.workers.workers.values()):
-            if w.key in revoked and w.key:
-                self._send_agent(w.identity, p.Refused(reason="this agent's key was revoked by the coordinator's "
-                                                              "admin", fatal=True))
+            if w.key in gone and w.key:
+                self._send_agent(w.identity, p.Refused(reason=why, fatal=True))
                 self.workers.forget_identity(w)
                 if w.online:
-                    self._sched(self.workers.gone(w, "key revoked"))
-        for key in revoked:
+                    self._sched(self.workers.gone(w, f"key {what}"))
+        for key in gone:
             identity = self._pending_peers.pop(key, None)
             if identity is not None:
-                self._send_agent(identity, p.Refused(reason="this agent's key was revoked", fatal=True))
+                self._send_agent(identity, p.Refused(reason=why, fatal=True))
 
     def agent_endpoints(self) -> list[str]:
         """Commands for the API: the addresses a join token names."""
@@ -917,6 +928,11 @@ class Coordinator:
                 continue
             identity, frame = parts
             self.counters.frames_in += 1
+            client = self.trust.client(key)
+            if client is None:  # the handshake let it in, and it has been removed since: not a word more
+                self._send_client(identity, p.Reply(req_id=_req_id(frame), ok=False, error=(
+                    "this client key is not (or no longer) known to the coordinator")))
+                continue
             limit = self.cfg.server.max_message_size
             if len(frame) > limit:
                 self.counters.oversize += 1
@@ -935,11 +951,6 @@ class Coordinator:
                 self.counters.bad_frames += 1
                 continue
             deliver = functools.partial(self._send_client, identity)
-            client = self.trust.client(key)
-            if client is None:  # the handshake let it in, and it has been removed since
-                deliver(p.Reply(req_id=msg.req_id, ok=False, error="this client key is not (or no longer) known "
-                                                                   "to the coordinator"))
-                continue
             problem = self._over_limit(client, msg)
             if problem:
                 deliver(p.Reply(req_id=msg.req_id, ok=False, error=problem))

@@ -161,7 +161,7 @@ def _migration_3(db: sqlite_utils.Database) -> None:
     # Trust: the agents' keys and their enrollment, the clients' keys and roles, join tokens (only
     # a hash of each secret). A key is an identity, so it is the primary key, not the name.
     db.execute("CREATE TABLE agent_keys (key TEXT PRIMARY KEY, name TEXT, state TEXT, fingerprint TEXT, "
-               "hostname TEXT, address TEXT, first_seen FLOAT, last_seen FLOAT, how TEXT)")
+               "hostname TEXT, address TEXT, first_seen FLOAT, last_seen FLOAT, how TEXT, tags TEXT)")
     db.execute("CREATE TABLE client_keys (key TEXT PRIMARY KEY, name TEXT, role TEXT, fingerprint TEXT, "
                "created FLOAT, removed INTEGER NOT NULL DEFAULT 0)")
     db.execute("CREATE TABLE tokens (id TEXT PRIMARY KEY, secret_hash TEXT, uses_left INTEGER, expires FLOAT, "
@@ -173,7 +173,8 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migr
 
 # The columns of the trust tables, in the order put_trust takes them (the first is the key).
 TRUST_COLUMNS: dict[str, tuple[str, ...]] = {
-    "agent_keys": ("key", "name", "state", "fingerprint", "hostname", "address", "first_seen", "last_seen", "how"),
+    "agent_keys": ("key", "name", "state", "fingerprint", "hostname", "address", "first_seen", "last_seen", "how",
+                   "tags"),
     "client_keys": ("key", "name", "role", "fingerprint", "created", "removed"),
     "tokens": ("id", "secret_hash", "uses_left", "expires", "tags", "created"),
 }

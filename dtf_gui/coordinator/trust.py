@@ -70,10 +70,11 @@ class AgentKey:
     first_seen: float = 0.0
     last_seen: float = 0.0
     how: str = ""  # manual, token, local, config token, first contact (insecure)
+    tags: str = ""  # comma-joined: the tags of the token it joined with, added to its own
 
     def row(self) -> tuple[Any, ...]:
         return (self.key, self.name, self.state, self.fingerprint, self.hostname, self.address, self.first_seen,
-                self.last_seen, self.how)
+                self.last_seen, self.how, self.tags)
 
     def summary(self, online: bool = False) -> dict[str, Any]:
         return {"name": self.name, "state": self.state, "fingerprint": self.fingerprint, "hostname": self.hostname,
@@ -108,6 +109,14 @@ class TokenRow:
 
 
 @dataclasses.dataclass(frozen=True)
+class _Join:
+    how: str
+    problem: str = ""
+    tags: tuple[str, ...] = ()
+    token: TokenRow | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Verdict:
     """What a Register gets: ``welcome`` (register it), ``pending`` (wait for an admin), or a refusal."""
 
@@ -130,7 +139,6 @@ class Trust:
         self.names: dict[str, str] = {}  # name -> key of the agent accepted under it
         self.clients: dict[str, ClientKey] = {}
         self.tokens: dict[str, TokenRow] = {}  # secret hash -> token
-        self.token_tags: dict[str, tuple[str, ...]] = {}  # agent key -> tags of the token it joined with
         if insecure:
             # No key files are made: their presence is how local agents and clients tell that this
             # home's coordinator wants CURVE. What uses the keys is refused while insecure.
@@ -144,7 +152,7 @@ class Trust:
             self.local_secret = keys.read_secret(home / keys.LOCAL_SECRET, create=True) or ""
         self.fingerprint = keys.fingerprint(self.server.public)
         for r in store.load_trust("agent_keys"):
-            a = AgentKey(**r)
+            a = AgentKey(**{**r, "tags": r["tags"] or ""})
             self.agents[a.key] = a
             if a.state == ACCEPTED:
                 self.names[a.name] = a.key
@@ -170,6 +178,12 @@ class Trust:
                 self.security("handshake_refused", a.name, f"{a.state} agent key {keys.short(a.fingerprint)} "
                               f"from {address}", throttle=True)
                 return False, f"agent key {a.state}"
+            if a is None and self.pending_full():
+                # A stranger's Register could not be kept anyway, unless it carries a join secret;
+                # a token's agent waits until the admin makes room (reject --all-pending).
+                self.security("handshake_refused", address, f"new agent key {_fp(key)}: {MAX_PENDING} agents "
+                              "already wait for acceptance", throttle=True)
+                return False, "too many agents pending"
             return True, ""  # a stranger may knock: its Register makes it pending
         c = self.clients.get(key)
         if c is not None and not c.removed:
@@ -194,61 +208,72 @@ class Trust:
         if holder is not None and holder != key:
             fp = self.agents[holder].fingerprint
             self.security("name_refused", name, f"a second key {_fp(key)} from {address} claimed the name of the "
-                          f"accepted agent {name} (key {keys.short(fp)})")
+                          f"accepted agent {name} (key {keys.short(fp)})", throttle=True)
             return Verdict("refuse", f"the name {name!r} belongs to another agent's key ({keys.short(fp)}); this "
                                      f"agent's key is {_fp(key)}. Choose another --worker-id, or revoke the other "
                                      f"agent first (`dtf agents revoke {name}`)", fatal=True)
         if a is not None and a.state == ACCEPTED and a.name != name:
             return Verdict("refuse", f"this agent's key is enrolled as {a.name!r}, not {name!r}: start it with "
                                      f"--worker-id {a.name}, or revoke it and enroll it again", fatal=True)
+        join: _Join | None = None
+        if (a is None or a.state == PENDING) and msg.join:
+            # Checked before anything is kept: a stranger with a wrong secret leaves no row behind.
+            join = self._check_join(msg.join)
+            if join.problem:
+                self.security("join_refused", name, f"{_fp(key)} from {address}: {join.problem}", throttle=True)
+                return Verdict("refuse", f"join refused: {join.problem}", fatal=True)
         if a is None:
-            pending = sum(1 for x in self.agents.values() if x.state == PENDING)
-            if pending >= MAX_PENDING and not msg.join:
-                self.security("pending_full", name, f"{_fp(key)} from {address}: {pending} agents already pending",
+            if join is None and self.pending_full():
+                self.security("pending_full", name, f"{_fp(key)} from {address}: {MAX_PENDING} agents already wait",
                               throttle=True)
                 return Verdict("refuse", "too many agents are waiting for acceptance; ask the admin", fatal=False)
             a = AgentKey(key, name, PENDING, keys.fingerprint(key), first_seen=now)
             self.agents[key] = a
         changed = (a.name, a.hostname, a.address) != (name, msg.hostname, address) or now - a.last_seen > 60
         a.name, a.hostname, a.address, a.last_seen = name, msg.hostname, address, now
-        if a.state == PENDING and msg.join:
-            how, problem, tags = self._use_join(msg.join, a)
-            if problem:
-                self.security("join_refused", name, f"{a.fingerprint} from {address}: {problem}")
-                self._put(a)
-                return Verdict("refuse", f"join refused: {problem}", fatal=True)
-            self._set(a, ACCEPTED, how)
-            self.token_tags[key] = tags
+        if a.state == PENDING and join is not None:
+            self._use(join, a)
+            a.tags = ",".join(join.tags)
+            self._set(a, ACCEPTED, join.how)
         if a.state == PENDING:
             if a.how != "seen":
                 a.how = "seen"
                 self.security("agent_pending", name, f"new agent key {a.fingerprint} from {address} ({msg.hostname})"
-                              f" waits for acceptance: `dtf agents accept {name}`")
+                              f" waits for acceptance: `dtf agents accept {name}`", throttle=True)
                 changed = True
             if changed:  # a waiting agent asks again every few seconds: a row per ask would be noise
                 self._put(a)
             return Verdict("pending", f"this agent (key {a.fingerprint}) waits for the coordinator's admin to accept "
                                       f"it: `dtf agents accept {name}` there, or join with a token")
-        self._put(a)
-        return Verdict("welcome", tags=self.token_tags.get(key, ()))
+        if changed:
+            self._put(a)
+        return Verdict("welcome", tags=tuple(t for t in a.tags.split(",") if t))
 
-    def _use_join(self, secret: str, a: AgentKey) -> tuple[str, str, tuple[str, ...]]:
-        """(how, problem, tags) for a join secret."""
+    def pending_full(self) -> bool:
+        return sum(1 for x in self.agents.values() if x.state == PENDING) >= MAX_PENDING
+
+    def _check_join(self, secret: str) -> _Join:
+        """What a join secret is worth (nothing is used up yet)."""
         if self.local_secret and keys.same_secret(secret, self.local_secret):
-            return "local", "", ()
+            return _Join("local")
         if self.config_token and keys.same_secret(secret, self.config_token):
-            return "config token", "", ()
+            return _Join("config token")
         t = self.tokens.get(keys.secret_hash(secret))
         if t is None:
-            return "", "unknown token (made by another coordinator, or mistyped)", ()
+            return _Join("", "unknown token (made by another coordinator, revoked, or mistyped)")
         if t.expires <= time.time():
-            return "", f"the token {t.id} expired", ()
+            return _Join("", f"the token {t.id} expired")
         if t.uses_left <= 0:
-            return "", f"the token {t.id} has no uses left", ()
+            return _Join("", f"the token {t.id} has no uses left")
+        return _Join(f"token {t.id}", tags=tuple(t.tags), token=t)
+
+    def _use(self, join: _Join, a: AgentKey) -> None:
+        t = join.token
+        if t is None:
+            return
         t.uses_left -= 1  # kept at 0 (until a restart) so that a late comer hears "no uses left"
         self.store.put_trust("tokens", t.row())
         self.security("token_used", a.name, f"token {t.id} enrolled {a.fingerprint} ({t.uses_left} use(s) left)")
-        return f"token {t.id}", "", tuple(t.tags)
 
     def key_of(self, name: str) -> str | None:
         return self.names.get(name)
@@ -277,11 +302,20 @@ class Trust:
         return list(found.values())
 
     def accept(self, agents: list[AgentKey]) -> list[str]:
+        """All or none: a name another key holds, or two keys of one name in the batch (a stranger
+        copying a waiting agent's name, hoping for --all-pending), refuses the whole batch."""
+        by_name: dict[str, list[AgentKey]] = {}
         for a in agents:
+            by_name.setdefault(a.name, []).append(a)
             holder = self.names.get(a.name)
             if holder is not None and holder != a.key:
                 raise ValueError(f"the name {a.name!r} belongs to another accepted agent "
                                  f"({keys.short(self.agents[holder].fingerprint)}): revoke it first")
+        for name, same in by_name.items():
+            if len(same) > 1:
+                raise ValueError(f"{len(same)} keys go by the name {name!r} "
+                                 f"({', '.join(keys.short(a.fingerprint) for a in same)}): accept one by fingerprint "
+                                 "(check it against the one its agent logged), reject the others; nothing accepted")
         for a in agents:
             self._set(a, ACCEPTED, "manual")
         return [a.name for a in agents]
@@ -334,6 +368,23 @@ class Trust:
                       + (f", tags {', '.join(tags)}" if tags else ""))
         return {"token": text, "command": f"dtf-agent --join {text}", "expires": t.expires, "uses": uses,
                 "id": t.id, "fingerprint": self.fingerprint}
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        now = time.time()
+        return [{"id": t.id, "uses_left": t.uses_left, "expires": t.expires, "tags": t.tags, "created": t.created,
+                 "valid": t.uses_left > 0 and t.expires > now}
+                for t in sorted(self.tokens.values(), key=lambda t: t.created)]
+
+    def revoke_token(self, token_id: str) -> str:
+        hits = [t for t in self.tokens.values() if t.id == token_id]
+        if not hits:
+            raise ValueError(f"no token {token_id!r} (`dtf token list` shows them)")
+        for t in hits:
+            t.uses_left = 0
+            self.store.put_trust("tokens", t.row())
+            del self.tokens[t.secret_hash]
+            self.security("token_revoked", t.id, "no agent can join with it any more")
+        return token_id
 
     def add_client(self, name: str, role: str, endpoint: str, events_endpoint: str) -> keys.KeyFile:
         if role not in ROLES:

@@ -41,6 +41,10 @@ class TokenArgs(_Args):
     tags: p.NameList = msgspec.field(default_factory=list)
 
 
+class TokenRef(_Args):
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
 class ClientArgs(_Args):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.@-]+$")]
     role: str = "viewer"
@@ -61,8 +65,8 @@ class TrustCommands(Protocol):
         """Tell these agents, if connected and waiting, to register now."""
         ...
 
-    def agents_revoked(self, keys: list[str]) -> None:
-        """Disconnect these agents at once; their tasks go back to the queue."""
+    def agents_revoked(self, keys: list[str], what: str = "revoked") -> None:
+        """Cut these agents off at once (told why: revoked or rejected); their tasks go back to the queue."""
         ...
 
     def agent_endpoints(self) -> list[str]:
@@ -95,6 +99,8 @@ class TrustApi:
             "reject_agents": (SelectAgents, self.reject_agents),
             "revoke_agents": (SelectAgents, self.revoke_agents),
             "create_token": (TokenArgs, self.create_token),
+            "list_tokens": (NoArgs, self.list_tokens),
+            "revoke_token": (TokenRef, self.revoke_token),
             "add_client": (ClientArgs, self.add_client),
             "remove_client": (ClientRef, self.remove_client),
             "list_clients": (NoArgs, self.list_clients),
@@ -135,7 +141,9 @@ class TrustApi:
     def reject_agents(self, a: SelectAgents) -> dict[str, Any]:
         self._secure("reject")
         found = self._select(a, ("pending",))
-        return {"rejected": self.trust.reject(found)}
+        names = self.trust.reject(found)
+        self.commands.agents_revoked([x.key for x in found], "rejected")
+        return {"rejected": names}
 
     def revoke_agents(self, a: SelectAgents) -> dict[str, Any]:
         self._secure("revoke")
@@ -150,6 +158,15 @@ class TrustApi:
         if problem:
             raise ApiRefusal(problem)
         return self.trust.create_token(a.uses, a.ttl, a.tags, self.commands.agent_endpoints())
+
+    def list_tokens(self, _: NoArgs) -> list[dict[str, Any]]:
+        return self.trust.list_tokens()
+
+    def revoke_token(self, a: TokenRef) -> dict[str, Any]:
+        try:
+            return {"revoked": self.trust.revoke_token(a.id)}
+        except ValueError as exc:
+            raise ApiRefusal(str(exc)) from None
 
     def add_client(self, a: ClientArgs) -> dict[str, Any]:
         self._secure("clients add")

@@ -118,3 +118,53 @@ def test_roles_each_allow_what_the_one_below_does() -> None:
     assert role_allows("viewer", "list_tasks") and not role_allows("viewer", "cancel_task")
     assert role_allows("operator", "cancel_task") and not role_allows("operator", "add_client")
     assert role_allows("admin", "add_client")
+
+
+def test_a_wrong_join_secret_leaves_nothing_behind_and_a_full_queue_shuts_the_door(
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dtf_gui.coordinator.trust as trust_mod
+
+    monkeypatch.setattr(trust_mod, "MAX_PENDING", 3)
+    t = _trust(store, tmp_path)
+    for i in range(10):  # strangers with made-up secrets: refused, and not one row kept
+        assert t.register(_key(), _reg(f"junk-{i}", "made-up-secret"), "x").kind == "refuse"
+    assert t.agents == {}
+    for i in range(3):
+        assert t.register(_key(), _reg(f"wait-{i}"), "x").kind == "pending"
+    late = _key()
+    assert t.register(late, _reg("late"), "x").kind == "refuse"
+    assert t.authenticate("agents", "x", late) == (False, "too many agents pending")
+    assert t.authenticate("agents", "x", next(iter(t.agents))) == (True, "")  # the waiting ones still may
+    # A token's agent still gets in at the handshake's next step (its Register carries the secret).
+    secret = keys.decode_token(t.create_token(1, 60.0, [], ["tcp://x:1"])["token"]).secret
+    assert t.register(_key(), _reg("with-token", secret), "x").kind == "welcome"
+
+
+def test_accepting_two_keys_of_one_name_at_once_is_refused(store: Store, tmp_path: Path) -> None:
+    t = _trust(store, tmp_path)
+    real, copycat = _key(), _key()
+    t.register(real, _reg("gpu01"), "10.0.0.7")
+    t.register(copycat, _reg("gpu01"), "10.0.0.66")
+    with pytest.raises(ValueError, match="2 keys go by the name 'gpu01'.*nothing accepted"):
+        t.accept(t.select([], all_pending=True))
+    assert {a.state for a in t.agents.values()} == {"pending"}
+    t.accept(t.select([keys.fingerprint(real)]))
+    assert t.register(copycat, _reg("gpu01"), "10.0.0.66").kind == "refuse"
+    assert t.register(real, _reg("gpu01"), "10.0.0.7").kind == "welcome"
+
+
+def test_a_revoked_token_enrolls_nobody_and_tags_survive_a_restart(store: Store, tmp_path: Path) -> None:
+    t = _trust(store, tmp_path)
+    made = t.create_token(5, 60.0, ["lab-3"], ["tcp://x:1"])
+    secret = keys.decode_token(made["token"]).secret
+    k = _key()
+    assert t.register(k, _reg("tagged", secret), "x").tags == ("lab-3",)
+    assert [r["id"] for r in t.list_tokens()] == [made["id"]]
+    t.revoke_token(made["id"])
+    assert "unknown token" in t.register(_key(), _reg("after", secret), "x").reason
+    with pytest.raises(ValueError, match="no token"):
+        t.revoke_token("nope")
+    store.flush(wait=True)
+    again = _trust(store, tmp_path)
+    assert again.register(k, _reg("tagged"), "x").tags == ("lab-3",)
+    assert "unknown token" in again.register(_key(), _reg("after2", secret), "x").reason
