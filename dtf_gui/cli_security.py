@@ -36,6 +36,8 @@ def agents_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("agents", nargs="*", metavar="NAME|FINGERPRINT",
                     help="agents by name, or by fingerprint (SHA256:... or 8+ characters of it)")
     sp.add_argument("--all-pending", action="store_true", help="every agent waiting for acceptance")
+    sp.add_argument("--seen", action="store_true",
+                    help="list: also the agents that mDNS shows on the LAN and that are not enrolled")
     sp.add_argument("--json", action="store_true")
 
 
@@ -46,8 +48,9 @@ def cmd_agents(args: argparse.Namespace) -> int:
                 print("dtf agents: name agents only with accept, reject or revoke", file=sys.stderr)
                 return 2
             rows = c.call("list_agents")
+            seen = c.call("seen_agents") if args.seen else []
             if args.json:
-                print(json.dumps(rows, indent=2))
+                print(json.dumps({"agents": rows, "seen": seen} if args.seen else rows, indent=2))
             else:
                 for r in rows:
                     r["online"] = "yes" if r.get("online") else ""
@@ -56,6 +59,10 @@ def cmd_agents(args: argparse.Namespace) -> int:
                 if pending:
                     print(f"\n{pending} agent(s) wait for acceptance: `dtf agents accept NAME` (check the "
                           "fingerprint against the one the agent logged), or `--all-pending`")
+                if args.seen:
+                    print("\nSeen on the LAN (mDNS), not enrolled:" if seen else "\nNo other agent seen on the LAN.")
+                    if seen:
+                        print_table(seen, ["name", "fingerprint", "address", "slots", "tags"])
             return 0
         if not args.agents and not args.all_pending:
             print(f"dtf agents {args.action}: name the agents (NAME or FINGERPRINT), or pass --all-pending",

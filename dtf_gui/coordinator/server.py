@@ -31,6 +31,7 @@ from typing import Any, cast
 
 import msgspec
 import zmq
+from zmq.utils import z85
 
 from dtf_agent import discovery, keys
 from dtf_agent import protocol as p
@@ -446,7 +447,7 @@ class Coordinator:
             reply = [b"1.0", req[1] if len(req) > 1 else b"", b"400", b"bad ZAP request", b"", b""]
             try:
                 if len(req) >= 7 and req[0] == b"1.0" and req[5] == b"CURVE" and len(req[6]) == 32:
-                    key = zmq.utils.z85.encode(req[6]).decode("ascii")
+                    key = z85.encode(req[6]).decode("ascii")
                     ok, why = self.trust.authenticate(req[2].decode("ascii", "replace"),
                                                       req[3].decode("ascii", "replace"), key)
                     reply = [b"1.0", req[1], b"200" if ok else b"400", (why or "OK").encode(),

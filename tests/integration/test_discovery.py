@@ -8,6 +8,7 @@ bound to; the agent is told to browse there), never to every interface."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -16,7 +17,7 @@ import pytest
 from zeroconf import IPVersion, ServiceInfo, Zeroconf
 
 from dtf_agent import discovery, keys
-from tests.helpers import dtf_command, wait_until
+from tests.helpers import cli, dtf_command, wait_until
 
 
 def test_agent_without_an_address_finds_the_coordinator_over_mdns(serve, tmp_path):
@@ -255,3 +256,24 @@ def test_the_agent_browser_keeps_at_most_max_ads(raw_zeroconf, tmp_path):
         assert len(browser.snapshot_threadsafe()) <= 2
     finally:
         browser.close()
+
+
+def test_dtf_agents_seen_lists_agents_on_the_lan_not_enrolled(serve, dtf_env, tmp_path):
+    s = serve()
+    fp = keys.fingerprint(keys.generate("agent", "x").public)
+    name = f"lonely-{os.getpid()}-{tmp_path.name[-8:]}"
+    ad = discovery.AgentAdvertiser(name=name, fingerprint=fp, slots=3, tags=["gpu"], addresses=["127.0.0.1"],
+                                   interfaces=["127.0.0.1"])
+    try:
+        def listed():
+            out = cli(dtf_env, "agents", "--seen", "--json")
+            assert out.returncode == 0, out.stderr
+            return [a for a in json.loads(out.stdout)["seen"] if a["name"] == name]
+
+        (row,) = wait_until(listed, 30)
+        assert (row["fingerprint"], row["slots"], row["tags"]) == (fp, 3, ["gpu"])
+        assert name not in {a["name"] for a in s.call("list_agents")}  # seen, not enrolled
+        table = cli(dtf_env, "agents", "--seen").stdout
+        assert "Seen on the LAN (mDNS), not enrolled:" in table and name in table
+    finally:
+        ad.close()
