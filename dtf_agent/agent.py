@@ -403,7 +403,7 @@ class Agent:
         self._register_delay = self.s.register_retry_min
         if not self._pending_said:
             self._pending_said = True
-            log.warning("waiting for acceptance: %s (this agent's key: %s)", msg.reason, msg.fingerprint)
+            log.warning("waiting for acceptance: %s", msg.reason)
 
     def _on_refused(self, msg: p.Refused) -> None:
         if msg.reregister and not self.registered:

@@ -135,6 +135,7 @@ class Trust:
         self.insecure = insecure
         self.config_token = config_token or None
         self._quiet_until: dict[str, tuple[float, int]] = {}  # what -> (until, held back)
+        self._announced: set[str] = set()  # pending keys already logged as waiting (this run)
         self.agents: dict[str, AgentKey] = {}
         self.names: dict[str, str] = {}  # name -> key of the agent accepted under it
         self.clients: dict[str, ClientKey] = {}
@@ -236,8 +237,8 @@ class Trust:
             a.tags = ",".join(join.tags)
             self._set(a, ACCEPTED, join.how)
         if a.state == PENDING:
-            if a.how != "seen":
-                a.how = "seen"
+            if key not in self._announced:
+                self._announced.add(key)
                 self.security("agent_pending", name, f"new agent key {a.fingerprint} from {address} ({msg.hostname})"
                               f" waits for acceptance: `dtf agents accept {name}`", throttle=True)
                 changed = True
