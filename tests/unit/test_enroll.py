@@ -108,3 +108,12 @@ def test_a_stale_insecure_coordinator_file_does_not_downgrade_a_pinned_agent(tmp
         '{"insecure": true, "pid": 1, "agent_endpoint": "tcp://127.0.0.1:8081"}')
     plan = _plan(tmp_path, address="tcp://127.0.0.1:8081")
     assert plan is not None and plan.curve is not None and plan.curve.server_key == server
+
+
+def test_a_token_in_worker_yaml_works_like_join(tmp_path: Path) -> None:
+    server = keys.generate("coordinator", "lab").public
+    token = keys.encode_token(keys.Token(key=server, addresses=["tcp://10.9.0.1:8081"], secret="t" * 20))
+    cfg = msgspec.convert({"coordinator": {"enrollment_token": token}}, WorkerConfig)
+    plan = _plan(tmp_path, cfg)
+    assert plan is not None and plan.curve is not None
+    assert (plan.curve.server_key, plan.join, plan.how) == (server, "t" * 20, "token")
