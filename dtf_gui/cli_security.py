@@ -27,6 +27,11 @@ def duration(text: str) -> float:
     return float(m["n"]) * _UNITS[m["unit"]]
 
 
+def _when(t: float) -> str:
+    """A date and time for lists whose times may be days apart (tables elsewhere show the time of day)."""
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+
+
 # -- dtf agents ---------------------------------------------------------------------------------------
 
 
@@ -103,7 +108,7 @@ def cmd_token(args: argparse.Namespace) -> int:
                 print(json.dumps(rows, indent=2))
             else:
                 for r in rows:
-                    r["expires"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["expires"]))
+                    r["expires"] = _when(r["expires"])
                     r["valid"] = "yes" if r["valid"] else "no"
                 print_table(rows, ["id", "uses_left", "expires", "tags", "valid"])
             return 0
@@ -149,7 +154,7 @@ def cmd_clients(args: argparse.Namespace) -> int:
                 print(json.dumps(rows, indent=2))
             else:
                 for r in rows:
-                    r["created"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"]))
+                    r["created"] = _when(r["created"])
                 print_table(rows, ["name", "role", "fingerprint", "created"])
             return 0
         if args.action == "remove":
