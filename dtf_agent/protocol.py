@@ -16,7 +16,7 @@ from typing import Annotated, Any, Final, Literal, Union
 
 import msgspec
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 # The oldest peer version this side still speaks; bump when a change is not backwards compatible.
 MIN_COMPATIBLE_VERSION = 1
 
@@ -56,6 +56,10 @@ MAX_REGISTER_BYTES = 256 * 1024  # a whole Register (capabilities included)
 MAX_TIMEOUT = 366 * 86400.0   # a year; finite, so "no timeout" is spelled None, never NaN or inf
 MAX_PRIORITY = 1_000_000      # |priority|: far inside SQLite's 64-bit integers
 MAX_COMMAND = 1024 * 1024     # bytes of a command line: refused by the API, and by the agent before it splits one
+MAX_LOG_CHUNK = 1024 * 1024   # bytes of output in one LogChunk
+MAX_BUNDLE_CHUNK = 4 * 1024 * 1024  # bytes of a bundle in one BundleChunk (or one put_bundle request)
+MAX_NODEID = 4096             # a pytest node id (parametrised ids grow long)
+MAX_OFFSET = 2**62
 
 Id = Annotated[str, msgspec.Meta(max_length=MAX_ID)]
 Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME)]
@@ -93,6 +97,25 @@ class RunSpec(msgspec.Struct, omit_defaults=True, kw_only=True):
     attempt: Attempt = 1
 
 
+# What one test of a pytest shard came to. "crashed": the pytest process died while it ran;
+# "flaky": failed, then passed when run again (set by whoever reran it, never by an agent).
+TestOutcomeName = Literal["passed", "failed", "skipped", "error", "xfailed", "xpassed", "crashed", "flaky"]
+TEST_OUTCOMES: tuple[str, ...] = ("passed", "failed", "skipped", "error", "xfailed", "xpassed", "crashed", "flaky")
+# Outcomes that make a run fail (pytest's own rule: errors and failures; a crash is a failure).
+FAILING_OUTCOMES: frozenset[str] = frozenset({"failed", "error", "crashed"})
+Direction = Literal["higher", "lower"]
+
+
+class TestOutcome(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """One test's outcome inside a pytest shard's result."""
+
+    nodeid: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NODEID)]
+    outcome: TestOutcomeName
+    duration: Annotated[float, msgspec.Meta(ge=0, le=MAX_TIMEOUT)] = 0.0
+    longrepr: Text = ""
+    output: Text = ""
+
+
 class ResultRecord(msgspec.Struct, omit_defaults=True, kw_only=True):
     """One attempt's outcome. ``result_id`` is chosen by the agent so a resend is recognisable."""
 
@@ -110,6 +133,12 @@ class ResultRecord(msgspec.Struct, omit_defaults=True, kw_only=True):
     hardware_metrics: Metrics = msgspec.field(default_factory=dict)
     test_id: Name = ""
     attempt: Attempt = 1
+    # Per-test outcomes of a pytest shard (each becomes a result row of its own, test_id = node id).
+    tests: Annotated[list[TestOutcome], msgspec.Meta(max_length=MAX_LIST)] = msgspec.field(default_factory=list)
+    # What the task declared about its metrics (its result file's "units" and "directions").
+    units: Annotated[dict[Name, Name], msgspec.Meta(max_length=MAX_METRICS)] = msgspec.field(default_factory=dict)
+    directions: Annotated[dict[Name, Direction], msgspec.Meta(max_length=MAX_METRICS)] = msgspec.field(
+        default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,6 +191,37 @@ class Results(_Msg, tag="results"):
     results: Annotated[list[ResultRecord], msgspec.Meta(max_length=MAX_RESULTS)]
 
 
+class LogChunk(_Msg, tag="log"):
+    """Output of a running task, streamed while it runs. ``offset`` is where ``data`` starts in the
+    task's stream: a gap (the agent skipped output it could not keep up with, or a chunk lost in a
+    reconnect) is visible as such, and a resent chunk is recognised. ``eof``: the stream ended."""
+
+    task_id: Id
+    attempt: Attempt = 1
+    stream: Literal["stdout", "stderr"] = "stdout"
+    offset: Annotated[int, msgspec.Meta(ge=0, le=MAX_OFFSET)] = 0
+    data: Annotated[bytes, msgspec.Meta(max_length=MAX_LOG_CHUNK)] = b""
+    eof: bool = False
+
+
+class Progress(_Msg, tag="progress"):
+    """How far a running task is (a pytest shard: tests done of total, failures so far)."""
+
+    task_id: Id
+    attempt: Attempt = 1
+    done: Count = 0
+    failed: Count = 0
+    total: Count = 0
+    current: Annotated[str, msgspec.Meta(max_length=MAX_NODEID)] = ""
+
+
+class FetchBundle(_Msg, tag="fetch_bundle"):
+    """The agent asks for a piece of a bundle it has not cached (one request in flight per bundle)."""
+
+    digest: Name
+    offset: Annotated[int, msgspec.Meta(ge=0, le=MAX_OFFSET)] = 0
+
+
 class Goodbye(_Msg, tag="goodbye"):
     reason: Annotated[str, msgspec.Meta(max_length=4096)] = ""
 
@@ -200,6 +260,16 @@ class Assign(_Msg, tag="assign"):
     # Results acknowledged in the same frame: with one task in flight the next assignment and
     # the ack of the last result travel together (one wake-up of the agent instead of two).
     acks: list[str] = msgspec.field(default_factory=list)
+
+
+class BundleChunk(_Msg, tag="bundle_chunk"):
+    """A piece of a bundle (answer to FetchBundle); ``error`` when the coordinator has no such bundle."""
+
+    digest: Name
+    offset: Annotated[int, msgspec.Meta(ge=0, le=MAX_OFFSET)] = 0
+    total: Annotated[int, msgspec.Meta(ge=0, le=MAX_OFFSET)] = 0
+    data: Annotated[bytes, msgspec.Meta(max_length=MAX_BUNDLE_CHUNK)] = b""
+    error: Annotated[str, msgspec.Meta(max_length=4096)] = ""
 
 
 class Cancel(_Msg, tag="cancel"):
@@ -250,10 +320,14 @@ Message = Union[  # noqa: UP007 - msgspec needs a real Union object at runtime h
     TaskStarted,
     Results,
     Goodbye,
+    LogChunk,
+    Progress,
+    FetchBundle,
     Welcome,
     Refused,
     Pending,
     Assign,
+    BundleChunk,
     Cancel,
     ResultAck,
     Request,

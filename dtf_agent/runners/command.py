@@ -50,6 +50,10 @@ class Outcome:
     metrics: dict[str, float] = field(default_factory=dict)
     stdout_tail: str = ""
     stderr_tail: str = ""
+    # A pytest shard's per-test outcomes (dicts of protocol.TestOutcome's fields).
+    tests: list[dict[str, Any]] = field(default_factory=list)
+    units: dict[str, str] = field(default_factory=dict)
+    directions: dict[str, str] = field(default_factory=dict)
 
 
 def _too_long(command: str | list[Any]) -> str:
