@@ -215,6 +215,10 @@ class Result(msgspec.Struct, frozen=True, kw_only=True):
     raw_data: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
     attempt: int = 1
+    run_id: str = ""
+    # A pytest test's outcome (passed, failed, skipped, error, xfailed, xpassed, crashed, flaky);
+    # "" for a task's own result.
+    outcome: str = ""
 
     @classmethod
     def reported(cls, rec: ResultRecord, worker_id: str, test_id: str, now: float) -> Result:

@@ -31,7 +31,7 @@ from dtf_gui.coordinator.records import Result, TaskRecord, WorkerRecord, requir
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Column order used by the coalesced task upsert. Kept in one place because the loader and the
 # writer must agree on it.
@@ -92,6 +92,8 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "raw_data",
     "metadata",
     "attempt",
+    "run_id",
+    "outcome",
 )
 
 WORKER_COLUMNS: tuple[str, ...] = (
@@ -168,18 +170,35 @@ def _migration_3(db: sqlite_utils.Database) -> None:
                "tags TEXT, created FLOAT)")
 
 
-# Each entry upgrades the schema from version i to i+1. Append, never edit a released one.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2, _migration_3]
+def _migration_4(db: sqlite_utils.Database) -> None:
+    # Runs (a plan, a pytest run, a batch submission) and what their results are: a result row
+    # carries its run, and a pytest test's row its outcome (passed, failed, flaky...). Metric
+    # declarations (unit, direction) outlive any one result, so they have a table of their own.
+    db.execute("ALTER TABLE results ADD COLUMN run_id TEXT")
+    db.execute("ALTER TABLE results ADD COLUMN outcome TEXT")
+    db.execute("CREATE INDEX idx_results_run_id ON results (run_id, test_id)")
+    db.execute("CREATE TABLE runs (run_id TEXT PRIMARY KEY, name TEXT, kind TEXT, created FLOAT, finished FLOAT, "
+               "status TEXT, meta TEXT, summary TEXT)")
+    db.execute("CREATE INDEX idx_runs_name ON runs (name, created)")
+    db.execute("CREATE TABLE metric_meta (name TEXT PRIMARY KEY, unit TEXT, direction TEXT, source TEXT, "
+               "updated FLOAT)")
 
-# The columns of the trust tables, in the order put_trust takes them (the first is the key).
-TRUST_COLUMNS: dict[str, tuple[str, ...]] = {
+
+# Each entry upgrades the schema from version i to i+1. Append, never edit a released one.
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2, _migration_3, _migration_4]
+
+# Tables written whole row by row, keyed by their first column (INSERT OR REPLACE): the trust
+# tables, runs and metric declarations. The columns in the order put_row takes them (the first is the key).
+KEYED_COLUMNS: dict[str, tuple[str, ...]] = {
     "agent_keys": ("key", "name", "state", "fingerprint", "hostname", "address", "first_seen", "last_seen", "how",
                    "tags"),
     "client_keys": ("key", "name", "role", "fingerprint", "created", "removed"),
     "tokens": ("id", "secret_hash", "uses_left", "expires", "tags", "created"),
+    "runs": ("run_id", "name", "kind", "created", "finished", "status", "meta", "summary"),
+    "metric_meta": ("name", "unit", "direction", "source", "updated"),
 }
-_TRUST_SQL = {t: f"INSERT OR REPLACE INTO {t} ({','.join(c)}) VALUES ({','.join('?' * len(c))})"
-              for t, c in TRUST_COLUMNS.items()}
+_KEYED_SQL = {t: f"INSERT OR REPLACE INTO {t} ({','.join(c)}) VALUES ({','.join('?' * len(c))})"
+              for t, c in KEYED_COLUMNS.items()}
 
 # The metrics of a result whose result_id is already stored are skipped like the result row
 # itself (INSERT OR IGNORE): a resent result must not double its metrics in the long table,
@@ -461,7 +480,7 @@ class Store:
         self._results.append((
             rid, r.task_id, r.worker_id, r.test_id, r.timestamp, r.status, r.execution_time, r.exit_code, r.error,
             json_or_none(metrics), json_or_none(r.hardware_metrics), json_or_none(r.environment),
-            json_or_none(r.raw_data), json_or_none(r.metadata), r.attempt,
+            json_or_none(r.raw_data), json_or_none(r.metadata), r.attempt, r.run_id or None, r.outcome or None,
         ))
         for name, value in metrics.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -475,14 +494,14 @@ class Store:
         out of the way of anyone reading the live findings."""
         self._retracted.extend((kind, str(s)) for s in subjects)
 
-    def put_trust(self, table: str, row: tuple[Any, ...]) -> None:
-        """Queue a row of a trust table (TRUST_COLUMNS order); the last one per key wins."""
-        if len(row) != len(TRUST_COLUMNS[table]):
-            raise ValueError(f"{table} takes {len(TRUST_COLUMNS[table])} columns, not {len(row)}")
+    def put_row(self, table: str, row: tuple[Any, ...]) -> None:
+        """Queue a row of a keyed table (KEYED_COLUMNS order); the last one per key wins."""
+        if len(row) != len(KEYED_COLUMNS[table]):
+            raise ValueError(f"{table} takes {len(KEYED_COLUMNS[table])} columns, not {len(row)}")
         self._trust.setdefault(table, {})[str(row[0])] = row
 
-    def load_trust(self, table: str) -> list[dict[str, Any]]:
-        cols = TRUST_COLUMNS[table]
+    def load_rows(self, table: str) -> list[dict[str, Any]]:
+        cols = KEYED_COLUMNS[table]
         return [dict(zip(cols, r, strict=True)) for r in self.query(f"SELECT {','.join(cols)} FROM {table}")]
 
     def existing_task_ids(self, ids: Sequence[str]) -> set[str]:
@@ -608,7 +627,7 @@ class Store:
                 (self._worker_sql, b.workers, "workers", 0), (self._result_sql, b.results, "results", 0),
                 (_METRIC_SQL, b.metrics, "metrics", 0), (_EVENT_SQL, b.events, "events", 2),
                 (_RETRACT_SQL, b.retracted, "events", 1),
-                *((_TRUST_SQL[t], rows, t, 0) for t, rows in b.trust.items())]
+                *((_KEYED_SQL[t], rows, t, 0) for t, rows in b.trust.items())]
 
     def _commit(self, b: _Batch) -> None:
         """Write one batch as one transaction. A row the database refuses is left out alone (the

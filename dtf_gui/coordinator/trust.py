@@ -152,16 +152,16 @@ class Trust:
                                              coordinator_key=self.server.public)
             self.local_secret = keys.read_secret(home / keys.LOCAL_SECRET, create=True) or ""
         self.fingerprint = keys.fingerprint(self.server.public)
-        for r in store.load_trust("agent_keys"):
+        for r in store.load_rows("agent_keys"):
             a = AgentKey(**{**r, "tags": r["tags"] or ""})
             self.agents[a.key] = a
             if a.state == ACCEPTED:
                 self.names[a.name] = a.key
-        for r in store.load_trust("client_keys"):
+        for r in store.load_rows("client_keys"):
             c = ClientKey(**{**r, "removed": bool(r["removed"])})
             self.clients[c.key] = c
         now = time.time()
-        for r in store.load_trust("tokens"):
+        for r in store.load_rows("tokens"):
             t = TokenRow(**{**r, "tags": [x for x in (r["tags"] or "").split(",") if x]})
             if t.uses_left > 0 and t.expires > now:
                 self.tokens[t.secret_hash] = t
@@ -273,7 +273,7 @@ class Trust:
         if t is None:
             return
         t.uses_left -= 1  # kept at 0 (until a restart) so that a late comer hears "no uses left"
-        self.store.put_trust("tokens", t.row())
+        self.store.put_row("tokens", t.row())
         self.security("token_used", a.name, f"token {t.id} enrolled {a.fingerprint} ({t.uses_left} use(s) left)")
 
     def key_of(self, name: str) -> str | None:
@@ -343,7 +343,7 @@ class Trust:
             self.security(f"agent_{state}", a.name, f"{a.fingerprint} ({how or 'by the admin'})")
 
     def _put(self, a: AgentKey) -> None:
-        self.store.put_trust("agent_keys", a.row())
+        self.store.put_row("agent_keys", a.row())
         self.hub.add("enrollment", a.summary())
 
     def list_agents(self, online: set[str]) -> list[dict[str, Any]]:
@@ -362,7 +362,7 @@ class Trust:
         secret = keys.new_secret()
         t = TokenRow(keys.secret_hash(secret)[:12], keys.secret_hash(secret), uses, now + ttl, list(tags), now)
         self.tokens[t.secret_hash] = t
-        self.store.put_trust("tokens", t.row())
+        self.store.put_row("tokens", t.row())
         text = keys.encode_token(keys.Token(key=self.server.public, addresses=addresses, secret=secret,
                                             name=self.server.name))
         self.security("token_created", t.id, f"{uses} use(s), expires in {ttl:.0f} s"
@@ -382,7 +382,7 @@ class Trust:
             raise ValueError(f"no token {token_id!r} (`dtf token list` shows them)")
         for t in hits:
             t.uses_left = 0
-            self.store.put_trust("tokens", t.row())
+            self.store.put_row("tokens", t.row())
             del self.tokens[t.secret_hash]
             self.security("token_revoked", t.id, "no agent can join with it any more")
         return token_id
@@ -396,7 +396,7 @@ class Trust:
                            events_endpoint=events_endpoint)
         c = ClientKey(kf.public, name, role, keys.fingerprint(kf.public), time.time())
         self.clients[c.key] = c
-        self.store.put_trust("client_keys", c.row())
+        self.store.put_row("client_keys", c.row())
         self.security("client_added", name, f"role {role}, key {c.fingerprint}")
         return kf
 
@@ -406,7 +406,7 @@ class Trust:
             raise ValueError(f"no client named {name!r}")
         for c in hits:
             c.removed = True
-            self.store.put_trust("client_keys", c.row())
+            self.store.put_row("client_keys", c.row())
             self.security("client_removed", name, c.fingerprint)
         return name
 

@@ -407,18 +407,25 @@ def test_a_version_1_database_is_migrated_and_keeps_its_tasks(db_path: Path) -> 
     try:
         (row,) = s.load_tasks()
         # Version 3: the trust tables, empty, and written like any other row.
-        assert s.load_trust("agent_keys") == [] and s.load_trust("tokens") == []
-        s.put_trust("client_keys", ("k" * 40, "viewer1", "viewer", "SHA256:x", 1.0, 0))
+        assert s.load_rows("agent_keys") == [] and s.load_rows("tokens") == []
+        s.put_row("client_keys", ("k" * 40, "viewer1", "viewer", "SHA256:x", 1.0, 0))
         s.flush(wait=True)
-        assert s.load_trust("client_keys") == [{"key": "k" * 40, "name": "viewer1", "role": "viewer",
+        assert s.load_rows("client_keys") == [{"key": "k" * 40, "name": "viewer1", "role": "viewer",
                                                 "fingerprint": "SHA256:x", "created": 1.0, "removed": 0}]
         with pytest.raises(ValueError, match="takes 6 columns"):
-            s.put_trust("client_keys", ("too", "short"))
+            s.put_row("client_keys", ("too", "short"))
+        # Version 4: runs, metric declarations, and results that carry their run and outcome.
+        s.put_row("runs", ("r1", "nightly", "plan", 1.0, None, "running", None, None))
+        s.put_result(Result(result_id="x", task_id="old", worker_id="w", test_id="t.py::a", run_id="r1",
+                            outcome="passed"))
+        s.flush(wait=True)
+        assert s.load_rows("runs")[0]["name"] == "nightly"
+        assert s.query("SELECT run_id, outcome FROM results") == [("r1", "passed")]
     finally:
         s.close()
     assert row["task_id"] == "old" and row["attempt"] == 2
     assert (row["cpu_slots"], row["failures"], row["lost"], row["retry_at"], row["pinned_to"]) == (1, 0, 0, None, None)
-    assert SCHEMA_VERSION == 3
+    assert SCHEMA_VERSION == 4
 
 
 def test_the_scheduler_memory_of_a_task_round_trips(store: Any, db_path: Path) -> None:

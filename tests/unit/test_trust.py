@@ -88,7 +88,7 @@ def test_join_secrets_local_config_and_tokens(store: Store, tmp_path: Path) -> N
     assert "expired" in t.register(_key(), _reg("late", expired), "x").reason
     # Only a hash of each secret is kept, in memory and in the database.
     store.flush(wait=True)
-    rows = store.load_trust("tokens")
+    rows = store.load_rows("tokens")
     assert rows and all(secret not in str(r) for r in rows)
 
 
