@@ -114,6 +114,8 @@ class TestOutcome(msgspec.Struct, omit_defaults=True, kw_only=True):
     duration: Annotated[float, msgspec.Meta(ge=0, le=MAX_TIMEOUT)] = 0.0
     longrepr: Text = ""
     output: Text = ""
+    # Numbers measured by this test (a pytest-benchmark test's stats), stored as its row's metrics.
+    metrics: Metrics = msgspec.field(default_factory=dict)
 
 
 class ResultRecord(msgspec.Struct, omit_defaults=True, kw_only=True):
