@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import msgspec
 import zmq
@@ -30,7 +30,7 @@ import zmq
 from dtf_agent import __version__, hardware
 from dtf_agent import protocol as p
 from dtf_agent.inbox import Inbox
-from dtf_agent.runners.command import CommandRun, Outcome
+from dtf_agent.runners.command import DEFAULT_SHELL, CommandRun, Outcome
 from dtf_agent.spool import Spool, default_spool_dir
 from dtf_agent.transport import CurveClient, hostname, make_socket
 
@@ -62,6 +62,17 @@ class AgentSettings:
     unreachable_after: float = 5.0
     default_timeout: float | None = None
     tail_bytes: int = 4096
+    # What runs a command with shell syntax (execution.shell).
+    shell: str = DEFAULT_SHELL
+    # Output streamed to the coordinator per task stream: the first half and the newest half; a
+    # task that writes faster than the link takes loses the middle (said in the log), not the end.
+    max_log_bytes: int = 64 * 1024 * 1024
+    # Seconds between two looks at running tasks' output (and progress).
+    log_interval: float = 0.5
+    # Bundles (suites shipped by `dtf pytest` / `dtf submit --bundle`), kept by digest. None:
+    # <DTF home>/agent/<worker id>/cache.
+    cache_dir: str | None = None
+    cache_max_bytes: int = 2 * 1024**3
     work_dir: str | None = None
     # None: <DTF home>/agent/<worker id>/spool
     spool_dir: str | None = None
@@ -91,7 +102,16 @@ class Agent:
         self._done: Inbox[Outcome] = Inbox()
         self.registered = False
         self.fatal_error: str | None = None
-        self.running: dict[str, CommandRun] = {}
+        self.running: dict[str, Run] = {}
+        # Output streaming: task id -> stream -> bytes of its file sent so far; the last progress sent.
+        self._log_sent: dict[str, dict[str, int]] = {}
+        self._progress_sent: dict[str, tuple[int, int, int, str]] = {}
+        self._next_pump = time.monotonic()
+        # Bundles: tasks that wait for theirs (digest -> specs), and the bytes of each one being fetched.
+        self._bundle_cache: Any = None
+        self._awaiting: dict[str, list[p.RunSpec]] = {}
+        self._fetching: dict[str, bytearray] = {}
+        self._fetch_asked: dict[str, float] = {}
         self._stopping_ids: set[str] = set()
         # result_id -> (record, when last sent); mirrors the spool's pending results.
         self.unacked: dict[str, tuple[p.ResultRecord, float]] = {}
@@ -133,10 +153,12 @@ class Agent:
             p.Assign: self._on_assign,
             p.Cancel: self._on_cancel,
             p.ResultAck: self._on_ack,
+            p.BundleChunk: self._on_bundle_chunk,
         }
         self._runners: dict[str, Callable[[p.RunSpec], None]] = {
             "noop": self._run_noop,
             "command": self._run_command,
+            "pytest": self._run_pytest,
         }
 
     # -- called from any thread --------------------------------------------------------------
@@ -204,6 +226,8 @@ class Agent:
                     else:
                         self._done.clear_wake()
                 self._collect_done()
+                if self.running and time.monotonic() >= self._next_pump:
+                    self._pump_all()
                 self._flush()
                 if self.fatal_error:
                     return 2
@@ -237,6 +261,8 @@ class Agent:
     def _next_wake(self, next_resend: float) -> float:
         if self.registered:
             wake = min(self._next_heartbeat, next_resend)
+            if self.running:
+                wake = min(wake, self._next_pump)
             if self._owed_since is not None:
                 wake = min(wake, self._owed_since + self._silence_limit())
             return wake
@@ -312,9 +338,10 @@ class Agent:
                         "insecure coordinator; --join TOKEN or --coordinator-key for another key)",
                         fingerprint(self.s.curve.server_key))
 
-    def _send(self, msg: p.Message) -> None:
+    def _send(self, msg: p.Message) -> bool:
+        """Queue a frame for the coordinator; False when it could not be (sent again later, or not needed)."""
         if self._detached:
-            return  # between two connections (_detach): sent again, or not needed, after the Welcome
+            return False  # between two connections (_detach): sent again, or not needed, after the Welcome
         try:
             self.sock.send(p.encode(msg), zmq.NOBLOCK)
         except zmq.Again:
@@ -325,10 +352,11 @@ class Agent:
                 log.warning("%s not sent: no connection to the coordinator yet, or its send queue is full (it "
                             "will be sent again); further drops are not logged until frames go through",
                             type(msg).__name__)
-        else:
-            if self._drops:
-                log.info("send queue drained; %d frame(s) had been dropped", self._drops)
-                self._drops = 0
+            return False
+        if self._drops:
+            log.info("send queue drained; %d frame(s) had been dropped", self._drops)
+            self._drops = 0
+        return True
 
     def _drain_socket(self) -> None:
         sock = self.sock
@@ -352,7 +380,7 @@ class Agent:
             protocol_version=p.PROTOCOL_VERSION, worker_id=self.s.worker_id, hostname=hostname(),
             agent_version=__version__, slots=self.s.slots, capabilities=self.capabilities,
             tags=list(self.s.tags), groups=list(self.s.groups), incarnation=self.incarnation,
-            running=list(self.running), finished=sorted(self._held), join=self.s.join,
+            running=self._running_ids(), finished=sorted(self._held), join=self.s.join,
             attempts={**{tid: self.unacked[rid][0].attempt for tid, rid in self._held.items() if rid in self.unacked},
                       **{tid: run.spec.attempt for tid, run in self.running.items()}},
         )
@@ -361,7 +389,8 @@ class Agent:
         m = hardware.live_metrics(str(self.work_dir))
         # Tasks whose results await their ack count as held too: the coordinator requeues a task
         # its worker stops listing, and a result in flight is not a task the agent lost.
-        held = [*self.running, *(t for t in self._held if t not in self.running)]
+        running = self._running_ids()
+        held = [*running, *(t for t in self._held if t not in self.running)]
         return p.Heartbeat(cpu_percent=m["cpu_percent"], memory_percent=m["memory_percent"],
                            disk_percent=m["disk_percent"], running=held[:p.MAX_LIST])
 
@@ -457,6 +486,13 @@ class Agent:
             run = self.running.get(task_id)
             if run is not None:
                 run.cancel()
+                continue
+            for specs in self._awaiting.values():
+                for spec in specs:
+                    if spec.task_id == task_id:
+                        specs.remove(spec)
+                        self._report(spec, Outcome(task_id, "failure", time.time(), time.time(), error="cancelled"))
+                        break
 
     def _on_ack(self, msg: p.ResultAck) -> None:
         self._acked(msg.result_ids)
@@ -507,15 +543,189 @@ class Agent:
         self.completed += 1
 
     def _run_command(self, spec: p.RunSpec) -> None:
-        run = CommandRun(spec, self.work_dir, self._finished, tail_bytes=self.s.tail_bytes,
-                         default_timeout=self.s.default_timeout)
+        self._start(spec, CommandRun)
+
+    def _run_pytest(self, spec: p.RunSpec) -> None:
+        self._start(spec, _pytest_run())
+
+    def _start(self, spec: p.RunSpec, kind: Callable[..., Run]) -> None:
+        """Start a task now, or once its bundle is here (fetched from the coordinator, see _fetch)."""
+        digest = spec.parameters.get("bundle") if spec.parameters else None
+        prepare = None
+        if digest:
+            from dtf_agent.runners import bundles
+
+            if not isinstance(digest, str) or not bundles.DIGEST_RE.fullmatch(digest):
+                self._report(spec, Outcome(spec.task_id, "failure", time.time(), time.time(),
+                                           error=f"parameter 'bundle' is not a bundle digest: {str(digest)[:80]!r}"))
+                return
+            if not self._cache().has(digest):
+                self._awaiting.setdefault(digest, []).append(spec)
+                self._started.append(spec.task_id)
+                self._fetch(digest)
+                return
+            prepare = self._bundle_preparer(digest)
+        run = kind(spec, self.work_dir, self._finished, tail_bytes=self.s.tail_bytes,
+                   default_timeout=self.s.default_timeout, prepare=prepare,
+                   **({"shell": self.s.shell} if kind is CommandRun else {}))
         self.running[spec.task_id] = run
-        self._started.append(spec.task_id)
+        self._log_sent[spec.task_id] = {}
+        if spec.task_id not in self._started:
+            self._started.append(spec.task_id)
         run.start()
+
+    def _running_ids(self) -> list[str]:
+        """Tasks this agent holds: running, or waiting for their bundle."""
+        waiting = [s.task_id for specs in self._awaiting.values() for s in specs]
+        return [*self.running, *waiting][:p.MAX_LIST]
+
+    # -- bundles --------------------------------------------------------------------------------
+
+    def _cache(self) -> Any:
+        if self._bundle_cache is None:
+            from dtf_agent.paths import dtf_home
+            from dtf_agent.runners.bundles import BundleCache
+
+            root = Path(self.s.cache_dir).expanduser() if self.s.cache_dir else (
+                dtf_home() / "agent" / self.s.worker_id / "cache")
+            self._bundle_cache = BundleCache(root, self.s.cache_max_bytes)
+        return self._bundle_cache
+
+    def _fetch(self, digest: str) -> None:
+        """Ask for the next piece of a bundle; one request in flight per bundle (the answer asks the next)."""
+        buf = self._fetching.setdefault(digest, bytearray())
+        self._fetch_asked[digest] = time.monotonic()
+        self._send(p.FetchBundle(digest=digest, offset=len(buf)))
+
+    def _on_bundle_chunk(self, msg: p.BundleChunk) -> None:
+        buf = self._fetching.get(msg.digest)
+        if buf is None or msg.offset != len(buf):
+            return  # not asked for, or an answer to a request made again: the other answer counts
+        if msg.error:
+            self._bundle_failed(msg.digest, f"the coordinator cannot give bundle {msg.digest}: {msg.error}")
+            return
+        from dtf_agent.runners.bundles import BundleError
+
+        limit = self.s.cache_max_bytes
+        if msg.total > limit or len(buf) + len(msg.data) > max(msg.total, 0):
+            self._bundle_failed(msg.digest, f"bundle {msg.digest} is {msg.total} bytes, more than this agent's "
+                                            f"cache takes ({limit} bytes, execution.cache_max_bytes)")
+            return
+        buf += msg.data
+        if len(buf) < msg.total and msg.data:
+            self._fetch(msg.digest)
+            return
+        del self._fetching[msg.digest]
+        self._fetch_asked.pop(msg.digest, None)
+        try:
+            self._cache().put(msg.digest, bytes(buf))
+        except (BundleError, OSError) as exc:
+            self._bundle_failed(msg.digest, f"bundle {msg.digest} from the coordinator is unusable: {exc}")
+            return
+        for spec in self._awaiting.pop(msg.digest, []):
+            self._start(spec, CommandRun if spec.type == "command" else _pytest_run())
+
+    def _bundle_failed(self, digest: str, why: str) -> None:
+        log.error("%s", why)
+        self._fetching.pop(digest, None)
+        self._fetch_asked.pop(digest, None)
+        for spec in self._awaiting.pop(digest, []):
+            self._report(spec, Outcome(spec.task_id, "failure", time.time(), time.time(), error=why))
+
+    def _refetch_stalled(self, now: float) -> None:
+        """A request or its answer lost in a reconnect: ask again for what is still missing."""
+        for digest, asked in list(self._fetch_asked.items()):
+            if now - asked > 10.0:
+                self._fetch(digest)
+
+    def _bundle_preparer(self, digest: str) -> Callable[[p.RunSpec], p.RunSpec]:
+        """What the task's own thread does before it starts: unpack the bundle into a directory of the
+        task's own (and make the bundle's virtual environment when it asks for one)."""
+        cache = self._cache()
+
+        def prepare(spec: p.RunSpec) -> p.RunSpec:
+            params = dict(spec.parameters)
+            safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in spec.task_id[:40])
+            dest = self.work_dir / f"bundle-{safe}-{os.urandom(4).hex()}"
+            run = self.running.get(spec.task_id)
+            if run is not None:
+                run.extra_cleanup.append(dest)
+            cache.unpack(digest, dest)
+            sub = str(params.get("cwd") or ".")
+            cwd = (dest / sub).resolve()
+            if not cwd.is_relative_to(dest.resolve()):
+                raise ValueError(f"cwd {sub!r} is outside the bundle")
+            params["cwd"] = str(cwd)
+            env = {str(k): str(v) for k, v in (params.get("env") or {}).items()}
+            requirements = params.get("requirements")
+            if requirements:
+                venv = cache.venv(digest, str(requirements))
+                params["python"] = str(venv / "bin" / "python")
+                env["VIRTUAL_ENV"] = str(venv)
+                env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', os.environ.get('PATH', ''))}"
+            params["env"] = env
+            return msgspec.structs.replace(spec, parameters=params)
+
+        return prepare
+
+    # -- output streaming -----------------------------------------------------------------------
+
+    def _pump_all(self) -> None:
+        self._next_pump = time.monotonic() + self.s.log_interval
+        self._refetch_stalled(time.monotonic())
+        if not self.registered:
+            return  # sent from where it stopped once registered again; the files keep it all
+        for run in list(self.running.values()):
+            self._pump(run, final=False)
+
+    def _pump(self, run: Run, *, final: bool) -> None:
+        """Send what a task wrote since the last look: at most a megabyte a stream a turn while it runs
+        (the loop has others to serve), everything at the end. Past the first half of
+        max_log_bytes, a backlog over the other half is skipped: the coordinator sees the gap by the
+        offsets and marks it."""
+        task_id, attempt = run.spec.task_id, run.spec.attempt
+        sent = self._log_sent.setdefault(task_id, {})
+        half = max(1, self.s.max_log_bytes // 2)
+        for stream, path in run.log_files().items():
+            pos = sent.get(stream, 0)
+            try:
+                with open(path, "rb") as fh:
+                    size = os.fstat(fh.fileno()).st_size
+                    if pos >= half and size - pos > half:
+                        pos = size - half
+                    budget = size - pos if final else p.MAX_LOG_CHUNK
+                    fh.seek(pos)
+                    while budget > 0 and pos < size:
+                        data = fh.read(min(p.MAX_LOG_CHUNK, budget, size - pos))
+                        if not data or not self._send(p.LogChunk(task_id=task_id, attempt=attempt,
+                                                                 stream=stream,  # type: ignore[arg-type]
+                                                                 offset=pos, data=data)):
+                            break
+                        pos += len(data)
+                        budget -= len(data)
+            except OSError as exc:
+                log.debug("cannot read the %s of task %s: %s", stream, task_id, exc)
+            sent[stream] = pos
+            if final:
+                self._send(p.LogChunk(task_id=task_id, attempt=attempt, stream=stream,  # type: ignore[arg-type]
+                                      offset=pos, eof=True))
+        progress = run.progress()
+        if progress is not None and progress != self._progress_sent.get(task_id):
+            done, failed, total, current = progress
+            if self._send(p.Progress(task_id=task_id, attempt=attempt, done=done, failed=failed, total=total,
+                                     current=current[:p.MAX_NODEID])):
+                self._progress_sent[task_id] = progress
 
     def _collect_done(self) -> None:
         for outcome in self._done.take():
             run = self.running.pop(outcome.task_id, None)
+            if run is not None:
+                # The last of its output goes before its result (same socket, in order), then its files go.
+                if self.registered:
+                    self._pump(run, final=True)
+                self._log_sent.pop(outcome.task_id, None)
+                self._progress_sent.pop(outcome.task_id, None)
+                run.cleanup()
             if outcome.task_id in self._stopping_ids and outcome.error == "cancelled":
                 continue
             spec = run.spec if run else p.RunSpec(task_id=outcome.task_id)
@@ -527,6 +737,8 @@ class Agent:
             start_time=o.start_time, end_time=o.end_time, execution_time=max(0.0, o.end_time - o.start_time),
             exit_code=o.exit_code, error=o.error, metrics=o.metrics, stdout_tail=o.stdout_tail,
             stderr_tail=o.stderr_tail, test_id=str(spec.parameters.get("test_id", "")), attempt=spec.attempt,
+            tests=[msgspec.convert(t, p.TestOutcome) for t in o.tests], units=o.units,
+            directions=o.directions,  # type: ignore[arg-type]
         )
         self._outbox.append(rec)
         self.completed += 1
@@ -576,6 +788,27 @@ class Agent:
         self._flush(send=self.registered)
         if self.registered:
             self._send(p.Goodbye(reason="agent stopping"))
+
+
+class Run(Protocol):
+    """What the agent needs of a running task, whatever its type (command.CommandRun, pytest_run.PytestRun)."""
+
+    spec: p.RunSpec
+    extra_cleanup: list[Path]
+
+    def start(self) -> None: ...
+    def cancel(self) -> None: ...
+    def join(self, timeout: float | None = None) -> None: ...
+    def log_files(self) -> dict[str, Path]: ...
+    def progress(self) -> tuple[int, int, int, str] | None: ...
+    def cleanup(self) -> None: ...
+
+
+def _pytest_run() -> Callable[..., Run]:
+    # Imported for pytest shards only: a plain agent never pays for it.
+    from dtf_agent.runners.pytest_run import PytestRun
+
+    return PytestRun
 
 
 def _port_of(address: str) -> str:

@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         heartbeat_interval=args.heartbeat or cfg.health.heartbeat_interval,
         resend_interval=cfg.reporting.result_resend_interval, default_timeout=cfg.execution.default_timeout,
         tail_bytes=cfg.execution.output_tail_bytes, work_dir=cfg.execution.work_dir,
-        spool_dir=cfg.execution.spool_dir,
+        spool_dir=cfg.execution.spool_dir, shell=cfg.execution.shell, max_log_bytes=cfg.execution.max_log_bytes,
+        cache_dir=cfg.execution.cache_dir, cache_max_bytes=cfg.execution.cache_max_bytes,
     )
     try:
         agent = Agent(settings)

@@ -525,6 +525,18 @@ class ExecutionSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     spool_dir: Annotated[str | None, Meta(
         description="directory of the results not yet acknowledged (kept across restarts); "
                     "null is <DTF home>/agent/<worker id>/spool")] = None
+    shell: Annotated[str, Meta(
+        min_length=1, description="the shell that runs a command written with shell syntax (pipes, &&, "
+                                  "$VARS...); plain commands are run directly")] = "/bin/sh"
+    max_log_bytes: Annotated[int, Meta(
+        ge=1024, description="bytes of each task's stdout and of its stderr streamed to the coordinator: "
+                             "the first half and the last half are kept, the middle is dropped with a marker")
+    ] = 64 * 1024 * 1024
+    cache_dir: Annotated[str | None, Meta(
+        description="directory of the bundles (shipped test suites) kept by content hash, and their "
+                    "virtual environments; null is <DTF home>/agent/<worker id>/cache")] = None
+    cache_max_bytes: Annotated[int, Meta(
+        ge=0, description="bytes of bundles kept; the least recently used go first")] = 2 * 1024**3
 
     def slots(self) -> int:
         """``concurrent_tasks`` with ``None`` resolved to the number of CPU cores."""

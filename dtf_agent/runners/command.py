@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -35,6 +36,8 @@ _WORD = re.compile(r"[^ \t\r\n]+")
 # generated command from costing the agent memory and time before exec refuses it.
 MAX_COMMAND_BYTES = MAX_COMMAND
 KILL_GRACE_S = 2.0
+# execution.shell's default: what runs a command that uses shell syntax.
+DEFAULT_SHELL = "/bin/sh"
 
 
 @dataclass
@@ -70,7 +73,8 @@ def _too_long(command: str | list[Any]) -> str:
 
 def _argv(command: str | list[Any]) -> tuple[str | list[str], bool]:
     """A plain command is exec'd directly (one fork less than a shell); anything with shell
-    syntax runs under /bin/sh, as the engineer who typed it expects."""
+    syntax runs under the shell (execution.shell, /bin/sh by default), as the engineer who typed
+    it expects."""
     if isinstance(command, list):
         return [str(a) for a in command], False
     if _SHELL_CHARS & set(command):
@@ -181,10 +185,17 @@ class CommandRun:
         *,
         tail_bytes: int = 4096,
         default_timeout: float | None = None,
+        shell: str = DEFAULT_SHELL,
+        prepare: Callable[[RunSpec], RunSpec] | None = None,
     ) -> None:
         self.spec = spec
         self.on_done = on_done
         self.tail_bytes = tail_bytes
+        self.shell = shell
+        # Run on the task's own thread before the command starts (unpacking a bundle, making its
+        # virtual environment): slow work that must not stall the agent's loop. It returns the spec
+        # to run (with cwd, env... filled in); an exception fails the task with its message.
+        self.prepare = prepare
         self.timeout = spec.timeout if spec.timeout is not None else default_timeout
         self._cancelled = threading.Event()
         self._start_lock = threading.Lock()
@@ -193,6 +204,12 @@ class CommandRun:
         safe = re.sub(r"[^\w.-]", "_", spec.task_id[:40])
         base = f"task-{safe}-{os.urandom(4).hex()}"
         self._files = [work_dir / f"{base}.stdout", work_dir / f"{base}.stderr", work_dir / f"{base}.result.json"]
+        # Made now, empty: the agent streams them to the coordinator from the moment the task starts.
+        for path in self._files[:2]:
+            path.touch()
+        # Removed by cleanup(), once the agent has streamed their last bytes (it may also remove
+        # more: a bundle unpacked for this task).
+        self.extra_cleanup: list[Path] = []
         self.proc: subprocess.Popen[bytes] | None = None
         self._tree: list[psutil.Process] = []
         self._escalate: threading.Timer | None = None
@@ -225,19 +242,44 @@ class CommandRun:
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
+    def log_files(self) -> dict[str, Path]:
+        """The files the task's stdout and stderr go to (they grow while it runs)."""
+        return {"stdout": self._files[0], "stderr": self._files[1]}
+
+    def progress(self) -> tuple[int, int, int, str] | None:
+        """A command has no progress to tell (a pytest shard has)."""
+        return None
+
+    def cleanup(self) -> None:
+        """Remove the task's files; the agent calls it after it has streamed the last of them."""
+        _cleanup(self._files)
+        for extra in self.extra_cleanup:
+            shutil.rmtree(extra, ignore_errors=True)
+
     def _run(self) -> None:
         try:
-            outcome = self._execute()
+            outcome = self._prepared()
+            if outcome is None:
+                outcome = self._execute()
         except Exception as exc:
             log.exception("task %s: runner failed", self.spec.task_id)
             outcome = Outcome(self.spec.task_id, "failure", self.start_time, time.time(),
                               error=f"runner error: {type(exc).__name__}: {exc}")
         if self._escalate is not None:
             self._escalate.cancel()  # the tree is gone; its pids must not be signalled later
+        self.on_done(outcome)
+
+    def _prepared(self) -> Outcome | None:
+        """Run ``prepare``; the failed outcome when it refused, None when the command may start."""
+        if self.prepare is None:
+            return None
         try:
-            self.on_done(outcome)
-        finally:
-            _cleanup(self._files)
+            self.spec = self.prepare(self.spec)
+        except Exception as exc:  # a bundle that cannot be had, a venv pip cannot make: the task's failure
+            log.warning("task %s: cannot prepare it: %s", self.spec.task_id, exc)
+            return Outcome(self.spec.task_id, "failure", self.start_time, time.time(),
+                           error=f"cannot prepare the task: {exc}")
+        return None
 
     def _execute(self) -> Outcome:
         params: dict[str, Any] = self.spec.parameters
@@ -271,19 +313,19 @@ class CommandRun:
             try:
                 try:
                     self.proc = subprocess.Popen(
-                        argv, shell=shell, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, cwd=cwd,
-                        start_new_session=True,
+                        argv, shell=shell, executable=self.shell if shell else None, stdin=subprocess.DEVNULL,
+                        stdout=out, stderr=err, env=env, cwd=cwd, start_new_session=True,
                     )
                 except FileNotFoundError:
                     if shell or not isinstance(command, str):
                         raise
                     # No such program: a shell builtin (`exit 3`, `cd dir`, `ulimit -a`) has no shell
-                    # syntax to give it away, and the engineer who typed it expects /bin/sh to run it.
-                    # Nothing ran, so trying again under sh is safe; sh also words a missing program
-                    # the usual way (exit code 127, "not found" on stderr).
+                    # syntax to give it away, and the engineer who typed it expects the shell to run it.
+                    # Nothing ran, so trying again under the shell is safe; it also words a missing
+                    # program the usual way (exit code 127, "not found" on stderr).
                     self.proc = subprocess.Popen(
-                        command, shell=True, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
-                        cwd=cwd, start_new_session=True,
+                        command, shell=True, executable=self.shell, stdin=subprocess.DEVNULL, stdout=out,
+                        stderr=err, env=env, cwd=cwd, start_new_session=True,
                     )
             except OSError as exc:
                 return Outcome(self.spec.task_id, "failure", self.start_time, time.time(),

@@ -9,6 +9,7 @@ import logging
 import os
 import queue
 import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -46,9 +47,11 @@ class Runner:
         self.seen: list[psutil.Process] = []
 
     def start(self, command: str | list[str], *, timeout: float | None = None, task_id: str = "t1",
-              tail_bytes: int = 4096, default_timeout: float | None = None, **params: object) -> CommandRun:
+              tail_bytes: int = 4096, default_timeout: float | None = None, shell: str = "/bin/sh",
+              prepare: Any = None, **params: object) -> CommandRun:
         spec = RunSpec(task_id=task_id, parameters={"command": command, **params}, timeout=timeout)
-        run = CommandRun(spec, self.work_dir, self.done.put, tail_bytes=tail_bytes, default_timeout=default_timeout)
+        run = CommandRun(spec, self.work_dir, self.done.put, tail_bytes=tail_bytes, default_timeout=default_timeout,
+                         shell=shell, prepare=prepare)
         self.runs.append(run)
         run.start()
         return run
@@ -234,10 +237,46 @@ def test_a_command_at_the_limit_is_not_refused_for_its_size():
     assert _too_long(["x" * (MAX_COMMAND_BYTES - 1), "y"]) == ""
 
 
-def test_task_directory_is_removed_afterwards(runner, tmp_path):
-    runner.run("""echo '{"x": 1}' > "$DTF_RESULT_FILE"; echo hi""")
-    # Removed right after the outcome is handed over, on the runner's thread.
-    wait_until(lambda: not [p for p in tmp_path.iterdir() if p.name.startswith("task-")], 5)
+def test_task_files_stay_until_cleanup_then_go(runner, tmp_path):
+    run = runner.start("""echo '{"x": 1}' > "$DTF_RESULT_FILE"; echo hi; echo oops >&2""")
+    runner.outcome()
+    # The agent streams the last bytes after the outcome; only then does it clean up.
+    files = run.log_files()
+    assert files["stdout"].read_bytes() == b"hi\n" and files["stderr"].read_bytes() == b"oops\n"
+    run.cleanup()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("task-")]
+
+
+def test_log_files_exist_from_the_start(runner, tmp_path):
+    run = runner.start("sleep 0.2")
+    assert all(p.exists() for p in run.log_files().values())
+    runner.outcome()
+
+
+def test_the_shell_is_the_one_configured(runner, tmp_path):
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash on this machine")
+    # [[ ]] is bash syntax: /bin/sh (dash) refuses it.
+    o = runner.run('[[ -n "$BASH_VERSION" ]] && echo "bash $BASH_VERSION"', shell=bash)
+    assert o.status == "success" and o.stdout_tail.startswith("bash ")
+    o = runner.run("exit 7", shell=bash)  # a builtin without shell syntax also goes to the chosen shell
+    assert o.exit_code == 7
+
+
+def test_prepare_runs_before_the_command_and_may_refuse(runner, tmp_path):
+    def prepare(spec: RunSpec) -> RunSpec:
+        (tmp_path / "prepared").write_text("yes")
+        return msgspec.structs.replace(spec, parameters={**spec.parameters, "cwd": str(tmp_path)})
+
+    o = runner.run("cat prepared", prepare=prepare)
+    assert o.status == "success" and o.stdout_tail == "yes"
+
+    def refuse(spec: RunSpec) -> RunSpec:
+        raise RuntimeError("bundle sha256-00 is not on the coordinator")
+
+    o = runner.run("echo never", prepare=refuse)
+    assert o.status == "failure" and o.error == "cannot prepare the task: bundle sha256-00 is not on the coordinator"
 
 
 # ------------------------------------------------------------------------------ killing trees
