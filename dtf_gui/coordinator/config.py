@@ -34,6 +34,7 @@ __all__ = [
     "DatabaseSection",
     "HealthMonitorSection",
     "LoadBalancerSection",
+    "MetricDeclaration",
     "ResultAggregatorSection",
     "SecuritySection",
     "ServerSection",
@@ -142,6 +143,16 @@ class TaskSchedulerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=T
                              f"retry_backoff_base ({self.retry_backoff_base})")
 
 
+class MetricDeclaration(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One metric's (or glob's) unit and direction, under result_aggregator.metrics."""
+
+    unit: Annotated[str, Meta(
+        max_length=255, description="what the values are in (ms, MB/s, ops/s...); shown next to them")] = ""
+    direction: Annotated[Literal["higher", "lower"] | None, Meta(
+        description="higher: a rise is an improvement (throughput); lower: a fall is (latency, errors); "
+                    "null: guessed from the name")] = None
+
+
 class ResultAggregatorSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Statistics, anomalies and comparisons."""
 
@@ -157,12 +168,25 @@ class ResultAggregatorSection(msgspec.Struct, forbid_unknown_fields=True, kw_onl
     postprocessors: Annotated[list[str], Meta(
         description="custom processors of new findings, as package.module:function; "
                     "fn(findings) -> findings")] = msgspec.field(default_factory=list)
+    metrics: Annotated[dict[str, MetricDeclaration], Meta(
+        description="unit and direction (which way is better: higher or lower) per metric name or glob, e.g. "
+                    "{throughput_mb_s: {unit: MB/s, direction: higher}, \"latency_*\": {direction: lower}}; an exact "
+                    "name wins over a glob and no task overrides these; an undeclared direction is guessed from "
+                    "the name")] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for key in ("preprocessors", "postprocessors"):
             for path in getattr(self, key):
                 if not re.fullmatch(r"[\w.]+:[\w.]+", path):
                     raise ValueError(f"{key}: {path!r} is not an import path like package.module:function")
+        for name in self.metrics:
+            # The store and the wire carry metric names of at most 255 characters.
+            if not name or len(name) > 255:
+                raise ValueError(f"metrics: {name[:60]!r} is not a metric name (1 to 255 characters)")
+
+    def metric_declarations(self) -> dict[str, tuple[str, str | None]]:
+        """``metrics`` as MetricCatalog takes them: name or glob -> (unit, direction or None)."""
+        return {name: (d.unit, d.direction) for name, d in self.metrics.items()}
 
 
 class HealthMonitorSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -13,6 +13,7 @@ import pytest
 
 from dtf_gui.coordinator.aggregator import Anomaly, ChangePointFound, Finding, LiveDetector, robust_z
 from dtf_gui.coordinator.aggregator.anomalies import window_stats
+from dtf_gui.coordinator.aggregator.metricmeta import DECLARED, GUESSED, MetricCatalog
 from dtf_gui.coordinator.records import Result
 from dtf_gui.coordinator.store import Store
 
@@ -250,7 +251,8 @@ def test_findings_are_structs_whose_plain_form_names_their_kind() -> None:
     a = msgspec.to_builtins(anomaly)
     assert a["kind"] == "anomaly" and "expected_range" not in a
     assert set(a) == {"kind", "series", "metric", "index", "result_id", "timestamp", "value", "score", "median",
-                      "expected_low", "expected_high", "reference_size", "direction", "notes"}
+                      "expected_low", "expected_high", "reference_size", "direction", "unit", "direction_source",
+                      "notes"}
     assert a["expected_low"] < a["median"] < a["expected_high"] < a["value"] == 130.0
     assert (a["result_id"], a["index"], a["timestamp"], a["direction"]) == ("perf-20", 20, 20.0, "improvement")
     assert a["notes"] == {} and a["series"] == {"test_id": "perf", "worker_id": "w1", "metric": "throughput"}
@@ -258,8 +260,11 @@ def test_findings_are_structs_whose_plain_form_names_their_kind() -> None:
     assert c["kind"] == "change_point"
     assert set(c) == {"kind", "series", "metric", "index", "result_id", "timestamp", "mean_before", "std_before",
                       "mean_after", "std_after", "rel_change", "p_value", "direction", "n_before", "n_after",
-                      "effect", "supersedes", "notes"}
+                      "effect", "supersedes", "unit", "direction_source", "notes"}
     assert (c["index"], c["result_id"], c["direction"]) == (40, "perf-40", "improvement")
+    # No catalog: the direction is the name guess, and the finding says so.
+    assert (a["unit"], a["direction_source"], c["direction_source"]) == ("", "guessed from the name",
+                                                                          "guessed from the name")
     assert c["mean_after"] == pytest.approx(110.0, rel=0.01) and c["n_before"] == 40
     # The plain form is what the coordinator stores and publishes; the Struct comes back from it.
     for f, plain in ((anomaly, a), (cp, c)):
@@ -267,6 +272,43 @@ def test_findings_are_structs_whose_plain_form_names_their_kind() -> None:
         assert back == f and type(back) is type(f)
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({**a, "kind": "bogus"}, Finding)
+    # A finding stored before units and directions were declared still reads back.
+    old = {k: v for k, v in a.items() if k not in ("unit", "direction_source")}
+    assert msgspec.convert(old, Finding) == msgspec.structs.replace(anomaly, unit="", direction_source="")
+
+
+def _declared_drop(catalog: MetricCatalog | None, metric: str = "throughput_mb_s") -> list[Finding]:
+    """A 21 % drop of ``metric`` (100 -> 79) with one spike, fed to a detector with ``catalog``."""
+    det = LiveDetector(anomaly_threshold=STRICT, catalog=catalog)
+    x = np.concatenate((_uniform(40, 100.0, 1), _uniform(30, 79.0, 2)))
+    x[20] = 60.0
+    return det.ingest([Result(result_id=f"r{i}", task_id=f"t{i}", test_id="copy", worker_id="w1",
+                              timestamp=float(i), metrics={metric: float(v)}) for i, v in enumerate(x)])
+
+
+def test_a_declared_direction_decides_regressions_and_findings_say_so() -> None:
+    # "_s" reads as seconds to the name guess: a throughput drop would pass for an improvement.
+    guessed = _declared_drop(None)
+    cp = next(f for f in guessed if isinstance(f, ChangePointFound))
+    assert (cp.direction, cp.direction_source, cp.unit) == ("improvement", GUESSED, "")
+
+    catalog = MetricCatalog({"throughput_*": ("MB/s", "higher")})
+    found = _declared_drop(catalog)
+    cp = next(f for f in found if isinstance(f, ChangePointFound))
+    spike = next(f for f in found if isinstance(f, Anomaly))
+    assert (cp.direction, cp.direction_source, cp.unit) == ("regression", DECLARED, "MB/s")
+    assert (spike.direction, spike.direction_source, spike.unit) == ("regression", DECLARED, "MB/s")
+    # The same findings otherwise: only the labels follow the declaration.
+    assert [(type(f), f.result_id) for f in found] == [(type(f), f.result_id) for f in guessed]
+
+    # A task's declaration reaches the detector through the same catalog, on the next batch.
+    tasks = MetricCatalog()
+    tasks.declare("throughput_mb_s", "MB/s", "higher")
+    cp = next(f for f in _declared_drop(tasks) if isinstance(f, ChangePointFound))
+    assert (cp.direction, cp.direction_source) == ("regression", DECLARED)
+    # An explicit polarity still wins, and counts as declared by whoever passed it.
+    det = LiveDetector(polarity=lambda name: False)
+    assert det.polarity("anything") is False
 
 
 def test_preprocessors_take_and_give_result_structs() -> None:

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from dtf_gui.coordinator.aggregator import AnomalyRow, ResultQueries
+from dtf_gui.coordinator.aggregator.metricmeta import MetricCatalog
+from dtf_gui.coordinator.records import Result
 from dtf_gui.coordinator.store import Store
 
 NOW = 1_700_000_000.0
@@ -318,7 +320,11 @@ def test_include_trends_reports_each_series_drift(drifting: Path) -> None:
     flat = trends["flat"]["throughput"]
     assert not flat["significant"] and flat["direction"] is None
     assert set(slower) == {"n", "slope", "intercept", "slope_low", "slope_high", "mk_z", "p_value",
-                           "rel_change", "significant", "direction"}
+                           "rel_change", "significant", "direction", "unit", "direction_source", "note"}
+    # Without declarations the direction is the name guess, and a significant trend says so.
+    assert (slower["unit"], slower["direction_source"]) == ("", "guessed from the name")
+    assert slower["note"] == "(direction guessed from the name; declare it in result_aggregator.metrics)"
+    assert flat["note"] == ""
 
 
 def test_trends_travel_as_json_and_msgpack(drifting: Path) -> None:
@@ -379,3 +385,210 @@ def test_cached_anomaly_rows_cannot_be_changed_by_a_caller(tmp_path: Path) -> No
     with pytest.raises(AttributeError):
         row.value = 0.0  # type: ignore[misc]  # the point: a frozen row refuses it
     assert q.get_result_anomalies() == [row]
+
+
+# -- comparing named runs ----------------------------------------------------------------------
+
+BEFORE = [100.0, 101.0, 99.0, 100.5, 99.5]
+AFTER = [v * 0.79 for v in BEFORE]  # a 21 % drop
+
+
+def _runs_db(path: Path) -> Path:
+    """Runs stored by the real Store: "nightly" twice (the second with a 21 % throughput drop and
+    changed pytest outcomes), a run of another name in between, and a later "nightly" run."""
+    st = Store(path)
+    rows = {"n1": ("nightly", 1000.0), "other": ("weekly", 1500.0), "n2": ("nightly", 2000.0),
+            "n3": ("nightly", 3000.0), "lonely": ("", 2500.0)}
+    for run_id, (name, created) in rows.items():
+        st.put_row("runs", (run_id, name or None, "pytest", created, created + 60, "completed",
+                            json.dumps({"commit": run_id}), None))
+    seq = iter(range(10_000))
+
+    def result(run: str, test: str, *, outcome: str = "", status: str = "success", seconds: float | None = 1.0,
+               metrics: dict[str, float] | None = None, attempt: int = 1, error: str = "") -> None:
+        i = next(seq)
+        st.put_result(Result(result_id=f"{run}-{i}", task_id=f"{run}-task", worker_id="w1", test_id=test,
+                             timestamp=float(i), status=status, execution_time=seconds, metrics=metrics or {},
+                             run_id=run, outcome=outcome, attempt=attempt, error=error))
+
+    for run, values in (("n1", BEFORE), ("n2", AFTER)):
+        for v in values:
+            result(run, "copy", metrics={"throughput_mb_s": v})
+    # One value a run: no test is possible.
+    result("n1", "lat", metrics={"latency_ms": 10.0})
+    result("n2", "lat", metrics={"latency_ms": 12.0})
+    result("n1", "lat", metrics={"gone_metric": 1.0}, status="failure", seconds=99.0)
+    result("n2", "lat", metrics={"new_metric": 1.0})
+    # pytest rows: passed -> failed, failed -> passed, flaky now (failed, then passed on a rerun).
+    for test, before, after in (("t.py::test_ok", "passed", "passed"), ("t.py::test_breaks", "passed", "failed"),
+                                ("t.py::test_fixed", "failed", "passed")):
+        result("n1", test, outcome=before, seconds=2.0)
+        result("n2", test, outcome=after, seconds=2.0 if after == "passed" else 0.1,
+               error="AssertionError: 3 != 4" if after == "failed" else "")
+    result("n1", "t.py::test_wobbly", outcome="passed")
+    result("n2", "t.py::test_wobbly", outcome="failed", attempt=1)
+    result("n2", "t.py::test_wobbly", outcome="passed", attempt=2)
+    result("other", "copy", metrics={"throughput_mb_s": 1.0})
+    result("n3", "copy", metrics={"throughput_mb_s": 100.0})
+    st.flush(wait=True)
+    st.close()
+    return path
+
+
+@pytest.fixture()
+def runs(tmp_path: Path) -> Path:
+    return _runs_db(tmp_path / "runs.sqlite")
+
+
+def _row(report: dict[str, Any], test: str, metric: str) -> dict[str, Any]:
+    (row,) = [r for r in report["metrics"] if (r["test_id"], r["metric"]) == (test, metric)]
+    return row
+
+
+def test_a_declared_higher_is_better_metric_that_drops_21_percent_regressed(runs: Path) -> None:
+    q = ResultQueries(runs, catalog=MetricCatalog({"throughput_mb_s": ("MB/s", "higher")}))
+    rep = q.compare_runs("n2")
+    assert rep["baseline"]["run_id"] == "n1" and rep["run"]["run_id"] == "n2"
+    assert rep["run"]["meta"] == {"commit": "n2"} and rep["run"]["name"] == "nightly"
+    row = _row(rep, "copy", "throughput_mb_s")
+    assert row["verdict"] == "regressed"
+    assert (row["unit"], row["direction"], row["direction_source"]) == ("MB/s", "higher", "declared")
+    assert row["confidence"] == "welch" and row["p_value"] < 1e-6
+    assert (row["baseline_n"], row["current_n"]) == (5, 5)
+    assert row["baseline_mean"] == pytest.approx(100.0) and row["current_mean"] == pytest.approx(79.0)
+    assert row["baseline_stddev"] == pytest.approx(np.std(BEFORE, ddof=1))
+    assert row["rel_change"] == pytest.approx(-0.21) and row["pct_change"] == pytest.approx(-21.0)
+    assert row["change"] == pytest.approx(-21.0)
+    assert row["note"] == ""  # a declared direction and a real test: nothing to qualify
+    # Regressions first.
+    assert rep["metrics"][0]["verdict"] == "regressed"
+    assert [r["verdict"] for r in rep["metrics"]] == sorted(
+        (r["verdict"] for r in rep["metrics"]), key=["regressed", "improved", "missing", "new", "unchanged"].index)
+    json.dumps(rep)
+
+
+def test_the_same_drop_declared_lower_is_better_improved(runs: Path) -> None:
+    q = ResultQueries(runs, catalog=MetricCatalog({"throughput_*": ("", "lower")}))
+    row = _row(q.compare_runs("n2"), "copy", "throughput_mb_s")
+    assert (row["verdict"], row["direction"], row["direction_source"]) == ("improved", "lower", "declared")
+
+
+def test_an_undeclared_direction_is_the_name_guess_and_says_so(runs: Path) -> None:
+    rep = ResultQueries(runs).compare_runs("n2")
+    row = _row(rep, "copy", "throughput_mb_s")
+    # The guess reads "_s" as seconds, so the drop passes for an improvement: labelled as a guess.
+    assert (row["verdict"], row["direction"], row["direction_source"]) == ("improved", "lower",
+                                                                           "guessed from the name")
+    assert row["note"] == "(direction guessed from the name; declare it in result_aggregator.metrics)"
+
+
+def test_single_samples_are_judged_by_the_size_of_the_change_alone(runs: Path) -> None:
+    rep = ResultQueries(runs).compare_runs("n2", min_change=0.05)
+    lat = _row(rep, "lat", "latency_ms")
+    assert (lat["baseline_n"], lat["current_n"], lat["confidence"], lat["p_value"]) == (1, 1, "single sample", None)
+    assert lat["verdict"] == "regressed" and lat["rel_change"] == pytest.approx(0.2)
+    assert lat["baseline_stddev"] is None
+    assert lat["note"].startswith("single sample: no significance test, judged by the size of the change alone "
+                                  "(at least 5 %)")
+    assert lat["note"].endswith("(direction guessed from the name; declare it in result_aggregator.metrics)")
+    small = ResultQueries(runs).compare_runs("n2", min_change=0.5)
+    assert _row(small, "lat", "latency_ms")["verdict"] == "unchanged"
+    assert _row(rep, "lat", "new_metric")["verdict"] == "new"
+    gone = _row(rep, "lat", "gone_metric")
+    assert gone["verdict"] == "missing" and gone["current_mean"] is None and gone["change"] is None
+    # Each once, and the durations of the test that broke (missing) and of the one fixed (new).
+    assert rep["summary"]["new"] == 2 and rep["summary"]["missing"] == 2
+    assert sum(rep["summary"].values()) == len(rep["metrics"])
+
+
+def test_duration_is_compared_for_passed_tests_and_successful_tasks(runs: Path) -> None:
+    rep = ResultQueries(runs).compare_runs("n2")
+    ok = _row(rep, "t.py::test_ok", "duration_s")
+    assert (ok["unit"], ok["direction"], ok["direction_source"], ok["verdict"]) == ("s", "lower", "declared",
+                                                                                     "unchanged")
+    # A test that failed this time has no duration this time: how soon it failed is not its speed.
+    assert _row(rep, "t.py::test_breaks", "duration_s")["verdict"] == "missing"
+    assert _row(rep, "t.py::test_fixed", "duration_s")["verdict"] == "new"
+    copy = _row(rep, "copy", "duration_s")  # task results: the successful ones
+    assert (copy["baseline_n"], copy["current_n"]) == (5, 5)
+    assert _row(rep, "lat", "duration_s")["baseline_n"] == 1  # the failed task result is left out
+
+
+def test_pytest_outcome_changes_between_runs(runs: Path) -> None:
+    tests = ResultQueries(runs).compare_runs("n2")["tests"]
+    (breaks,) = tests["newly_failing"]
+    assert (breaks["test_id"], breaks["baseline_outcome"], breaks["current_outcome"]) == (
+        "t.py::test_breaks", "passed", "failed")
+    assert breaks["error"] == "AssertionError: 3 != 4"
+    assert [(t["test_id"], t["baseline_outcome"], t["current_outcome"]) for t in tests["fixed"]] == [
+        ("t.py::test_fixed", "failed", "passed")]
+    (wobbly,) = tests["flaky"]
+    assert (wobbly["test_id"], wobbly["current_outcome"], wobbly["attempts"]) == ("t.py::test_wobbly", "passed", 2)
+
+
+def test_the_default_baseline_is_the_previous_run_of_the_same_name(runs: Path) -> None:
+    q = ResultQueries(runs)
+    assert q.previous_run("n2") == "n1"
+    assert q.previous_run("n3") == "n2"  # not "other", though that has the same kind and is earlier
+    assert q.previous_run("n1") is None
+    assert q.compare_runs("n3")["baseline"]["run_id"] == "n2"
+    # An explicit baseline may be any run, of any name.
+    assert q.compare_runs("n3", "n1")["baseline"]["run_id"] == "n1"
+    with pytest.raises(ValueError, match=r"no earlier run named 'nightly' to compare with; pass --baseline RUN"):
+        q.compare_runs("n1")
+    with pytest.raises(ValueError, match=r"no earlier run to compare with; pass --baseline RUN"):
+        q.compare_runs("lonely")
+    with pytest.raises(ValueError, match=r"^no run 'nope'; see `dtf runs`$"):
+        q.compare_runs("nope")
+    with pytest.raises(ValueError, match=r"^no run 'nope'; see `dtf runs`$"):
+        q.compare_runs("n2", "nope")
+    with pytest.raises(ValueError, match=r"^no run 'nope'; see `dtf runs`$"):
+        q.previous_run("nope")
+    with pytest.raises(ValueError, match="its own baseline"):
+        q.compare_runs("n2", "n2")
+
+
+def test_run_comparisons_are_cached_until_invalidated(runs: Path) -> None:
+    q = ResultQueries(runs)
+    first = q.compare_runs("n2")
+    assert q.compare_runs("n2") is first
+    q.invalidate(["anything"])  # a run's rows may belong to any test: every new result counts
+    assert q.compare_runs("n2") is not first
+
+
+def test_a_benchmark_mean_is_tested_with_its_own_rounds(tmp_path: Path) -> None:
+    st = Store(tmp_path / "bench.sqlite")
+    for run_id, created, mean, sd in (("b1", 1.0, 0.0100, 0.0002), ("b2", 2.0, 0.0104, 0.0002),
+                                      ("b3", 3.0, 0.0101, 0.0030)):
+        st.put_row("runs", (run_id, "bench", "pytest", created, created, "completed", None, None))
+        st.put_result(Result(result_id=run_id, task_id=run_id, worker_id="w", test_id="t.py::test_copy",
+                             timestamp=created, outcome="passed", run_id=run_id, execution_time=1.0,
+                             metrics={"bench_mean_s": mean, "bench_stddev_s": sd, "bench_rounds": 200.0}))
+    st.flush(wait=True)
+    st.close()
+    cat = MetricCatalog()
+    cat.declare_all({"bench_mean_s": "s"}, {"bench_mean_s": "lower"})
+    q = ResultQueries(tmp_path / "bench.sqlite", catalog=cat)
+    # 4 % slower over 200 rounds with a 2 % spread each: far beyond noise.
+    row = _row(q.compare_runs("b2"), "t.py::test_copy", "bench_mean_s")
+    assert (row["confidence"], row["verdict"], row["unit"]) == ("welch (benchmark rounds)", "regressed", "s")
+    assert row["p_value"] < 1e-6 and row["note"] == ""
+    # 3 % off the first run, but with a 30 % spread per round: not significant.
+    row = _row(q.compare_runs("b3", "b1"), "t.py::test_copy", "bench_mean_s")
+    assert (row["verdict"], row["confidence"]) == ("unchanged", "welch (benchmark rounds)")
+    assert row["p_value"] > 0.05
+    # The other statistics of a benchmark have one value a run: judged by size alone.
+    assert _row(q.compare_runs("b2"), "t.py::test_copy", "bench_stddev_s")["confidence"] == "single sample"
+
+
+def test_existing_comparison_reports_carry_units_and_direction_sources(db: Path) -> None:
+    cat = MetricCatalog({"throughput": ("items/s", "higher")})
+    rep = ResultQueries(db, clock=lambda: NOW, catalog=cat).get_comparison_report(time_range=(NOW - 1.5 * DAY, NOW))
+    thr = rep["comparisons"]["bench"]["throughput"]
+    assert (thr["unit"], thr["direction"], thr["direction_source"], thr["note"]) == (
+        "items/s", "higher", "declared", "")
+    lat = rep["comparisons"]["bench"]["latency_ms"]
+    assert (lat["unit"], lat["direction"], lat["direction_source"]) == ("", "lower", "guessed from the name")
+    trends = ResultQueries(db, catalog=cat).aggregate_results(include_trends=True)["trends"]
+    assert trends["bench"]["throughput"]["unit"] == "items/s"
+    assert trends["bench"]["throughput"]["direction_source"] == "declared"

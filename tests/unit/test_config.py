@@ -355,3 +355,79 @@ def test_expand_env_cases(text, env, expected):
 def test_expand_env_errors(text, needle):
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
         expand_env(text, {}, where="f.yaml:1: k")
+
+
+# ---------------------------------------------------------------------------------------- metric declarations
+
+METRICS_YAML = """\
+result_aggregator:
+  metrics:
+    throughput_mb_s:
+      unit: MB/s
+      direction: higher
+    "latency_*": {direction: lower}
+    energy_j:
+      unit: J
+    plain: {}
+"""
+
+
+def test_metric_declarations_load_and_feed_the_catalog(tmp_path: Path) -> None:
+    from dtf_gui.coordinator.aggregator.metricmeta import MetricCatalog
+
+    section = load_coordinator_config(write(tmp_path, "coordinator.yaml", METRICS_YAML), env={}).result_aggregator
+    assert section.metrics["throughput_mb_s"] == coord_config.MetricDeclaration(unit="MB/s", direction="higher")
+    assert section.metrics["plain"] == coord_config.MetricDeclaration()  # an empty entry declares nothing
+    assert section.metric_declarations() == {"throughput_mb_s": ("MB/s", "higher"), "latency_*": ("", "lower"),
+                                             "energy_j": ("J", None), "plain": ("", None)}
+    catalog = MetricCatalog(section.metric_declarations())
+    assert catalog.describe("latency_p99")["source"] == "config"
+    assert catalog.polarity("throughput_mb_s") and not catalog.polarity("latency_p99")
+    assert CoordinatorConfig().result_aggregator.metric_declarations() == {}
+
+
+def test_metric_declarations_round_trip_through_dump(tmp_path: Path) -> None:
+    cfg = CoordinatorConfig(result_aggregator=coord_config.ResultAggregatorSection(metrics={
+        "throughput_mb_s": coord_config.MetricDeclaration(unit="MB/s", direction="higher"),
+        "*_ms": coord_config.MetricDeclaration(unit="ms", direction="lower"),
+        "yes": coord_config.MetricDeclaration(unit="null")}))
+    assert load_coordinator_config(write(tmp_path, "coordinator.yaml", dump_config(cfg)), env={}) == cfg
+
+
+def test_metric_declaration_with_a_bad_name_is_refused(tmp_path: Path) -> None:
+    err = error_of(tmp_path, "coordinator.yaml", f"result_aggregator:\n  metrics:\n    {'m' * 256}: {{unit: s}}\n",
+                   CoordinatorConfig)
+    assert "coordinator.yaml:2: result_aggregator.metrics: 'mmm" in str(err)
+    assert "is not a metric name (1 to 255 characters)" in str(err)
+
+
+def test_a_typo_inside_a_metric_declaration_is_refused(tmp_path: Path) -> None:
+    text = "result_aggregator:\n  metrics:\n    latency_ms:\n      unit: ms\n      directon: lower\n"
+    err = error_of(tmp_path, "coordinator.yaml", text, CoordinatorConfig)
+    assert "directon" in str(err)
+    assert err.key is not None and err.key.startswith("result_aggregator.metrics")
+
+
+# The generic loader (dtf_agent/config.py) checks the keys of sections, not of a mapping of small
+# sections keyed by free names, and msgspec names such an entry "[...]": until the loader learns
+# both, these errors point at the metrics: line without the metric's name or a suggestion.
+_LOADER = pytest.mark.xfail(strict=True, reason="needs the loader to check mappings of sections "
+                                                "(dtf_agent/config.py, not in this change)")
+
+
+@_LOADER
+def test_a_typo_inside_a_metric_declaration_names_its_line_and_suggests(tmp_path: Path) -> None:
+    text = "result_aggregator:\n  metrics:\n    latency_ms:\n      unit: ms\n      directon: lower\n"
+    err = error_of(tmp_path, "coordinator.yaml", text, CoordinatorConfig)
+    assert str(err).endswith(
+        ":5: unknown key 'result_aggregator.metrics.latency_ms.directon' (did you mean 'direction'?)")
+    assert (err.key, err.line) == ("result_aggregator.metrics.latency_ms.directon", 5)
+
+
+@_LOADER
+def test_a_bad_direction_names_the_metric_its_line_and_the_choices(tmp_path: Path) -> None:
+    text = "result_aggregator:\n  metrics:\n    ok: {direction: higher}\n    \"latency_*\":\n      direction: lowr\n"
+    err = error_of(tmp_path, "coordinator.yaml", text, CoordinatorConfig)
+    msg = str(err)
+    assert "coordinator.yaml:5: result_aggregator.metrics.latency_*.direction: invalid value 'lowr'" in msg
+    assert "'higher', 'lower'" in msg and "(did you mean 'lower'?)" in msg

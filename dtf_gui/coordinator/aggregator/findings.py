@@ -7,7 +7,11 @@ publishes, and ``msgspec.convert(that_dict, Finding)`` gives the Struct back. :c
 is one row of ``ResultQueries.get_result_anomalies``.
 
 Both findings carry ``notes``, a free dict where a custom postprocessor may annotate one (for
-example ``notes["reviewed_by"]``); the detector itself leaves it empty.
+example ``notes["reviewed_by"]``); the detector itself leaves it empty. Both also carry the
+metric's ``unit`` ("" when none is declared) and ``direction_source``: "declared" when the
+improvement/regression rests on a declared direction, "guessed from the name" when it rests on
+the name guess (a message should then say so: ``metricmeta.direction_hint``); "" in findings
+stored before directions were declared.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ class Anomaly(msgspec.Struct, kw_only=True, tag_field="kind", tag="anomaly"):
     expected_high: float
     reference_size: int
     direction: str
+    unit: str = ""
+    direction_source: str = ""
     notes: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
@@ -60,6 +66,8 @@ class ChangePointFound(ChangePoint, kw_only=True, tag_field="kind", tag="change_
     result_id: str
     timestamp: float
     supersedes: list[str] = msgspec.field(default_factory=list)
+    unit: str = ""
+    direction_source: str = ""
     notes: dict[str, Any] = msgspec.field(default_factory=dict)
 
 

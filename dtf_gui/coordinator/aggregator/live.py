@@ -26,6 +26,7 @@ from dtf_gui.coordinator.aggregator.changepoints import DEFAULTS as CP_DEFAULTS
 from dtf_gui.coordinator.aggregator.changepoints import ChangePoint, detect_change_points
 from dtf_gui.coordinator.aggregator.compare import higher_is_better
 from dtf_gui.coordinator.aggregator.findings import Anomaly, ChangePointFound, Finding
+from dtf_gui.coordinator.aggregator.metricmeta import MetricCatalog, MetricInfo, metric_info_for
 from dtf_gui.coordinator.records import Result
 
 __all__ = ["LiveDetector", "Postprocessor", "Preprocessor"]
@@ -45,12 +46,17 @@ _SERIES_DIMS = frozenset(Result.__struct_fields__) | {"hardware_id"}
 
 
 class LiveDetector:
-    """Anomalies and change points in newly stored results, series by series (see :meth:`ingest`)."""
+    """Anomalies and change points in newly stored results, series by series (see :meth:`ingest`).
+
+    Whether a change is an improvement or a regression comes from ``catalog`` (declared
+    directions, the name guess as the labelled fallback) or from ``polarity`` (name -> higher is
+    better) where one is given; without either, from the name guess."""
 
     def __init__(self, db_path: str | Path | None = None, *, anomaly_threshold: float = 2.5,
                  series_dims: Sequence[str] = ("test_id", "worker_id"), max_history: int = 1000,
                  change_point_options: Mapping[str, Any] | None = None,
-                 polarity: Callable[[str], bool] = higher_is_better, anomaly_window: int = 100) -> None:
+                 polarity: Callable[[str], bool] | None = None, anomaly_window: int = 100,
+                 catalog: MetricCatalog | None = None) -> None:
         self.db_path = Path(db_path) if db_path is not None else None
         self.anomaly_threshold = float(anomaly_threshold)
         self.series_dims = tuple(series_dims)
@@ -66,7 +72,9 @@ class LiveDetector:
         if bad:
             raise ValueError(f"LiveDetector: change_point_options {bad} are not options of detect_change_points "
                              f"({', '.join(sorted(_CP_OPTIONS))})")
-        self.polarity = polarity
+        self.catalog = catalog
+        self.polarity: Callable[[str], bool] = polarity or (catalog.polarity if catalog else higher_is_better)
+        self._info: Callable[[str], MetricInfo] = metric_info_for(polarity, catalog)
         if anomaly_window < _MIN_REFERENCE:
             raise ValueError(f"LiveDetector: anomaly_window must be at least {_MIN_REFERENCE}, "
                              f"not {anomaly_window}")
@@ -178,7 +186,8 @@ class LiveDetector:
         those that a judgement knowing it would not flag, for the window to retract."""
         vals, ids, stamps = self._hist[key]
         metric = key[-1]
-        hib = self.polarity(metric)
+        info = self._info(metric)
+        hib = info.higher_is_better
         n = len(vals)
         offset = self._offset.get(key, 0)
         window = int(self.cp_options.get("window", CP_DEFAULTS["window"]))
@@ -202,13 +211,14 @@ class LiveDetector:
         known = np.array(sorted(reported), dtype=np.int64) if reported else _NO_CHANGE_POINTS
         flagged = self._flagged.setdefault(key, [])
         supersedes = self._superseded(flagged, x, base, [c for c, _cp in new_cps], known)
-        anomalies = self._anomalies(key, x, base, n_new, known, hib)
+        anomalies = self._anomalies(key, x, base, n_new, known, info)
         out: list[Finding] = list(anomalies)
         for absolute, cp in new_cps:
             i = absolute - offset
             stats = {**msgspec.structs.asdict(cp), "index": absolute}
             out.append(ChangePointFound(**stats, series=self._series_dict(key), metric=metric, result_id=ids[i],
-                                        timestamp=stamps[i], supersedes=supersedes.get(absolute, [])))
+                                        timestamp=stamps[i], supersedes=supersedes.get(absolute, []),
+                                        unit=info.unit, direction_source=info.direction_source))
         flagged.extend((f.index, f.result_id) for f in anomalies)
         del flagged[:-100]
         return out
@@ -261,9 +271,10 @@ class LiveDetector:
         return score, med, sigma, count
 
     def _anomalies(self, key: SeriesKey, x: NDArray[np.float64], base: int, n_new: int,
-                   known: NDArray[np.int64], hib: bool) -> list[Anomaly]:
+                   known: NDArray[np.int64], info: MetricInfo) -> list[Anomaly]:
         """Anomaly findings among the last ``n_new`` values of ``x`` (see :meth:`_judge`)."""
         thr = self.anomaly_threshold
+        hib = info.higher_is_better
         p = np.arange(x.size - n_new, x.size)
         score, med, sigma, count = self._judge(x, base, p, known)
         _vals, ids, stamps = self._hist[key]
@@ -277,7 +288,8 @@ class LiveDetector:
             out.append(Anomaly(
                 series=self._series_dict(key), metric=metric, index=a, result_id=ids[i], timestamp=stamps[i],
                 value=v, score=float(score[j]), median=m, expected_low=m - thr * s, expected_high=m + thr * s,
-                reference_size=int(count[j]), direction="improvement" if (v > m) == hib else "regression"))
+                reference_size=int(count[j]), direction="improvement" if (v > m) == hib else "regression",
+                unit=info.unit, direction_source=info.direction_source))
         return out
 
     def _superseded(self, flagged: list[tuple[int, str]], x: NDArray[np.float64], base: int,

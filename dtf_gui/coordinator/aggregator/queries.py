@@ -1,5 +1,9 @@
 """ResultQueries: the read-only query service over the store's results (statistics, trends,
-anomalies, comparisons), behind a TTL cache.
+anomalies, comparisons of time windows and of named runs), behind a TTL cache.
+
+Improvement or regression depends on each metric's direction: from the metric catalog (declared
+in the config, by the API or by tasks) where there is one, else guessed from the name; every
+verdict says which (``direction_source``) and what the metric's unit is.
 
 Reads go through the service's own read-only connection (WAL: never blocks the writer). Bulk loads
 ask SQLite for two ``group_concat`` strings per (group, metric), timestamps and values, and parse
@@ -17,6 +21,8 @@ that could cover them.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import sqlite3
@@ -29,12 +35,20 @@ from typing import Any, NamedTuple, TypeVar, cast
 import numpy as np
 from numpy.typing import NDArray
 
+from dtf_agent.protocol import FAILING_OUTCOMES
 from dtf_gui.coordinator import store
 from dtf_gui.coordinator.aggregator.anomalies import find_anomalies
-from dtf_gui.coordinator.aggregator.compare import compare_samples, higher_is_better
+from dtf_gui.coordinator.aggregator.compare import compare_samples, higher_is_better, welch_p_from_stats
 from dtf_gui.coordinator.aggregator.findings import AnomalyRow
+from dtf_gui.coordinator.aggregator.metricmeta import (
+    DECLARED,
+    MetricCatalog,
+    MetricInfo,
+    direction_hint,
+    metric_info_for,
+)
 from dtf_gui.coordinator.aggregator.stats import group_stats, stats_to_dicts
-from dtf_gui.coordinator.aggregator.trends import Trend, trend
+from dtf_gui.coordinator.aggregator.trends import JudgedTrend, trend
 
 __all__ = ["ResultQueries", "summarize"]
 
@@ -248,13 +262,15 @@ class ResultQueries:
 
     def __init__(self, db_path: str | Path, *, anomaly_threshold: float = 2.5, cache_ttl: float = 60.0,
                  comparative_lookback_days: float = 7.0, clock: Callable[[], float] = time.time,
-                 polarity: Callable[[str], bool] = higher_is_better) -> None:
+                 polarity: Callable[[str], bool] | None = None, catalog: MetricCatalog | None = None) -> None:
         self.db_path = Path(db_path)
         self.anomaly_threshold = float(anomaly_threshold)
         self.cache_ttl = float(cache_ttl)
         self.comparative_lookback_days = float(comparative_lookback_days)
         self.clock = clock
-        self.polarity = polarity
+        self.catalog = catalog
+        self.polarity: Callable[[str], bool] = polarity or (catalog.polarity if catalog else higher_is_better)
+        self._info: Callable[[str], MetricInfo] = metric_info_for(polarity, catalog)
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.RLock()
         # key -> (computed at, answer, the test ids it is limited to or None for any)
@@ -333,10 +349,12 @@ class ResultQueries:
         ci95_low, ci95_high, cv}}}, plus the query echoed back: result_type, aggregation_level,
         filter_params, time_range, generated_at}.
 
-        With ``include_trends``, also "trends": {group: {metric: :class:`Trend`}}, each series'
-        Theil-Sen slope per result (in time order) with its Mann-Kendall test and a "direction"
-        by the metric's polarity when it is significant. Every value is a plain int, float, str,
-        bool or None, so the report travels as JSON or msgpack as it is."""
+        With ``include_trends``, also "trends": {group: {metric: :class:`JudgedTrend`}}, each
+        series' Theil-Sen slope per result (in time order) with its Mann-Kendall test and a
+        "direction" by the metric's polarity when it is significant, the metric's "unit", its
+        "direction_source" and a "note" when a significant trend's direction was guessed. Every
+        value is a plain int, float, str, bool or None, so the report travels as JSON or msgpack
+        as it is."""
         dims = _dims(aggregation_level)
         cache_key = ("aggregate", result_type, tuple(dims), _freeze(filter_params), time_range, include_trends)
 
@@ -348,9 +366,13 @@ class ResultQueries:
                 "generated_at": self.clock(), "basic_statistics": summarize(keys, names, arrays),
             }
             if include_trends:
-                trends: dict[str, dict[str, Trend]] = {}
+                trends: dict[str, dict[str, JudgedTrend]] = {}
                 for k, n, arr in zip(keys, names, arrays, strict=True):
-                    trends.setdefault(k, {})[n] = trend(arr, higher_is_better=self.polarity(n))
+                    info = self._info(n)
+                    t = trend(arr, higher_is_better=info.higher_is_better)
+                    trends.setdefault(k, {})[n] = {
+                        **t, "unit": info.unit, "direction_source": info.direction_source,
+                        "note": direction_hint(info.direction_source) if t["significant"] else ""}
                 out["trends"] = trends
             return out
 
@@ -401,7 +423,10 @@ class ResultQueries:
         """A run or time window against the lookback baseline, per group and metric.
 
         The current side is ``time_range`` (default: the last day) narrowed by ``current_filter``
-        (e.g. {"task_id": [...]} for one run); the baseline is the ``lookback_days`` before its start."""
+        (e.g. {"task_id": [...]} for one run); the baseline is the ``lookback_days`` before its start.
+        Each comparison also names the metric's "unit", its "direction" ("higher" or "lower" is
+        better), the "direction_source" and, for a verdict that rests on a guessed direction, a
+        "note" saying so. For two named runs, see :meth:`compare_runs`."""
         dims = _dims(aggregation_level)
         now = self.clock()
         lo, hi = time_range if time_range is not None else (now - 86400.0, now)
@@ -419,8 +444,13 @@ class ResultQueries:
             report: dict[str, dict[str, dict[str, Any]]] = {}
             counts = {"regressed": 0, "improved": 0, "unchanged": 0, "not enough data": 0}
             for k, n in sorted(set(base) | set(cur)):
+                info = self._info(n)
                 r = compare_samples(base.get((k, n), np.empty(0)), cur.get((k, n), np.empty(0)),
-                                    higher_is_better=self.polarity(n), alpha=alpha, min_change=min_change)
+                                    higher_is_better=info.higher_is_better, alpha=alpha, min_change=min_change)
+                judged = r["verdict"] in ("improved", "regressed")
+                r.update(unit=info.unit, direction="higher" if info.higher_is_better else "lower",
+                         direction_source=info.direction_source,
+                         note=direction_hint(info.direction_source) if judged else "")
                 report.setdefault(k, {})[n] = r
                 counts[r["verdict"]] += 1
             return {"result_type": result_type, "aggregation_level": ",".join(dims),
@@ -428,3 +458,251 @@ class ResultQueries:
                     "summary": counts, "comparisons": report, "generated_at": now}
 
         return self._cached(cache_key, _cover(filter_params), compute)
+
+    # -- runs ------------------------------------------------------------------------------------
+
+    def _run_row(self, conn: sqlite3.Connection, run_id: str) -> dict[str, Any]:
+        cols = store.KEYED_COLUMNS["runs"]
+        row = conn.execute(f"SELECT {','.join(cols)} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise ValueError(f"no run {run_id!r}; see `dtf runs`")
+        out = dict(zip(cols, tuple(row), strict=True))
+        for key in ("meta", "summary"):
+            out[key] = _json_or_text(out[key])
+        return out
+
+    def _previous(self, conn: sqlite3.Connection, run: Mapping[str, Any]) -> str | None:
+        if not run["name"] or run["created"] is None:
+            return None
+        # Same name, created earlier (a tie broken by id, so two runs never name each other).
+        row = conn.execute(
+            "SELECT run_id FROM runs WHERE name = ? AND run_id != ? AND (created < ? OR (created = ? AND run_id < ?)) "
+            "ORDER BY created DESC, run_id DESC LIMIT 1",
+            (run["name"], run["run_id"], run["created"], run["created"], run["run_id"])).fetchone()
+        return None if row is None else str(row[0])
+
+    def previous_run(self, run_id: str) -> str | None:
+        """The latest run of the same name created before ``run_id``; None when there is none.
+        An unknown ``run_id`` raises ValueError."""
+        with self._lock:
+            conn = self._db()
+            return self._previous(conn, self._run_row(conn, run_id))
+
+    def compare_runs(self, run_id: str, baseline: str | None = None, *, alpha: float = 0.05,
+                     min_change: float = 0.02) -> dict[str, Any]:
+        """Run ``run_id`` against ``baseline`` (default: the previous run of the same name).
+
+        Per test and metric present in either run (the metrics the results carried, plus
+        ``duration_s``, the execution time of passed tests and of successful task results), a row:
+        each side's n, mean and stddev; the change (``change`` absolute, ``rel_change`` relative,
+        ``pct_change`` in %; None where the baseline mean is 0); ``confidence`` and ``p_value``;
+        the metric's ``unit``, ``direction`` ("higher"/"lower" is better) and
+        ``direction_source``; the ``verdict``; and a ``note`` saying what the verdict rests on
+        when that is weaker than a test (a single sample, a guessed direction).
+
+        Verdicts: "new" (only in this run), "missing" (only in the baseline), else "improved" /
+        "regressed" / "unchanged". With 2 values or more on each side, Welch's t-test decides
+        (``confidence`` "welch": p <= ``alpha`` and a change of at least ``min_change``,
+        relative). A pytest-benchmark mean (``bench_mean_s``) has one value per run but carries
+        its rounds' stddev and count, so Welch's test runs on those (``confidence``
+        "welch (benchmark rounds)"). Otherwise one side has a single value and no test is
+        possible: ``confidence`` is "single sample" and the verdict is by the size of the change
+        alone (at least ``min_change``).
+
+        Also the pytest outcome changes: "newly_failing" (passed or flaky in the baseline, failed,
+        error or crashed now), "fixed" (failing then, passed now) and "flaky" (marked flaky, or
+        both failed and passed in this run). Rows are sorted regressions first, then
+        improvements, missing, new, unchanged; within each, the largest relative change first.
+        An unknown run raises ValueError, as does a run with no earlier run of its name when no
+        ``baseline`` is given."""
+        key = ("runs", run_id, baseline, float(alpha), float(min_change))
+
+        def compute() -> dict[str, Any]:
+            with self._lock:
+                conn = self._db()
+                run = self._run_row(conn, run_id)
+                base_id = baseline
+                if base_id is None:
+                    base_id = self._previous(conn, run)
+                    if base_id is None:
+                        name = run["name"]
+                        why = (f"no earlier run named {name!r} to compare with" if name
+                               else f"run {run_id!r} has no name, so no earlier run to compare with")
+                        raise ValueError(f"{why}; pass --baseline RUN")
+                if base_id == run_id:
+                    raise ValueError(f"run {run_id!r} cannot be its own baseline; pass another --baseline RUN")
+                base = self._run_row(conn, base_id)
+                cur_values, cur_outcomes = _run_values(conn, run_id)
+                base_values, base_outcomes = _run_values(conn, base_id)
+            rows = [self._compare_metric(test, metric, base_values.get((test, metric), []),
+                                         cur_values.get((test, metric), []), base_values, cur_values,
+                                         alpha, min_change)
+                    for test, metric in sorted(set(base_values) | set(cur_values))]
+            rows.sort(key=_row_order)
+            summary = dict.fromkeys(("regressed", "improved", "unchanged", "new", "missing"), 0)
+            for r in rows:
+                summary[r["verdict"]] += 1
+            return {"run": run, "baseline": base, "alpha": alpha, "min_change": min_change, "metrics": rows,
+                    "tests": _outcome_changes(base_outcomes, cur_outcomes), "summary": summary,
+                    "generated_at": self.clock()}
+
+        return self._cached(key, None, compute)
+
+    def _compare_metric(self, test: str, metric: str, b: list[float], c: list[float],
+                        base_values: Mapping[tuple[str, str], list[float]],
+                        cur_values: Mapping[tuple[str, str], list[float]], alpha: float,
+                        min_change: float) -> dict[str, Any]:
+        info = _DURATION_INFO if metric == DURATION_METRIC else self._info(metric)
+        bs, cs = _side(b), _side(c)
+        # "new" when only this run has values, "missing" when only the baseline has.
+        row: dict[str, Any] = {
+            "test_id": test, "metric": metric, "unit": info.unit,
+            "direction": "higher" if info.higher_is_better else "lower", "direction_source": info.direction_source,
+            "baseline_n": bs[0], "baseline_mean": bs[1], "baseline_stddev": bs[2],
+            "current_n": cs[0], "current_mean": cs[1], "current_stddev": cs[2],
+            "change": None, "rel_change": None, "pct_change": None, "p_value": None, "confidence": None,
+            "verdict": "new" if not b else "missing", "note": "",
+        }
+        if bs[1] is None or cs[1] is None:
+            return row
+        bm, cm = bs[1], cs[1]
+        rel = (cm - bm) / abs(bm) if bm != 0 else (0.0 if cm == bm else math.inf)
+        row.update(change=cm - bm, rel_change=rel if math.isfinite(rel) else None,
+                   pct_change=rel * 100.0 if math.isfinite(rel) else None)
+        big = abs(rel) >= min_change
+        better = (cm > bm) == info.higher_is_better
+        notes: list[str] = []
+        summary = _bench_summary(test, metric, base_values, cur_values) if len(b) == 1 == len(c) else None
+        if len(b) >= 2 and len(c) >= 2:
+            r = compare_samples(b, c, higher_is_better=info.higher_is_better, alpha=alpha, min_change=min_change,
+                                min_baseline=2, min_current=2, method="welch")
+            row.update(p_value=r["p_value"], confidence="welch", verdict=r["verdict"])
+        elif summary is not None:
+            bm_, bsd, bn, cm_, csd, cn = summary
+            p = welch_p_from_stats(bm_, bsd * bsd, bn, cm_, csd * csd, cn)
+            row.update(p_value=p, confidence="welch (benchmark rounds)",
+                       verdict=("improved" if better else "regressed") if p <= alpha and big else "unchanged")
+        else:
+            row.update(confidence="single sample",
+                       verdict=("improved" if better else "regressed") if big else "unchanged")
+            notes.append(f"single sample: no significance test, judged by the size of the change alone "
+                         f"(at least {min_change * 100:g} %)")
+        if row["verdict"] in ("improved", "regressed") and direction_hint(info.direction_source):
+            notes.append(direction_hint(info.direction_source))
+        row["note"] = "; ".join(notes)
+        return row
+
+
+# The pseudo-metric of a run comparison: how long each passed test (or successful task) took.
+DURATION_METRIC = "duration_s"
+_DURATION_INFO = MetricInfo(False, "s", DECLARED)
+_VERDICT_ORDER = {"regressed": 0, "improved": 1, "missing": 2, "new": 3, "unchanged": 4}
+# Outcomes a test ends with when it passed (flaky: failed first, passed when run again).
+_PASSING_OUTCOMES = frozenset({"passed", "flaky"})
+_ERROR_CHARS = 500
+
+
+def _json_or_text(value: object) -> object:
+    """A runs row's JSON column decoded (text that is not JSON stays as it is)."""
+    if not isinstance(value, str):
+        return value
+    if not value:
+        return None
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def _side(values: Sequence[float]) -> tuple[int, float | None, float | None]:
+    """(n, mean, sample stddev): the mean is None without values, the stddev with fewer than 2."""
+    if not values:
+        return 0, None, None
+    arr = np.asarray(values, dtype=np.float64)
+    return int(arr.size), float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else None
+
+
+def _row_order(row: Mapping[str, Any]) -> tuple[int, float, str, str]:
+    rel = row["rel_change"]
+    size = math.inf if rel is None and row["change"] else abs(rel or 0.0)
+    return _VERDICT_ORDER[row["verdict"]], -size, row["test_id"], row["metric"]
+
+
+class _TestRow(NamedTuple):
+    outcome: str
+    attempt: int
+    timestamp: float
+    error: str
+    result_id: str
+
+
+def _run_values(conn: sqlite3.Connection, run_id: str,
+                ) -> tuple[dict[tuple[str, str], list[float]], dict[str, list[_TestRow]]]:
+    """A run's values by (test id, metric), duration_s included, and its test rows by test id."""
+    values: dict[tuple[str, str], list[float]] = {}
+    # From the run's results (its index), then each result's metrics (theirs).
+    for test, name, value in conn.execute(
+            "SELECT r.test_id, m.name, m.value FROM results r JOIN metrics m ON m.result_id = r.result_id "
+            "WHERE r.run_id = ? AND m.value IS NOT NULL", (run_id,)):
+        values.setdefault((test or "", name), []).append(float(value))
+    durations: dict[tuple[str, str], list[float]] = {}
+    outcomes: dict[str, list[_TestRow]] = {}
+    for test, outcome, status, seconds, attempt, ts, error, rid in conn.execute(
+            "SELECT test_id, outcome, status, execution_time, attempt, timestamp, error, result_id FROM results "
+            "WHERE run_id = ?", (run_id,)):
+        test = test or ""
+        # A failed test's time says how soon it failed, not how fast the code is.
+        timed = outcome == "passed" or (not outcome and status == "success")
+        if timed and seconds is not None and math.isfinite(seconds):
+            durations.setdefault((test, DURATION_METRIC), []).append(float(seconds))
+        if outcome:
+            outcomes.setdefault(test, []).append(_TestRow(outcome, int(attempt or 0), float(ts or 0.0),
+                                                          error or "", rid))
+    for k, v in durations.items():
+        # A task's own metric of that name is what it measured; it wins over the pseudo-metric.
+        values.setdefault(k, v)
+    return values, outcomes
+
+
+def _final(rows: Sequence[_TestRow]) -> _TestRow:
+    """A test's outcome in a run: its last attempt's."""
+    return max(rows, key=lambda r: (r.attempt, r.timestamp))
+
+
+def _outcome_changes(base: Mapping[str, Sequence[_TestRow]], cur: Mapping[str, Sequence[_TestRow]],
+                     ) -> dict[str, list[dict[str, Any]]]:
+    newly_failing: list[dict[str, Any]] = []
+    fixed: list[dict[str, Any]] = []
+    flaky: list[dict[str, Any]] = []
+    for test in sorted(cur):
+        rows = cur[test]
+        now = _final(rows)
+        before = _final(base[test]).outcome if test in base else None
+        entry = {"test_id": test, "baseline_outcome": before, "current_outcome": now.outcome,
+                 "result_id": now.result_id}
+        seen = {r.outcome for r in rows}
+        if now.outcome == "flaky" or (seen & FAILING_OUTCOMES and "passed" in seen):
+            flaky.append({**entry, "attempts": len(rows)})
+        if before in _PASSING_OUTCOMES and now.outcome in FAILING_OUTCOMES:
+            newly_failing.append({**entry, "error": now.error[:_ERROR_CHARS]})
+        elif before in FAILING_OUTCOMES and now.outcome == "passed":
+            fixed.append(entry)
+    return {"newly_failing": newly_failing, "fixed": fixed, "flaky": flaky}
+
+
+def _bench_summary(test: str, metric: str, base_values: Mapping[tuple[str, str], list[float]],
+                   cur_values: Mapping[tuple[str, str], list[float]],
+                   ) -> tuple[float, float, float, float, float, float] | None:
+    """(mean, stddev, rounds) of both sides for a pytest-benchmark mean, when both runs carry them."""
+    if metric != "bench_mean_s":
+        return None
+    out: list[float] = []
+    for values in (base_values, cur_values):
+        parts = [values.get((test, m), []) for m in ("bench_mean_s", "bench_stddev_s", "bench_rounds")]
+        if any(len(p) != 1 for p in parts):
+            return None
+        out.extend(p[0] for p in parts)
+    bm, bsd, bn, cm, csd, cn = out
+    if bn < 2 or cn < 2:
+        return None
+    return bm, bsd, bn, cm, csd, cn

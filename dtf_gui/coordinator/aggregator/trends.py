@@ -51,6 +51,16 @@ class Trend(TypedDict):
     direction: str | None
 
 
+class JudgedTrend(Trend):
+    """A :class:`Trend` as the query service reports it: with the metric's ``unit``, whether its
+    direction was declared or guessed (``direction_source``), and a ``note`` when a significant
+    trend's improvement/regression rests on a guessed direction."""
+
+    unit: str
+    direction_source: str
+    note: str
+
+
 def trend(values: Sequence[float] | NDArray[np.float64], times: Sequence[float] | NDArray[np.float64] | None = None,
           *, alpha: float = 0.05, min_rel_slope: float = 0.0, higher_is_better: bool = True,
           max_points: int = 2000) -> Trend:
