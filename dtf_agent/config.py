@@ -138,6 +138,18 @@ def _struct_type(tp: Any) -> type[msgspec.Struct] | None:
     return None
 
 
+def _mapping_item_type(tp: Any) -> Any:
+    """The value type of a ``dict[str, X]`` field (also through Annotated and ``| None``); else None."""
+    tp = _strip_annotated(tp)
+    if typing.get_origin(tp) is dict:
+        kv = typing.get_args(tp)
+        return kv[1] if len(kv) == 2 else None
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if len(args) == 1 and typing.get_origin(tp) in (Union, types.UnionType):
+        return _mapping_item_type(args[0])
+    return None
+
+
 def _literal_choices(tp: Any) -> tuple[Any, ...]:
     tp = _strip_annotated(tp)
     if typing.get_origin(tp) is Literal:
@@ -164,7 +176,11 @@ def _field_type_at(schema: type, path: KeyPath) -> Any:
             continue
         struct = _struct_type(tp)
         if struct is None:
-            return None
+            # A key of a mapping of sections (result_aggregator.metrics.NAME): the item type.
+            tp = _mapping_item_type(tp)
+            if tp is None:
+                return None
+            continue
         tp = _hints(struct).get(part)
         if tp is None:
             return None
@@ -258,10 +274,15 @@ def _check_keys(data: Any, schema: type[msgspec.Struct], path: KeyPath, label: s
             hint = _suggest(str(key), list(hints), path, root)
             raise ConfigError(f"{where}: unknown key '{dotted}'{hint}", file=label, key=dotted, line=line)
         sub = _struct_type(hints[key])
+        item = _struct_type(_mapping_item_type(hints[key]))
         if sub is not None:
             if value is None and not _allows_none(hints[key]):
                 value = {}
             value = _check_keys(value, sub, (*path, key), label, lines, root)
+        elif item is not None and isinstance(value, dict):
+            # A mapping of small sections, one per free-form name: each is checked like a section.
+            value = {name: _check_keys({} if entry is None else entry, item, (*path, key, name), label, lines, root)
+                     for name, entry in value.items()}
         else:
             value = _ints_to_str(hints[key], value)
         out[key] = value
@@ -317,7 +338,7 @@ def _expand_tree(data: Any, env: Mapping[str, str], path: KeyPath, label: str,
 # msgspec error rewriting
 
 _MSGSPEC_ERR = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
-_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
 
 
 def _value_at(data: Any, path: KeyPath) -> tuple[bool, Any]:
@@ -329,12 +350,39 @@ def _value_at(data: Any, path: KeyPath) -> tuple[bool, Any]:
     return True, data
 
 
+def _name_mapping_keys(parts: KeyPath, data: Any, schema: type) -> KeyPath:
+    """``parts`` with each "..." (msgspec's stand-in for a mapping key) replaced by the key of the
+    first entry that fails to convert on its own, so the error can name it and find its line."""
+    out: list[str | int] = []
+    node = data
+    for part in parts:
+        if part == "...":
+            item_tp = _mapping_item_type(_field_type_at(schema, tuple(out)))
+            if item_tp is None or not isinstance(node, dict):
+                break
+            bad = None
+            for key, value in node.items():
+                try:
+                    msgspec.convert(value, item_tp, strict=False)
+                except msgspec.ValidationError:
+                    bad = key
+                    break
+            if bad is None:
+                break
+            part = bad
+        out.append(part)
+        _found, node = _value_at(node, (part,))
+    return tuple(out)
+
+
 def _rewrite_validation_error(exc: msgspec.ValidationError, data: Any, schema: type,
                               label: str, lines: Mapping[KeyPath, int]) -> ConfigError:
     match = _MSGSPEC_ERR.match(str(exc))
     msg = match.group("msg") if match else str(exc)
     raw_path = (match.group("path") if match else None) or ""
-    path: KeyPath = tuple(int(i) if i else name for name, i in _PATH_PART.findall(raw_path))
+    path: KeyPath = tuple(int(i) if i.isdigit() else (name or i) for name, i in _PATH_PART.findall(raw_path))
+    if "..." in path:
+        path = _name_mapping_keys(path, data, schema)
     # Speak YAML, not msgspec: YAML has lists and mappings, not arrays and objects.
     msg = re.sub(r"\bobject\b", "mapping", re.sub(r"\barray\b", "list", msg.replace("`", "")))
     # Cross-field checks in __post_init__ start their message with the field they blame, so

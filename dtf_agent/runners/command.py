@@ -7,7 +7,6 @@ not thread-safe) and never lets an exception die silently.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -24,6 +23,7 @@ from typing import Any, Literal
 import psutil
 
 from dtf_agent.protocol import MAX_COMMAND, RunSpec
+from dtf_agent.runners.resultfile import read_result_file
 
 log = logging.getLogger(__name__)
 
@@ -94,27 +94,6 @@ def _tail(path: Path, limit: int) -> str:
             return fh.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
-
-
-def _read_metrics(path: Path) -> tuple[dict[str, float], str]:
-    """The task's own metrics: a JSON object of numbers in $DTF_RESULT_FILE."""
-    if not path.exists() or path.stat().st_size == 0:
-        return {}, ""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        return {}, f"DTF_RESULT_FILE is not valid JSON: {exc}"
-    if not isinstance(data, dict):
-        return {}, "DTF_RESULT_FILE must hold a JSON object of metric name -> number"
-    metrics: dict[str, float] = {}
-    bad = []
-    for key, value in data.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            metrics[str(key)] = float(value)
-        else:
-            bad.append(str(key))
-    note = f"non-numeric metrics ignored: {', '.join(bad)}" if bad else ""
-    return metrics, note
 
 
 def kill_tree(proc: subprocess.Popen[bytes], grace: float = KILL_GRACE_S,
@@ -275,7 +254,7 @@ class CommandRun:
             return None
         try:
             self.spec = self.prepare(self.spec)
-        except Exception as exc:  # a bundle that cannot be had, a venv pip cannot make: the task's failure
+        except Exception as exc:  # noqa: BLE001 - a bundle that cannot be had, a venv pip cannot make: the task's failure
             log.warning("task %s: cannot prepare it: %s", self.spec.task_id, exc)
             return Outcome(self.spec.task_id, "failure", self.start_time, time.time(),
                            error=f"cannot prepare the task: {exc}")
@@ -350,7 +329,8 @@ class CommandRun:
                 except (ProcessLookupError, PermissionError):
                     pass
         end = self.start_time + (time.perf_counter() - t0)
-        metrics, note = _read_metrics(result_file)
+        found = read_result_file(result_file)
+        metrics, note = found.metrics, found.note
         if not error and code != 0:
             error = f"exit code {code}"
         if note:
@@ -360,7 +340,8 @@ class CommandRun:
         outcome = Outcome(
             self.spec.task_id, status, self.start_time, end, exit_code=code, error=error if status != "success"
             or note else "", metrics=metrics, stdout_tail=_tail(out_path, self.tail_bytes),
-            stderr_tail=_tail(err_path, self.tail_bytes),
+            stderr_tail=_tail(err_path, self.tail_bytes), tests=found.tests, units=found.units,
+            directions=found.directions,
         )
         return outcome
 

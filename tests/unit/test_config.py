@@ -411,11 +411,7 @@ def test_a_typo_inside_a_metric_declaration_is_refused(tmp_path: Path) -> None:
 # The generic loader (dtf_agent/config.py) checks the keys of sections, not of a mapping of small
 # sections keyed by free names, and msgspec names such an entry "[...]": until the loader learns
 # both, these errors point at the metrics: line without the metric's name or a suggestion.
-_LOADER = pytest.mark.xfail(strict=True, reason="needs the loader to check mappings of sections "
-                                                "(dtf_agent/config.py, not in this change)")
 
-
-@_LOADER
 def test_a_typo_inside_a_metric_declaration_names_its_line_and_suggests(tmp_path: Path) -> None:
     text = "result_aggregator:\n  metrics:\n    latency_ms:\n      unit: ms\n      directon: lower\n"
     err = error_of(tmp_path, "coordinator.yaml", text, CoordinatorConfig)
@@ -424,7 +420,6 @@ def test_a_typo_inside_a_metric_declaration_names_its_line_and_suggests(tmp_path
     assert (err.key, err.line) == ("result_aggregator.metrics.latency_ms.directon", 5)
 
 
-@_LOADER
 def test_a_bad_direction_names_the_metric_its_line_and_the_choices(tmp_path: Path) -> None:
     text = "result_aggregator:\n  metrics:\n    ok: {direction: higher}\n    \"latency_*\":\n      direction: lowr\n"
     err = error_of(tmp_path, "coordinator.yaml", text, CoordinatorConfig)
