@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +20,7 @@ import msgspec
 
 from dtf_agent.inbox import Inbox
 from dtf_gui.coordinator.aggregator import Finding, LiveDetector, ResultQueries
+from dtf_gui.coordinator.aggregator.metricmeta import MetricCatalog
 from dtf_gui.coordinator.config import ResultAggregatorSection
 from dtf_gui.coordinator.events import EventHub
 from dtf_gui.coordinator.plugins import load_callable
@@ -44,9 +45,12 @@ class Analysis:
         self.hub = hub
         self.counters = counters
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dtf-analysis")
-        self.detector = LiveDetector(db_path, anomaly_threshold=cfg.anomaly_threshold)
+        # Units and directions of the metrics: the config's, then what tasks and clients declared.
+        self.catalog = MetricCatalog(cfg.metric_declarations())
+        self.catalog.load(store.load_rows("metric_meta"))
+        self.detector = LiveDetector(db_path, anomaly_threshold=cfg.anomaly_threshold, catalog=self.catalog)
         self.queries = ResultQueries(db_path, anomaly_threshold=cfg.anomaly_threshold, cache_ttl=cfg.cache_ttl,
-                                     comparative_lookback_days=cfg.comparative_lookback_days)
+                                     comparative_lookback_days=cfg.comparative_lookback_days, catalog=self.catalog)
         for stage, paths in (("preprocess", cfg.preprocessors), ("postprocess", cfg.postprocessors)):
             for path in paths:
                 self.detector.add_processor(stage, load_callable(path, f"result_aggregator.{stage}ors"))
@@ -65,6 +69,16 @@ class Analysis:
             self.inbox.put(lambda: then(fut))
 
         self._pool.submit(fn).add_done_callback(done)
+
+    def declare(self, units: Mapping[str, str], directions: Mapping[str, str | None], source: str) -> bool:
+        """Metric declarations (a task's result file, a client, a plan): kept, and the cached
+        comparisons dropped, since their verdicts depend on the direction. Loop thread."""
+        if not self.catalog.declare_all(units, directions, source=source):
+            return False
+        for row in self.catalog.changed_rows():
+            self.store.put_row("metric_meta", row)
+        self.run(self.queries.invalidate, lambda fut: None)
+        return True
 
     def result_stored(self, result: Result) -> None:
         """A result was queued for SQLite; it is analysed once the write is handed over."""

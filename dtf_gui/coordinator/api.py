@@ -24,6 +24,7 @@ from dtf_gui.coordinator import scheduler as sch
 from dtf_gui.coordinator.aggregator.queries import ResultQueries
 from dtf_gui.coordinator.health import WorkerTable
 from dtf_gui.coordinator.records import TaskRecord
+from dtf_gui.coordinator.runs_api import RunsApi
 from dtf_gui.coordinator.state import TaskTable, new_task_id
 from dtf_gui.coordinator.store import RESULT_COLUMNS, Store, result_row_to_dict
 from dtf_gui.coordinator.trust import ClientKey, Trust
@@ -31,7 +32,7 @@ from dtf_gui.coordinator.trust_api import ApiRefusal, TrustApi, TrustCommands
 
 log = logging.getLogger(__name__)
 
-TASK_TYPES = ("command", "noop")
+TASK_TYPES = ("command", "noop", "pytest")
 MAX_LIST = 100_000
 MAX_WAIT = 24 * 3600.0
 
@@ -50,7 +51,8 @@ Offset = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 # the database refuses writes).
 READ_ONLY_OPS = frozenset({"ping", "get_task", "list_tasks", "list_workers", "get_worker", "list_results",
                            "get_status", "whoami", "list_agents", "list_clients", "seen_agents",
-                           "list_security_events"})
+                           "list_security_events", "get_log", "get_run", "list_runs", "task_progress",
+                           "bundle_missing", "metric_info"})
 
 
 class ApiError(Exception):
@@ -89,10 +91,14 @@ class CreateTask(_Args):
     test_id: p.Name = ""
     cpu_slots: Slots = 1
     expected_duration: Seconds | None = None
+    # The run (see create_run) this task's results belong to.
+    run_id: p.Id = ""
 
 
 class CreateTasks(_Args):
     tasks: Annotated[list[CreateTask], msgspec.Meta(max_length=MAX_LIST)]
+    # Every task of the batch belongs to this run (a task may name its own instead).
+    run_id: p.Id = ""
 
 
 class TaskRef(_Args):
@@ -194,7 +200,8 @@ def _filtered(equal: dict[str, Any], order: str, limit: int, offset: int = 0) ->
 
 class ClientApi:
     def __init__(self, *, tasks: TaskTable, workers: WorkerTable, sched: sch.Scheduler, store: Store,
-                 queries: ResultQueries, commands: LoopCommands, coordinator_id: str, trust: Trust) -> None:
+                 queries: ResultQueries, commands: LoopCommands, coordinator_id: str, trust: Trust,
+                 runs_api: RunsApi) -> None:
         self.tasks = tasks
         self.workers = workers
         self.sched = sched
@@ -223,12 +230,15 @@ class ClientApi:
             "get_status": (NoArgs, self.get_status),
             "wait": (WaitArgs, self.wait),
             **self.trust_api.ops,
+            **runs_api.ops,
         }
+        self.runs = runs_api.runs
         # Read-only analysis over possibly millions of rows: run on the analysis thread.
         self.deferred_ops: dict[str, tuple[type[_Args], Callable[[Any], Any]]] = {
             "aggregate_results": (Analysis, self.aggregate_results),
             "get_result_anomalies": (Analysis, self.get_result_anomalies),
             "get_comparison_report": (Analysis, self.get_comparison_report),
+            **runs_api.deferred_ops,
         }
 
     def knows(self, op: str) -> bool:
@@ -277,7 +287,7 @@ class ClientApi:
     def ping(self, _: NoArgs) -> dict[str, Any]:
         return {"protocol_version": p.PROTOCOL_VERSION, "coordinator_id": self.coordinator_id}
 
-    def _new_task(self, a: CreateTask, now: float, submission: str = "") -> TaskRecord:
+    def _new_task(self, a: CreateTask, now: float, submission: str = "", run: str = "") -> TaskRecord:
         """A request becomes a task, once: the scheduler's spec (whose fields the scheduler
         validates when it is offered) and the fields only an agent reads (checked here)."""
         if a.type not in TASK_TYPES:
@@ -293,6 +303,11 @@ class ClientApi:
         metadata = dict(a.metadata)
         if submission:
             metadata["submission"] = submission
+        run_id = a.run_id or run
+        if run_id:
+            if not self.runs.exists(run_id):
+                raise ApiError(f"no run {run_id!r}: create it first (create_run), or leave run_id out")
+            metadata["run"] = run_id
         r = a.requirements
         spec = sch.TaskSpec(
             task_id=a.task_id or new_task_id(),
@@ -336,7 +351,7 @@ class ClientApi:
         self._submissions += 1
         submission = f"{self.coordinator_id}-{self._submissions}"
         now = time.time()
-        tasks = [self._new_task(t, now, submission) for t in a.tasks]
+        tasks = [self._new_task(t, now, submission, a.run_id) for t in a.tasks]
         refused = self.commands.submit(tasks)
         if refused:
             detail = "; ".join(f"{k}: {v}" for k, v in list(refused.items())[:20])
@@ -360,7 +375,9 @@ class ClientApi:
                 raise ApiError(f"no task {a.task_id!r}")
             out = rows[0]
         out["why"] = self._why(a.task_id, out["status"], out)
-        out["result_list"] = self.store.load_results("WHERE task_id=? ORDER BY timestamp", (a.task_id,))
+        # The task's own results (one per attempt); a pytest shard's per-test rows are the run's (run_tests).
+        out["result_list"] = self.store.load_results("WHERE task_id=? AND outcome IS NULL ORDER BY timestamp",
+                                                     (a.task_id,))
         return out
 
     def list_tasks(self, a: ListTasks) -> list[dict[str, Any]]:

@@ -71,6 +71,11 @@ class ServerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     )] = msgspec.field(default_factory=list)
     service_name: Annotated[str | None, Meta(
         description="mDNS instance name; null: 'DTF coordinator on HOST'")] = None
+    max_log_bytes: Annotated[int, Meta(
+        ge=1024, description="bytes of each task's stdout and of its stderr kept under DTF home's logs/ (the "
+                             "first half and the last half; the middle is dropped with a marker)")] = 64 * 1024 * 1024
+    max_bundle_bytes: Annotated[int, Meta(
+        ge=1024, description="largest bundle (a shipped test suite, compressed) a client may upload")] = 1024**3
 
     def __post_init__(self) -> None:
         ports = {"port": self.port, "agent_port": self.agent_port, "events_port": self.events_port}

@@ -194,6 +194,11 @@ WORKER_FIELDS: tuple[str, ...] = ("worker_id", "hostname", "status", "hardware_i
                                   "health_status", "metadata")
 
 
+# The result status of a test row, by its outcome (a skip is neither a success nor a failure).
+_TEST_STATUS = {"passed": "success", "xfailed": "success", "xpassed": "success", "flaky": "success",
+                "skipped": "partial"}
+
+
 class Result(msgspec.Struct, frozen=True, kw_only=True):
     """One attempt's outcome as the coordinator stores it (the seed's Result model).
 
@@ -221,7 +226,7 @@ class Result(msgspec.Struct, frozen=True, kw_only=True):
     outcome: str = ""
 
     @classmethod
-    def reported(cls, rec: ResultRecord, worker_id: str, test_id: str, now: float) -> Result:
+    def reported(cls, rec: ResultRecord, worker_id: str, test_id: str, now: float, run_id: str = "") -> Result:
         """What an agent reported (``rec``), attributed to the worker whose connection it came on;
         ``test_id`` is the task's, used when the agent named none."""
         tails = {"stdout_tail": rec.stdout_tail, "stderr_tail": rec.stderr_tail}
@@ -229,4 +234,16 @@ class Result(msgspec.Struct, frozen=True, kw_only=True):
                    timestamp=rec.end_time or now, status=rec.status, execution_time=rec.execution_time,
                    exit_code=rec.exit_code, error=rec.error, metrics=rec.metrics,
                    hardware_metrics=rec.hardware_metrics,
-                   raw_data=tails if (rec.stdout_tail or rec.stderr_tail) else None, attempt=rec.attempt)
+                   raw_data=tails if (rec.stdout_tail or rec.stderr_tail) else None, attempt=rec.attempt,
+                   run_id=run_id)
+
+    @classmethod
+    def per_test(cls, rec: ResultRecord, worker_id: str, when: float, run_id: str = "") -> list[Result]:
+        """A pytest shard's tests, a row each (test_id = node id): they feed the duration history,
+        the run's counts and, with their metrics, the aggregator. Ids derive from the shard's
+        result id, so a resent result cannot store them twice."""
+        return [cls(result_id=f"{rec.result_id}/{i}", task_id=rec.task_id, worker_id=worker_id, test_id=t.nodeid,
+                    timestamp=when, status=_TEST_STATUS.get(t.outcome, "failure"), execution_time=t.duration,
+                    error=t.longrepr, metrics=t.metrics, raw_data={"output": t.output} if t.output else None,
+                    attempt=rec.attempt, run_id=run_id, outcome=t.outcome)
+                for i, t in enumerate(rec.tests)]

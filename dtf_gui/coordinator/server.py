@@ -44,11 +44,15 @@ from dtf_gui.coordinator.api import READ_ONLY_OPS, ApiError, ClientApi, Waiting
 from dtf_gui.coordinator.config import ServerSettings
 from dtf_gui.coordinator.events import EventHub, EventSink
 from dtf_gui.coordinator.health import WorkerTable, worker_spec
+from dtf_gui.coordinator.outputs import TaskOutputs
 from dtf_gui.coordinator.records import Result, TaskRecord, WorkerRecord
+from dtf_gui.coordinator.runs import Runs
+from dtf_gui.coordinator.runs_api import RunsApi
 from dtf_gui.coordinator.state import TaskTable, recover
 from dtf_gui.coordinator.store import Store
 from dtf_gui.coordinator.telemetry import Counters, DispatchLatency, Throttled
 from dtf_gui.coordinator.trust import ClientKey, Trust, role_allows, role_needed
+from dtf_gui.coordinator.trust_api import ApiRefusal
 from dtf_gui.coordinator.waiters import Waiters
 
 log = logging.getLogger(__name__)
@@ -138,6 +142,9 @@ class Coordinator:
             p.TaskStarted: self._on_task_started,
             p.Results: self._on_results,
             p.Goodbye: self._on_goodbye,
+            p.LogChunk: self._on_log,
+            p.Progress: self._on_progress,
+            p.FetchBundle: self._on_fetch_bundle,
         }
         self._instruction_handlers: dict[type, Callable[[Any], None]] = {
             sch.Dispatch: self._do_dispatch,
@@ -272,9 +279,16 @@ class Coordinator:
         }
         self.analysis = Analysis(self.s.db_path, cfg.result_aggregator, inbox=self.inbox, store=self.store,
                                  hub=self.hub, counters=self.counters)
+        self.outputs = TaskOutputs(self.home, self.tasks, max_log_bytes=srv.max_log_bytes,
+                                   max_bundle_bytes=srv.max_bundle_bytes)
+        self.runs = Runs(self.store)
+        runs_api = RunsApi(runs=self.runs, tasks=self.tasks, store=self.store, logs=self.outputs.logs,
+                           bundles=self.outputs.bundles, progress=self.outputs.progress, flaky=self.store.mark_flaky,
+                           declare=self._declare_metric, compare=lambda *a, **k: self.analysis.queries.compare_runs(*a, **k),
+                           metric_info=self._metric_info)
         self.api = ClientApi(tasks=self.tasks, workers=self.workers, sched=self.sched, store=self.store,
                              queries=self.analysis.queries, commands=self, coordinator_id=self.s.coordinator_id,
-                             trust=self.trust)
+                             trust=self.trust, runs_api=runs_api)
         self.workers.mark_stored_offline()
         self._recover()
         self.advertiser: discovery.Advertiser | None = None
@@ -313,6 +327,8 @@ class Coordinator:
                 mdns.close()
         if "analysis" in made:
             self.analysis.close()
+        if "outputs" in made:
+            self.outputs.stop()
         self.inbox.close()
         try:
             if "workers" in made:
@@ -682,8 +698,15 @@ class Coordinator:
                     self.trust.security("result_refused", w.worker_id, f"a result for task {rec.task_id}, which "
                                         f"runs on {task.worker_id}, came from {w.worker_id}", throttle=True)
                 continue
-            result = Result.reported(rec, w.worker_id, task.test_id, now)
+            run_id = str(task.metadata.get("run", "")) if task.metadata else ""
+            result = Result.reported(rec, w.worker_id, task.test_id, now, run_id)
             store.put_result(result)
+            self.outputs.attempt_ended(rec.task_id, rec.attempt)
+            self._declare_from(rec)
+            for test in Result.per_test(rec, w.worker_id, result.timestamp, run_id):
+                store.put_result(test)
+                if test.metrics:
+                    self.analysis.result_stored(test)
             self._owed[rec.task_id] = store.taken + 1
             finished_here.add(rec.task_id)
             self.analysis.result_stored(result)
@@ -697,6 +720,33 @@ class Coordinator:
             events.append(sch.FinishReported(now, rec.task_id, w.worker_id, rec.status == "success", rec.error,
                                              rec.execution_time))
         self._sched(events)
+
+    def _on_log(self, identity: bytes, key: str, msg: p.LogChunk) -> None:
+        w = self._known_agent(identity, key)
+        if w is not None:
+            self.outputs.log_chunk(w.worker_id, msg)
+
+    def _on_progress(self, identity: bytes, key: str, msg: p.Progress) -> None:
+        w = self._known_agent(identity, key)
+        if w is not None:
+            self.outputs.progress_report(w.worker_id, msg)
+
+    def _on_fetch_bundle(self, identity: bytes, key: str, msg: p.FetchBundle) -> None:
+        w = self._known_agent(identity, key)
+        if w is not None:
+            self._send_agent(identity, self.outputs.bundle_piece(w.worker_id, msg))
+
+    def _declare_from(self, rec: p.ResultRecord) -> None:
+        """Units and directions a task declared in its result file."""
+        if rec.units or rec.directions:
+            self.analysis.declare(rec.units, dict(rec.directions), source="task")
+
+    def _declare_metric(self, name: str, unit: str, direction: str | None) -> bool:
+        return self.analysis.declare({name: unit} if unit else {}, {name: direction} if direction else {},
+                                     source="api")
+
+    def _metric_info(self, names: list[str]) -> dict[str, Any]:
+        return {n: self.analysis.catalog.describe(n) for n in names}
 
     def _on_goodbye(self, identity: bytes, key: str, msg: p.Goodbye) -> None:
         w = self._known_agent(identity, key)
@@ -812,6 +862,7 @@ class Coordinator:
                 out = self._out
             else:
                 del self._owed[task.task_id]
+        self.outputs.dispatched(ins.worker_id, task.parameters)
         out.assigns.setdefault(ins.worker_id, []).append(
             p.RunSpec(task_id=task.task_id, type=task.type, parameters=task.parameters, timeout=task.timeout,
                       attempt=ins.attempt))
@@ -831,6 +882,10 @@ class Coordinator:
             task.retry_at = ts.until if ts.until and not ts.held_for else None
             task.pinned_to = ts.pin.worker_id if ts.pin is not None else None
         status = ins.status
+        if (status in p.TERMINAL_STATUSES or status == p.PENDING) and task.attempt:
+            # The attempt is over (finished, or requeued after its worker was lost): its logs are
+            # complete, whatever of its output arrived.
+            self.outputs.attempt_ended(task.task_id, task.attempt)
         if status == p.COMPLETED:
             self.hub.completed += 1
         elif status in p.TERMINAL_STATUSES:
@@ -839,6 +894,7 @@ class Coordinator:
         self.hub.task_changed(task)
         if status in p.TERMINAL_STATUSES:
             self.tasks.finished(ins.task_id)
+            self.outputs.task_final(ins.task_id)
             self.waiters.finished(ins.task_id, status)
             self._owed.pop(ins.task_id, None)
 
@@ -1012,7 +1068,7 @@ class Coordinator:
             exc = fut.exception()
             if exc is None:
                 rep = p.Reply(req_id=d.req_id, data=fut.result())
-            elif isinstance(exc, (ApiError, ValueError, KeyError)):
+            elif isinstance(exc, (ApiError, ApiRefusal, ValueError, KeyError)):
                 rep = p.Reply(req_id=d.req_id, ok=False, error=f"{d.op}: {exc}")
             else:
                 log.error("%s failed: %s", d.op, exc, exc_info=exc)
@@ -1079,6 +1135,7 @@ class Coordinator:
                    "inline_flushes": store.inline_flushes,
                    "background_flushes": store.background_flushes, "rows_written": store.rows_written},
             "ports": dict(self.ports),
+            "outputs": self.outputs.stats(),
             "security": {"insecure": self.insecure, "fingerprint": "" if self.insecure else self.trust.fingerprint,
                          "pending_agents": sum(1 for a in self.trust.agents.values() if a.state == "pending")},
         }

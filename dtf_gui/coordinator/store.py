@@ -314,6 +314,7 @@ class _Batch:
     metrics: list[tuple[str, str, float]]
     events: list[tuple[float, str, str, str]]
     retracted: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    flaky: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     trust: dict[str, list[tuple[Any, ...]]] = dataclasses.field(default_factory=dict)
     seq: int = 0
     # The task rows, built once: a retried write must not turn a rolled-back INSERT into an UPDATE.
@@ -323,7 +324,7 @@ class _Batch:
 
     def __len__(self) -> int:
         return (len(self.tasks) + len(self.workers) + len(self.results) + len(self.metrics) + len(self.events)
-                + len(self.retracted) + sum(map(len, self.trust.values())))
+                + len(self.retracted) + len(self.flaky) + sum(map(len, self.trust.values())))
 
 
 # Errors that are about one row, not about the database: the same batch would fail again, so its
@@ -333,6 +334,8 @@ _ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.Programmi
                OverflowError, ValueError, TypeError)
 _EVENT_SQL = "INSERT INTO events (time, kind, subject, data) VALUES (?,?,?,?)"
 _RETRACT_SQL = "UPDATE events SET kind = kind || '_retracted' WHERE kind=? AND subject=?"
+# A test that failed and then passed on a rerun: its passing row of that run says so.
+_FLAKY_SQL = "UPDATE results SET outcome = 'flaky' WHERE run_id=? AND test_id=? AND outcome = 'passed'"
 
 
 class _Writer:
@@ -437,6 +440,7 @@ class Store:
         self._metrics: list[tuple[str, str, float]] = []
         self._events: list[tuple[float, str, str, str]] = []
         self._retracted: list[tuple[str, str]] = []
+        self._flaky: list[tuple[str, str]] = []
         self._trust: dict[str, dict[str, tuple[Any, ...]]] = {}
         self._last_flush = time.monotonic()
         self.rows_written = 0
@@ -494,6 +498,10 @@ class Store:
         out of the way of anyone reading the live findings."""
         self._retracted.extend((kind, str(s)) for s in subjects)
 
+    def mark_flaky(self, run_id: str, test_ids: Iterable[str]) -> None:
+        """Tests of a run that failed, then passed when run again: their passing rows become "flaky"."""
+        self._flaky.extend((run_id, str(t)) for t in test_ids)
+
     def put_row(self, table: str, row: tuple[Any, ...]) -> None:
         """Queue a row of a keyed table (KEYED_COLUMNS order); the last one per key wins."""
         if len(row) != len(KEYED_COLUMNS[table]):
@@ -529,7 +537,7 @@ class Store:
 
     def pending_rows(self) -> int:
         return (len(self._tasks) + len(self._workers) + len(self._results) + len(self._metrics) + len(self._events)
-                + len(self._retracted) + sum(map(len, self._trust.values())))
+                + len(self._retracted) + len(self._flaky) + sum(map(len, self._trust.values())))
 
     def busy(self) -> bool:
         """A batch is with the writer thread (queued or committing)."""
@@ -589,8 +597,8 @@ class Store:
     def _take(self) -> _Batch:
         self.taken += 1
         batch = _Batch(list(self._tasks.values()), list(self._workers.values()), self._results, self._metrics,
-                       self._events, self._retracted, {t: list(r.values()) for t, r in self._trust.items()},
-                       seq=self.taken)
+                       self._events, self._retracted, self._flaky,
+                       {t: list(r.values()) for t, r in self._trust.items()}, seq=self.taken)
         self._trust = {}
         self._tasks = {}
         self._workers = {}
@@ -598,6 +606,7 @@ class Store:
         self._metrics = []
         self._events = []
         self._retracted = []
+        self._flaky = []
         return batch
 
     @staticmethod
@@ -626,7 +635,7 @@ class Store:
         return [(self._task_sql, new_tasks, "tasks", 0), (self._task_update_sql, task_updates, "tasks", -1),
                 (self._worker_sql, b.workers, "workers", 0), (self._result_sql, b.results, "results", 0),
                 (_METRIC_SQL, b.metrics, "metrics", 0), (_EVENT_SQL, b.events, "events", 2),
-                (_RETRACT_SQL, b.retracted, "events", 1),
+                (_RETRACT_SQL, b.retracted, "events", 1), (_FLAKY_SQL, b.flaky, "results", 1),
                 *((_KEYED_SQL[t], rows, t, 0) for t, rows in b.trust.items())]
 
     def _commit(self, b: _Batch) -> None:
