@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import json
 import os
 import sys
@@ -246,6 +247,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 req[key] = value
         if req:
             fields["requirements"] = req
+        if args.bundle:
+            from dtf_agent.runners.bundles import BundleError
+            from dtf_gui.cli_bundles import upload_bundle
+
+            try:
+                params = {"bundle": upload_bundle(c, args.bundle)}
+            except BundleError as exc:
+                print(f"dtf submit: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            if args.requirements:
+                params["requirements"] = args.requirements
+            fields["parameters"] = params
+        if args.run:
+            fields["run_id"] = c.call("create_run", {"name": args.run, "kind": "submit"})["run_id"]
         if args.count > 1:
             ids = c.call("create_tasks", {"tasks": [fields] * args.count})["task_ids"]
         else:
@@ -267,10 +282,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
         res = (t.get("result_list") or [{}])[-1]
         raw = res.get("raw_data") or {}
         print(f"{t['task_id']}: {t['status']}" + (f" ({t['error']})" if t.get("error") else ""))
-        tail = raw.get("stdout_tail") if t["status"] == p.COMPLETED else (raw.get("stderr_tail")
-                                                                          or raw.get("stdout_tail"))
-        if tail:
-            print(tail.rstrip())
+        if t["status"] == p.COMPLETED:
+            if raw.get("stdout_tail"):
+                print(raw["stdout_tail"].rstrip())
+            continue
+        # A failure: the end of both streams, labelled; the whole of them is one command away.
+        for stream, lines in (("stdout", 10), ("stderr", 20)):
+            tail = (raw.get(f"{stream}_tail") or "").rstrip().splitlines()[-lines:]
+            if tail:
+                print(f"--- {stream} (last {len(tail)} lines) ---")
+                print("\n".join(tail))
+        print(f"--- `dtf logs {t['task_id']} --stderr` shows the whole stderr ---")
     counts: dict[str, int] = {}
     for t in final:
         counts[t["status"]] = counts.get(t["status"], 0) + 1
@@ -456,6 +478,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.what == "trends":
         query["include_trends"] = True
     with client_for(args) as c:
+        if args.run or args.baseline:
+            if args.what != "compare" or not args.run:
+                print("dtf analyze: --run and --baseline go with `compare`: dtf analyze compare --run R "
+                      "[--baseline B]", file=sys.stderr)
+                return EXIT_USAGE
+            return _mod("cli_runs").compare_runs(c, args)  # type: ignore[no-any-return]
         data = c.call(ANALYSES[args.what], query, timeout=max(args.timeout_s, 120))
     if args.json:
         print(json.dumps(data, indent=2, default=str))
@@ -507,6 +535,11 @@ def _submit_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--os", help="required OS (linux, windows, darwin)")
     sp.add_argument("--worker", help="only this worker")
     sp.add_argument("--group", help="only workers of this group")
+    sp.add_argument("--bundle", metavar="DIR", help="ship this directory (content-addressed; sent only when the "
+                                                    "coordinator lacks it): the command runs inside it")
+    sp.add_argument("--requirements", metavar="FILE", help="with --bundle: a requirements file inside it; the "
+                                                           "command runs in a virtual environment made from it")
+    sp.add_argument("--run", metavar="NAME", help="record the submission as a run of this name (`dtf runs`)")
     sp.add_argument("--wait", action="store_true", help="wait until the task(s) finish; exit 1 if any failed")
     sp.add_argument("--wait-timeout", type=float, default=3600.0)
     sp.add_argument("--json", action="store_true")
@@ -536,6 +569,9 @@ def _analyze_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--metric", help="only this metric")
     sp.add_argument("--result-type", default="performance", choices=["performance", "execution", "all"])
     sp.add_argument("--since-hours", type=float, help="only results of the last N hours")
+    sp.add_argument("--run", metavar="RUN", help="compare: this run (see `dtf runs`) ...")
+    sp.add_argument("--baseline", metavar="RUN", help="compare: ... against this run (default: the previous run "
+                                                      "of the same name)")
     sp.add_argument("--json", action="store_true")
 
 
@@ -578,6 +614,15 @@ COMMANDS: dict[str, Command] = {
     "priority": Command("change a task's priority (higher runs first)",
                         _task_command("set_priority", lambda a: {"priority": a.priority}),
                         _task_args("task_id", "priority", types={"priority": int})),
+    "logs": Command("a task's whole output (--stderr, --follow while it runs)",
+                    lambda a: _mod("cli_runs").cmd_logs(a), lambda sp: _mod("cli_runs").logs_args(sp)),
+    "runs": Command("runs (plans, pytest runs, submissions) with their counts; one run's failures and flaky tests",
+                    lambda a: _mod("cli_runs").cmd_runs(a), lambda sp: _mod("cli_runs").runs_args(sp)),
+    "pytest": Command("run this directory's pytest suite spread over the agents, by duration history",
+                      lambda a: _mod("cli_pytest").cmd_pytest(a), lambda sp: _mod("cli_pytest").pytest_args(sp)),
+    "plan": Command("check or run a YAML test plan (a matrix of tasks with dependencies)",
+                    lambda a: _mod("cli_plans").cmd_plan(a), lambda sp: _mod("cli_plans").plan_args(sp),
+                    client=False),
     "agents": Command("list agents by enrollment state; accept, reject or revoke them",
                       lambda a: _security().cmd_agents(a), lambda sp: _security().agents_args(sp)),
     "token": Command("create a join token for new agents (`dtf-agent --join TOKEN`)",
@@ -591,6 +636,11 @@ def _security() -> Any:
     from dtf_gui import cli_security  # only for these commands
 
     return cli_security
+
+
+def _mod(name: str) -> Any:
+    """A command's own module, imported only when that command runs."""
+    return importlib.import_module(f"dtf_gui.{name}")
 
 
 def dtf_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -651,7 +701,14 @@ def _silence_stdout() -> None:
 def dtf_main(argv: list[str] | None = None) -> int:
     program = argv is None  # run as the `dtf` program, not called with an argv by a script or a test
     argv = sys.argv[1:] if argv is None else argv
-    args = dtf_parser(_named_command(argv)).parse_args(argv)
+    named = _named_command(argv)
+    parser = dtf_parser(named)
+    if named == "pytest":
+        # Every option `dtf pytest` does not know is pytest's (-k, -x, -m ...): passed on.
+        args, rest = parser.parse_known_args(argv)
+        args.pytest_args = rest + list(args.pytest_args or [])
+    else:
+        args = parser.parse_args(argv)
     if program and args.fn is not cmd_serve:
         # A client command ends the process: what is imported by now lives until then, so the
         # collector need not walk it again, during the command or in the interpreter's last

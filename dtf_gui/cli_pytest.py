@@ -1,0 +1,421 @@
+"""`dtf pytest`: a pytest suite spread over the lab's agents by each test's duration history.
+
+Run from the suite's directory, as plain ``pytest`` would be: the suite is collected here, shipped
+as a bundle (nothing is sent when the coordinator has it already), split into shards by history
+(:mod:`dtf_gui.shards`), and each shard runs as a ``pytest`` task on an agent. Per-test outcomes
+come back as rows of the run; failures may be rerun on another worker (``--reruns``), and a
+test that fails and then passes is reported, and stored, as flaky. The output and the exit code
+are pytest's own (0 passed, 1 failed, 2 interrupted or collection errors, 4 usage, 5 no tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dtf_agent import protocol as p
+from dtf_agent.runners.bundles import BundleError
+from dtf_gui.cli_bundles import upload_bundle
+from dtf_gui.cli_common import client_for
+from dtf_gui.client import ClientError
+from dtf_gui.shards import auto_shards, plan_shards
+
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE, EXIT_NO_TESTS = 0, 1, 2, 3, 4, 5
+# The order pytest's summary line names outcomes in.
+SUMMARY_ORDER = ("failed", "passed", "skipped", "xfailed", "xpassed", "error", "crashed", "flaky")
+# pytest options whose value is the next word: that word is not a path to drop from a shard's args.
+_VALUE_OPTIONS = frozenset({"-k", "-m", "-p", "-c", "-o", "-W", "--rootdir", "--confcutdir", "--basetemp",
+                            "--ignore", "--ignore-glob", "--deselect", "--log-file", "--log-level", "--import-mode",
+                            "--tb", "--maxfail", "--durations", "--override-ini", "--config-file", "-r",
+                            "--capture", "--junit-prefix", "--cov", "--cov-report", "--timeout", "--reruns"})
+# Our own options: taken from the command line, never passed to pytest.
+_OWN = ("--junitxml", "--tag", "--shards", "--reruns", "--name", "--python", "--shard-timeout", "--requirements",
+        "--coordinator", "--timeout-s", "--worker")
+
+
+def pytest_args(sp: argparse.ArgumentParser) -> None:
+    sp.description = ("Run a pytest suite spread over the agents, from the suite's directory. Options not listed "
+                      "here go to pytest (on this machine to collect, and on the agents).")
+    sp.add_argument("--junitxml", metavar="FILE", help="write one JUnit XML report of the whole run")
+    sp.add_argument("--tag", action="append", default=[], help="only agents with this tag (repeat for several)")
+    sp.add_argument("--worker", help="only this agent")
+    sp.add_argument("--shards", default="auto", help="number of shards, or auto (one per free slot; twice that "
+                                                     "while most tests have no duration history)")
+    sp.add_argument("--reruns", type=int, default=0, help="run failed tests again, on another worker, up to N times; "
+                                                         "a test that then passes is reported as flaky")
+    sp.add_argument("--name", help="the run's name (default: pytest:<directory name>); runs of one name are "
+                                   "each other's baselines")
+    sp.add_argument("--python", default=sys.executable, help="the interpreter that collects the suite here")
+    sp.add_argument("--requirements", metavar="FILE", help="a requirements file in the suite: agents run it in a "
+                                                           "virtual environment made from it (cached)")
+    sp.add_argument("--shard-timeout", type=float, help="seconds before a shard is killed")
+    sp.add_argument("pytest_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+
+@dataclass
+class Run:
+    """What `dtf pytest` knows of its run while it goes."""
+
+    run_id: str = ""
+    collected: list[str] = field(default_factory=list)
+    task_ids: list[str] = field(default_factory=list)
+    # Shard task id -> its tests (to say which tests a shard that failed as a whole leaves without a row).
+    shard_tests: dict[str, list[str]] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+
+
+def collect(python: str, args: Sequence[str], cwd: Path) -> tuple[int, list[str], str]:
+    """pytest --collect-only -q here: (exit code, node ids, pytest's output)."""
+    cmd = [python, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args]
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+    except FileNotFoundError:
+        return EXIT_USAGE, [], f"cannot run {python!r}: no such interpreter (see --python)"
+    except subprocess.TimeoutExpired:
+        return EXIT_INTERNAL, [], "collecting the suite took more than 10 minutes"
+    ids = []
+    for line in proc.stdout.splitlines():
+        line = line.rstrip()
+        if not line:
+            break  # the node ids end at the first blank line; the summary follows
+        if "::" in line or line.endswith(".py"):
+            ids.append(line)
+    return proc.returncode, ids, proc.stdout + proc.stderr
+
+
+def shard_args(args: Sequence[str], cwd: Path) -> list[str]:
+    """The user's pytest arguments for a shard: the paths that chose what to collect are dropped (the
+    shard names its own tests); every option stays."""
+    out: list[str] = []
+    prev = ""
+    for a in args:
+        is_path = not a.startswith("-") and prev not in _VALUE_OPTIONS and (cwd / a.split("::")[0]).exists()
+        if not is_path:
+            out.append(a)
+        prev = a
+    return out
+
+
+def _split_own(argv: list[str]) -> list[str]:
+    if argv and argv[0] == "--":
+        return argv[1:]
+    return argv
+
+
+def _summary(counts: dict[str, int], seconds: float) -> str:
+    parts = [f"{counts[k]} {'errors' if k == 'error' and counts[k] > 1 else k}" for k in SUMMARY_ORDER
+             if counts.get(k)]
+    return f"{', '.join(parts) or 'no tests ran'} in {seconds:.2f}s"
+
+
+def _banner(text: str, fill: str = "=") -> str:
+    width = 80
+    text = f" {text} "
+    left = max(3, (width - len(text)) // 2)
+    return f"{fill * left}{text}{fill * max(3, width - left - len(text))}"
+
+
+def _short_message(longrepr: str) -> str:
+    """What pytest's short summary shows: the first line of the last block of ``E`` lines (the
+    exception and its message), else the last line."""
+    lines = longrepr.strip().splitlines()
+    first = None
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith("E "):
+            first = i
+        elif first is not None:
+            break
+    if first is not None:
+        return lines[first][1:].strip()[:200]
+    return lines[-1][:200] if lines else ""
+
+
+class Progress:
+    """One line on stderr: rewritten in place on a terminal, every 10 s otherwise."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+        self.started = time.monotonic()
+
+    def show(self, done: int, failed: int, running: int, pending: int, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < (0.5 if self.tty else 10.0):
+            return
+        self.last = now
+        elapsed = now - self.started
+        eta = f", ETA {elapsed * (self.total - done) / done:.0f} s" if 0 < done < self.total else ""
+        line = (f"tests {done}/{self.total} done, {failed} failed; shards: {running} running, {pending} waiting"
+                f"{eta}")
+        if self.tty:
+            print(f"\r{line:<100}", end="", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def end(self) -> None:
+        if self.tty:
+            print(file=sys.stderr)
+
+
+def _submit(c: Any, run: Run, shards: list[list[str]], *, args: argparse.Namespace, digest: str,
+            extra: list[str], worker: str | None = None, expected: Sequence[float] = ()) -> list[str]:
+    req: dict[str, Any] = {}
+    if args.tag:
+        req["tags"] = list(args.tag)
+    if worker or args.worker:
+        req["worker"] = worker or args.worker
+    tasks = []
+    for i, tests in enumerate(shards):
+        params: dict[str, Any] = {"tests": tests, "args": extra, "bundle": digest}
+        if args.requirements:
+            params["requirements"] = args.requirements
+        task: dict[str, Any] = {"type": "pytest", "parameters": params, "retry_limit": 0,
+                                "metadata": {"shard": i, "tests": len(tests)}}
+        if req:
+            task["requirements"] = req
+        if args.shard_timeout:
+            task["timeout"] = args.shard_timeout
+        if i < len(expected) and expected[i] > 0:
+            task["expected_duration"] = max(0.001, expected[i])
+        tasks.append(task)
+    ids: list[str] = c.call("create_tasks", {"tasks": tasks, "run_id": run.run_id})["task_ids"]
+    for tid, tests in zip(ids, shards, strict=True):
+        run.shard_tests[tid] = tests
+    run.task_ids.extend(ids)
+    return ids
+
+
+def _watch(c: Any, ids: list[str], progress: Progress, base_done: int, base_failed: int) -> dict[str, dict[str, Any]]:
+    """Until every shard is final; returns each shard's last state."""
+    pending = list(ids)
+    final: dict[str, dict[str, Any]] = {}
+    while pending:
+        answer = c.call("wait", {"task_ids": pending, "timeout": 1.0}, timeout=60.0)
+        states = c.call("task_progress", {"task_ids": ids})
+        for tid, status in answer["finished"].items():
+            final[tid] = {**states.get(tid, {}), "status": status}
+        pending = answer["pending"]
+        done = base_done + sum(int(states.get(t, {}).get("done", 0)) for t in ids if t not in final)
+        failed = base_failed + sum(int(states.get(t, {}).get("failed", 0)) for t in ids if t not in final)
+        done += sum(len(_tests_of(final[t])) for t in final)  # replaced by exact counts below
+        running = sum(1 for t in pending if states.get(t, {}).get("status") == p.RUNNING)
+        progress.show(min(done, progress.total), failed, running, len(pending) - running)
+    return final
+
+
+def _tests_of(state: dict[str, Any]) -> list[str]:
+    return state.get("tests", [])
+
+
+def _latest(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The last row of each test (a rerun's row supersedes the first run's)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        out[r["test_id"]] = r
+    return out
+
+
+def cmd_pytest(args: argparse.Namespace) -> int:
+    extra = _split_own(list(args.pytest_args or []))
+    cwd = Path.cwd()
+    code, collected, output = collect(args.python, extra, cwd)
+    if code not in (0, 5) or (code == 0 and not collected):
+        sys.stdout.write(output)
+        print(f"dtf pytest: collecting the suite failed (pytest exit code {code}); nothing was submitted",
+              file=sys.stderr)
+        return code if code in (EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE) else EXIT_INTERRUPTED
+    if not collected:
+        print(_banner("no tests ran in 0.00s"))
+        return EXIT_NO_TESTS
+    name = args.name or f"pytest:{cwd.name}"
+    run = Run(collected=collected)
+    try:
+        with client_for(args) as c:
+            try:
+                digest = upload_bundle(c, cwd)
+            except BundleError as exc:
+                print(f"dtf pytest: cannot ship {cwd}: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            return _run(c, args, run, name, digest, shard_args(extra, cwd))
+    except ClientError as exc:
+        print(f"dtf pytest: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _free_slots(c: Any, args: argparse.Namespace) -> int:
+    slots = 0
+    for w in c.call("list_workers", {}):
+        if w.get("status") not in (p.ONLINE, p.BUSY):
+            continue
+        if args.worker and w.get("worker_id") != args.worker:
+            continue
+        if args.tag and not set(args.tag) <= set(w.get("tags") or []):
+            continue
+        slots += int(w.get("slots") or 1)
+    return slots
+
+
+def _run(c: Any, args: argparse.Namespace, run: Run, name: str, digest: str, extra: list[str]) -> int:
+    collected = run.collected
+    durations: dict[str, float] = c.call("test_durations", {"test_ids": collected}, timeout=120.0)
+    slots = _free_slots(c, args)
+    if slots == 0:
+        print("dtf pytest: no agent is online that matches (tags: "
+              f"{', '.join(args.tag) or 'any'}); the shards wait in the queue until one is", file=sys.stderr)
+    if args.shards == "auto":
+        n = auto_shards(slots, len(collected), len(durations) / len(collected))
+    else:
+        try:
+            n = max(1, int(args.shards))
+        except ValueError:
+            print(f"dtf pytest: --shards takes a number or auto, not {args.shards!r}", file=sys.stderr)
+            return EXIT_USAGE
+    plan = plan_shards(collected, durations, n)
+    created = c.call("create_run", {"name": name, "kind": "pytest",
+                                    "meta": {"cwd": str(Path.cwd()), "args": extra, "bundle": digest,
+                                             "collected": len(collected), "shards": len(plan.shards),
+                                             "known": plan.known, "expected_makespan": round(plan.makespan, 3),
+                                             # The plan itself, for a suite small enough to keep it whole.
+                                             **({"plan": [s.tests for s in plan.shards]}
+                                                if len(collected) <= 5000 else {})}})
+    run.run_id = created["run_id"]
+    print(_banner(f"dtf pytest: run {run.run_id}"))
+    print(f"{len(collected)} tests in {len(plan.shards)} shards on {slots} slot(s); durations known for "
+          f"{plan.known}, expected {plan.makespan:.1f} s")
+    progress = Progress(len(collected))
+    interrupted = False
+    rows: dict[str, dict[str, Any]] = {}
+    flaky: list[str] = []
+    try:
+        ids = _submit(c, run, [s.tests for s in plan.shards], args=args, digest=digest, extra=extra,
+                      expected=[s.expected for s in plan.shards])
+        states = _watch(c, ids, progress, 0, 0)
+        rows = _latest(c.call("run_tests", {"run_id": run.run_id}, timeout=120.0))
+        _fill_missing(c, run, ids, states, rows)
+        for attempt in range(args.reruns):
+            failing = [t for t in collected if rows.get(t, {}).get("outcome") in p.FAILING_OUTCOMES]
+            if not failing:
+                break
+            print(f"\nrerun {attempt + 1} of {args.reruns}: {len(failing)} failed test(s), on another worker",
+                  file=sys.stderr)
+            ids = _rerun(c, args, run, failing, rows, digest, extra)
+            states = _watch(c, ids, progress, len(collected) - len(failing), 0)
+            again = _latest(c.call("run_tests", {"run_id": run.run_id}, timeout=120.0))
+            _fill_missing(c, run, ids, states, again)
+            for t in failing:
+                if t in again and again[t].get("outcome") == "passed":
+                    flaky.append(t)
+                    again[t] = {**again[t], "outcome": "flaky"}
+            rows.update({t: again[t] for t in failing if t in again})
+        if flaky:
+            c.call("mark_flaky", {"run_id": run.run_id, "test_ids": flaky})
+    except KeyboardInterrupt:
+        interrupted = True
+        _cancel_all(c, run)
+    progress.end()
+    return _report(c, args, run, rows, interrupted)
+
+
+def _fill_missing(c: Any, run: Run, ids: list[str], states: dict[str, dict[str, Any]],
+                  rows: dict[str, dict[str, Any]]) -> None:
+    """A shard that ended without test rows (its agent could not run pytest, its bundle was unusable...):
+    each of its tests is an error, with the shard's own reason."""
+    for tid in ids:
+        tests = [t for t in run.shard_tests.get(tid, []) if t not in rows or rows[t]["task_id"] != tid]
+        missing = [t for t in tests if t not in rows]
+        if not missing:
+            continue
+        task = c.call("get_task", {"task_id": tid})
+        why = task.get("error") or task.get("why") or task.get("status_reason") or task["status"]
+        for t in missing:
+            rows[t] = {"test_id": t, "outcome": "error", "duration": 0.0, "worker_id": task.get("worker_id"),
+                       "task_id": tid, "longrepr": f"the shard {tid} ran no test: {why}", "output": ""}
+
+
+def _rerun(c: Any, args: argparse.Namespace, run: Run, failing: list[str], rows: dict[str, dict[str, Any]],
+           digest: str, extra: list[str]) -> list[str]:
+    """One shard per worker the tests failed on, sent to another worker when there is one."""
+    workers = [w["worker_id"] for w in c.call("list_workers", {}) if w.get("status") in (p.ONLINE, p.BUSY)
+               and (not args.tag or set(args.tag) <= set(w.get("tags") or []))]
+    by_worker: dict[str, list[str]] = {}
+    for t in failing:
+        by_worker.setdefault(str(rows.get(t, {}).get("worker_id") or ""), []).append(t)
+    ids = []
+    for i, (failed_on, tests) in enumerate(sorted(by_worker.items())):
+        others = [w for w in workers if w != failed_on]
+        target = others[i % len(others)] if others else None
+        ids += _submit(c, run, [tests], args=args, digest=digest, extra=extra, worker=target)
+    return ids
+
+
+def _cancel_all(c: Any, run: Run) -> None:
+    try:
+        pending = c.call("wait", {"task_ids": run.task_ids, "timeout": 0})["pending"] if run.task_ids else []
+        for tid in pending:
+            try:
+                c.call("cancel_task", {"task_id": tid})
+            except ClientError:
+                pass
+        print(f"\ninterrupted: {len(pending)} shard(s) cancelled", file=sys.stderr)
+    except ClientError as exc:
+        print(f"\ninterrupted; could not cancel the shards: {exc}", file=sys.stderr)
+
+
+def _report(c: Any, args: argparse.Namespace, run: Run, rows: dict[str, dict[str, Any]], interrupted: bool) -> int:
+    seconds = time.monotonic() - run.started
+    final = [rows[t] for t in run.collected if t in rows]
+    counts: dict[str, int] = {}
+    for r in final:
+        counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
+    # A flaky test passed in the end: pytest-rerunfailures counts it as passed, and so does this.
+    if counts.get("flaky"):
+        counts["passed"] = counts.get("passed", 0) + counts["flaky"]
+    failures = [r for r in final if r["outcome"] in p.FAILING_OUTCOMES]
+    if failures:
+        print(_banner("FAILURES"))
+        for r in failures[:30]:
+            print(_banner(r["test_id"], "_"))
+            lines = str(r.get("longrepr") or "").rstrip().splitlines()
+            print("\n".join(lines[-60:]))
+            if r.get("output"):
+                print(_banner("Captured output", "-"))
+                print("\n".join(str(r["output"]).rstrip().splitlines()[-30:]))
+            print(f"(on {r.get('worker_id') or '?'}, task {r.get('task_id')}; `dtf logs {r.get('task_id')}` "
+                  "has the shard's whole output)")
+        if len(failures) > 30:
+            print(f"... and {len(failures) - 30} more failures (`dtf runs {run.run_id}` lists them all)")
+    flaky = [r for r in final if r["outcome"] == "flaky"]
+    if failures or flaky:
+        print(_banner("short test summary info"))
+        for r in failures:
+            label = {"failed": "FAILED", "error": "ERROR", "crashed": "CRASHED"}[r["outcome"]]
+            print(f"{label} {r['test_id']} - {_short_message(str(r.get('longrepr') or ''))}")
+        for r in flaky:
+            print(f"FLAKY {r['test_id']} - failed, then passed on {r.get('worker_id')}")
+    status = "interrupted" if interrupted else ("failed" if failures else "passed")
+    summary = {"counts": counts, "seconds": round(seconds, 3), "flaky": [r["test_id"] for r in flaky],
+               "collected": len(run.collected)}
+    try:
+        c.call("finish_run", {"run_id": run.run_id, "status": status, "summary": summary})
+    except ClientError as exc:
+        print(f"dtf pytest: could not record the end of the run: {exc}", file=sys.stderr)
+    if args.junitxml:
+        from dtf_gui.coordinator.reports import junit_xml
+
+        Path(args.junitxml).write_bytes(junit_xml(run.run_id, final, duration=seconds,
+                                                  timestamp=time.strftime("%Y-%m-%dT%H:%M:%S")))
+        print(f"JUnit XML written to {os.path.abspath(args.junitxml)}")
+    print(_banner(_summary(counts, seconds) + (" (interrupted)" if interrupted else "")))
+    if interrupted:
+        return EXIT_INTERRUPTED
+    if failures:
+        return EXIT_FAILED
+    return EXIT_OK if final else EXIT_NO_TESTS

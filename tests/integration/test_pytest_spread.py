@@ -1,0 +1,215 @@
+"""`dtf pytest` for real: a `dtf serve`, two agent processes on loopback, and a small suite of
+our own with passing, failing, skipped, xfail, crashing (os._exit) and flaky tests.
+
+Checked: the exact counts and pytest's summary line and exit code; the crash reported as such and
+the tests after it still run; the flaky test rerun on the other agent and stored as flaky; one
+JUnit XML for the whole run; the second run's shards planned from the first run's durations; the
+second run ships no bundle bytes (client to coordinator, coordinator to agents); `dtf logs`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import textwrap
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dtf_gui.shards import plan_shards
+from tests.helpers import ProcessTracker, Serve, dtf_command, wait_until
+
+AGENTS = ("spread-a", "spread-b")
+
+SUITE = {
+    "test_timed.py": """
+        import time
+        import pytest
+
+        @pytest.mark.parametrize("ms", [400, 300, 250, 200, 150, 100, 60, 30])
+        def test_sleep(ms):
+            time.sleep(ms / 1000)
+    """,
+    "test_outcomes.py": """
+        import pytest
+
+        def test_fails():
+            assert 1 + 1 == 3, "arithmetic is broken"
+
+        def test_skipped():
+            pytest.skip("not on this machine")
+
+        @pytest.mark.xfail(reason="known bug")
+        def test_xfail():
+            assert False
+    """,
+    "test_crash.py": """
+        import os
+
+        def test_before():
+            pass
+
+        def test_crashes():
+            print("about to die")
+            os._exit(3)
+
+        def test_after():
+            pass
+    """,
+    "test_flaky.py": """
+        import os
+        from pathlib import Path
+
+        def test_flaky():
+            # Fails the first time it runs anywhere, passes after (the marker is outside the bundle).
+            marker = Path(os.environ["FLAKY_DIR"]) / "ran-once"
+            if not marker.exists():
+                marker.write_text("x")
+                raise AssertionError("first run fails")
+    """,
+}
+COLLECTED = 8 + 3 + 3 + 1
+
+
+@dataclass
+class Lab:
+    serve: Serve
+    env: dict[str, str]
+    suite: Path
+    root: Path
+
+    def dtf_pytest(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(dtf_command("dtf") + ["pytest", *args], cwd=self.suite, env=self.env,
+                              capture_output=True, text=True, timeout=timeout, check=False)
+
+    def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
+        return self.serve.call(op, args)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    root = tmp_path_factory.mktemp("spread")
+    home, logs, suite, flaky = root / "home", root / "logs", root / "suite", root / "flaky"
+    for d in (home, logs, suite, flaky):
+        d.mkdir()
+    for name, text in SUITE.items():
+        (suite / name).write_text(textwrap.dedent(text))
+    env = dict(os.environ, DTF_HOME=str(home), PYTHONUNBUFFERED="1", FLAKY_DIR=str(flaky))
+    tracker = ProcessTracker(logs)
+    serve: Serve | None = None
+    try:
+        serve = Serve(tracker, home, env, "--no-mdns")
+        for name in AGENTS:
+            serve.start_agent(name, slots=1)
+        serve.wait_workers_online(*AGENTS)
+        yield Lab(serve, env, suite, root)
+    finally:
+        if serve is not None:
+            serve.close()
+        tracker.close()
+
+
+def summary_line(out: str) -> str:
+    lines = [ln for ln in out.splitlines() if ln.startswith("=") and " in " in ln and "s =" in ln]
+    assert lines, out
+    return lines[-1].strip("= ")
+
+
+def outcomes(lab: Lab, run_id: str) -> dict[str, list[tuple[str, str]]]:
+    """test id -> [(outcome, worker)] in the order the rows were stored."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for row in lab.call("run_tests", {"run_id": run_id}):
+        out.setdefault(row["test_id"], []).append((row["outcome"], row["worker_id"]))
+    return out
+
+
+def run_id_of(out: str) -> str:
+    m = re.search(r"dtf pytest: run (\S+)", out)
+    assert m, out
+    return m.group(1)
+
+
+@pytest.fixture(scope="module")
+def first(lab: Lab) -> tuple[subprocess.CompletedProcess[str], str]:
+    proc = lab.dtf_pytest("--reruns", "1", "--junitxml", str(lab.root / "first.xml"))
+    return proc, run_id_of(proc.stdout)
+
+
+def test_counts_summary_and_exit_code_are_pytests(lab: Lab, first: Any) -> None:
+    proc, _ = first
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    line = summary_line(proc.stdout)
+    # The flaky test counts as passed (as with pytest-rerunfailures) and is named as flaky too.
+    assert re.fullmatch(r"1 failed, 11 passed, 1 skipped, 1 xfailed, 1 crashed, 1 flaky in [\d.]+s", line), line
+    assert "FAILED test_outcomes.py::test_fails - AssertionError: arithmetic is broken" in proc.stdout
+    assert "CRASHED test_crash.py::test_crashes" in proc.stdout
+    assert "FLAKY test_flaky.py::test_flaky" in proc.stdout
+
+
+def test_the_crash_is_reported_and_the_rest_of_its_shard_still_ran(lab: Lab, first: Any) -> None:
+    rows = outcomes(lab, first[1])
+    assert rows["test_crash.py::test_crashes"][0][0] == "crashed"
+    assert rows["test_crash.py::test_after"] == [("passed", rows["test_crash.py::test_after"][0][1])]
+    assert rows["test_crash.py::test_before"][0][0] == "passed"
+    crashed = next(r for r in lab.call("run_tests", {"run_id": first[1]})
+                   if r["test_id"] == "test_crash.py::test_crashes")
+    assert "exit code 3" in crashed["longrepr"] or "exited with 3" in crashed["longrepr"], crashed["longrepr"]
+
+
+def test_the_flaky_test_was_rerun_on_the_other_worker_and_stored_as_flaky(lab: Lab, first: Any) -> None:
+    rows = outcomes(lab, first[1])["test_flaky.py::test_flaky"]
+    assert [o for o, _ in rows] == ["failed", "flaky"]
+    assert rows[0][1] != rows[1][1] and {w for _, w in rows} <= set(AGENTS)
+    # A test that fails every time is rerun too, and stays failed.
+    assert [o for o, _ in outcomes(lab, first[1])["test_outcomes.py::test_fails"]] == ["failed", "failed"]
+    shown = subprocess.run(dtf_command("dtf") + ["runs", first[1]], env=lab.env, capture_output=True, text=True,
+                           timeout=60, check=False)
+    assert shown.returncode == 0 and "flaky" in shown.stdout and "test_flaky.py::test_flaky" in shown.stdout
+
+
+def test_one_junit_xml_for_the_whole_run(lab: Lab, first: Any) -> None:
+    suite = ET.parse(lab.root / "first.xml").getroot().find("testsuite")
+    assert suite is not None
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors"), suite.get("skipped")) == (
+        str(COLLECTED), "2", "0", "2")
+    names = {(tc.get("classname"), tc.get("name")) for tc in suite.iter("testcase")}
+    assert ("test_timed", "test_sleep[400]") in names and ("test_crash", "test_crashes") in names
+
+
+def test_second_run_is_planned_from_history_and_ships_no_bundle(lab: Lab, first: Any) -> None:
+    served = lab.call("get_status")["outputs"]["bundle_bytes_served"]
+    assert served > 0  # the first run's agents fetched it
+    ids = [f"test_timed.py::test_sleep[{ms}]" for ms in (400, 300, 250, 200, 150, 100, 60, 30)]
+    durations = lab.call("test_durations", {"test_ids": ids})  # what the second run will plan with
+    assert set(durations) == set(ids)  # every one timed by the first run
+    proc = lab.dtf_pytest("-k", "test_sleep")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.fullmatch(r"8 passed in [\d.]+s", summary_line(proc.stdout))
+    assert "already on the coordinator" in proc.stderr
+    assert lab.call("get_status")["outputs"]["bundle_bytes_served"] == served  # the agents had it cached
+    run = lab.call("get_run", {"run_id": run_id_of(proc.stdout)})
+    assert run["meta"]["known"] == 8 and run["meta"]["shards"] == 2
+    # The shards submitted are the duration plan's: longest first onto the least loaded.
+    plan = plan_shards(ids, durations, 2)
+    assert sorted(map(sorted, run["meta"]["plan"])) == sorted(sorted(s.tests) for s in plan.shards)
+    loads = [sum(durations[t] for t in tests) for tests in run["meta"]["plan"]]
+    assert max(loads) - min(loads) <= max(durations.values()) + 1e-9
+
+
+def test_logs_of_a_shard(lab: Lab, first: Any) -> None:
+    crashed = next(r for r in lab.call("run_tests", {"run_id": first[1]})
+                   if r["test_id"] == "test_crash.py::test_crashes")
+
+    def full_log() -> str | None:
+        proc = subprocess.run(dtf_command("dtf") + ["logs", crashed["task_id"]], env=lab.env, capture_output=True,
+                              text=True, timeout=60, check=False)
+        return proc.stdout if proc.stdout.count("test session starts") >= 2 else None
+
+    # Output streamed while the shard ran; the pytest session restarted after the crash appends.
+    out = wait_until(full_log, 20)
+    assert "test_crash.py" in out
