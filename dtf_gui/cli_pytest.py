@@ -46,8 +46,8 @@ def pytest_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--junitxml", metavar="FILE", help="write one JUnit XML report of the whole run")
     sp.add_argument("--tag", action="append", default=[], help="only agents with this tag (repeat for several)")
     sp.add_argument("--worker", help="only this agent")
-    sp.add_argument("--shards", default="auto", help="number of shards, or auto (one per free slot; twice that "
-                                                     "while most tests have no duration history)")
+    sp.add_argument("--shards", default="auto", help="number of shards, or auto (one per slot of the matching "
+                                                     "agents online)")
     sp.add_argument("--reruns", type=int, default=0, help="run failed tests again, on another worker, up to N times; "
                                                          "a test that then passes is reported as flaky")
     sp.add_argument("--name", help="the run's name (default: pytest:<directory name>); runs of one name are "
@@ -145,6 +145,7 @@ class Progress:
         self.tty = sys.stderr.isatty()
         self.last = 0.0
         self.started = time.monotonic()
+        self.failed_final = 0  # failures of the shards already finished
 
     def show(self, done: int, failed: int, running: int, pending: int, force: bool = False) -> None:
         now = time.monotonic()
@@ -193,8 +194,9 @@ def _submit(c: Any, run: Run, shards: list[list[str]], *, args: argparse.Namespa
     return ids
 
 
-def _watch(c: Any, ids: list[str], progress: Progress, base_done: int, base_failed: int) -> dict[str, dict[str, Any]]:
-    """Until every shard is final; returns each shard's last state."""
+def _watch(c: Any, run: Run, ids: list[str], progress: Progress, base_done: int) -> dict[str, dict[str, Any]]:
+    """Until every shard is final, showing tests done (a finished shard counts whole), failures so far
+    and shards running; returns each shard's last state."""
     pending = list(ids)
     final: dict[str, dict[str, Any]] = {}
     while pending:
@@ -202,17 +204,14 @@ def _watch(c: Any, ids: list[str], progress: Progress, base_done: int, base_fail
         states = c.call("task_progress", {"task_ids": ids})
         for tid, status in answer["finished"].items():
             final[tid] = {**states.get(tid, {}), "status": status}
+            progress.failed_final += int(states.get(tid, {}).get("failed", 0))
         pending = answer["pending"]
-        done = base_done + sum(int(states.get(t, {}).get("done", 0)) for t in ids if t not in final)
-        failed = base_failed + sum(int(states.get(t, {}).get("failed", 0)) for t in ids if t not in final)
-        done += sum(len(_tests_of(final[t])) for t in final)  # replaced by exact counts below
+        done = base_done + sum(len(run.shard_tests.get(t, [])) for t in final)
+        done += sum(int(states.get(t, {}).get("done", 0)) for t in pending)
+        failed = progress.failed_final + sum(int(states.get(t, {}).get("failed", 0)) for t in pending)
         running = sum(1 for t in pending if states.get(t, {}).get("status") == p.RUNNING)
         progress.show(min(done, progress.total), failed, running, len(pending) - running)
     return final
-
-
-def _tests_of(state: dict[str, Any]) -> list[str]:
-    return state.get("tests", [])
 
 
 def _latest(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -271,7 +270,7 @@ def _run(c: Any, args: argparse.Namespace, run: Run, name: str, digest: str, ext
         print("dtf pytest: no agent is online that matches (tags: "
               f"{', '.join(args.tag) or 'any'}); the shards wait in the queue until one is", file=sys.stderr)
     if args.shards == "auto":
-        n = auto_shards(slots, len(collected), len(durations) / len(collected))
+        n = auto_shards(slots, len(collected))
     else:
         try:
             n = max(1, int(args.shards))
@@ -297,7 +296,7 @@ def _run(c: Any, args: argparse.Namespace, run: Run, name: str, digest: str, ext
     try:
         ids = _submit(c, run, [s.tests for s in plan.shards], args=args, digest=digest, extra=extra,
                       expected=[s.expected for s in plan.shards])
-        states = _watch(c, ids, progress, 0, 0)
+        states = _watch(c, run, ids, progress, 0)
         rows = _latest(c.call("run_tests", {"run_id": run.run_id}, timeout=120.0))
         _fill_missing(c, run, ids, states, rows)
         for attempt in range(args.reruns):
@@ -307,7 +306,7 @@ def _run(c: Any, args: argparse.Namespace, run: Run, name: str, digest: str, ext
             print(f"\nrerun {attempt + 1} of {args.reruns}: {len(failing)} failed test(s), on another worker",
                   file=sys.stderr)
             ids = _rerun(c, args, run, failing, rows, digest, extra)
-            states = _watch(c, ids, progress, len(collected) - len(failing), 0)
+            states = _watch(c, run, ids, progress, len(collected) - len(failing))
             again = _latest(c.call("run_tests", {"run_id": run.run_id}, timeout=120.0))
             _fill_missing(c, run, ids, states, again)
             for t in failing:

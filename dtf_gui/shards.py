@@ -45,13 +45,13 @@ def file_of(nodeid: str) -> str:
     return nodeid.split("::", 1)[0]
 
 
-def auto_shards(slots: int, n_tests: int, known_fraction: float) -> int:
-    """How many shards for ``slots`` free slots: one each when durations are known; twice that when
-    most are not, so that a shard that turns out long is balanced by the others taking more."""
+def auto_shards(slots: int, n_tests: int) -> int:
+    """How many shards for ``slots`` free slots: one each. More shards would balance a first run
+    (no history yet) dynamically, but each costs a pytest start and a collection of its own (seconds
+    with a few plugins installed), which a suite of short tests cannot win back."""
     if n_tests <= 0:
         return 0
-    per_slot = 1 if known_fraction >= 0.9 else 2
-    return max(1, min(n_tests, max(1, slots) * per_slot))
+    return max(1, min(n_tests, slots))
 
 
 def plan_shards(test_ids: Sequence[str], durations: Mapping[str, float], n: int) -> ShardPlan:

@@ -71,6 +71,8 @@ class _Reporter:
         # An xdist worker collects (so it filters), but the controller sees every test's start and
         # reports (forwarded by xdist): only the controller writes those, or each would appear twice.
         self.worker = hasattr(config, "workerinput")
+        self.config = config
+        self.benchmarks_sent = 0
         self.fd: int | None = None
         if report:
             self.fd = os.open(report, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -153,7 +155,24 @@ class _Reporter:
             return
         for nodeid in list(self.phases):  # reported but never finished: say what is known
             self._finish(nodeid)
+        self._benchmarks()
         self._emit({"e": "finish", "exitstatus": int(exitstatus)})
+
+    def _benchmarks(self) -> None:
+        """pytest-benchmark's measurements, when it is installed and measured: its stats become the
+        metrics of each benchmark's test. Sent as each test finishes (a later test may kill the
+        session). Read from its session object, whose shape may change between its releases:
+        anything unexpected is skipped, never fatal to the report."""
+        bench = getattr(self.config, "_benchmarksession", None)
+        new = (getattr(bench, "benchmarks", None) or [])[self.benchmarks_sent:]
+        self.benchmarks_sent += len(new)
+        for b in new:
+            try:
+                d = b.as_dict(include_data=False)
+                self._emit({"e": "bench", "nodeid": str(d.get("fullname") or b.fullname), "stats": d.get("stats"),
+                            "extra_info": d.get("extra_info") or {}})
+            except Exception:  # noqa: BLE001 - a benchmark we cannot read is left out, the rest go on
+                continue
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         if self.fd is not None:
@@ -164,6 +183,7 @@ class _Reporter:
         phases = self.phases.pop(nodeid, None)
         if not phases or nodeid in self.done:
             return
+        self._benchmarks()
         self.done.add(nodeid)
         self._emit(dict(e="done", nodeid=nodeid, **summarise(phases)))
 

@@ -29,6 +29,7 @@ import psutil
 
 from dtf_agent.protocol import FAILING_OUTCOMES, MAX_NODEID, RunSpec
 from dtf_agent.runners.command import KILL_GRACE_S, Outcome, _signal_tree, _tail, kill_tree
+from dtf_agent.runners.resultfile import parse_result_data
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,10 @@ class PytestRun:
         self._from_missing: set[str] = set()  # resolved as "not found"; a collection report may explain them
         self._collected: dict[str, tuple[str, str]] = {}  # node -> ("error" | "skip", longrepr)
         self._modules: dict[str, dict[str, Any]] = {}  # collection errors, one entry per node
+        # pytest-benchmark's measurements: node id -> metrics, and their units and directions.
+        self._bench: dict[str, dict[str, float]] = {}
+        self._units: dict[str, str] = {}
+        self._directions: dict[str, str] = {}
         self._session: _Session | None = None
         self._thread = threading.Thread(target=self._run, name=f"task-{spec.task_id}", daemon=True)
 
@@ -416,6 +421,9 @@ class PytestRun:
                     if nid not in self._results:
                         self._resolve(_test(nid, "error", note or "not run"))
             tests = [dict(self._results[nid]) for nid in self._order if nid in self._results]
+            for t in tests:
+                if t["nodeid"] in self._bench:
+                    t["metrics"] = self._bench[t["nodeid"]]
             tests += [dict(entry) for entry in self._modules.values()]
         fit(tests)
         return self._outcome(tests, code, error, restarts, end)
@@ -445,7 +453,8 @@ class PytestRun:
             self.spec.task_id, status, self.start_time, end, exit_code=exit_code,
             error="; ".join(parts) if status == "failure" else "",
             stdout_tail=_tail(self._stdout, self.tail_bytes), stderr_tail=_tail(self._stderr, self.tail_bytes),
-            tests=tests,
+            tests=tests, units=dict(self._units) if self._bench else {},
+            directions=dict(self._directions) if self._bench else {},
         )
 
     def _start_session(self, python: str, remaining: list[str], args: list[str], env: dict[str, str],
@@ -565,6 +574,14 @@ class PytestRun:
             for nid in [n for n in self._from_missing if _under(n, nodeid)]:
                 self._from_missing.discard(nid)
                 self._resolve(self._not_collected(nid), replace=True)
+        elif kind == "bench":
+            # pytest-benchmark's stats for one test: read as its JSON file would be.
+            found = parse_result_data({"benchmarks": [{"fullname": nodeid, "stats": event.get("stats"),
+                                                       "extra_info": event.get("extra_info")}]})
+            for t in found.tests:
+                self._bench[t["nodeid"]] = t["metrics"]
+            self._units.update(found.units)
+            self._directions.update(found.directions)
         elif kind == "finish":
             status = event.get("exitstatus")
             session.exitstatus = int(status) if isinstance(status, int) else 0

@@ -72,8 +72,12 @@ SUITE = {
                 marker.write_text("x")
                 raise AssertionError("first run fails")
     """,
+    "test_bench.py": """
+        def test_sum(benchmark):
+            assert benchmark(sum, range(100)) == 4950
+    """,
 }
-COLLECTED = 8 + 3 + 3 + 1
+COLLECTED = 8 + 3 + 3 + 1 + 1
 
 
 @dataclass
@@ -145,7 +149,7 @@ def test_counts_summary_and_exit_code_are_pytests(lab: Lab, first: Any) -> None:
     assert proc.returncode == 1, proc.stdout + proc.stderr
     line = summary_line(proc.stdout)
     # The flaky test counts as passed (as with pytest-rerunfailures) and is named as flaky too.
-    assert re.fullmatch(r"1 failed, 11 passed, 1 skipped, 1 xfailed, 1 crashed, 1 flaky in [\d.]+s", line), line
+    assert re.fullmatch(r"1 failed, 12 passed, 1 skipped, 1 xfailed, 1 crashed, 1 flaky in [\d.]+s", line), line
     assert "FAILED test_outcomes.py::test_fails - AssertionError: arithmetic is broken" in proc.stdout
     assert "CRASHED test_crash.py::test_crashes" in proc.stdout
     assert "FLAKY test_flaky.py::test_flaky" in proc.stdout
@@ -159,6 +163,17 @@ def test_the_crash_is_reported_and_the_rest_of_its_shard_still_ran(lab: Lab, fir
     crashed = next(r for r in lab.call("run_tests", {"run_id": first[1]})
                    if r["test_id"] == "test_crash.py::test_crashes")
     assert "exit code 3" in crashed["longrepr"] or "exited with 3" in crashed["longrepr"], crashed["longrepr"]
+
+
+def test_a_benchmarks_stats_are_its_rows_metrics(lab: Lab, first: Any) -> None:
+    rows = lab.serve.db().execute(
+        "SELECT m.name, m.value FROM metrics m JOIN results r ON r.result_id = m.result_id "
+        "WHERE r.run_id = ? AND r.test_id = 'test_bench.py::test_sum'", (first[1],)).fetchall()
+    metrics = dict(rows)
+    assert metrics["bench_mean_s"] > 0 and metrics["bench_rounds"] >= 1
+    info = lab.call("metric_info", {"names": ["bench_mean_s", "bench_ops"]})
+    assert (info["bench_mean_s"]["unit"], info["bench_mean_s"]["direction"]) == ("s", "lower")
+    assert info["bench_ops"]["direction"] == "higher" and info["bench_ops"]["source"] == "task"
 
 
 def test_the_flaky_test_was_rerun_on_the_other_worker_and_stored_as_flaky(lab: Lab, first: Any) -> None:

@@ -40,10 +40,10 @@ def test_never_more_shards_than_units_and_none_empty() -> None:
 
 
 def test_auto_shards() -> None:
-    assert auto_shards(2, 400, 1.0) == 2
-    assert auto_shards(2, 400, 0.0) == 4
-    assert auto_shards(4, 3, 0.0) == 3
-    assert auto_shards(0, 10, 1.0) == 1
+    assert auto_shards(2, 400) == 2
+    assert auto_shards(4, 3) == 3
+    assert auto_shards(0, 10) == 1
+    assert auto_shards(3, 0) == 0
 
 
 @given(st.lists(st.floats(0.001, 100), min_size=1, max_size=200), st.integers(1, 16))
