@@ -259,8 +259,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             if args.requirements:
                 params["requirements"] = args.requirements
             fields["parameters"] = params
-        if args.run:
-            fields["run_id"] = c.call("create_run", {"name": args.run, "kind": "submit"})["run_id"]
+        # Every submission is a run (`dtf runs`; the previous run of its name is its baseline).
+        fields["run_id"] = c.call("create_run", {"name": _run_name(args), "kind": "submit"})["run_id"]
         if args.count > 1:
             ids = c.call("create_tasks", {"tasks": [fields] * args.count})["task_ids"]
         else:
@@ -299,6 +299,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     print(f"{summary} in {time.monotonic() - started:.1f} s")
     return 1 if failed else 0
+
+
+def _run_name(args: argparse.Namespace) -> str:
+    """--run, else the test id, else the program the command runs (``python bench.py`` -> python)."""
+    if args.run:
+        return str(args.run)
+    if args.test_id:
+        return str(args.test_id)
+    command = args.command or args.type
+    word = command.split()[0] if command.split() else args.type
+    return os.path.basename(word)[:100] or "submit"
 
 
 def _wait_for(c: Client, ids: list[str], timeout: float, progress: bool = False) -> list[dict[str, Any]]:
@@ -539,7 +550,8 @@ def _submit_args(sp: argparse.ArgumentParser) -> None:
                                                     "coordinator lacks it): the command runs inside it")
     sp.add_argument("--requirements", metavar="FILE", help="with --bundle: a requirements file inside it; the "
                                                            "command runs in a virtual environment made from it")
-    sp.add_argument("--run", metavar="NAME", help="record the submission as a run of this name (`dtf runs`)")
+    sp.add_argument("--run", metavar="NAME", help="the name of the run this submission is (`dtf runs`; default: the "
+                                                  "test id, else the command's program)")
     sp.add_argument("--wait", action="store_true", help="wait until the task(s) finish; exit 1 if any failed")
     sp.add_argument("--wait-timeout", type=float, default=3600.0)
     sp.add_argument("--json", action="store_true")

@@ -12,7 +12,8 @@ from typing import Any
 from dtf_agent import protocol as p
 from dtf_gui.cli_common import client_for, fmt, print_table
 
-RUN_COLUMNS = ("run_id", "name", "kind", "status", "created", "tests", "results")
+RUN_COLUMNS = ("run_id", "name", "kind", "status", "created", "took", "tests", "passed", "failed", "skipped",
+               "flaky", "tasks")
 
 
 def logs_args(sp: argparse.ArgumentParser) -> None:
@@ -83,20 +84,34 @@ def cmd_runs(args: argparse.Namespace) -> int:
                   f"created {fmt(run['created'], True)}")
             print(f"  tests:   {_counts(run['tests'])}")
             print(f"  results: {_counts(run['results'])}")
-            bad = [t for t in tests if t["outcome"] in p.FAILING_OUTCOMES]
-            flaky = [t for t in tests if t["outcome"] == "flaky"]
+            # A test's outcome is its last row's (a rerun's row comes after the first run's).
+            final: dict[str, dict[str, Any]] = {}
+            for t in tests:
+                final[t["test_id"]] = {**t, "runs": final.get(t["test_id"], {}).get("runs", 0) + 1}
+            bad = [t for t in final.values() if t["outcome"] in p.FAILING_OUTCOMES]
+            flaky = [t for t in final.values() if t["outcome"] == "flaky"]
             if bad:
                 print("failures:")
-                print_table(bad[:100], ("test_id", "outcome", "worker_id", "attempt", "duration"))
+                print_table(bad[:100], ("test_id", "outcome", "worker_id", "runs", "duration"))
+                if len(bad) > 100:
+                    print(f"... and {len(bad) - 100} more (--json lists them all)")
             if flaky:
                 print("flaky (failed, then passed when run again):")
-                print_table(flaky, ("test_id", "worker_id", "duration"))
+                print_table(flaky, ("test_id", "worker_id", "runs", "duration"))
             return 0
         runs = c.call("list_runs", {"limit": args.limit, **({"name": args.name} if args.name else {})})
     if args.json:
         print(json.dumps(runs, indent=2, default=str))
         return 0
-    rows = [{**r, "tests": _counts(r["tests"]), "results": _counts(r["results"])} for r in runs]
+    rows = []
+    for r in runs:
+        t = r["tests"]
+        rows.append({**r, "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"])),
+                     "took": f"{r['finished'] - r['created']:.0f} s" if r.get("finished") else None,
+                     "tests": sum(t.values()) or None, "passed": t.get("passed", 0) + t.get("flaky", 0) or None,
+                     "failed": sum(t.get(k, 0) for k in p.FAILING_OUTCOMES) or None,
+                     "skipped": t.get("skipped", 0) + t.get("xfailed", 0) or None, "flaky": t.get("flaky") or None,
+                     "tasks": _counts(r["results"])})
     print_table(rows, RUN_COLUMNS)
     return 0
 
@@ -118,7 +133,8 @@ def compare_runs(c: Any, args: argparse.Namespace) -> int:
     print(f"run {data['run']['run_id']} against {base.get('run_id', '?')}")
     rows = []
     for r in data.get("metrics", []):
-        rows.append({**r, "change_pct": None if r.get("change") is None else round(100 * r["change"], 2),
+        rows.append({**r, "change_pct": None if r.get("pct_change") is None else round(r["pct_change"], 2),
+                     "test_id": r.get("test_id") or "(tasks without a test id)",
                      "direction": f"{r.get('direction', '')} ({r.get('direction_source', '')})"})
     print_table(rows, COMPARE_RUN_COLUMNS)
     tests = data.get("tests") or {}

@@ -173,15 +173,14 @@ class RunsApi:
 
     def _counted(self, run: dict[str, Any]) -> dict[str, Any]:
         """The run with its rows counted: tasks by status, tests by outcome (an index probe by run)."""
-        rows = self.store.query("SELECT COALESCE(outcome, ''), status, count(*) FROM results WHERE run_id=? "
-                                "GROUP BY 1, 2", [run["run_id"]])
-        tests: dict[str, int] = {}
-        results: dict[str, int] = {}
-        for outcome, status, n in rows:
-            if outcome:
-                tests[outcome] = tests.get(outcome, 0) + n
-            else:
-                results[status] = results.get(status, 0) + n
+        rid = run["run_id"]
+        results = dict(self.store.query("SELECT status, count(*) FROM results WHERE run_id=? AND outcome IS NULL "
+                                        "GROUP BY 1", [rid]))
+        # Each test once, with its last row's outcome (a rerun's comes after the first run's):
+        # SQLite takes the bare column from the row that has the max().
+        tests = dict(self.store.query(
+            "SELECT outcome, count(*) FROM (SELECT outcome, max(timestamp) FROM results WHERE run_id=? "
+            "AND outcome IS NOT NULL GROUP BY test_id) GROUP BY 1", [rid]))
         return {**run, "tests": tests, "results": results}
 
     def mark_flaky(self, a: MarkFlaky) -> dict[str, Any]:

@@ -653,7 +653,8 @@ def _run_values(conn: sqlite3.Connection, run_id: str,
         test = test or ""
         # A failed test's time says how soon it failed, not how fast the code is.
         timed = outcome == "passed" or (not outcome and status == "success")
-        if timed and seconds is not None and math.isfinite(seconds):
+        # A task without a test id (a pytest shard) is a different mix of tests in every run.
+        if timed and test and seconds is not None and math.isfinite(seconds):
             durations.setdefault((test, DURATION_METRIC), []).append(float(seconds))
         if outcome:
             outcomes.setdefault(test, []).append(_TestRow(outcome, int(attempt or 0), float(ts or 0.0),
