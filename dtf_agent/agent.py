@@ -112,6 +112,9 @@ class Agent:
         self._awaiting: dict[str, list[p.RunSpec]] = {}
         self._fetching: dict[str, bytearray] = {}
         self._fetch_asked: dict[str, float] = {}
+        # Tasks that ended while the coordinator was away: their output is sent (and their files
+        # removed) once registered again.
+        self._unsent_logs: list[Run] = []
         self._stopping_ids: set[str] = set()
         # result_id -> (record, when last sent); mirrors the spool's pending results.
         self.unacked: dict[str, tuple[p.ResultRecord, float]] = {}
@@ -226,7 +229,7 @@ class Agent:
                     else:
                         self._done.clear_wake()
                 self._collect_done()
-                if self.running and time.monotonic() >= self._next_pump:
+                if (self.running or self._fetching or self._unsent_logs) and time.monotonic() >= self._next_pump:
                     self._pump_all()
                 self._flush()
                 if self.fatal_error:
@@ -261,7 +264,7 @@ class Agent:
     def _next_wake(self, next_resend: float) -> float:
         if self.registered:
             wake = min(self._next_heartbeat, next_resend)
-            if self.running:
+            if self.running or self._fetching or self._unsent_logs:
                 wake = min(wake, self._next_pump)
             if self._owed_since is not None:
                 wake = min(wake, self._owed_since + self._silence_limit())
@@ -672,11 +675,14 @@ class Agent:
 
     def _pump_all(self) -> None:
         self._next_pump = time.monotonic() + self.s.log_interval
-        self._refetch_stalled(time.monotonic())
         if not self.registered:
             return  # sent from where it stopped once registered again; the files keep it all
+        self._refetch_stalled(time.monotonic())
         for run in list(self.running.values()):
             self._pump(run, final=False)
+        unsent, self._unsent_logs = self._unsent_logs, []
+        for run in unsent:
+            self._last_of(run)
 
     def _pump(self, run: Run, *, final: bool) -> None:
         """Send what a task wrote since the last look: at most a megabyte a stream a turn while it runs
@@ -716,16 +722,21 @@ class Agent:
                                      current=current[:p.MAX_NODEID])):
                 self._progress_sent[task_id] = progress
 
+    def _last_of(self, run: Run) -> None:
+        """The rest of a finished task's output, then its files go."""
+        self._pump(run, final=True)
+        self._log_sent.pop(run.spec.task_id, None)
+        self._progress_sent.pop(run.spec.task_id, None)
+        run.cleanup()
+
     def _collect_done(self) -> None:
         for outcome in self._done.take():
             run = self.running.pop(outcome.task_id, None)
             if run is not None:
-                # The last of its output goes before its result (same socket, in order), then its files go.
                 if self.registered:
-                    self._pump(run, final=True)
-                self._log_sent.pop(outcome.task_id, None)
-                self._progress_sent.pop(outcome.task_id, None)
-                run.cleanup()
+                    self._last_of(run)  # before its result: same socket, in order
+                else:
+                    self._unsent_logs.append(run)
             if outcome.task_id in self._stopping_ids and outcome.error == "cancelled":
                 continue
             spec = run.spec if run else p.RunSpec(task_id=outcome.task_id)
@@ -784,6 +795,9 @@ class Agent:
         for run in list(self.running.values()):
             run.join(timeout=10)
         self._collect_done()
+        for run in self._unsent_logs:  # the coordinator stayed away: the result tails are what it gets
+            run.cleanup()
+        self._unsent_logs = []
         # Journalled even when the coordinator is away: they are sent after the next start.
         self._flush(send=self.registered)
         if self.registered:

@@ -76,6 +76,9 @@ class ServerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                              "first half and the last half; the middle is dropped with a marker)")] = 64 * 1024 * 1024
     max_bundle_bytes: Annotated[int, Meta(
         ge=1024, description="largest bundle (a shipped test suite, compressed) a client may upload")] = 1024**3
+    max_bundles_bytes: Annotated[int, Meta(
+        ge=1024, description="bytes of bundles kept under DTF home's bundles/; the least recently used go "
+                             "first")] = 10 * 1024**3
 
     def __post_init__(self) -> None:
         ports = {"port": self.port, "agent_port": self.agent_port, "events_port": self.events_port}

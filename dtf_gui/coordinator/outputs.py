@@ -92,9 +92,11 @@ class LogWriter:
 class BundleStore:
     """Bundles by digest under ``root``: ``<digest>.tar.gz`` once complete, ``.part`` while uploading."""
 
-    def __init__(self, root: Path, *, max_bundle_bytes: int = 1024**3) -> None:
+    def __init__(self, root: Path, *, max_bundle_bytes: int = 1024**3, max_total_bytes: int = 10 * 1024**3) -> None:
         self.root = root
         self.max_bundle_bytes = max_bundle_bytes
+        # Bundles kept in all; past it the least recently used go (a suite's next run sends its own again).
+        self.max_total_bytes = max_total_bytes
         self._lock = threading.Lock()  # uploads run on the analysis thread, reads on the loop
 
     def _path(self, digest: str, suffix: str = ".tar.gz") -> Path:
@@ -144,7 +146,27 @@ class BundleStore:
                 raise ValueError(f"the uploaded bundle's content hashes to {got}, not {digest}; nothing kept")
             os.replace(part, final)
             log.info("bundle %s stored (%d bytes)", digest, total)
+            self._evict(keep=final)
             return {"received": total, "complete": True}
+
+    def _evict(self, keep: Path) -> None:
+        """Least recently used first (a read or an upload marks a bundle used), never ``keep``."""
+        found = []
+        for path in self.root.glob("sha256-*.tar.gz"):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            found.append((st.st_mtime, st.st_size, path))
+        total = sum(size for _, size, _ in found)
+        for _, size, path in sorted(found):
+            if total <= self.max_total_bytes:
+                break
+            if path == keep:
+                continue
+            path.unlink(missing_ok=True)
+            total -= size
+            log.info("bundle %s removed: the bundles kept exceed server.max_bundles_bytes", path.name)
 
     def read(self, digest: str, offset: int, size: int) -> tuple[bytes, int]:
         """(piece, total size); FileNotFoundError when there is no such bundle."""
@@ -152,7 +174,10 @@ class BundleStore:
         with open(path, "rb") as fh:
             total = os.fstat(fh.fileno()).st_size
             fh.seek(offset)
-            return fh.read(size), total
+            data = fh.read(size)
+        if offset == 0:
+            os.utime(path)  # used: the last to be evicted
+        return data, total
 
 
 # Bytes of a bundle per answer to FetchBundle: a few milliseconds of the loop's time each.
@@ -164,10 +189,11 @@ class TaskOutputs:
     """The loop's desk for output, progress and bundles (loop thread only, but for the stores' reads)."""
 
     def __init__(self, home: Path, tasks: TaskTable, *, max_log_bytes: int = 64 * 1024 * 1024,
-                 max_bundle_bytes: int = 1024**3) -> None:
+                 max_bundle_bytes: int = 1024**3, max_bundles_bytes: int = 10 * 1024**3) -> None:
         self.tasks = tasks
         self.logs = LogWriter(home / "logs", max_bytes=max_log_bytes)
-        self.bundles = BundleStore(home / "bundles", max_bundle_bytes=max_bundle_bytes)
+        self.bundles = BundleStore(home / "bundles", max_bundle_bytes=max_bundle_bytes,
+                                   max_total_bytes=max_bundles_bytes)
         # task id -> (attempt, done, failed, total, current test), as the agent last said.
         self.progress: dict[str, tuple[int, int, int, int, str]] = {}
         # (worker, digest) pairs a worker may fetch: those of the tasks dispatched to it.
@@ -190,6 +216,15 @@ class TaskOutputs:
                     del self._grants[key]
             self._grants[(worker_id, digest)] = None
 
+    def _holds(self, worker_id: str, digest: str) -> bool:
+        """A task of this bundle on this worker that was not dispatched in this life of the coordinator
+        (it restarted, and the agent claimed the task back): found once, then granted."""
+        for task in self.tasks.active.values():
+            if task.worker_id == worker_id and task.parameters and task.parameters.get("bundle") == digest:
+                self._grants[(worker_id, digest)] = None
+                return True
+        return False
+
     def log_chunk(self, worker_id: str, msg: p.LogChunk) -> None:
         if self._runs_on(msg.task_id, msg.attempt, worker_id):
             self.logs.append(msg.task_id, msg.attempt, msg.stream, msg.offset, msg.data, msg.eof)
@@ -205,7 +240,7 @@ class TaskOutputs:
         self.progress.pop(task_id, None)
 
     def bundle_piece(self, worker_id: str, msg: p.FetchBundle) -> p.BundleChunk:
-        if (worker_id, msg.digest) not in self._grants:
+        if (worker_id, msg.digest) not in self._grants and not self._holds(worker_id, msg.digest):
             self.refused += 1
             return p.BundleChunk(digest=msg.digest, offset=msg.offset,
                                  error="no task given to this agent runs that bundle")

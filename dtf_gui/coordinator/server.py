@@ -280,7 +280,7 @@ class Coordinator:
         self.analysis = Analysis(self.s.db_path, cfg.result_aggregator, inbox=self.inbox, store=self.store,
                                  hub=self.hub, counters=self.counters)
         self.outputs = TaskOutputs(self.home, self.tasks, max_log_bytes=srv.max_log_bytes,
-                                   max_bundle_bytes=srv.max_bundle_bytes)
+                                   max_bundle_bytes=srv.max_bundle_bytes, max_bundles_bytes=srv.max_bundles_bytes)
         self.runs = Runs(self.store)
         runs_api = RunsApi(runs=self.runs, tasks=self.tasks, store=self.store, logs=self.outputs.logs,
                            bundles=self.outputs.bundles, progress=self.outputs.progress, flaky=self.store.mark_flaky,
