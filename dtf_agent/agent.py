@@ -385,6 +385,7 @@ class Agent:
             tags=list(self.s.tags), groups=list(self.s.groups), incarnation=self.incarnation,
             running=self._running_ids(), finished=sorted(self._held), join=self.s.join,
             attempts={**{tid: self.unacked[rid][0].attempt for tid, rid in self._held.items() if rid in self.unacked},
+                      **{s.task_id: s.attempt for specs in self._awaiting.values() for s in specs},
                       **{tid: run.spec.attempt for tid, run in self.running.items()}},
         )
 
@@ -421,6 +422,8 @@ class Agent:
             log.info("registered with coordinator %s as %s", msg.coordinator_id, msg.worker_id)
         # Results the coordinator may not have seen (it restarted, or we reconnected) go again now.
         self._resend_unacked(float("inf"))
+        for digest in list(self._fetching):  # and bundle requests it may never have answered
+            self._fetch(digest)
 
     def _on_pending(self, msg: p.Pending) -> None:
         """Our key waits for the admin: not an outage (no warning about reachability), no tasks.
@@ -474,7 +477,17 @@ class Agent:
                 # lost and dispatched the task to it again. Report under the newest attempt, or the
                 # coordinator drops the result as stale and the task never finishes.
                 if spec.attempt > run.spec.attempt:
-                    run.spec = msgspec.structs.replace(run.spec, attempt=spec.attempt)
+                    with run.spec_lock:
+                        run.spec = msgspec.structs.replace(run.spec, attempt=spec.attempt)
+                    self._log_sent[spec.task_id] = {}  # the new attempt's log starts from the beginning
+                    self._started.append(spec.task_id)
+                continue
+            waiting = self._waiting_spec(spec.task_id)
+            if waiting is not None:
+                # Still fetching its bundle: one run, under the newest attempt.
+                digest, i = waiting
+                if spec.attempt > self._awaiting[digest][i].attempt:
+                    self._awaiting[digest][i] = spec
                     self._started.append(spec.task_id)
                 continue
             runner = self._runners.get(spec.type)
@@ -555,6 +568,7 @@ class Agent:
         """Start a task now, or once its bundle is here (fetched from the coordinator, see _fetch)."""
         digest = spec.parameters.get("bundle") if spec.parameters else None
         prepare = None
+        cleanup: list[Path] = []  # what preparing the task makes, removed with the task's files
         if digest:
             from dtf_agent.runners import bundles
 
@@ -567,15 +581,29 @@ class Agent:
                 self._started.append(spec.task_id)
                 self._fetch(digest)
                 return
-            prepare = self._bundle_preparer(digest)
-        run = kind(spec, self.work_dir, self._finished, tail_bytes=self.s.tail_bytes,
-                   default_timeout=self.s.default_timeout, prepare=prepare,
-                   **({"shell": self.s.shell} if kind is CommandRun else {}))
+            prepare = self._bundle_preparer(digest, cleanup)
+        try:
+            run = kind(spec, self.work_dir, self._finished, tail_bytes=self.s.tail_bytes,
+                       default_timeout=self.s.default_timeout, prepare=prepare,
+                       **({"shell": self.s.shell} if kind is CommandRun else {}))
+        except OSError as exc:  # the work dir went away (a /tmp cleaner), the disk is full...
+            self._report(spec, Outcome(spec.task_id, "failure", time.time(), time.time(),
+                                       error=f"cannot start the task in {self.work_dir}: {exc}"))
+            return
+        run.extra_cleanup = cleanup
         self.running[spec.task_id] = run
         self._log_sent[spec.task_id] = {}
         if spec.task_id not in self._started:
             self._started.append(spec.task_id)
         run.start()
+
+    def _waiting_spec(self, task_id: str) -> tuple[str, int] | None:
+        """(digest, index) of a task that waits for its bundle, or None."""
+        for digest, specs in self._awaiting.items():
+            for i, s in enumerate(specs):
+                if s.task_id == task_id:
+                    return digest, i
+        return None
 
     def _running_ids(self) -> list[str]:
         """Tasks this agent holds: running, or waiting for their bundle."""
@@ -641,7 +669,7 @@ class Agent:
             if now - asked > 10.0:
                 self._fetch(digest)
 
-    def _bundle_preparer(self, digest: str) -> Callable[[p.RunSpec], p.RunSpec]:
+    def _bundle_preparer(self, digest: str, cleanup: list[Path]) -> Callable[[p.RunSpec], p.RunSpec]:
         """What the task's own thread does before it starts: unpack the bundle into a directory of the
         task's own (and make the bundle's virtual environment when it asks for one)."""
         cache = self._cache()
@@ -650,9 +678,7 @@ class Agent:
             params = dict(spec.parameters)
             safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in spec.task_id[:40])
             dest = self.work_dir / f"bundle-{safe}-{os.urandom(4).hex()}"
-            run = self.running.get(spec.task_id)
-            if run is not None:
-                run.extra_cleanup.append(dest)
+            cleanup.append(dest)
             cache.unpack(digest, dest)
             sub = str(params.get("cwd") or ".")
             cwd = (dest / sub).resolve()
@@ -808,6 +834,7 @@ class Run(Protocol):
     """What the agent needs of a running task, whatever its type (command.CommandRun, pytest_run.PytestRun)."""
 
     spec: p.RunSpec
+    spec_lock: threading.Lock
     extra_cleanup: list[Path]
 
     def start(self) -> None: ...

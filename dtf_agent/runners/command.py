@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import msgspec
 import psutil
 
 from dtf_agent.protocol import MAX_COMMAND, RunSpec
@@ -168,6 +169,8 @@ class CommandRun:
         prepare: Callable[[RunSpec], RunSpec] | None = None,
     ) -> None:
         self.spec = spec
+        # Held to change the spec: the task's thread fills in parameters, the agent's loop the attempt.
+        self.spec_lock = threading.Lock()
         self.on_done = on_done
         self.tail_bytes = tail_bytes
         self.shell = shell
@@ -253,7 +256,10 @@ class CommandRun:
         if self.prepare is None:
             return None
         try:
-            self.spec = self.prepare(self.spec)
+            prepared = self.prepare(self.spec)
+            # Only its parameters: the agent's loop may have raised the attempt meanwhile (a resent Assign).
+            with self.spec_lock:
+                self.spec = msgspec.structs.replace(self.spec, parameters=prepared.parameters)
         except Exception as exc:  # noqa: BLE001 - a bundle that cannot be had, a venv pip cannot make: the task's failure
             log.warning("task %s: cannot prepare it: %s", self.spec.task_id, exc)
             return Outcome(self.spec.task_id, "failure", self.start_time, time.time(),

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeGuard
 
+import msgspec
 import psutil
 
 from dtf_agent.protocol import FAILING_OUTCOMES, MAX_NODEID, RunSpec
@@ -173,6 +174,8 @@ class PytestRun:
         prepare: Callable[[RunSpec], RunSpec] | None = None,
     ) -> None:
         self.spec = spec
+        # Held to change the spec: the task's thread fills in parameters, the agent's loop the attempt.
+        self.spec_lock = threading.Lock()
         # As for CommandRun: run on the task's own thread before pytest starts (unpacking the
         # bundle, making its virtual environment); it returns the spec to run (cwd, python, env).
         self.prepare = prepare
@@ -289,7 +292,10 @@ class PytestRun:
             return self._fail(self._setup_error)
         if self.prepare is not None:
             try:
-                self.spec = self.prepare(self.spec)
+                prepared = self.prepare(self.spec)
+                # Only its parameters: the agent's loop may have raised the attempt meanwhile (a resent Assign).
+                with self.spec_lock:
+                    self.spec = msgspec.structs.replace(self.spec, parameters=prepared.parameters)
             except Exception as exc:  # noqa: BLE001 - a bundle or venv that cannot be had: the task's failure
                 log.warning("task %s: cannot prepare it: %s", self.spec.task_id, exc)
                 return self._fail(f"cannot prepare the task: {exc}")
