@@ -667,7 +667,8 @@ def dtf_parser(only: str | None = None) -> argparse.ArgumentParser:
     for name, command in COMMANDS.items():
         if only is not None and name != only:
             continue
-        sp = sub.add_parser(name, help=command.help)
+        # `dtf pytest` passes on what it does not know: --timeout is pytest-timeout's, not --timeout-s.
+        sp = sub.add_parser(name, help=command.help, allow_abbrev=name != "pytest")
         if command.client:
             sp.add_argument("--coordinator", metavar="tcp://HOST:PORT",
                             help="client endpoint (default: the local coordinator from $DTF_HOME/coordinator.json)")
@@ -718,7 +719,7 @@ def dtf_main(argv: list[str] | None = None) -> int:
     if named == "pytest":
         # Every option `dtf pytest` does not know is pytest's (-k, -x, -m ...): passed on.
         args, rest = parser.parse_known_args(argv)
-        args.pytest_args = rest + list(args.pytest_args or [])
+        args.pytest_args = rest
     else:
         args = parser.parse_args(argv)
     if program and args.fn is not cmd_serve:

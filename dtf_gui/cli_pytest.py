@@ -11,9 +11,12 @@ are pytest's own (0 passed, 1 failed, 2 interrupted or collection errors, 4 usag
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,14 +25,16 @@ from typing import Any
 
 from dtf_agent import protocol as p
 from dtf_agent.runners.bundles import BundleError
+from dtf_agent.runners.pytest_run import PLUGIN_MODULE, PLUGIN_SOURCE
 from dtf_gui.cli_bundles import upload_bundle
 from dtf_gui.cli_common import client_for
+from dtf_gui.cli_runs import fetch_tests
 from dtf_gui.client import ClientError
 from dtf_gui.shards import auto_shards, plan_shards
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE, EXIT_NO_TESTS = 0, 1, 2, 3, 4, 5
 # The order pytest's summary line names outcomes in.
-SUMMARY_ORDER = ("failed", "passed", "skipped", "xfailed", "xpassed", "error", "crashed", "flaky")
+SUMMARY_ORDER = ("failed", "passed", "skipped", "xfailed", "xpassed", "error", "crashed")
 # pytest options whose value is the next word: that word is not a path to drop from a shard's args.
 _VALUE_OPTIONS = frozenset({"-k", "-m", "-p", "-c", "-o", "-W", "--rootdir", "--confcutdir", "--basetemp",
                             "--ignore", "--ignore-glob", "--deselect", "--log-file", "--log-level", "--import-mode",
@@ -56,7 +61,6 @@ def pytest_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--requirements", metavar="FILE", help="a requirements file in the suite: agents run it in a "
                                                            "virtual environment made from it (cached)")
     sp.add_argument("--shard-timeout", type=float, help="seconds before a shard is killed")
-    sp.add_argument("pytest_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
 
 @dataclass
@@ -71,33 +75,47 @@ class Run:
     started: float = field(default_factory=time.monotonic)
 
 
-def collect(python: str, args: Sequence[str], cwd: Path) -> tuple[int, list[str], str]:
-    """pytest --collect-only -q here: (exit code, node ids, pytest's output)."""
-    cmd = [python, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args]
-    try:
-        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
-    except FileNotFoundError:
-        return EXIT_USAGE, [], f"cannot run {python!r}: no such interpreter (see --python)"
-    except subprocess.TimeoutExpired:
-        return EXIT_INTERNAL, [], "collecting the suite took more than 10 minutes"
-    ids = []
-    for line in proc.stdout.splitlines():
-        line = line.rstrip()
-        if not line:
-            break  # the node ids end at the first blank line; the summary follows
-        if "::" in line or line.endswith(".py"):
-            ids.append(line)
-    return proc.returncode, ids, proc.stdout + proc.stderr
+@dataclass
+class Collection:
+    rootdir: Path
+    nodeids: list[str]
+    args: list[str]  # the arguments pytest took as what to collect (paths, node ids)
 
 
-def shard_args(args: Sequence[str], cwd: Path) -> list[str]:
-    """The user's pytest arguments for a shard: the paths that chose what to collect are dropped (the
-    shard names its own tests); every option stays."""
+def collect(python: str, args: Sequence[str], cwd: Path) -> tuple[int, Collection | None, str]:
+    """pytest --collect-only here, with DTF's plugin writing what it collected to a file (pytest's own
+    output changes with -q, -v and addopts): (exit code, the collection, pytest's output)."""
+    with tempfile.TemporaryDirectory(prefix="dtf-collect-") as tmp:
+        shim = Path(tmp)
+        # A copy under a name of its own: the interpreter may be a venv without DTF in it.
+        shutil.copyfile(PLUGIN_SOURCE, shim / f"{PLUGIN_MODULE}.py")
+        out = shim / "collected.json"
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(shim), os.environ.get("PYTHONPATH", ""))
+                                                            if p))
+        cmd = [python, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-p", PLUGIN_MODULE,
+               f"--dtf-collect={out}", *args]
+        try:
+            proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+        except FileNotFoundError:
+            return EXIT_USAGE, None, f"cannot run {python!r}: no such interpreter (see --python)"
+        except subprocess.TimeoutExpired:
+            return EXIT_INTERNAL, None, "collecting the suite took more than 10 minutes"
+        output = proc.stdout + proc.stderr
+        try:
+            data = json.loads(out.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return proc.returncode or EXIT_INTERNAL, None, output
+        return proc.returncode, Collection(Path(data["rootdir"]), list(data["nodeids"]), list(data["args"])), output
+
+
+def shard_args(args: Sequence[str], collected_by: Sequence[str]) -> list[str]:
+    """The user's pytest arguments for a shard: those that chose what to collect (pytest's own list of
+    them) are dropped, since a shard names its own tests; every option stays."""
+    chosen = set(collected_by)
     out: list[str] = []
     prev = ""
     for a in args:
-        is_path = not a.startswith("-") and prev not in _VALUE_OPTIONS and (cwd / a.split("::")[0]).exists()
-        if not is_path:
+        if not (a in chosen and not a.startswith("-") and prev not in _VALUE_OPTIONS):
             out.append(a)
         prev = a
     return out
@@ -110,8 +128,12 @@ def _split_own(argv: list[str]) -> list[str]:
 
 
 def _summary(counts: dict[str, int], seconds: float) -> str:
-    parts = [f"{counts[k]} {'errors' if k == 'error' and counts[k] > 1 else k}" for k in SUMMARY_ORDER
-             if counts.get(k)]
+    parts = []
+    for k in SUMMARY_ORDER:
+        if counts.get(k):
+            word = "errors" if k == "error" and counts[k] > 1 else k
+            flaky = f" ({counts['flaky']} flaky)" if k == "passed" and counts.get("flaky") else ""
+            parts.append(f"{counts[k]} {word}{flaky}")
     return f"{', '.join(parts) or 'no tests ran'} in {seconds:.2f}s"
 
 
@@ -146,6 +168,7 @@ class Progress:
         self.last = 0.0
         self.started = time.monotonic()
         self.failed_final = 0  # failures of the shards already finished
+        self.last_failed: dict[str, int] = {}  # of each running shard, as last seen
 
     def show(self, done: int, failed: int, running: int, pending: int, force: bool = False) -> None:
         now = time.monotonic()
@@ -204,8 +227,12 @@ def _watch(c: Any, run: Run, ids: list[str], progress: Progress, base_done: int)
         states = c.call("task_progress", {"task_ids": ids})
         for tid, status in answer["finished"].items():
             final[tid] = {**states.get(tid, {}), "status": status}
-            progress.failed_final += int(states.get(tid, {}).get("failed", 0))
+            # Its progress is gone with it: the last failure count seen stands for it.
+            progress.failed_final += progress.last_failed.pop(tid, 0)
         pending = answer["pending"]
+        for t in pending:
+            if "failed" in states.get(t, {}):
+                progress.last_failed[t] = int(states[t]["failed"])
         done = base_done + sum(len(run.shard_tests.get(t, [])) for t in final)
         done += sum(int(states.get(t, {}).get("done", 0)) for t in pending)
         failed = progress.failed_final + sum(int(states.get(t, {}).get("failed", 0)) for t in pending)
@@ -222,28 +249,40 @@ def _latest(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+# Options that need pytest's cache, which shards do not share with this machine.
+_CACHE_OPTIONS = ("--lf", "--last-failed", "--ff", "--failed-first", "--nf", "--new-first", "--sw", "--stepwise")
+
+
 def cmd_pytest(args: argparse.Namespace) -> int:
-    extra = _split_own(list(args.pytest_args or []))
+    extra = _split_own(list(getattr(args, "pytest_args", None) or []))
+    used_cache = [a for a in extra if a in _CACHE_OPTIONS]
+    if used_cache:
+        print(f"dtf pytest: {used_cache[0]} needs pytest's cache of this machine, which the agents do not share; "
+              "`dtf runs RUN` lists the last run's failures (run them with their node ids)", file=sys.stderr)
+        return EXIT_USAGE
     cwd = Path.cwd()
-    code, collected, output = collect(args.python, extra, cwd)
-    if code not in (0, 5) or (code == 0 and not collected):
+    code, found, output = collect(args.python, extra, cwd)
+    if found is None or code not in (0, 5) or (code == 0 and not found.nodeids):
         sys.stdout.write(output)
         print(f"dtf pytest: collecting the suite failed (pytest exit code {code}); nothing was submitted",
               file=sys.stderr)
         return code if code in (EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE) else EXIT_INTERRUPTED
-    if not collected:
+    if not found.nodeids:
         print(_banner("no tests ran in 0.00s"))
         return EXIT_NO_TESTS
-    name = args.name or f"pytest:{cwd.name}"
-    run = Run(collected=collected)
+    # Node ids are relative to pytest's rootdir, and its conftest.py and ini file live there: that is
+    # what is shipped and where shards run, whatever subdirectory this was started from.
+    root = found.rootdir
+    name = args.name or f"pytest:{root.name}"
+    run = Run(collected=found.nodeids)
     try:
         with client_for(args) as c:
             try:
-                digest = upload_bundle(c, cwd)
+                digest = upload_bundle(c, root)
             except BundleError as exc:
-                print(f"dtf pytest: cannot ship {cwd}: {exc}", file=sys.stderr)
+                print(f"dtf pytest: cannot ship {root}: {exc}", file=sys.stderr)
                 return EXIT_USAGE
-            return _run(c, args, run, name, digest, shard_args(extra, cwd))
+            return _run(c, args, run, name, digest, shard_args(extra, found.args), root)
     except ClientError as exc:
         print(f"dtf pytest: {exc}", file=sys.stderr)
         return EXIT_INTERNAL
@@ -262,7 +301,7 @@ def _free_slots(c: Any, args: argparse.Namespace) -> int:
     return slots
 
 
-def _run(c: Any, args: argparse.Namespace, run: Run, name: str, digest: str, extra: list[str]) -> int:
+def _run(c: Any, args: argparse.Namespace, run: Run, name: str, digest: str, extra: list[str], root: Path) -> int:
     collected = run.collected
     durations: dict[str, float] = c.call("test_durations", {"test_ids": collected}, timeout=120.0)
     slots = _free_slots(c, args)
@@ -279,7 +318,7 @@ def _run(c: Any, args: argparse.Namespace, run: Run, name: str, digest: str, ext
             return EXIT_USAGE
     plan = plan_shards(collected, durations, n)
     created = c.call("create_run", {"name": name, "kind": "pytest",
-                                    "meta": {"cwd": str(Path.cwd()), "args": extra, "bundle": digest,
+                                    "meta": {"rootdir": str(root), "args": extra, "bundle": digest,
                                              "collected": len(collected), "shards": len(plan.shards),
                                              "known": plan.known, "expected_makespan": round(plan.makespan, 3),
                                              # The plan itself, for a suite small enough to keep it whole.
@@ -297,17 +336,18 @@ def _run(c: Any, args: argparse.Namespace, run: Run, name: str, digest: str, ext
         ids = _submit(c, run, [s.tests for s in plan.shards], args=args, digest=digest, extra=extra,
                       expected=[s.expected for s in plan.shards])
         states = _watch(c, run, ids, progress, 0)
-        rows = _latest(c.call("run_tests", {"run_id": run.run_id}, timeout=120.0))
+        rows = _latest(fetch_tests(c, run.run_id))
         _fill_missing(c, run, ids, states, rows)
         for attempt in range(args.reruns):
             failing = [t for t in collected if rows.get(t, {}).get("outcome") in p.FAILING_OUTCOMES]
             if not failing:
                 break
-            print(f"\nrerun {attempt + 1} of {args.reruns}: {len(failing)} failed test(s), on another worker",
-                  file=sys.stderr)
-            ids = _rerun(c, args, run, failing, rows, digest, extra)
+            ids, where = _rerun(c, args, run, failing, rows, digest, extra)
+            print(f"\nrerun {attempt + 1} of {args.reruns}: {len(failing)} failed test(s), {where}", file=sys.stderr)
             states = _watch(c, run, ids, progress, len(collected) - len(failing))
-            again = _latest(c.call("run_tests", {"run_id": run.run_id}, timeout=120.0))
+            # This rerun's rows: its own tasks', whatever the agents' clocks say.
+            mine = set(ids)
+            again = _latest([r for r in fetch_tests(c, run.run_id) if r["task_id"] in mine])
             _fill_missing(c, run, ids, states, again)
             for t in failing:
                 if t in again and again[t].get("outcome") == "passed":
@@ -340,19 +380,24 @@ def _fill_missing(c: Any, run: Run, ids: list[str], states: dict[str, dict[str, 
 
 
 def _rerun(c: Any, args: argparse.Namespace, run: Run, failing: list[str], rows: dict[str, dict[str, Any]],
-           digest: str, extra: list[str]) -> list[str]:
-    """One shard per worker the tests failed on, sent to another worker when there is one."""
+           digest: str, extra: list[str]) -> tuple[list[str], str]:
+    """One shard per worker the tests failed on, sent to another worker when there is one (within
+    --worker and --tag); returns the shards and where they went, in words."""
+    if args.worker:
+        return _submit(c, run, [failing], args=args, digest=digest, extra=extra), f"on {args.worker} (--worker)"
     workers = [w["worker_id"] for w in c.call("list_workers", {}) if w.get("status") in (p.ONLINE, p.BUSY)
                and (not args.tag or set(args.tag) <= set(w.get("tags") or []))]
     by_worker: dict[str, list[str]] = {}
     for t in failing:
         by_worker.setdefault(str(rows.get(t, {}).get("worker_id") or ""), []).append(t)
-    ids = []
+    ids: list[str] = []
+    moved = True
     for i, (failed_on, tests) in enumerate(sorted(by_worker.items())):
         others = [w for w in workers if w != failed_on]
         target = others[i % len(others)] if others else None
+        moved = moved and target is not None
         ids += _submit(c, run, [tests], args=args, digest=digest, extra=extra, worker=target)
-    return ids
+    return ids, "on another worker" if moved else "on any worker (no other one is online)"
 
 
 def _cancel_all(c: Any, run: Run) -> None:

@@ -39,6 +39,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
             out.flush()
             return 0
         offset = 0
+        # A task that has ended may still have its last output on the way to the disk: its log is
+        # whole once "complete" (the coordinator closes it after the last chunk).
+        settle = time.monotonic() + 10.0
         while True:
             got = c.call("get_log", {**req, "offset": offset})
             if got["data"]:
@@ -47,14 +50,18 @@ def cmd_logs(args: argparse.Namespace) -> int:
             offset = got["next_offset"]
             if got["data"] and offset < got["size"]:
                 continue  # more is stored already: no pause
-            if not args.follow or got["complete"] or got["status"] in p.TERMINAL_STATUSES and offset >= got["size"]:
+            if got["complete"]:
                 break
-            req.setdefault("attempt", got["attempt"] or None)
-            if req["attempt"] is None:
-                del req["attempt"]
-            time.sleep(0.5)  # following a running task: its agent sends output every half second
+            ended = got["status"] in p.TERMINAL_STATUSES
+            if ended and (got["attempt"] == 0 or time.monotonic() > settle):
+                break  # never wrote anything, or the rest is not coming
+            if not ended and not args.follow:
+                break  # a running task without --follow: what there is so far
+            if "attempt" not in req and got["attempt"]:
+                req["attempt"] = got["attempt"]  # follow this attempt, even when a new one starts
+            time.sleep(0.5)  # the agent sends output every half second
         out.write(decoder.decode(b"", final=True).encode())
-        if got["size"] == 0 and not args.follow:
+        if got["size"] == 0:
             print(f"(no {stream} stored for task {args.task_id}"
                   f"{'' if got['status'] in p.TERMINAL_STATUSES else '; it has not written any yet'})",
                   file=sys.stderr)
@@ -76,7 +83,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     with client_for(args) as c:
         if args.run_id:
             run = c.call("get_run", {"run_id": args.run_id})
-            tests = c.call("run_tests", {"run_id": args.run_id}, timeout=max(args.timeout_s, 60))
+            tests = fetch_tests(c, args.run_id)
             if args.json:
                 print(json.dumps({"run": run, "tests": tests}, indent=2, default=str))
                 return 0
@@ -116,7 +123,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
-COMPARE_RUN_COLUMNS = ("verdict", "test_id", "metric", "baseline_mean", "current_mean", "change_pct", "p_value",
+COMPARE_RUN_COLUMNS = ("verdict", "test_id", "metric", "baseline_mean", "current_mean", "change_pct", "confidence",
                        "direction", "unit")
 
 
@@ -144,3 +151,15 @@ def compare_runs(c: Any, args: argparse.Namespace) -> int:
     summary = data.get("summary") or {}
     print(", ".join(f"{n} {k}" for k, n in summary.items()))
     return 0
+
+
+def fetch_tests(c: Any, run_id: str) -> list[dict[str, Any]]:
+    """Every test row of a run, in the order they were stored, a page at a time."""
+    rows: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        page = c.call("run_tests", {"run_id": run_id, "after": after}, timeout=120.0)
+        if not page:
+            return rows
+        rows += page
+        after = page[-1]["seq"]

@@ -57,6 +57,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="write one JSON line per test event to FILE")
     group.addoption("--dtf-tests", dest="dtf_tests", default=None, metavar="FILE",
                     help="run exactly the node ids listed in FILE, in that order")
+    group.addoption("--dtf-collect", dest="dtf_collect", default=None, metavar="FILE",
+                    help="write what was collected to FILE as JSON: rootdir, args, node ids (for `dtf pytest`)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -64,6 +66,27 @@ def pytest_configure(config: pytest.Config) -> None:
     tests = config.getoption("dtf_tests")
     if report or tests:
         config.pluginmanager.register(_Reporter(config, report, tests), "dtf_reporter")
+    collect = config.getoption("dtf_collect")
+    if collect:
+        config.pluginmanager.register(_Collected(collect), "dtf_collected")
+
+
+class _Collected:
+    """What `dtf pytest` needs to know of a collection, whatever -q/-v or addopts do to pytest's output:
+    the node ids, the rootdir they are relative to, and the arguments that chose them."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        config = session.config
+        data = {"rootdir": str(config.rootpath), "args": [str(a) for a in config.args],
+                "invocation_dir": str(config.invocation_params.dir),
+                "nodeids": [item.nodeid for item in session.items],
+                "errors": int(getattr(session, "testsfailed", 0) or 0)}
+        with open(self.path, "w", encoding="utf-8") as fh:
+            json.dump(data, fh)
 
 
 class _Reporter:

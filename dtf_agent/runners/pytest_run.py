@@ -34,7 +34,7 @@ from dtf_agent.runners.resultfile import parse_result_data
 
 log = logging.getLogger(__name__)
 
-_PLUGIN_SOURCE = Path(__file__).with_name("pytest_plugin.py")
+PLUGIN_SOURCE = Path(__file__).with_name("pytest_plugin.py")
 # The plugin goes to the shard's interpreter as a copy under a name of its own, alone in a folder
 # on PYTHONPATH. Putting the folder that holds dtf_agent there instead would, for an installed
 # agent, put the agent's whole site-packages (its pytest among them) ahead of the suite's own
@@ -325,7 +325,7 @@ class PytestRun:
                     self._resolve(_test(nid, "error", NOT_FOUND))
 
         self._shim.mkdir(exist_ok=True)
-        shutil.copyfile(_PLUGIN_SOURCE, self._shim / f"{PLUGIN_MODULE}.py")
+        shutil.copyfile(PLUGIN_SOURCE, self._shim / f"{PLUGIN_MODULE}.py")
         env = dict(os.environ)
         env.update({str(k): str(v) for k, v in env_param.items()})
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(self._shim), env.get("PYTHONPATH", "")) if p)

@@ -74,6 +74,8 @@ class ServerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_log_bytes: Annotated[int, Meta(
         ge=1024, description="bytes of each task's stdout and of its stderr kept under DTF home's logs/ (the "
                              "first half and the last half; the middle is dropped with a marker)")] = 64 * 1024 * 1024
+    log_retention_days: Annotated[float, Meta(
+        ge=0, description="days a task's logs are kept after its last output; 0 keeps them for ever")] = 30.0
     max_bundle_bytes: Annotated[int, Meta(
         ge=1024, description="largest bundle (a shipped test suite, compressed) a client may upload")] = 1024**3
     max_bundles_bytes: Annotated[int, Meta(

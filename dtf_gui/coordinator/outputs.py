@@ -16,10 +16,13 @@ they run.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import queue
+import re
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +34,26 @@ from dtf_gui.coordinator.state import TaskTable
 log = logging.getLogger(__name__)
 
 _Item = tuple[str, int, str, int, bytes, bool] | tuple[str, int] | None
+_SAFE_KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}")
+_SWEEP_EVERY = 3600.0
+
+
+def log_key(task_id: str) -> str:
+    """The name a task's logs go under: its id when that is a plain file name (ours always are), else a
+    hash of it (an engineer's id may hold "/" or start with a dot)."""
+    if _SAFE_KEY.fullmatch(task_id):
+        return task_id
+    return "h-" + hashlib.sha256(task_id.encode("utf-8", "surrogatepass")).hexdigest()[:40]
 
 
 class LogWriter:
     """Streams of task output, written on the ``dtf-log-writer`` thread; read from any thread."""
 
-    def __init__(self, root: Path, *, max_bytes: int, max_queued_bytes: int = 256 * 1024 * 1024) -> None:
+    def __init__(self, root: Path, *, max_bytes: int, max_queued_bytes: int = 256 * 1024 * 1024,
+                 retention_days: float = 30.0) -> None:
+        self.root = root
+        self.retention_days = retention_days
+        self.swept = 0
         self.store = LogStore(root, max_bytes=max_bytes)
         self.max_queued_bytes = max_queued_bytes
         self.queued_bytes = 0  # changed under _lock: the loop adds, the writer thread takes away
@@ -54,12 +71,12 @@ class LogWriter:
                 self.dropped_chunks += 1
                 return False
             self.queued_bytes += len(data)
-        self._q.put((task_id, attempt, stream, offset, data, eof))
+        self._q.put((log_key(task_id), attempt, stream, offset, data, eof))
         return True
 
     def close_attempt(self, task_id: str, attempt: int) -> None:
         """The attempt has its result: its streams are complete whatever chunks were lost."""
-        self._q.put((task_id, attempt))
+        self._q.put((log_key(task_id), attempt))
 
     def stop(self) -> None:
         self._q.put(None)
@@ -67,8 +84,14 @@ class LogWriter:
         self.store.close_all()
 
     def _run(self) -> None:
+        next_sweep = time.monotonic() + 60.0  # not in the busy first minute of a start
         while True:
-            item = self._q.get()
+            try:
+                item = self._q.get(timeout=max(0.0, next_sweep - time.monotonic()))
+            except queue.Empty:
+                next_sweep = time.monotonic() + _SWEEP_EVERY
+                self._sweep()
+                continue
             if item is None:
                 return
             try:
@@ -84,9 +107,27 @@ class LogWriter:
                 if self.errors <= 10 or self.errors % 1000 == 0:
                     log.exception("cannot write the output of task %s (%d error(s) so far)", item[0], self.errors)
 
+    def _sweep(self) -> None:
+        """Logs untouched for longer than server.log_retention_days go (0 keeps them for ever)."""
+        if self.retention_days <= 0:
+            return
+        cutoff = time.time() - self.retention_days * 86400
+        try:
+            for task_dir in self.root.glob("*/*"):
+                try:
+                    newest = max((f.stat().st_mtime for f in task_dir.iterdir()), default=0.0)
+                except OSError:
+                    continue
+                if newest < cutoff:
+                    self.store.remove(task_dir.name)
+                    self.swept += 1
+        except Exception:  # a sweep that fails is tried again in an hour; the writes go on
+            log.exception("cannot remove old logs under %s", self.root)
+
     def stats(self) -> dict[str, Any]:
-        return {**self.store.stats(), "queued_bytes": self.queued_bytes, "dropped_chunks": self.dropped_chunks,
-                "errors": self.errors}
+        # Counters only: walking the logs on disk is not for the loop thread.
+        return {"log_queued_bytes": self.queued_bytes, "log_dropped_chunks": self.dropped_chunks,
+                "log_errors": self.errors, "logs_removed": self.swept}
 
 
 class BundleStore:
@@ -125,6 +166,8 @@ class BundleStore:
             part = self._path(digest, ".part")
             self.root.mkdir(parents=True, exist_ok=True)
             have = part.stat().st_size if part.exists() else 0
+            if offset == 0 and have == 0:
+                self._sweep_parts()
             if offset != have:
                 return {"received": have, "complete": False}
             if have + len(data) > total:
@@ -148,6 +191,16 @@ class BundleStore:
             log.info("bundle %s stored (%d bytes)", digest, total)
             self._evict(keep=final)
             return {"received": total, "complete": True}
+
+    def _sweep_parts(self) -> None:
+        """Uploads left unfinished for a day are given up: their pieces go."""
+        cutoff = time.time() - 86400
+        for part in self.root.glob("sha256-*.part"):
+            try:
+                if part.stat().st_mtime < cutoff:
+                    part.unlink()
+            except OSError:
+                pass
 
     def _evict(self, keep: Path) -> None:
         """Least recently used first (a read or an upload marks a bundle used), never ``keep``."""
@@ -189,9 +242,10 @@ class TaskOutputs:
     """The loop's desk for output, progress and bundles (loop thread only, but for the stores' reads)."""
 
     def __init__(self, home: Path, tasks: TaskTable, *, max_log_bytes: int = 64 * 1024 * 1024,
-                 max_bundle_bytes: int = 1024**3, max_bundles_bytes: int = 10 * 1024**3) -> None:
+                 max_bundle_bytes: int = 1024**3, max_bundles_bytes: int = 10 * 1024**3,
+                 log_retention_days: float = 30.0) -> None:
         self.tasks = tasks
-        self.logs = LogWriter(home / "logs", max_bytes=max_log_bytes)
+        self.logs = LogWriter(home / "logs", max_bytes=max_log_bytes, retention_days=log_retention_days)
         self.bundles = BundleStore(home / "bundles", max_bundle_bytes=max_bundle_bytes,
                                    max_total_bytes=max_bundles_bytes)
         # task id -> (attempt, done, failed, total, current test), as the agent last said.

@@ -21,7 +21,10 @@ def _clean(text: str) -> str:
 def split_nodeid(nodeid: str) -> tuple[str, str]:
     """pytest's classname and name for a node id: ``tests/test_a.py::TestB::test_c[x]`` is
     ``("tests.test_a.TestB", "test_c[x]")``."""
-    parts = nodeid.split("::")
+    # A parameter id may hold "::" itself (test_p[a::b]): split only what comes before the "[".
+    head, bracket, params = nodeid.partition("[")
+    parts = head.split("::")
+    parts[-1] += bracket + params
     path = parts[0]
     module = path[:-3] if path.endswith(".py") else path
     module = module.replace("/", ".").replace("\\", ".")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 import time
+from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -35,6 +37,11 @@ class Runs:
         self.store = store
         self.rows: dict[str, dict[str, Any]] = {}
         self._count_by_slug: dict[str, int] = {}
+        # Tasks of each run not final yet, and how many of its tasks failed: a run whose tasks have
+        # all ended is finished here, whether or not its client lived to say so.
+        self.active: Counter[str] = Counter()
+        self.failed: Counter[str] = Counter()
+        self.total: Counter[str] = Counter()
         for row in store.load_rows("runs"):
             self._keep(row)
 
@@ -70,6 +77,28 @@ class Runs:
         row = {**row, "finished": time.time(), "status": status, "summary": summary}
         self._put(row)
         return row
+
+    def tasks_added(self, run_ids: Iterable[str]) -> None:
+        """New tasks of runs (a run gets more: reruns of a pytest run): it is running again."""
+        for run_id in run_ids:
+            self.active[run_id] += 1
+            self.total[run_id] += 1
+            row = self.rows.get(run_id)
+            if row is not None and row["status"] != "running":
+                self._put({**row, "status": "running", "finished": None})
+
+    def task_final(self, run_id: str, ok: bool) -> None:
+        if self.active[run_id] <= 0:
+            return
+        self.active[run_id] -= 1
+        if not ok:
+            self.failed[run_id] += 1
+        row = self.rows.get(run_id)
+        if self.active[run_id] == 0 and row is not None and row["status"] == "running":
+            del self.active[run_id]
+            summary = {**_decoded(row["summary"]), "tasks": self.total[run_id], "failed_tasks": self.failed[run_id]}
+            self._put({**row, "status": "failed" if self.failed[run_id] else "passed", "finished": time.time(),
+                       "summary": summary})
 
     def get(self, run_id: str) -> dict[str, Any]:
         row = self.rows.get(run_id)

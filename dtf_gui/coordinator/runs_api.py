@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from dtf_agent import protocol as p
-from dtf_gui.coordinator.outputs import BundleStore, LogWriter
+from dtf_gui.coordinator.outputs import BundleStore, LogWriter, log_key
 from dtf_gui.coordinator.runs import Runs
 from dtf_gui.coordinator.state import TaskTable
 from dtf_gui.coordinator.store import Store
@@ -25,6 +25,7 @@ from dtf_gui.coordinator.trust_api import ApiRefusal
 ProgressTable = Mapping[str, tuple[int, int, int, int, str]]
 
 MAX_TESTS = 100_000
+PAGE_BYTES = 6 * 1024 * 1024  # of a run_tests reply: well inside server.max_message_size
 # Durations of a test's latest runs that its expected duration is the median of.
 DURATION_HISTORY = 5
 # Outcomes whose duration says how long the test takes (a skip or a crash says nothing of it).
@@ -49,6 +50,13 @@ class FinishRun(_Args):
 
 class RunRef(_Args):
     run_id: p.Id
+
+
+class RunTests(_Args):
+    run_id: p.Id
+    # Rows after this one (the "seq" of the last row of the previous page).
+    after: Annotated[int, msgspec.Meta(ge=0, le=2**62)] = 0
+    limit: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 10_000
 
 
 class ListRuns(_Args):
@@ -130,8 +138,6 @@ class RunsApi:
         self.ops: dict[str, tuple[type[Any], Callable[[Any], Any]]] = {
             "create_run": (CreateRun, self.create_run),
             "finish_run": (FinishRun, self.finish_run),
-            "get_run": (RunRef, self.get_run),
-            "list_runs": (ListRuns, self.list_runs),
             "mark_flaky": (MarkFlaky, self.mark_flaky),
             "task_progress": (TaskIds, self.task_progress),
             "get_log": (LogArgs, self.get_log),
@@ -141,7 +147,10 @@ class RunsApi:
         }
         # Reads over many rows, and the upload (hashing a bundle): off the loop.
         self.deferred_ops: dict[str, tuple[type[Any], Callable[[Any], Any]]] = {
-            "run_tests": (RunRef, self.run_tests),
+            "run_tests": (RunTests, self.run_tests),
+            # Counting a run's rows reads the database: not on the loop.
+            "get_run": (RunRef, self.get_run),
+            "list_runs": (ListRuns, self.list_runs),
             "test_durations": (TestIds, self.test_durations),
             "put_bundle": (BundlePiece, self.put_bundle),
             "compare_runs": (CompareRuns, self.compare_runs),
@@ -178,8 +187,9 @@ class RunsApi:
                                         "GROUP BY 1", [rid]))
         # Each test once, with its last row's outcome (a rerun's comes after the first run's):
         # SQLite takes the bare column from the row that has the max().
+        # Stored order, not the agents' clocks: a rerun's row is stored after the first run's.
         tests = dict(self.store.query(
-            "SELECT outcome, count(*) FROM (SELECT outcome, max(timestamp) FROM results WHERE run_id=? "
+            "SELECT outcome, count(*) FROM (SELECT outcome, max(rowid) FROM results WHERE run_id=? "
             "AND outcome IS NOT NULL GROUP BY test_id) GROUP BY 1", [rid]))
         return {**run, "tests": tests, "results": results}
 
@@ -188,17 +198,24 @@ class RunsApi:
         self._flaky(a.run_id, a.test_ids)
         return {"marked": len(a.test_ids)}
 
-    def run_tests(self, a: RunRef) -> list[dict[str, Any]]:
-        """Every test row of a run, in the order they finished."""
+    def run_tests(self, a: RunTests) -> list[dict[str, Any]]:
+        """A page of a run's test rows in the order they were stored (a rerun's after the first run's).
+        A page ends early past a few megabytes of text (failures' reports and output), so it fits a
+        reply; the next starts after the last row's ``seq``; an empty page is the end."""
         rows = self.store.query(
-            "SELECT test_id, outcome, execution_time, worker_id, task_id, error, attempt, timestamp, raw_data "
-            "FROM results WHERE run_id=? AND outcome IS NOT NULL ORDER BY timestamp, rowid", [a.run_id])
+            "SELECT rowid, test_id, outcome, execution_time, worker_id, task_id, error, attempt, timestamp, raw_data "
+            "FROM results WHERE run_id=? AND outcome IS NOT NULL AND rowid > ? ORDER BY rowid LIMIT ?",
+            [a.run_id, a.after, a.limit])
         out = []
-        for test_id, outcome, duration, worker, task, error, attempt, ts, raw in rows:
+        size = 0
+        for seq, test_id, outcome, duration, worker, task, error, attempt, ts, raw in rows:
             output = msgspec.json.decode(raw).get("output", "") if raw else ""
-            out.append({"test_id": test_id, "outcome": outcome, "duration": duration, "worker_id": worker,
+            out.append({"seq": seq, "test_id": test_id, "outcome": outcome, "duration": duration, "worker_id": worker,
                         "task_id": task, "longrepr": error or "", "output": output, "attempt": attempt,
                         "timestamp": ts})
+            size += len(test_id) + len(error or "") + len(output) + 200
+            if size > PAGE_BYTES:
+                break
         return out
 
     def test_durations(self, a: TestIds) -> dict[str, float]:
@@ -248,12 +265,13 @@ class RunsApi:
                 raise ApiRefusal(f"no task {a.task_id!r}")
             status = rows[0][0]
         store = self.logs.store
+        key = log_key(a.task_id)
         if a.tail:
-            data = store.tail(a.task_id, a.stream, a.tail, attempt=a.attempt)
-            sl = store.read(a.task_id, a.stream, attempt=a.attempt, offset=0, limit=1)
+            data = store.tail(key, a.stream, a.tail, attempt=a.attempt)
+            sl = store.read(key, a.stream, attempt=a.attempt, offset=0, limit=1)
             return {"data": data, "next_offset": sl.size, "size": sl.size, "dropped": sl.dropped,
                     "complete": sl.complete, "attempt": sl.attempt, "status": status}
-        sl = store.read(a.task_id, a.stream, attempt=a.attempt, offset=a.offset, limit=a.limit)
+        sl = store.read(key, a.stream, attempt=a.attempt, offset=a.offset, limit=a.limit)
         return {"data": sl.data, "next_offset": sl.next_offset, "size": sl.size, "dropped": sl.dropped,
                 "complete": sl.complete, "attempt": sl.attempt, "status": status}
 

@@ -280,7 +280,8 @@ class Coordinator:
         self.analysis = Analysis(self.s.db_path, cfg.result_aggregator, inbox=self.inbox, store=self.store,
                                  hub=self.hub, counters=self.counters)
         self.outputs = TaskOutputs(self.home, self.tasks, max_log_bytes=srv.max_log_bytes,
-                                   max_bundle_bytes=srv.max_bundle_bytes, max_bundles_bytes=srv.max_bundles_bytes)
+                                   max_bundle_bytes=srv.max_bundle_bytes, max_bundles_bytes=srv.max_bundles_bytes,
+                                   log_retention_days=srv.log_retention_days)
         self.runs = Runs(self.store)
         runs_api = RunsApi(runs=self.runs, tasks=self.tasks, store=self.store, logs=self.outputs.logs,
                            bundles=self.outputs.bundles, progress=self.outputs.progress, flaky=self.store.mark_flaky,
@@ -291,6 +292,9 @@ class Coordinator:
                              trust=self.trust, runs_api=runs_api)
         self.workers.mark_stored_offline()
         self._recover()
+        # Runs with tasks still to finish: they finish here when those do.
+        self.runs.tasks_added(str(t.metadata["run"]) for t in self.tasks.active.values()
+                              if t.metadata and t.metadata.get("run"))
         self.advertiser: discovery.Advertiser | None = None
         self.agent_browser: discovery.AgentBrowser | None = None
         if srv.advertise:
@@ -788,6 +792,7 @@ class Coordinator:
             for t in tasks:
                 self.tasks.add(t)
                 self.store.put_task(t)
+            self.runs.tasks_added(str(t.metadata["run"]) for t in tasks if t.metadata and t.metadata.get("run"))
         self._carry_out(ins)
         return refused
 
@@ -893,6 +898,8 @@ class Coordinator:
         self.store.put_task(task)
         self.hub.task_changed(task)
         if status in p.TERMINAL_STATUSES:
+            if task.metadata and task.metadata.get("run"):
+                self.runs.task_final(str(task.metadata["run"]), status == p.COMPLETED)
             self.tasks.finished(ins.task_id)
             self.outputs.task_final(ins.task_id)
             self.waiters.finished(ins.task_id, status)

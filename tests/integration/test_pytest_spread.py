@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from dtf_gui.cli_runs import fetch_tests
 from dtf_gui.shards import plan_shards
 from tests.helpers import ProcessTracker, Serve, dtf_command, wait_until
 
@@ -76,8 +77,24 @@ SUITE = {
         def test_sum(benchmark):
             assert benchmark(sum, range(100)) == 4950
     """,
+    # pytest's output changes with addopts; dtf pytest must not care.
+    "pytest.ini": """
+        [pytest]
+        addopts = -q
+    """,
+    "conftest.py": """
+        import pytest
+
+        @pytest.fixture
+        def answer():
+            return 42
+    """,
+    "sub/test_sub.py": """
+        def test_answer(answer):
+            assert answer == 42
+    """,
 }
-COLLECTED = 8 + 3 + 3 + 1 + 1
+COLLECTED = 8 + 3 + 3 + 1 + 1 + 1
 
 
 @dataclass
@@ -87,8 +104,8 @@ class Lab:
     suite: Path
     root: Path
 
-    def dtf_pytest(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(dtf_command("dtf") + ["pytest", *args], cwd=self.suite, env=self.env,
+    def dtf_pytest(self, *args: str, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(dtf_command("dtf") + ["pytest", *args], cwd=cwd or self.suite, env=self.env,
                               capture_output=True, text=True, timeout=timeout, check=False)
 
     def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
@@ -102,6 +119,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     for d in (home, logs, suite, flaky):
         d.mkdir()
     for name, text in SUITE.items():
+        (suite / name).parent.mkdir(parents=True, exist_ok=True)
         (suite / name).write_text(textwrap.dedent(text))
     env = dict(os.environ, DTF_HOME=str(home), PYTHONUNBUFFERED="1", FLAKY_DIR=str(flaky))
     tracker = ProcessTracker(logs)
@@ -127,7 +145,7 @@ def summary_line(out: str) -> str:
 def outcomes(lab: Lab, run_id: str) -> dict[str, list[tuple[str, str]]]:
     """test id -> [(outcome, worker)] in the order the rows were stored."""
     out: dict[str, list[tuple[str, str]]] = {}
-    for row in lab.call("run_tests", {"run_id": run_id}):
+    for row in fetch_tests(lab.serve.client, run_id):
         out.setdefault(row["test_id"], []).append((row["outcome"], row["worker_id"]))
     return out
 
@@ -149,7 +167,7 @@ def test_counts_summary_and_exit_code_are_pytests(lab: Lab, first: Any) -> None:
     assert proc.returncode == 1, proc.stdout + proc.stderr
     line = summary_line(proc.stdout)
     # The flaky test counts as passed (as with pytest-rerunfailures) and is named as flaky too.
-    assert re.fullmatch(r"1 failed, 12 passed, 1 skipped, 1 xfailed, 1 crashed, 1 flaky in [\d.]+s", line), line
+    assert re.fullmatch(r"1 failed, 13 passed \(1 flaky\), 1 skipped, 1 xfailed, 1 crashed in [\d.]+s", line), line
     assert "FAILED test_outcomes.py::test_fails - AssertionError: arithmetic is broken" in proc.stdout
     assert "CRASHED test_crash.py::test_crashes" in proc.stdout
     assert "FLAKY test_flaky.py::test_flaky" in proc.stdout
@@ -160,8 +178,7 @@ def test_the_crash_is_reported_and_the_rest_of_its_shard_still_ran(lab: Lab, fir
     assert rows["test_crash.py::test_crashes"][0][0] == "crashed"
     assert rows["test_crash.py::test_after"] == [("passed", rows["test_crash.py::test_after"][0][1])]
     assert rows["test_crash.py::test_before"][0][0] == "passed"
-    crashed = next(r for r in lab.call("run_tests", {"run_id": first[1]})
-                   if r["test_id"] == "test_crash.py::test_crashes")
+    crashed = next(r for r in fetch_tests(lab.serve.client, first[1]) if r["test_id"] == "test_crash.py::test_crashes")
     assert "exit code 3" in crashed["longrepr"] or "exited with 3" in crashed["longrepr"], crashed["longrepr"]
 
 
@@ -217,14 +234,31 @@ def test_second_run_is_planned_from_history_and_ships_no_bundle(lab: Lab, first:
 
 
 def test_logs_of_a_shard(lab: Lab, first: Any) -> None:
-    crashed = next(r for r in lab.call("run_tests", {"run_id": first[1]})
-                   if r["test_id"] == "test_crash.py::test_crashes")
+    crashed = next(r for r in fetch_tests(lab.serve.client, first[1]) if r["test_id"] == "test_crash.py::test_crashes")
 
-    def full_log() -> str | None:
-        proc = subprocess.run(dtf_command("dtf") + ["logs", crashed["task_id"]], env=lab.env, capture_output=True,
-                              text=True, timeout=60, check=False)
-        return proc.stdout if proc.stdout.count("test session starts") >= 2 else None
+    def log(*extra: str) -> str:
+        return subprocess.run(dtf_command("dtf") + ["logs", crashed["task_id"], *extra], env=lab.env,
+                              capture_output=True, text=True, timeout=60, check=False).stdout
 
-    # Output streamed while the shard ran; the pytest session restarted after the crash appends.
-    out = wait_until(full_log, 20)
-    assert "test_crash.py" in out
+    # Both pytest sessions of the shard, the one that died and the one started after it, in one log;
+    # the runner says in its stderr why it started pytest again.
+    assert "starting it again" in log("--stderr")
+    assert "passed" in log()
+
+
+def test_from_a_subdirectory_with_options_after_the_path(lab: Lab, first: Any) -> None:
+    # The rootdir (pytest.ini, conftest.py with the fixture) is what ships, and node ids are relative
+    # to it; --junitxml after the path is dtf's, --tb=line is pytest's.
+    out = lab.root / "sub.xml"
+    proc = lab.dtf_pytest(".", "--junitxml", str(out), "--tb=line", cwd=lab.suite / "sub")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.fullmatch(r"1 passed in [\d.]+s", summary_line(proc.stdout))
+    rows = outcomes(lab, run_id_of(proc.stdout))
+    assert rows == {"sub/test_sub.py::test_answer": [("passed", rows["sub/test_sub.py::test_answer"][0][1])]}
+    suite = ET.parse(out).getroot().find("testsuite")
+    assert suite is not None and suite.get("tests") == "1"
+
+
+def test_options_that_need_pytests_local_cache_are_refused_with_the_reason(lab: Lab) -> None:
+    proc = lab.dtf_pytest("--lf")
+    assert proc.returncode == 4 and "pytest's cache" in proc.stderr

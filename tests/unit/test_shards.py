@@ -92,3 +92,4 @@ def test_junit_xml_counts_and_names() -> None:
 def test_split_nodeid() -> None:
     assert split_nodeid("a/b.py::C::D::t[1]") == ("a.b.C.D", "t[1]")
     assert split_nodeid("a/b.py") == ("a.b", "a/b.py")
+    assert split_nodeid("t.py::test_p[x::y]") == ("t", "test_p[x::y]")

@@ -649,7 +649,7 @@ def _run_values(conn: sqlite3.Connection, run_id: str,
     outcomes: dict[str, list[_TestRow]] = {}
     for test, outcome, status, seconds, attempt, ts, error, rid in conn.execute(
             "SELECT test_id, outcome, status, execution_time, attempt, timestamp, error, result_id FROM results "
-            "WHERE run_id = ?", (run_id,)):
+            "WHERE run_id = ? ORDER BY rowid", (run_id,)):
         test = test or ""
         # A failed test's time says how soon it failed, not how fast the code is.
         timed = outcome == "passed" or (not outcome and status == "success")
@@ -666,8 +666,9 @@ def _run_values(conn: sqlite3.Connection, run_id: str,
 
 
 def _final(rows: Sequence[_TestRow]) -> _TestRow:
-    """A test's outcome in a run: its last attempt's."""
-    return max(rows, key=lambda r: (r.attempt, r.timestamp))
+    """A test's outcome in a run: its last row's, in stored order (a rerun on another worker is stored
+    after the first run; the agents' clocks may disagree)."""
+    return rows[-1]
 
 
 def _outcome_changes(base: Mapping[str, Sequence[_TestRow]], cur: Mapping[str, Sequence[_TestRow]],
