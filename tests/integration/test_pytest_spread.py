@@ -23,7 +23,7 @@ import pytest
 
 from dtf_gui.cli_runs import fetch_tests
 from dtf_gui.shards import plan_shards
-from tests.helpers import ProcessTracker, Serve, dtf_command, wait_until
+from tests.helpers import ProcessTracker, Serve, dtf_command
 
 AGENTS = ("spread-a", "spread-b")
 
