@@ -128,3 +128,48 @@ def test_a_result_held_through_a_coordinator_restart_completes_the_task_without_
         first.stop()
         if second is not None:
             second.stop()
+
+
+def test_a_task_waiting_for_its_bundle_gets_it_after_a_coordinator_restart(procs: ProcessTracker, dtf_home: Path,
+                                                                         dtf_env: dict[str, str], tmp_path: Path):
+    """The agent asked the first coordinator for the bundle and never heard back: it asks the second
+    one, which lets it fetch the bundle of the task it claimed back."""
+    from dtf_gui.cli_bundles import upload_bundle
+
+    (dtf_home / "coordinator.yaml").write_text(FAST, encoding="utf-8")
+    ports = ["--port", str(free_port()), "--agent-port", str(free_port()), "--events-port", str(free_port())]
+
+    def start_serve(name: str) -> tuple[Any, dict[str, Any]]:
+        proc = procs.start(name, dtf_command("dtf") + ["serve", "--insecure", *ports], dtf_env)
+
+        def up() -> dict[str, Any] | None:
+            info = read_coordinator_json(dtf_home)
+            return info if info and info["pid"] == proc.pid else None
+
+        return proc, wait_until(up, 20, message=lambda: procs.log(name))
+
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "data.txt").write_text("from the bundle\n")
+    serve1, info = start_serve("serve-1")
+    agent = procs.start("agent", dtf_command("dtf-agent") + ["--insecure", "--coordinator", info["agent_endpoint"],
+                                                             "--worker-id", "fetcher", "--slots", "1"], dtf_env)
+    with Client(info["client_endpoint"], timeout=20) as c:
+        wait_until(lambda: c.call("get_status")["workers_online"] == 1, 20)
+        digest = upload_bundle(c, suite, quiet=True)
+        agent.send_signal(signal.SIGSTOP)  # the Assign reaches it; its FetchBundle meets a dead coordinator
+        try:
+            tid = c.call("create_task", {"command": "cat data.txt", "parameters": {"bundle": digest}})["task_id"]
+            wait_until(lambda: c.call("get_task", {"task_id": tid})["status"] == "assigned", 20)
+        finally:
+            serve1.send_signal(signal.SIGKILL)
+            serve1.wait(20)
+            agent.send_signal(signal.SIGCONT)
+    _, info = start_serve("serve-2")
+    with Client(info["client_endpoint"], timeout=20) as c:
+        def completed() -> dict[str, Any] | None:
+            t = c.call("get_task", {"task_id": tid})
+            return t if t["status"] == "completed" else None
+
+        t = wait_until(completed, 40, message=lambda: procs.logs())
+    assert t["result_list"][-1]["raw_data"]["stdout_tail"] == "from the bundle\n"
