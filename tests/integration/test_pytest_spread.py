@@ -262,3 +262,25 @@ def test_from_a_subdirectory_with_options_after_the_path(lab: Lab, first: Any) -
 def test_options_that_need_pytests_local_cache_are_refused_with_the_reason(lab: Lab) -> None:
     proc = lab.dtf_pytest("--lf")
     assert proc.returncode == 4 and "pytest's cache" in proc.stderr
+
+
+def test_a_bundle_with_requirements_runs_in_its_own_cached_venv(lab: Lab, tmp_path: Path) -> None:
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    # No requirement line: the venv is made without pip, as it would be with one (no network here).
+    (proj / "requirements.txt").write_text("# nothing to install\n")
+    (proj / "where.py").write_text("import sys, pytest\nprint(sys.prefix)\n")
+
+    def submit() -> str:
+        proc = subprocess.run(dtf_command("dtf") + ["submit", "--bundle", str(proj), "--requirements",
+                                                    "requirements.txt", "--command", "python where.py",
+                                                    "--worker", AGENTS[0], "--wait"],
+                              env=lab.env, capture_output=True, text=True, timeout=180, check=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    first, second = submit(), submit()
+    prefix = [ln for ln in first.splitlines() if ln.startswith("/")][0]
+    # Inside the agent's cache, and the same venv the second time (made once per requirements).
+    assert "/cache/venvs/" in prefix, first
+    assert prefix in second
