@@ -99,7 +99,9 @@ class Agent:
         # New at every start: the coordinator tells a reconnect (same incarnation) from a restart.
         self.incarnation = os.urandom(8).hex()
         self._stop = threading.Event()
-        self._done: Inbox[Outcome] = Inbox()
+        # Outcomes of tasks, and work other threads hand back to the loop (a bundle checked).
+        self._done: Inbox[Outcome | Callable[[], None]] = Inbox()
+        self._checkers: list[threading.Thread] = []
         self.registered = False
         self.fatal_error: str | None = None
         self.running: dict[str, Run] = {}
@@ -635,8 +637,6 @@ class Agent:
         if msg.error:
             self._bundle_failed(msg.digest, f"the coordinator cannot give bundle {msg.digest}: {msg.error}")
             return
-        from dtf_agent.runners.bundles import BundleError
-
         limit = self.s.cache_max_bytes
         if msg.total > limit or len(buf) + len(msg.data) > max(msg.total, 0):
             self._bundle_failed(msg.digest, f"bundle {msg.digest} is {msg.total} bytes, more than this agent's "
@@ -648,12 +648,32 @@ class Agent:
             return
         del self._fetching[msg.digest]
         self._fetch_asked.pop(msg.digest, None)
+        # Checking a bundle reads all of it (seconds for a big one): on a thread, so that heartbeats
+        # and results go on meanwhile; the tasks start when it hands the verdict back.
+        t = threading.Thread(target=self._check_bundle, args=(msg.digest, bytes(buf)),
+                             name=f"bundle-check-{msg.digest[7:19]}", daemon=True)
+        self._checkers = [c for c in self._checkers if c.is_alive()] + [t]
+        t.start()
+
+    def _check_bundle(self, digest: str, data: bytes) -> None:
+        """On its own thread: verify and cache the bundle, then hand the outcome to the loop."""
+        from dtf_agent.runners.bundles import BundleError
+
         try:
-            self._cache().put(msg.digest, bytes(buf))
+            self._cache().put(digest, data)
+            why = ""
         except (BundleError, OSError) as exc:
-            self._bundle_failed(msg.digest, f"bundle {msg.digest} from the coordinator is unusable: {exc}")
+            why = f"bundle {digest} from the coordinator is unusable: {exc}"
+        except Exception as exc:  # a bug: said, and the tasks that waited fail with it, nothing hangs
+            log.exception("checking bundle %s failed", digest)
+            why = f"checking bundle {digest} failed: {type(exc).__name__}: {exc}"
+        self._done.put(lambda: self._bundle_checked(digest, why))
+
+    def _bundle_checked(self, digest: str, why: str) -> None:
+        if why:
+            self._bundle_failed(digest, why)
             return
-        for spec in self._awaiting.pop(msg.digest, []):
+        for spec in self._awaiting.pop(digest, []):
             self._start(spec, CommandRun if spec.type == "command" else _pytest_run())
 
     def _bundle_failed(self, digest: str, why: str) -> None:
@@ -757,6 +777,9 @@ class Agent:
 
     def _collect_done(self) -> None:
         for outcome in self._done.take():
+            if not isinstance(outcome, Outcome):
+                outcome()  # handed back by another thread, to run here
+                continue
             run = self.running.pop(outcome.task_id, None)
             if run is not None:
                 if self.registered:
@@ -820,6 +843,8 @@ class Agent:
             run.cancel()
         for run in list(self.running.values()):
             run.join(timeout=10)
+        for checker in self._checkers:
+            checker.join(timeout=30)
         self._collect_done()
         for run in self._unsent_logs:  # the coordinator stayed away: the result tails are what it gets
             run.cleanup()
