@@ -11,6 +11,7 @@ are pytest's own (0 passed, 1 failed, 2 interrupted or collection errors, 4 usag
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -24,9 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from dtf_agent import protocol as p
-from dtf_agent.runners.bundles import BundleError
-from dtf_agent.runners.pytest_run import PLUGIN_MODULE, PLUGIN_SOURCE
-from dtf_gui.cli_bundles import upload_bundle
+from dtf_agent.runners.bundles import Bundle, BundleError, build_bundle
+from dtf_agent.runners.pytest_run import (
+    PLUGIN_MODULE,
+    PLUGIN_SOURCE,
+    TEARDOWN_AFTER_FAILURE,
+    TEARDOWN_AFTER_PASS,
+)
+from dtf_gui.cli_bundles import send as send_bundle
 from dtf_gui.cli_common import client_for
 from dtf_gui.cli_runs import fetch_tests
 from dtf_gui.client import ClientError
@@ -61,6 +67,8 @@ def pytest_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--requirements", metavar="FILE", help="a requirements file in the suite: agents run it in a "
                                                            "virtual environment made from it (cached)")
     sp.add_argument("--shard-timeout", type=float, help="seconds before a shard is killed")
+    sp.add_argument("--recollect", action="store_true", help="collect the suite here even when it is unchanged "
+                                                            "since the last run (its node ids are reused otherwise)")
 
 
 @dataclass
@@ -261,31 +269,92 @@ def cmd_pytest(args: argparse.Namespace) -> int:
               "`dtf runs RUN` lists the last run's failures (run them with their node ids)", file=sys.stderr)
         return EXIT_USAGE
     cwd = Path.cwd()
-    code, found, output = collect(args.python, extra, cwd)
-    if found is None or code not in (0, 5) or (code == 0 and not found.nodeids):
-        sys.stdout.write(output)
-        print(f"dtf pytest: collecting the suite failed (pytest exit code {code}); nothing was submitted",
-              file=sys.stderr)
-        return code if code in (EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE) else EXIT_INTERRUPTED
-    if not found.nodeids:
-        print(_banner("no tests ran in 0.00s"))
-        return EXIT_NO_TESTS
+    key = _collection_key(args.python, extra, cwd)
+    found, bundle = (None, None) if args.recollect else _unchanged(key)
+    if found is None:
+        code, found, output = collect(args.python, extra, cwd)
+        if found is None or code not in (0, 5) or (code == 0 and not found.nodeids):
+            sys.stdout.write(output)
+            print(f"dtf pytest: collecting the suite failed (pytest exit code {code}); nothing was submitted",
+                  file=sys.stderr)
+            return code if code in (EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE) else EXIT_INTERRUPTED
+        if not found.nodeids:
+            print(_banner("no tests ran in 0.00s"))
+            return EXIT_NO_TESTS
+    else:
+        print(f"dtf pytest: {len(found.nodeids)} tests, as collected last time (the suite and its arguments are "
+              "unchanged; --recollect collects again)", file=sys.stderr)
     # Node ids are relative to pytest's rootdir, and its conftest.py and ini file live there: that is
     # what is shipped and where shards run, whatever subdirectory this was started from.
     root = found.rootdir
     name = args.name or f"pytest:{root.name}"
     run = Run(collected=found.nodeids)
     try:
+        if bundle is None:
+            bundle = build_bundle(root)
+            _remember(key, found, bundle.digest)
+    except BundleError as exc:
+        print(f"dtf pytest: cannot ship {root}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         with client_for(args) as c:
-            try:
-                digest = upload_bundle(c, root)
-            except BundleError as exc:
-                print(f"dtf pytest: cannot ship {root}: {exc}", file=sys.stderr)
-                return EXIT_USAGE
-            return _run(c, args, run, name, digest, shard_args(extra, found.args), root)
+            send_bundle(c, bundle, what=str(root))
+            return _run(c, args, run, name, bundle.digest, shard_args(extra, found.args), root)
     except ClientError as exc:
         print(f"dtf pytest: {exc}", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+# -- the collection of the last run, kept while nothing it depends on changed ------------------------
+
+_KEPT_COLLECTIONS = 100
+
+
+def _collection_key(python: str, args: Sequence[str], cwd: Path) -> str:
+    """What a collection depends on besides the suite's files (the bundle's digest checks those): the
+    interpreter and its installed packages, the arguments, where it runs, PYTEST_ADDOPTS."""
+    exe = Path(shutil.which(python) or python).resolve()
+    stamps = []
+    for path in [exe, *sorted(exe.parent.parent.glob("lib/python*/site-packages"))]:
+        try:
+            stamps.append((str(path), path.stat().st_mtime_ns))
+        except OSError:
+            stamps.append((str(path), 0))
+    raw = json.dumps([stamps, list(args), str(cwd), os.environ.get("PYTEST_ADDOPTS", "")])
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+def _collections_dir() -> Path:
+    from dtf_agent.paths import dtf_home
+
+    return dtf_home() / "cache" / "collections"
+
+
+def _unchanged(key: str) -> tuple[Collection | None, Bundle | None]:
+    """The last collection made with the same key, with the bundle of its rootdir, if the rootdir's
+    content is still what it was (same digest): collecting again would give the same node ids."""
+    try:
+        data = json.loads((_collections_dir() / f"{key}.json").read_text(encoding="utf-8"))
+        found = Collection(Path(data["rootdir"]), list(data["nodeids"]), list(data["args"]))
+        bundle = build_bundle(found.rootdir)
+    except (OSError, ValueError, KeyError, TypeError, BundleError):
+        return None, None
+    return (found, bundle) if bundle.digest == data.get("digest") else (None, None)
+
+
+def _remember(key: str, found: Collection, digest: str) -> None:
+    folder = _collections_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{key}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"rootdir": str(found.rootdir), "nodeids": found.nodeids, "args": found.args,
+                                   "digest": digest}), encoding="utf-8")
+        os.replace(tmp, folder / f"{key}.json")
+        kept = sorted(folder.glob("*.json"), key=lambda f: f.stat().st_mtime, reverse=True)
+        for old in kept[_KEPT_COLLECTIONS:]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass  # only a shortcut for the next run
 
 
 def _free_slots(c: Any, args: argparse.Namespace) -> int:
@@ -326,8 +395,13 @@ def _run(c: Any, args: argparse.Namespace, run: Run, name: str, digest: str, ext
                                                 if len(collected) <= 5000 else {})}})
     run.run_id = created["run_id"]
     print(_banner(f"dtf pytest: run {run.run_id}"))
-    print(f"{len(collected)} tests in {len(plan.shards)} shards on {slots} slot(s); durations known for "
-          f"{plan.known}, expected {plan.makespan:.1f} s")
+    if plan.known:
+        estimate = f"durations known for {plan.known}, expected {plan.makespan:.1f} s"
+        if plan.unknown:
+            estimate += f" (counting the {plan.unknown} others at the median, {plan.median:.2g} s)"
+    else:
+        estimate = "no durations known yet: split by file; the next run is balanced by this one's times"
+    print(f"{len(collected)} tests in {len(plan.shards)} shards on {slots} slot(s); {estimate}")
     progress = Progress(len(collected))
     interrupted = False
     rows: dict[str, dict[str, Any]] = {}
@@ -413,15 +487,28 @@ def _cancel_all(c: Any, run: Run) -> None:
         print(f"\ninterrupted; could not cancel the shards: {exc}", file=sys.stderr)
 
 
-def _report(c: Any, args: argparse.Namespace, run: Run, rows: dict[str, dict[str, Any]], interrupted: bool) -> int:
-    seconds = time.monotonic() - run.started
-    final = [rows[t] for t in run.collected if t in rows]
+def count_outcomes(final: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """The counts of pytest's summary line for the final row of each test."""
     counts: dict[str, int] = {}
     for r in final:
         counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
     # A flaky test passed in the end: pytest-rerunfailures counts it as passed, and so does this.
     if counts.get("flaky"):
         counts["passed"] = counts.get("passed", 0) + counts["flaky"]
+    # pytest counts reports, not tests: a teardown error besides a test's own outcome is one more.
+    for r in final:
+        longrepr = str(r.get("longrepr") or "")
+        if r["outcome"] == "failed" and TEARDOWN_AFTER_FAILURE in longrepr:
+            counts["error"] = counts.get("error", 0) + 1
+        elif r["outcome"] == "error" and longrepr.startswith(TEARDOWN_AFTER_PASS):
+            counts["passed"] = counts.get("passed", 0) + 1
+    return counts
+
+
+def _report(c: Any, args: argparse.Namespace, run: Run, rows: dict[str, dict[str, Any]], interrupted: bool) -> int:
+    seconds = time.monotonic() - run.started
+    final = [rows[t] for t in run.collected if t in rows]
+    counts = count_outcomes(final)
     failures = [r for r in final if r["outcome"] in p.FAILING_OUTCOMES]
     if failures:
         print(_banner("FAILURES"))

@@ -54,19 +54,43 @@ def auto_shards(slots: int, n_tests: int) -> int:
     return max(1, min(n_tests, slots))
 
 
+# A plan that keeps files whole is taken when its makespan is within this of the finest plan: each
+# file a shard holds is collected (imported) by that shard's pytest, which a suite of short tests
+# feels more than a few percent of imbalance.
+WHOLE_FILES_SLACK = 1.05
+
+
 def plan_shards(test_ids: Sequence[str], durations: Mapping[str, float], n: int) -> ShardPlan:
-    """Split ``test_ids`` (in collection order) into at most ``n`` non-empty shards."""
+    """Split ``test_ids`` (in collection order) into at most ``n`` non-empty shards: test by test
+    where durations are known, unless keeping files whole costs no more than WHOLE_FILES_SLACK."""
     order = {t: i for i, t in enumerate(dict.fromkeys(test_ids))}
     known = {t: max(0.0, float(durations[t])) for t in order if t in durations}
     median = statistics.median(known.values()) if known else DEFAULT_DURATION
-    # Units: a known test alone; the unknown tests of one file together.
-    units: list[tuple[float, int, list[str]]] = [(d, order[t], [t]) for t, d in known.items()]
+    fine = _lpt(order, known, median, n, whole_files=False)
+    if not known:
+        return fine
+    whole = _lpt(order, known, median, n, whole_files=True)
+    return whole if whole.makespan <= fine.makespan * WHOLE_FILES_SLACK else fine
+
+
+def _lpt(order: Mapping[str, int], known: Mapping[str, float], median: float, n: int, *,
+         whole_files: bool) -> ShardPlan:
+    # Units: a known test alone (or, with whole_files, with the rest of its file unless the file
+    # alone is more than a shard's fair share); the unknown tests of one file together.
     by_file: dict[str, list[str]] = {}
     for t in order:
-        if t not in known:
-            by_file.setdefault(file_of(t), []).append(t)
+        by_file.setdefault(file_of(t), []).append(t)
+    total = sum(known.get(t, median) for t in order)
+    units: list[tuple[float, int, list[str]]] = []
     for tests in by_file.values():
-        units.append((median * len(tests), order[tests[0]], tests))
+        cost = sum(known.get(t, median) for t in tests)
+        unknown = [t for t in tests if t not in known]
+        if whole_files and cost <= total / max(1, n):
+            units.append((cost, order[tests[0]], tests))
+            continue
+        units += [(known[t], order[t], [t]) for t in tests if t in known]
+        if unknown:
+            units.append((median * len(unknown), order[unknown[0]], unknown))
     n = max(1, min(n, len(units))) if units else 0
     # Longest first; ties in collection order, so the same input always gives the same plan.
     units.sort(key=lambda u: (-u[0], u[1]))

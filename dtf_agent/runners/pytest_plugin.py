@@ -211,6 +211,13 @@ class _Reporter:
         self._emit(dict(e="done", nodeid=nodeid, **summarise(phases)))
 
 
+# How a report says that a test's teardown errored besides its own outcome: pytest counts such a test
+# twice in its summary line (1 failed, 1 error; 1 passed, 1 error), and `dtf pytest` does the same.
+# pytest_run.py holds the same two strings (this file is copied alone into the shard's environment).
+TEARDOWN_AFTER_FAILURE = "\n\n--- error in teardown ---\n"
+TEARDOWN_AFTER_PASS = "--- error in teardown; the test itself passed ---\n"
+
+
 def summarise(phases: dict[str, Any]) -> dict[str, Any]:
     """One test's outcome from the reports of its phases, as pytest's terminal would count it."""
     setup, call, teardown = (phases.get(when) for when in _PHASES)
@@ -227,9 +234,10 @@ def summarise(phases: dict[str, Any]) -> dict[str, Any]:
         # A strict xfail that passed is a failed call too ("[XPASS(strict)] ..."), as pytest has it.
         outcome, longrepr = "failed", str(call.longrepr)
         if teardown is not None and teardown.failed:
-            longrepr += "\n\n--- error in teardown ---\n" + str(teardown.longrepr)
+            longrepr += TEARDOWN_AFTER_FAILURE + str(teardown.longrepr)
     elif teardown is not None and teardown.failed:
-        outcome, longrepr = "error", str(teardown.longrepr)
+        passed = call is not None and call.passed
+        outcome, longrepr = "error", (TEARDOWN_AFTER_PASS if passed else "") + str(teardown.longrepr)
     else:
         outcome, longrepr = _passed_or_skipped(call if call is not None else setup)
     output = ""

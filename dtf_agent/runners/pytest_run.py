@@ -45,6 +45,9 @@ MAX_TESTS_BYTES = 8 * 1024 * 1024
 CRASH_STDERR_BYTES = 2048
 EXIT_STDERR_BYTES = 4096
 NOT_FOUND = "not found: the test was not collected on this machine"
+# As in pytest_plugin.py (see there): a teardown error besides the test's own outcome.
+TEARDOWN_AFTER_FAILURE = "\n\n--- error in teardown ---\n"
+TEARDOWN_AFTER_PASS = "--- error in teardown; the test itself passed ---\n"
 # How often the waiter thread looks at the report while pytest runs, and how long a pytest that
 # has reported the end of its session may take to exit.
 WAIT_STEP_S = 0.5

@@ -257,6 +257,17 @@ def test_from_a_subdirectory_with_options_after_the_path(lab: Lab, first: Any) -
     assert rows == {"sub/test_sub.py::test_answer": [("passed", rows["sub/test_sub.py::test_answer"][0][1])]}
     suite = ET.parse(out).getroot().find("testsuite")
     assert suite is not None and suite.get("tests") == "1"
+    # Unchanged suite, same arguments: the node ids of last time, no collection here.
+    again = lab.dtf_pytest(".", "--junitxml", str(out), "--tb=line", cwd=lab.suite / "sub")
+    assert again.returncode == 0 and "as collected last time" in again.stderr, again.stderr
+    # A new test in the suite changes its digest: collected again, and run.
+    (lab.suite / "sub" / "test_more.py").write_text("def test_more():\n    pass\n")
+    try:
+        third = lab.dtf_pytest(".", cwd=lab.suite / "sub")
+    finally:
+        (lab.suite / "sub" / "test_more.py").unlink()
+    assert third.returncode == 0 and "as collected last time" not in third.stderr
+    assert re.fullmatch(r"2 passed in [\d.]+s", summary_line(third.stdout))
 
 
 def test_options_that_need_pytests_local_cache_are_refused_with_the_reason(lab: Lab) -> None:

@@ -252,3 +252,34 @@ def test_bound_keeps_head_and_tail_within_the_limit() -> None:
     assert bound("a\udcff b").encode() == b"a? b"
     assert bound("x" * 100, 10) == "x" * 10
     assert bound("x" * 100, 0) == ""
+
+
+def test_teardown_errors_count_like_pytests_summary(tmp_path: Path) -> None:
+    """pytest says "1 failed, 1 passed, 2 errors" for a test failing with a teardown error and a test
+    passing with one: dtf pytest's counts from the plugin's rows say the same."""
+    from dtf_gui.cli_pytest import _summary, count_outcomes
+
+    (tmp_path / "test_td.py").write_text(textwrap.dedent("""
+        import pytest
+
+        @pytest.fixture
+        def broken_teardown():
+            yield
+            raise RuntimeError("teardown broke")
+
+        def test_fails(broken_teardown):
+            assert False
+
+        def test_passes(broken_teardown):
+            pass
+    """))
+    report = tmp_path / "r.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "dtf_agent.runners.pytest_plugin",
+                           f"--dtf-report={report}", "-p", "no:cacheprovider", "test_td.py"], cwd=tmp_path,
+                          capture_output=True, text=True, env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
+                          timeout=120, check=False)
+    plain = [ln for ln in proc.stdout.splitlines() if " in " in ln][-1]
+    rows = [json.loads(ln) for ln in report.read_text().splitlines()]
+    done = [r for r in rows if r["e"] == "done"]
+    counts = count_outcomes(done)
+    assert _summary(counts, 0.1).split(" in ")[0] in plain, (counts, plain)
