@@ -100,6 +100,9 @@ class Runs:
             self._put({**row, "status": "failed" if self.failed[run_id] else "passed", "finished": time.time(),
                        "summary": summary})
 
+    # get and listing are also called from the analysis thread (get_run, list_runs): they read a
+    # snapshot of the rows (list() of a dict is one step under the GIL), never iterate the live dict.
+
     def get(self, run_id: str) -> dict[str, Any]:
         row = self.rows.get(run_id)
         if row is None:
@@ -119,7 +122,7 @@ class Runs:
         return best["run_id"] if best else None
 
     def listing(self, name: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        rows = [r for r in self.rows.values() if name is None or r["name"] == name]
+        rows = [r for r in list(self.rows.values()) if name is None or r["name"] == name]
         rows.sort(key=lambda r: r["created"] or 0, reverse=True)
         return [self.get(r["run_id"]) for r in rows[:limit]]
 

@@ -8,8 +8,10 @@ coordinator itself.
 
 from __future__ import annotations
 
+import sqlite3
 import statistics
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -18,7 +20,7 @@ from dtf_agent import protocol as p
 from dtf_gui.coordinator.outputs import BundleStore, LogWriter, log_key
 from dtf_gui.coordinator.runs import Runs
 from dtf_gui.coordinator.state import TaskTable
-from dtf_gui.coordinator.store import Store
+from dtf_gui.coordinator.store import Store, connect_readonly
 from dtf_gui.coordinator.trust_api import ApiRefusal
 
 # One task's progress as its agent last told it: (attempt, done, failed, total, current test).
@@ -135,6 +137,9 @@ class RunsApi:
         self._declare = declare
         self._compare = compare
         self._metric_info = metric_info
+        # The deferred operations run on the analysis thread: they read through a connection of
+        # their own (the store's belongs to the loop thread, and its query() may flush).
+        self._local = threading.local()
         self.ops: dict[str, tuple[type[Any], Callable[[Any], Any]]] = {
             "create_run": (CreateRun, self.create_run),
             "finish_run": (FinishRun, self.finish_run),
@@ -155,6 +160,13 @@ class RunsApi:
             "put_bundle": (BundlePiece, self.put_bundle),
             "compare_runs": (CompareRuns, self.compare_runs),
         }
+
+    def _read(self, sql: str, params: Iterable[Any]) -> list[Any]:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect_readonly(self.store.path)
+            self._local.conn = conn
+        return conn.execute(sql, tuple(params)).fetchall()
 
     # -- runs ---------------------------------------------------------------------------------------
 
@@ -183,14 +195,14 @@ class RunsApi:
     def _counted(self, run: dict[str, Any]) -> dict[str, Any]:
         """The run with its rows counted: tasks by status, tests by outcome (an index probe by run)."""
         rid = run["run_id"]
-        results = dict(self.store.query("SELECT status, count(*) FROM results WHERE run_id=? AND outcome IS NULL "
-                                        "GROUP BY 1", [rid]))
+        results = {k: n for k, n in self._read("SELECT status, count(*) FROM results WHERE run_id=? AND outcome "
+                                               "IS NULL GROUP BY 1", [rid])}
         # Each test once, with its last row's outcome (a rerun's comes after the first run's):
         # SQLite takes the bare column from the row that has the max().
         # Stored order, not the agents' clocks: a rerun's row is stored after the first run's.
-        tests = dict(self.store.query(
+        tests = {k: n for k, n in self._read(
             "SELECT outcome, count(*) FROM (SELECT outcome, max(rowid) FROM results WHERE run_id=? "
-            "AND outcome IS NOT NULL GROUP BY test_id) GROUP BY 1", [rid]))
+            "AND outcome IS NOT NULL GROUP BY test_id) GROUP BY 1", [rid])}
         return {**run, "tests": tests, "results": results}
 
     def mark_flaky(self, a: MarkFlaky) -> dict[str, Any]:
@@ -202,7 +214,7 @@ class RunsApi:
         """A page of a run's test rows in the order they were stored (a rerun's after the first run's).
         A page ends early past a few megabytes of text (failures' reports and output), so it fits a
         reply; the next starts after the last row's ``seq``; an empty page is the end."""
-        rows = self.store.query(
+        rows = self._read(
             "SELECT rowid, test_id, outcome, execution_time, worker_id, task_id, error, attempt, timestamp, raw_data "
             "FROM results WHERE run_id=? AND outcome IS NOT NULL AND rowid > ? ORDER BY rowid LIMIT ?",
             [a.run_id, a.after, a.limit])
@@ -223,7 +235,7 @@ class RunsApi:
         out: dict[str, float] = {}
         marks = ",".join("?" * len(_TIMED_OUTCOMES))
         for test_id in dict.fromkeys(a.test_ids):
-            rows = self.store.query(
+            rows = self._read(
                 f"SELECT execution_time FROM results WHERE test_id=? AND outcome IN ({marks}) "
                 "AND execution_time IS NOT NULL ORDER BY timestamp DESC LIMIT ?",
                 [test_id, *_TIMED_OUTCOMES, DURATION_HISTORY])
