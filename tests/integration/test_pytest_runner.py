@@ -469,7 +469,7 @@ def test_prepare_runs_first_and_extra_cleanup_goes_with_the_logs(shard: Shard, t
     def prepare(spec: RunSpec) -> RunSpec:
         unpacked.mkdir()
         (unpacked / "test_b.py").write_text("import os\n\ndef test_b():\n    assert os.environ['SET_BY'] == 'prepare'\n")
-        run.extra_cleanup.append(unpacked)
+        shard.runs[-1].extra_cleanup.append(unpacked)  # appended before its thread starts; `run` may not be yet
         params = {**spec.parameters, "cwd": str(unpacked), "env": {**FAST, "SET_BY": "prepare"}}
         return msgspec.structs.replace(spec, parameters=params)
 
