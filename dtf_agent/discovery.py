@@ -273,6 +273,15 @@ def _label(text: str) -> str:
     return text.replace(".", "-")[:60] or "dtf"
 
 
+def _server(tag: str) -> str:
+    """The host name an ad's address records go under: this host's, plus the ad's own tag. Two ads
+    from different addresses under one host name (a coordinator and an agent in two network
+    namespaces of one machine, or machines cloned with one hostname) would otherwise answer for
+    each other, and a browser could dial the agent's address for the coordinator."""
+    tag = "".join(c for c in tag if c.isalnum())[:12] or "dtf"
+    return f"{_label(socket.gethostname())[:40]}-{tag}.local."
+
+
 def instance_name(name: str, tag: str) -> str:
     """``"{name} [{tag}]"``, the display name cut so that the whole fits one DNS label (63 bytes).
     The tag (a fingerprint prefix) makes it unique per key even for same-named coordinators on one
@@ -348,7 +357,7 @@ class Advertiser(_Registration):
         info = ServiceInfo(
             COORDINATOR_TYPE, f"{instance_name(name, tag)}.{COORDINATOR_TYPE}",
             addresses=[socket.inet_aton(a) for a in addresses],
-            port=agent_port, server=f"{_label(socket.gethostname())}.local.", properties=properties,
+            port=agent_port, server=_server(tag), properties=properties,
         )
         super().__init__(info, interfaces, "dtf-mdns-advertiser")
 
@@ -378,7 +387,7 @@ class AgentAdvertiser(_Registration):
         info = ServiceInfo(
             AGENT_TYPE, f"{instance_name(name, fingerprint.removeprefix('SHA256:')[:8])}.{AGENT_TYPE}",
             addresses=[socket.inet_aton(a) for a in addresses], port=AGENT_AD_PORT,
-            server=f"{_label(socket.gethostname())}.local.", properties=properties,
+            server=_server(fingerprint.removeprefix("SHA256:")[:8]), properties=properties,
         )
         super().__init__(info, interfaces, "dtf-mdns-agent-advertiser")
 
