@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def restartable_serve(procs: ProcessTracker, dtf_home: Path,
+                      dtf_env: dict[str, str]) -> Callable[[str], tuple[Any, dict[str, Any]]]:
+    """``start(name)`` starts an insecure `dtf serve` on ports fixed for the test (a restarted
+    coordinator must come back where its agents reconnect) and returns it with its coordinator.json."""
+    (dtf_home / "coordinator.yaml").write_text(FAST, encoding="utf-8")
+    ports = ["--port", str(free_port()), "--agent-port", str(free_port()), "--events-port", str(free_port())]
+
+    def start(name: str) -> tuple[Any, dict[str, Any]]:
+        proc = procs.start(name, dtf_command("dtf") + ["serve", "--insecure", *ports], dtf_env)
+
+        def up() -> dict[str, Any] | None:
+            info = read_coordinator_json(dtf_home)
+            return info if info and info["pid"] == proc.pid else None
+
+        return proc, wait_until(up, 20, message=lambda: procs.log(name))
+
+    return start
 
 
 def test_a_stopping_agent_hands_its_tasks_back(serve, tmp_path):
@@ -52,18 +72,7 @@ def test_a_stopping_agent_hands_its_tasks_back(serve, tmp_path):
 
 def test_coordinator_restart_adopts_the_task_an_agent_kept_running(procs: ProcessTracker, dtf_home: Path,
                                                                    dtf_env: dict[str, str], tmp_path: Path):
-    (dtf_home / "coordinator.yaml").write_text(FAST, encoding="utf-8")
-    # Fixed ports: the restarted coordinator must come back where the agent reconnects.
-    ports = ["--port", str(free_port()), "--agent-port", str(free_port()), "--events-port", str(free_port())]
-
-    def start_serve(name: str) -> tuple[Any, dict[str, Any]]:
-        proc = procs.start(name, dtf_command("dtf") + ["serve", "--insecure", *ports], dtf_env)
-
-        def up() -> dict[str, Any] | None:
-            info = read_coordinator_json(dtf_home)
-            return info if info and info["pid"] == proc.pid else None
-
-        return proc, wait_until(up, 20, message=lambda: procs.log(name))
+    start_serve = restartable_serve(procs, dtf_home, dtf_env)
 
     serve1, info = start_serve("serve-1")
     procs.start("agent", dtf_command("dtf-agent") + ["--coordinator", info["agent_endpoint"], "--worker-id", "keeper",
@@ -136,17 +145,7 @@ def test_a_task_waiting_for_its_bundle_gets_it_after_a_coordinator_restart(procs
     one, which lets it fetch the bundle of the task it claimed back."""
     from dtf_gui.cli_bundles import upload_bundle
 
-    (dtf_home / "coordinator.yaml").write_text(FAST, encoding="utf-8")
-    ports = ["--port", str(free_port()), "--agent-port", str(free_port()), "--events-port", str(free_port())]
-
-    def start_serve(name: str) -> tuple[Any, dict[str, Any]]:
-        proc = procs.start(name, dtf_command("dtf") + ["serve", "--insecure", *ports], dtf_env)
-
-        def up() -> dict[str, Any] | None:
-            info = read_coordinator_json(dtf_home)
-            return info if info and info["pid"] == proc.pid else None
-
-        return proc, wait_until(up, 20, message=lambda: procs.log(name))
+    start_serve = restartable_serve(procs, dtf_home, dtf_env)
 
     suite = tmp_path / "suite"
     suite.mkdir()
