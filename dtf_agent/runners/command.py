@@ -207,19 +207,7 @@ class CommandRun:
             self._cancelled.set()
             proc = self.proc
         if proc is not None and proc.poll() is None:
-            # Remember the tree while the task's process still lives: once it exits, a child that
-            # left the group (setsid) is an orphan nothing could find any more, and it would
-            # outlive the cancel.
-            try:
-                self._tree = psutil.Process(proc.pid).children(recursive=True)
-            except psutil.Error:
-                pass
-            _signal_tree(proc, self._tree, signal.SIGTERM)
-            # The waiter thread sits in wait(): a task that ignores SIGTERM would keep it there
-            # for ever, so a timer escalates.
-            self._escalate = threading.Timer(KILL_GRACE_S, _signal_tree, (proc, self._tree, signal.SIGKILL))
-            self._escalate.daemon = True
-            self._escalate.start()
+            self._tree, self._escalate = start_terminating(proc)
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
@@ -350,6 +338,25 @@ class CommandRun:
             directions=found.directions,
         )
         return outcome
+
+
+def start_terminating(proc: subprocess.Popen[bytes]) -> tuple[list[psutil.Process], threading.Timer]:
+    """A cancel, without blocking: SIGTERM the task's tree now and SIGKILL it after the grace period.
+    Returns the tree as seen now, and the timer (cancel it once the tree is gone, so its pids are
+    never signalled after they may belong to others)."""
+    # Remember the tree while the task's process still lives: once it exits, a child that left the
+    # group (setsid) is an orphan nothing could find any more, and it would outlive the cancel.
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        tree = []
+    _signal_tree(proc, tree, signal.SIGTERM)
+    # The waiter thread sits in wait(): a task that ignores SIGTERM would keep it there for ever,
+    # so a timer escalates.
+    escalate = threading.Timer(KILL_GRACE_S, _signal_tree, (proc, tree, signal.SIGKILL))
+    escalate.daemon = True
+    escalate.start()
+    return tree, escalate
 
 
 def _signal_tree(proc: subprocess.Popen[bytes], tree: Sequence[psutil.Process], sig: int) -> None:

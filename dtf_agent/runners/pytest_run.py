@@ -29,7 +29,7 @@ import msgspec
 import psutil
 
 from dtf_agent.protocol import FAILING_OUTCOMES, MAX_NODEID, RunSpec
-from dtf_agent.runners.command import KILL_GRACE_S, Outcome, _signal_tree, _tail, kill_tree
+from dtf_agent.runners.command import Outcome, _tail, kill_tree, start_terminating
 from dtf_agent.runners.resultfile import parse_result_data
 
 log = logging.getLogger(__name__)
@@ -236,14 +236,7 @@ class PytestRun:
             self._cancelled.set()
             proc = self.proc
         if proc is not None and proc.poll() is None:
-            try:
-                self._tree = psutil.Process(proc.pid).children(recursive=True)
-            except psutil.Error:
-                pass
-            _signal_tree(proc, self._tree, signal.SIGTERM)
-            self._escalate = threading.Timer(KILL_GRACE_S, _signal_tree, (proc, self._tree, signal.SIGKILL))
-            self._escalate.daemon = True
-            self._escalate.start()
+            self._tree, self._escalate = start_terminating(proc)
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
