@@ -14,7 +14,8 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -286,6 +287,31 @@ class Serve:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+@contextmanager
+def serve_lab(root: Path, agents: Mapping[str, int], *, config: str = "",
+              env_extra: Mapping[str, str] | None = None) -> Iterator[tuple[Serve, dict[str, str]]]:
+    """A `dtf serve` (secure, no mDNS) in a DTF home under ``root`` with these agents (name: slots)
+    online; ``config`` is its coordinator.yaml. Everything started is stopped on the way out."""
+    home, logs = root / "home", root / "logs"
+    home.mkdir()
+    logs.mkdir()
+    if config:
+        (home / "coordinator.yaml").write_text(config)
+    env = dict(os.environ, DTF_HOME=str(home), PYTHONUNBUFFERED="1", **(env_extra or {}))
+    tracker = ProcessTracker(logs)
+    serve: Serve | None = None
+    try:
+        serve = Serve(tracker, home, env, "--no-mdns")
+        for name, slots in agents.items():
+            serve.start_agent(name, slots=slots)
+        serve.wait_workers_online(*agents)
+        yield serve, env
+    finally:
+        if serve is not None:
+            serve.close()
+        tracker.close()
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -3,7 +3,6 @@ dropped with one marker, and `dtf submit --wait` showing a failing task's stderr
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ProcessTracker, Serve, cli, dtf_command, wait_until
+from tests.helpers import Serve, cli, dtf_command, serve_lab, wait_until
 
 AGENT = "logs-box"
 PY = shlex.quote(sys.executable)
@@ -23,23 +22,8 @@ KEEP = 1024 * 1024  # server.max_log_bytes in this test's coordinator.yaml
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serve, dict[str, str]]]:
-    root = tmp_path_factory.mktemp("logs")
-    home, logs = root / "home", root / "logs"
-    home.mkdir()
-    logs.mkdir()
-    (home / "coordinator.yaml").write_text(f"server:\n  max_log_bytes: {KEEP}\n")
-    env = dict(os.environ, DTF_HOME=str(home), PYTHONUNBUFFERED="1")
-    tracker = ProcessTracker(logs)
-    serve: Serve | None = None
-    try:
-        serve = Serve(tracker, home, env, "--no-mdns")
-        serve.start_agent(AGENT, slots=2)
-        serve.wait_workers_online(AGENT)
-        yield serve, env
-    finally:
-        if serve is not None:
-            serve.close()
-        tracker.close()
+    with serve_lab(tmp_path_factory.mktemp("logs"), {AGENT: 2}, config=f"server:\n  max_log_bytes: {KEEP}\n") as lab:
+        yield lab
 
 
 def test_ten_megabytes_keep_head_and_tail_with_one_marker(lab: tuple[Serve, dict[str, str]], tmp_path: Path) -> None:

@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ProcessTracker, Serve, dtf_command
+from tests.helpers import Serve, dtf_command, serve_lab
 
 AGENT = "plan-box"
 REPO = Path(__file__).resolve().parents[2]
@@ -20,21 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serve, dict[str, str], Path]]:
     root = tmp_path_factory.mktemp("plans")
-    home, logs = root / "home", root / "logs"
-    home.mkdir()
-    logs.mkdir()
-    env = dict(os.environ, DTF_HOME=str(home), PYTHONUNBUFFERED="1")
-    tracker = ProcessTracker(logs)
-    serve: Serve | None = None
-    try:
-        serve = Serve(tracker, home, env, "--no-mdns")
-        serve.start_agent(AGENT, slots=2)
-        serve.wait_workers_online(AGENT)
+    with serve_lab(root, {AGENT: 2}) as (serve, env):
         yield serve, env, root
-    finally:
-        if serve is not None:
-            serve.close()
-        tracker.close()
 
 
 def dtf(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,6 @@ second run ships no bundle bytes (client to coordinator, coordinator to agents);
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import textwrap
@@ -23,7 +22,7 @@ import pytest
 
 from dtf_gui.cli_runs import fetch_tests
 from dtf_gui.shards import plan_shards
-from tests.helpers import ProcessTracker, Serve, dtf_command
+from tests.helpers import Serve, dtf_command, serve_lab
 
 AGENTS = ("spread-a", "spread-b")
 
@@ -115,25 +114,14 @@ class Lab:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     root = tmp_path_factory.mktemp("spread")
-    home, logs, suite, flaky = root / "home", root / "logs", root / "suite", root / "flaky"
-    for d in (home, logs, suite, flaky):
+    suite, flaky = root / "suite", root / "flaky"
+    for d in (suite, flaky):
         d.mkdir()
     for name, text in SUITE.items():
         (suite / name).parent.mkdir(parents=True, exist_ok=True)
         (suite / name).write_text(textwrap.dedent(text))
-    env = dict(os.environ, DTF_HOME=str(home), PYTHONUNBUFFERED="1", FLAKY_DIR=str(flaky))
-    tracker = ProcessTracker(logs)
-    serve: Serve | None = None
-    try:
-        serve = Serve(tracker, home, env, "--no-mdns")
-        for name in AGENTS:
-            serve.start_agent(name, slots=1)
-        serve.wait_workers_online(*AGENTS)
+    with serve_lab(root, dict.fromkeys(AGENTS, 1), env_extra={"FLAKY_DIR": str(flaky)}) as (serve, env):
         yield Lab(serve, env, suite, root)
-    finally:
-        if serve is not None:
-            serve.close()
-        tracker.close()
 
 
 def summary_line(out: str) -> str:
