@@ -398,7 +398,8 @@ class Agent:
         running = self._running_ids()
         held = [*running, *(t for t in self._held if t not in self.running)]
         return p.Heartbeat(cpu_percent=m["cpu_percent"], memory_percent=m["memory_percent"],
-                           disk_percent=m["disk_percent"], running=held[:p.MAX_LIST])
+                           disk_percent=m["disk_percent"], running=held[:p.MAX_LIST],
+                           gpu_percent=m.get("gpu_percent"), gpu_memory_percent=m.get("gpu_memory_percent"))
 
     # -- handlers: one per message type ------------------------------------------------------
 

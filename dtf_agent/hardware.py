@@ -87,13 +87,51 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+class _GpuSampler:
+    """The busiest GPU's utilisation and memory use, through NVML kept open (an nvmlInit per
+    heartbeat would cost more than the rest of the heartbeat). Off for good after the first failure:
+    a machine without a usable GPU pays nothing."""
+
+    def __init__(self) -> None:
+        self._handles: list[Any] | None = None
+        self._off = False
+
+    def sample(self) -> tuple[float, float] | None:
+        if self._off:
+            return None
+        try:
+            import pynvml
+
+            if self._handles is None:
+                pynvml.nvmlInit()
+                self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+            if not self._handles:
+                self._off = True
+                return None
+            util = max(float(pynvml.nvmlDeviceGetUtilizationRates(h).gpu) for h in self._handles)
+            mems = [pynvml.nvmlDeviceGetMemoryInfo(h) for h in self._handles]
+            mem = max(100.0 * m.used / m.total for m in mems if m.total) if mems else 0.0
+            return util, mem
+        except Exception as exc:  # noqa: BLE001 - no module, no driver, a GPU fallen off the bus: no GPU figures
+            log.debug("no GPU metrics: %s", exc)
+            self._off = True
+            return None
+
+
+_gpu_sampler = _GpuSampler()
+
+
 def live_metrics(work_dir: str | None = None) -> dict[str, float]:
     """Cheap enough for every heartbeat: no sampling interval, no per-process walk."""
-    return {
+    out = {
         "cpu_percent": psutil.cpu_percent(interval=None),
         "memory_percent": psutil.virtual_memory().percent,
         "disk_percent": psutil.disk_usage(work_dir or os.getcwd()).percent,
     }
+    gpu = _gpu_sampler.sample()
+    if gpu is not None:
+        out["gpu_percent"], out["gpu_memory_percent"] = gpu
+    return out
 
 
 def environment() -> dict[str, str]:

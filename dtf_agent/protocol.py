@@ -182,6 +182,10 @@ class Heartbeat(_Msg, tag="heartbeat"):
     memory_percent: Finite = 0.0
     disk_percent: Finite = 0.0
     running: IdList = msgspec.field(default_factory=list)
+    # Since protocol 3 (ignored by older coordinators): the busiest GPU's utilisation and memory use,
+    # absent on machines without one.
+    gpu_percent: Finite | None = None
+    gpu_memory_percent: Finite | None = None
 
 
 class TaskStarted(_Msg, tag="task_started"):

@@ -635,6 +635,8 @@ COMMANDS: dict[str, Command] = {
     "plan": Command("check or run a YAML test plan (a matrix of tasks with dependencies)",
                     lambda a: _mod("cli_plans").cmd_plan(a), lambda sp: _mod("cli_plans").plan_args(sp),
                     client=False),
+    "report": Command("a run's report as PDF, CSV or JUnit XML (--run R --format pdf|csv|junit -o FILE)",
+                      lambda a: _mod("cli_report").cmd_report(a), lambda sp: _mod("cli_report").report_args(sp)),
     "agents": Command("list agents by enrollment state; accept, reject or revoke them",
                       lambda a: _security().cmd_agents(a), lambda sp: _security().agents_args(sp)),
     "token": Command("create a join token for new agents (`dtf-agent --join TOKEN`)",
@@ -764,6 +766,11 @@ def gui_main(argv: list[str] | None = None) -> int:
                     help="client key file for --connect (default: $DTF_CLIENT_KEY, else this home's admin key)")
     args = ap.parse_args(argv)
     configure_logging(args.log_level, "dtf-gui")
+    # Before Qt is imported: without a display Qt aborts with a plugin message that does not say so.
+    problem = _mod("display").display_problem()
+    if problem:
+        print(f"dtf-gui: {problem}", file=sys.stderr)
+        return 2
     if args.connect or args.key:
         embedded = [f for f in ("config", "host", "port", "agent_port", "events_port", "db")
                     if getattr(args, f) is not None] + [f for f in ("no_mdns", "insecure", "no_local_agent")

@@ -29,6 +29,7 @@ from dtf_gui.coordinator.state import TaskTable, new_task_id
 from dtf_gui.coordinator.store import RESULT_COLUMNS, Store, result_row_to_dict
 from dtf_gui.coordinator.trust import ClientKey, Trust
 from dtf_gui.coordinator.trust_api import ApiRefusal, TrustApi, TrustCommands
+from dtf_gui.coordinator.views_api import ViewsApi
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,7 @@ def _filtered(equal: dict[str, Any], order: str, limit: int, offset: int = 0) ->
 class ClientApi:
     def __init__(self, *, tasks: TaskTable, workers: WorkerTable, sched: sch.Scheduler, store: Store,
                  queries: ResultQueries, commands: LoopCommands, coordinator_id: str, trust: Trust,
-                 runs_api: RunsApi) -> None:
+                 runs_api: RunsApi, views_api: ViewsApi | None = None) -> None:
         self.tasks = tasks
         self.workers = workers
         self.sched = sched
@@ -239,6 +240,7 @@ class ClientApi:
             "get_result_anomalies": (Analysis, self.get_result_anomalies),
             "get_comparison_report": (Analysis, self.get_comparison_report),
             **runs_api.deferred_ops,
+            **(views_api.deferred_ops if views_api is not None else {}),
         }
 
     def knows(self, op: str) -> bool:

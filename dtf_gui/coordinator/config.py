@@ -206,8 +206,27 @@ class HealthMonitorSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=T
         gt=0, description="seconds between heartbeats that agents are asked to keep")] = 5.0
     heartbeat_timeout: Annotated[float, Meta(
         gt=0, description="seconds of silence after which a worker is offline and its tasks requeued")] = 30.0
+    cpu_threshold: Annotated[float, Meta(
+        gt=0, le=100, description="a worker's CPU use (%) that raises an alert when it stays above it")] = 95.0
+    memory_threshold: Annotated[float, Meta(
+        gt=0, le=100, description="a worker's memory use (%) that raises an alert when it stays above it")] = 90.0
+    disk_threshold: Annotated[float, Meta(
+        gt=0, le=100, description="a worker's disk use (%) of its work directory that raises an alert")] = 90.0
+    sustained_s: Annotated[float, Meta(
+        ge=0, description="seconds a resource must stay above its threshold before the alert is raised "
+                          "(a short spike raises none)")] = 30.0
+    failure_threshold: Annotated[int, Meta(
+        ge=1, description="tasks failing in a row on one worker that raise an alert (a sick machine, not a bad "
+                          "test)")] = 5
+    alert_handlers: Annotated[list[str], Meta(
+        description="code that receives each alert, as package.module:function; fn(alert: dict) -> None, run "
+                    "off the coordinator's loop (e.g. dtf_gui.coordinator.webhook:post to send JSON to "
+                    "DTF_ALERT_WEBHOOK)")] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
+        for path in self.alert_handlers:
+            if not re.fullmatch(r"[\w.]+:[\w.]+", path):
+                raise ValueError(f"alert_handlers: {path!r} is not an import path like package.module:function")
         if self.heartbeat_timeout <= self.heartbeat_interval:
             raise ValueError(f"heartbeat_timeout: {self.heartbeat_timeout} must exceed "
                              f"heartbeat_interval ({self.heartbeat_interval})")

@@ -105,6 +105,10 @@ class WorkerTable:
         w.last_seen = time.time()
         w.performance_metrics = {"cpu_percent": msg.cpu_percent, "memory_percent": msg.memory_percent,
                                  "disk_percent": msg.disk_percent}
+        if msg.gpu_percent is not None:
+            w.performance_metrics["gpu_percent"] = msg.gpu_percent
+        if msg.gpu_memory_percent is not None:
+            w.performance_metrics["gpu_memory_percent"] = msg.gpu_memory_percent
         w.current_task = msg.running
         w.status = p.BUSY if msg.running else p.ONLINE
         self.store.put_worker(w)

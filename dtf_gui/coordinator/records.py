@@ -185,8 +185,27 @@ class WorkerRecord:
             "worker_id": self.worker_id, "hostname": self.hostname, "status": self.status, "slots": self.slots,
             "running": len(self.current_task), "last_seen": self.last_seen,
             "cpu_percent": pm.get("cpu_percent"), "memory_percent": pm.get("memory_percent"),
-            "hardware_id": self.hardware_id, "tags": self.tags,
+            "disk_percent": pm.get("disk_percent"), "gpu_percent": pm.get("gpu_percent"),
+            "gpu_memory_percent": pm.get("gpu_memory_percent"),
+            "hardware_id": self.hardware_id, "tags": self.tags, "hardware": hardware_line(self.capabilities),
+            "draining": bool(self.health_status.get("draining")),
         }
+
+
+def hardware_line(caps: dict[str, Any]) -> str:
+    """A worker's hardware in a few words for a table cell: cores, memory, GPUs, OS."""
+    parts = []
+    if caps.get("cpu_count"):
+        parts.append(f"{caps['cpu_count']} cores")
+    if caps.get("memory_gb"):
+        parts.append(f"{float(caps['memory_gb']):.0f} GB")
+    gpus = caps.get("gpus") or []
+    if gpus:
+        names = sorted({str(g.get("name", "GPU")) for g in gpus if isinstance(g, dict)})
+        parts.append(f"{len(gpus)}× {'/'.join(names) or 'GPU'}")
+    if caps.get("os"):
+        parts.append(str(caps["os"]))
+    return ", ".join(parts)
 
 
 WORKER_FIELDS: tuple[str, ...] = ("worker_id", "hostname", "status", "hardware_id", "capabilities", "tags", "slots",

@@ -6,8 +6,9 @@ whole run, however many agents ran it, in the shape pytest's own ``--junitxml`` 
 
 from __future__ import annotations
 
+import sqlite3
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 # A character XML 1.0 cannot hold (control characters from a test's output) becomes U+FFFD.
@@ -85,3 +86,8 @@ def junit_xml(suite: str, tests: Iterable[Mapping[str, Any]], *, duration: float
         ts.set(key, str(n))
     ET.indent(root)
     return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
+def ops(conn: Callable[[], sqlite3.Connection]) -> dict[str, tuple[type[Any], Callable[[Any], Any]]]:
+    """The report operations (run_report, export_rows), read through ``conn`` (see views_api)."""
+    return {}

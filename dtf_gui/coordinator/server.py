@@ -53,6 +53,7 @@ from dtf_gui.coordinator.store import Store
 from dtf_gui.coordinator.telemetry import Counters, DispatchLatency, Throttled
 from dtf_gui.coordinator.trust import ClientKey, Trust, role_allows, role_needed
 from dtf_gui.coordinator.trust_api import ApiRefusal
+from dtf_gui.coordinator.views_api import ViewsApi
 from dtf_gui.coordinator.waiters import Waiters
 
 log = logging.getLogger(__name__)
@@ -289,7 +290,7 @@ class Coordinator:
                            metric_info=self._metric_info)
         self.api = ClientApi(tasks=self.tasks, workers=self.workers, sched=self.sched, store=self.store,
                              queries=self.analysis.queries, commands=self, coordinator_id=self.s.coordinator_id,
-                             trust=self.trust, runs_api=runs_api)
+                             trust=self.trust, runs_api=runs_api, views_api=ViewsApi(self.s.db_path))
         self.workers.mark_stored_offline()
         self._recover()
         # Runs with tasks still to finish: they finish here when those do.

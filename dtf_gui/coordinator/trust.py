@@ -39,11 +39,13 @@ ROLES = keys.ROLES  # viewer < operator < admin
 VIEWER_OPS = frozenset({"ping", "whoami", "get_task", "list_tasks", "list_workers", "get_worker", "list_results",
                         "get_status", "wait", "list_agents", "seen_agents", "list_security_events", "get_log",
                         "list_runs", "get_run", "run_tests", "task_progress", "test_durations", "compare_runs",
-                        "metric_info"})
+                        "metric_info", "task_page", "task_positions", "series_catalog", "metric_series",
+                        "run_report", "export_rows", "list_alerts"})
 OPERATOR_OPS = frozenset({"create_task", "create_tasks", "cancel_task", "assign_task", "unassign_task",
                           "retry_task", "set_priority", "aggregate_results", "get_result_anomalies",
                           "get_comparison_report", "create_run", "finish_run", "mark_flaky", "bundle_missing",
-                          "put_bundle", "declare_metrics"})
+                          "put_bundle", "declare_metrics", "ack_alerts", "mute_alert", "drain_worker",
+                          "resume_worker"})
 MAX_PENDING = 1000  # pending keys kept at once: strangers knocking must not grow memory without end
 MAX_TOKEN_USES = 10_000
 MAX_TOKEN_TTL = 366 * 86400.0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from PySide6.QtCore import QObject, Signal
@@ -28,6 +29,8 @@ from dtf_gui.coordinator.trust import role_allows, role_needed
 from dtf_gui.remote import RESYNC, RemoteCoordinator, RemoteError
 
 EventSink = Callable[[list[p.Event]], None]
+# What call_async hands back, in the GUI thread: the operation's data, or None and the error's text.
+Done = Callable[[Any, "str | None"], None]
 
 # Operations that change who may connect: a coordinator running --insecure has no keys to decide on.
 ENROLLMENT_OPS = frozenset({"accept_agents", "reject_agents", "revoke_agents", "create_token"})
@@ -104,6 +107,8 @@ class CoordinatorBridge(QObject):
     securityEvents = Signal(list)  # {"seq", "what", "subject", "detail", "time"}
     identityChanged = Signal(dict)  # whoami
     errorRaised = Signal(str)
+    # (callback, data, error) of a call_async, queued into the GUI thread.
+    _answered = Signal(object, object, object)
 
     def __init__(self, make_backend: Callable[[list[EventSink]], Backend], *, remote: bool = False,
                  parent: QObject | None = None) -> None:
@@ -115,6 +120,10 @@ class CoordinatorBridge(QObject):
         self.identity: dict[str, Any] = {}
         self.batches_received = 0
         self._security_seq = itertools.count(1)
+        self._answered.connect(self._deliver)
+        # Reads that may take a while (a window of a million tasks, a series of 100,000 points, a log)
+        # wait here, never in the GUI thread. Two threads: a slow report does not hold up a page of tasks.
+        self._reads: ThreadPoolExecutor | None = None
 
     @classmethod
     def embedded(cls, settings: ServerSettings) -> CoordinatorBridge:
@@ -129,9 +138,13 @@ class CoordinatorBridge(QObject):
 
     def start(self) -> None:
         self.coordinator.start()
+        self._reads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dtf-gui-reads")
         self.refresh_identity()
 
     def stop(self) -> None:
+        if self._reads is not None:
+            self._reads.shutdown(wait=True, cancel_futures=True)
+            self._reads = None
         self.coordinator.stop()
 
     # -- who we are to the coordinator -----------------------------------------------------------
@@ -252,6 +265,43 @@ class CoordinatorBridge(QObject):
             else:
                 self.errorRaised.emit(str(exc))
             return None
+
+    def call_async(self, op: str, args: dict[str, Any] | None, done: Done, *, timeout: float = 60.0) -> bool:
+        """A client-API request answered off the GUI thread: ``done(data, None)`` or ``done(None, error)``
+        runs later in the GUI thread. Returns False (and calls nothing) once the bridge has stopped."""
+        pool = self._reads
+        if pool is None:
+            return False
+
+        def work() -> tuple[Any, str | None]:
+            try:
+                return self.coordinator.request(op, args, timeout=timeout), None
+            except (ApiError, RemoteError) as exc:
+                return None, str(exc)
+
+        def finished(fut: Future[tuple[Any, str | None]]) -> None:
+            if fut.cancelled():
+                return
+            exc = fut.exception()
+            if exc is not None:  # a bug, not a refusal: said, never swallowed
+                log.error("%s failed in the reader thread", op, exc_info=exc)
+                self._answered.emit(done, None, f"{op} failed: {type(exc).__name__}: {exc}")
+                return
+            data, error = fut.result()
+            self._answered.emit(done, data, error)
+
+        try:
+            pool.submit(work).add_done_callback(finished)
+        except RuntimeError:  # shut down between the check and the submit
+            return False
+        return True
+
+    @staticmethod
+    def _deliver(done: Done, data: Any, error: str | None) -> None:
+        try:
+            done(data, error)
+        except Exception:  # a view's bug must not take the bridge's signal down with it
+            log.exception("a call_async callback failed")
 
     def submit_task(self, fields: dict[str, Any]) -> str | None:
         data = self.call("create_task", fields)

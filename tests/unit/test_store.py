@@ -425,7 +425,17 @@ def test_a_version_1_database_is_migrated_and_keeps_its_tasks(db_path: Path) -> 
         s.close()
     assert row["task_id"] == "old" and row["attempt"] == 2
     assert (row["cpu_slots"], row["failures"], row["lost"], row["retry_at"], row["pinned_to"]) == (1, 0, 0, None, None)
-    assert SCHEMA_VERSION == 4
+    assert SCHEMA_VERSION == 5
+
+
+def test_version_5_pages_tasks_by_submit_time_through_an_index(db_path: Path) -> None:
+    s = Store(db_path)
+    try:
+        plan = s.query("EXPLAIN QUERY PLAN SELECT task_id FROM tasks ORDER BY create_time DESC, task_id DESC "
+                       "LIMIT 50 OFFSET 100")
+    finally:
+        s.close()
+    assert any("idx_tasks_create_time" in str(row) for row in plan), plan
 
 
 def test_the_scheduler_memory_of_a_task_round_trips(store: Any, db_path: Path) -> None:
