@@ -106,6 +106,7 @@ class CoordinatorBridge(QObject):
     agentsChanged = Signal(list)  # enrollment rows (list_agents' shape)
     securityEvents = Signal(list)  # {"seq", "what", "subject", "detail", "time"}
     identityChanged = Signal(dict)  # whoami
+    alertsChanged = Signal(list)  # health alerts as raised, cleared, acknowledged (coordinator/alerts.py)
     errorRaised = Signal(str)
     # (callback, data, error) of a call_async, queued into the GUI thread.
     _answered = Signal(object, object, object)
@@ -216,6 +217,9 @@ class CoordinatorBridge(QObject):
         findings = [finding_row(e.data) for e in events if e.kind in ("anomaly", "change_point")]
         if findings:
             self.findingsChanged.emit(findings)
+        alerts = [e.data for e in events if e.kind == "alert"]
+        if alerts:
+            self.alertsChanged.emit(alerts)
         retracted = [f"{e.data.get('kind')}:{rid}:{e.data.get('metric')}"
                      for e in events if e.kind == "retracted" for rid in e.data.get("result_ids", ())]
         if retracted:
