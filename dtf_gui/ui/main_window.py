@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import collections
 import time
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pyqtgraph as pg
-from PySide6.QtCore import QRegularExpression, QSortFilterProxyModel, Qt, QTimer, Signal
+from PySide6.QtCore import QRegularExpression, QSettings, QSortFilterProxyModel, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDragMoveEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QDockWidget,
     QFrame,
     QHBoxLayout,
     QHeaderView,
@@ -19,7 +21,6 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QMessageBox,
     QPushButton,
-    QSplitter,
     QTableView,
     QTabWidget,
     QToolBar,
@@ -28,8 +29,9 @@ from PySide6.QtWidgets import (
 )
 
 from dtf_agent.keys import short
+from dtf_gui.ui.about import AboutDialog
 from dtf_gui.ui.bridge import CoordinatorBridge
-from dtf_gui.ui.dialogs import AboutDialog, AddMachinesDialog, NewTaskDialog
+from dtf_gui.ui.dialogs import AddMachinesDialog, NewTaskDialog
 from dtf_gui.ui.models import (
     TASK_IDS_MIME,
     KeyedTableModel,
@@ -41,6 +43,8 @@ from dtf_gui.ui.models import (
 )
 
 HISTORY_POINTS = 300
+# Bumped when the docks change so much that an old saved layout would misplace them.
+LAYOUT_VERSION = 2
 INSECURE_TEXT = "INSECURE: plain-text sockets, any agent accepted"
 
 
@@ -161,31 +165,48 @@ def _table(model: KeyedTableModel, name: str, view: View) -> tuple[View, QSortFi
 
 
 class ThroughputPlot(pg.PlotWidget):
-    """Completed tasks per second, from the coordinator's once-a-second stats events."""
+    """Completed tasks per second over the last five minutes, from the coordinator's once-a-second
+    stats events. The axes are fixed where autoscaling misleads: an idle coordinator reads 0 on a
+    0-1 scale (not -400..400 "x0.001"), and a rate is never scaled to milli-tasks."""
+
+    WINDOW_S = 300.0
 
     def __init__(self) -> None:
         super().__init__()
         self.setObjectName("throughputPlot")
-        self.setBackground("w")
-        self.setLabel("left", "tasks/s")
+        self.setLabel("left", "completed tasks/s")
         self.setLabel("bottom", "seconds ago")
         self.showGrid(x=True, y=True, alpha=0.3)
         self.setMinimumHeight(140)
-        self.curve = self.plot([], [], pen=pg.mkPen("#1565c0", width=2))
+        self.setMouseEnabled(x=False, y=False)
+        self.hideButtons()
+        for side in ("left", "bottom"):
+            self.getAxis(side).enableAutoSIPrefix(False)
+        self.setXRange(-self.WINDOW_S, 0, padding=0)
+        self.setYRange(0, 1, padding=0)
+        self.curve = self.plot([], [], pen=pg.mkPen("#1565c0", width=2), fillLevel=0,
+                               brush=pg.mkBrush(21, 101, 192, 40))
         self.points: collections.deque[tuple[float, float]] = collections.deque(maxlen=HISTORY_POINTS)
+        self.peak = 0.0
 
     def add_point(self, when: float, rate: float) -> None:
-        self.points.append((when, rate))
+        self.points.append((when, max(0.0, rate)))
         now = time.time()
         xs = [t - now for t, _ in self.points]
         ys = [r for _, r in self.points]
         self.curve.setData(xs, ys)
+        # The top follows the busiest moment in view, with headroom, never below one task a second.
+        top = max(ys, default=0.0)
+        self.peak = top
+        self.setYRange(0, max(1.0, top * 1.15), padding=0)
 
 
 class MainWindow(QMainWindow):
-    def __init__(self, bridge: CoordinatorBridge) -> None:
+    def __init__(self, bridge: CoordinatorBridge, settings_path: Path | None = None) -> None:
         super().__init__()
         self.bridge = bridge
+        # Where the layout is remembered (an INI file in the DTF home); None: not remembered.
+        self.settings_path = settings_path
         self.setWindowTitle("DTF — distributed testing" + (" (remote)" if bridge.remote else ""))
         self.resize(1280, 800)
         self.workers = workers_model()
@@ -231,52 +252,31 @@ class MainWindow(QMainWindow):
         self.security_view, _ = _table(self.security, "securityView", QTableView())
         self.security_view.setSortingEnabled(False)  # a log: oldest first, as it happened
 
-        central = QWidget()
-        layout = QVBoxLayout(central)
-        split = QSplitter(Qt.Orientation.Vertical)
-        top = QSplitter(Qt.Orientation.Horizontal)
-        machines = QWidget()
-        mlay = QVBoxLayout(machines)
-        mlay.setContentsMargins(0, 0, 0, 0)
-        mlay.addWidget(self.pending_box)
-        mlay.addWidget(self._titled("Workers", self.workers_view), 1)
-        top.addWidget(machines)
-        top.addWidget(self._titled("Throughput", self.throughput))
-        top.setSizes([860, 420])
-        split.addWidget(top)
         self.tabs = QTabWidget()
+        self.tabs.setObjectName("mainTabs")
+        self.tabs.setDocumentMode(True)
         self.tabs.addTab(self.tasks_view, "Tasks")
         self.tabs.addTab(self.findings_view, "Anomalies && regressions")
         self.tabs.addTab(self._agents_tab(), "Agents")
         self.tabs.addTab(self.security_view, "Security")
-        split.addWidget(self.tabs)
-        split.setSizes([320, 480])
-        layout.addWidget(split)
-        self.setCentralWidget(central)
+        self.setCentralWidget(self.tabs)
+        # Docks: what an engineer arranges to taste; the layout is remembered (QSettings).
+        self.setDockOptions(QMainWindow.DockOption.AnimatedDocks | QMainWindow.DockOption.AllowTabbedDocks
+                            | QMainWindow.DockOption.AllowNestedDocks)
+        machines = QWidget()
+        mlay = QVBoxLayout(machines)
+        mlay.setContentsMargins(0, 0, 0, 0)
+        mlay.addWidget(self.pending_box)
+        mlay.addWidget(self.workers_view, 1)
+        self.workers_dock = self._dock("Workers", "workersDock", machines, Qt.DockWidgetArea.TopDockWidgetArea)
+        self.throughput_dock = self._dock("Throughput", "throughputDock", self.throughput,
+                                          Qt.DockWidgetArea.TopDockWidgetArea)
+        self.splitDockWidget(self.workers_dock, self.throughput_dock, Qt.Orientation.Horizontal)
+        self.resizeDocks([self.workers_dock, self.throughput_dock], [860, 420], Qt.Orientation.Horizontal)
+        self.resizeDocks([self.workers_dock], [300], Qt.Orientation.Vertical)
 
-        self.new_task_action = QAction("New task…", self)
-        self.new_task_action.setShortcut(QKeySequence.StandardKey.New)
-        self.new_task_action.triggered.connect(self.open_new_task_dialog)
-        self.cancel_action = QAction("Cancel task", self)
-        self.cancel_action.triggered.connect(self.cancel_selected)
-        self.add_machines_action = QAction("Add test machines…", self)
-        self.add_machines_action.triggered.connect(self.open_add_machines_dialog)
-        self.accept_all_action = QAction("Accept all waiting agents", self)
-        self.accept_all_action.triggered.connect(self.accept_all_pending)
-        self.about_action = QAction("About DTF…", self)
-        self.about_action.triggered.connect(self.open_about_dialog)
-        bar = QToolBar("Main")
-        bar.setObjectName("mainToolbar")
-        self.addToolBar(bar)
-        for a in (self.new_task_action, self.cancel_action, self.add_machines_action):
-            bar.addAction(a)
-        tasks_menu = self.menuBar().addMenu("&Tasks")
-        tasks_menu.addAction(self.new_task_action)
-        tasks_menu.addAction(self.cancel_action)
-        machines_menu = self.menuBar().addMenu("&Machines")
-        machines_menu.addAction(self.add_machines_action)
-        machines_menu.addAction(self.accept_all_action)
-        self.menuBar().addMenu("&Help").addAction(self.about_action)
+        self._make_actions()
+        self._make_menus()
 
         # Status bar: a plain, permanent warning first when the coordinator runs without security.
         self.insecure_label = QLabel(INSECURE_TEXT)
@@ -312,8 +312,99 @@ class MainWindow(QMainWindow):
         self._clock = QTimer(self)
         self._clock.timeout.connect(lambda: self._update_status(bridge.last_stats))
         self._clock.start(1000)
+        self._fill_view_menu()
+        self._default_state = self.saveState(LAYOUT_VERSION)
+        self.restore_layout()
 
     # -- building -----------------------------------------------------------------------------------
+
+    def _dock(self, title: str, name: str, widget: QWidget, area: Qt.DockWidgetArea) -> QDockWidget:
+        dock = QDockWidget(title, self)
+        dock.setObjectName(name)  # saveState keys the layout by it
+        dock.setWidget(widget)
+        self.addDockWidget(area, dock)
+        return dock
+
+    def _action(self, text: str, slot: Any, shortcut: QKeySequence | QKeySequence.StandardKey | str | None = None,
+                tip: str = "") -> QAction:
+        action = QAction(text, self)
+        if shortcut is not None:
+            action.setShortcut(QKeySequence(shortcut))
+        if tip:
+            action.setToolTip(tip)
+            action.setStatusTip(tip)
+        action.triggered.connect(lambda _=False: slot())
+        return action
+
+    def _make_actions(self) -> None:
+        key = QKeySequence.StandardKey
+        self.new_task_action = self._action("&New task…", self.open_new_task_dialog, key.New)
+        self.cancel_action = self._action("&Cancel task", self.cancel_selected)
+        self.add_machines_action = self._action("&Add test machines…", self.open_add_machines_dialog)
+        self.accept_all_action = self._action("Accept all waiting agents", self.accept_all_pending)
+        self.about_action = self._action("&About DTF…", self.open_about_dialog)
+        self.quit_action = self._action("&Quit", self.close, key.Quit)
+        self.reset_layout_action = self._action("&Reset layout", self.reset_layout)
+        bar = QToolBar("Main")
+        bar.setObjectName("mainToolbar")
+        self.addToolBar(bar)
+        for a in (self.new_task_action, self.cancel_action, self.add_machines_action):
+            bar.addAction(a)
+        self.toolbar = bar
+
+    def _make_menus(self) -> None:
+        menu = self.menuBar()
+        self.file_menu = menu.addMenu("&File")
+        self.file_menu.addSeparator()
+        self.file_menu.addAction(self.quit_action)
+        self.view_menu = menu.addMenu("&View")
+        self.tasks_menu = menu.addMenu("&Tasks")
+        self.tasks_menu.addAction(self.new_task_action)
+        self.tasks_menu.addAction(self.cancel_action)
+        self.workers_menu = menu.addMenu("&Workers")
+        self.workers_menu.addAction(self.add_machines_action)
+        self.workers_menu.addAction(self.accept_all_action)
+        self.help_menu = menu.addMenu("&Help")
+        self.help_menu.addAction(self.about_action)
+
+    def _fill_view_menu(self) -> None:
+        """Every dock and the toolbar, shown or hidden from here; then a way back to the first layout."""
+        self.view_menu.clear()
+        for dock in self.findChildren(QDockWidget):
+            self.view_menu.addAction(dock.toggleViewAction())
+        self.view_menu.addAction(self.toolbar.toggleViewAction())
+        self.view_menu.addSeparator()
+        self.view_menu.addAction(self.reset_layout_action)
+
+    # -- layout memory -------------------------------------------------------------------------------
+
+    def _settings(self) -> QSettings | None:
+        if self.settings_path is None:
+            return None
+        return QSettings(str(self.settings_path), QSettings.Format.IniFormat)
+
+    def restore_layout(self) -> bool:
+        """The docks as the engineer left them (saved on close); False when there is nothing saved."""
+        st = self._settings()
+        if st is None:
+            return False
+        geometry, state = st.value("window/geometry"), st.value("window/state")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        return state is not None and bool(self.restoreState(state, LAYOUT_VERSION))
+
+    def save_layout(self) -> None:
+        st = self._settings()
+        if st is None:
+            return
+        st.setValue("window/geometry", self.saveGeometry())
+        st.setValue("window/state", self.saveState(LAYOUT_VERSION))
+        st.sync()
+
+    def reset_layout(self) -> None:
+        self.restoreState(self._default_state, LAYOUT_VERSION)
+        for dock in self.findChildren(QDockWidget):
+            dock.show()
 
     @staticmethod
     def _titled(title: str, widget: QWidget) -> QWidget:
@@ -512,6 +603,7 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self._clock.stop()
+        self.save_layout()
         for hook in self._closing_hooks:
             hook()
         super().closeEvent(event)
