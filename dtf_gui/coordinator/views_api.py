@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from dtf_gui.coordinator import explore, reports, taskview
 from dtf_gui.coordinator.store import connect_readonly
@@ -21,11 +24,19 @@ from dtf_gui.coordinator.store import connect_readonly
 OpTable = dict[str, tuple[type[Any], Callable[[Any], Any]]]
 
 
+class ThroughputArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    seconds: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 300.0
+    bucket: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 5.0
+
+
 class ViewsApi:
     def __init__(self, db_path: str | Path) -> None:
         self.db_path = db_path
         self._local = threading.local()
-        self.deferred_ops: OpTable = {**taskview.ops(self.conn), **explore.ops(self.conn), **reports.ops(self.conn)}
+        self.deferred_ops: OpTable = {
+            "throughput_history": (ThroughputArgs, self.throughput_history),
+            **taskview.ops(self.conn), **explore.ops(self.conn), **reports.ops(self.conn),
+        }
 
     def conn(self) -> sqlite3.Connection:
         """This thread's read-only connection (made on first use)."""
@@ -34,3 +45,16 @@ class ViewsApi:
             conn = connect_readonly(self.db_path)
             self._local.conn = conn
         return conn
+
+    def throughput_history(self, a: ThroughputArgs) -> list[tuple[float, float]]:
+        """Tasks completed per second in buckets over the last ``seconds``, so a window opened on a
+        busy coordinator shows the last minutes at once (the live stats only start when it opens).
+        Buckets without a completion read 0."""
+        now = time.time()
+        start = now - a.seconds
+        rows = self.conn().execute(
+            "SELECT CAST((end_time - ?) / ? AS INTEGER) AS b, count(*) FROM tasks "
+            "WHERE status='completed' AND end_time >= ? GROUP BY b", (start, a.bucket, start)).fetchall()
+        counts = {int(b): n for b, n in rows}
+        n_buckets = int(a.seconds // a.bucket)
+        return [(start + (i + 1) * a.bucket, counts.get(i, 0) / a.bucket) for i in range(n_buckets)]
