@@ -189,8 +189,18 @@ class ThroughputPlot(pg.PlotWidget):
         self.points: collections.deque[tuple[float, float]] = collections.deque(maxlen=HISTORY_POINTS)
         self.peak = 0.0
 
+    def set_history(self, points: list[tuple[float, float]]) -> None:
+        """What the database says of the minutes before the window opened, ahead of the live points."""
+        live = [pt for pt in self.points if not points or pt[0] > points[-1][0]]
+        self.points.clear()
+        self.points.extend([(float(t), float(r)) for t, r in points][-(HISTORY_POINTS - len(live)):] + live)
+        self._redraw()
+
     def add_point(self, when: float, rate: float) -> None:
         self.points.append((when, max(0.0, rate)))
+        self._redraw()
+
+    def _redraw(self) -> None:
         now = time.time()
         xs = [t - now for t, _ in self.points]
         ys = [r for _, r in self.points]
@@ -307,6 +317,8 @@ class MainWindow(QMainWindow):
         self._update_status({})
         # Opened on an existing database, the window shows what it holds, not empty tables.
         bridge.load_history()
+        bridge.call_async("throughput_history", {"seconds": ThroughputPlot.WINDOW_S, "bucket": 5.0},
+                          lambda data, _err: self.throughput.set_history(data or []))
         self._closing_hooks: list[Any] = []
         # The status bar also shows how fresh the data is; refresh it even when nothing happens.
         self._clock = QTimer(self)

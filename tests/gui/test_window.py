@@ -166,3 +166,38 @@ def test_the_window_opens_showing_what_the_database_holds(qtbot, tmp_path, monke
         assert session.bridge.last_stats["tasks"]["pending"] == 5
     finally:
         session.close()
+
+
+def test_the_throughput_plot_shows_the_minutes_before_the_window_opened(qtbot, tmp_path, monkeypatch) -> None:
+    import time
+
+    from dtf_gui.coordinator.config import ephemeral_settings
+    from dtf_gui.coordinator.records import TaskRecord
+    from dtf_gui.coordinator.scheduler import TaskSpec
+    from dtf_gui.coordinator.store import Store
+    from dtf_gui.ui.app import Session
+
+    db = tmp_path / "dtf.sqlite"
+    store = Store(db)
+    now = time.time()
+    try:
+        for i in range(40):  # 40 tasks completed in one 5 s bucket a minute ago: 8 tasks/s
+            t = TaskRecord(TaskSpec(task_id=f"done-{i}"), type="command", parameters={"command": "true"},
+                           timeout=None, metadata=None, create_time=now - 70, status="completed")
+            t.end_time = now - 60
+            store.put_task(t)
+        store.flush(wait=True)
+    finally:
+        store.close()
+    monkeypatch.setenv("DTF_HOME", str(tmp_path))
+    session = Session(ephemeral_settings(db), tmp_path, local_agent=False)
+    qtbot.addWidget(session.window)
+    try:
+        plot = session.window.throughput
+        qtbot.waitUntil(lambda: plot.peak > 0, timeout=10_000)
+        assert plot.peak == 8.0
+        xs, ys = plot.curve.getData()
+        assert -70 < xs[list(ys).index(8.0)] < -50  # drawn a minute ago, not now
+        assert plot.viewRange()[1][0] == 0  # a rate axis starts at 0
+    finally:
+        session.close()
