@@ -470,7 +470,7 @@ class MainWindow(QMainWindow):
         self.insecure_label.setVisible(bool(ident.get("insecure")))
         self.address_label.setText(bridge.describe())
         fp = str(ident.get("fingerprint") or "")
-        self.key_label.setText(f"Key {short(fp)}" if fp else "No key")
+        self.key_label.setText(f"Encrypted (CURVE), key {short(fp)}" if fp else "No key")
         self.key_label.setToolTip(f"Coordinator key fingerprint {fp} (full text in Help > About)" if fp else
                                   "The coordinator has no key: it runs in plain text")
         self._apply_role()

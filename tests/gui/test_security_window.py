@@ -150,7 +150,7 @@ def test_secure_coordinator_shows_its_key(qtbot, make_window) -> None:
     win, fake = make_window()
     assert not win.insecure_label.isVisible()
     fp = fake.identity["fingerprint"]
-    assert win.key_label.text() == f"Key {fp[:len('SHA256:') + 12]}"
+    assert win.key_label.text() == f"Encrypted (CURVE), key {fp[:len('SHA256:') + 12]}"
     assert fp in win.key_label.toolTip()
     about = win.open_about_dialog()
     assert about.fingerprint.text() == fp
