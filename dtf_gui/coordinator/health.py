@@ -1,4 +1,4 @@
-"""The worker table: registration, heartbeats, liveness (the health monitor).
+"""The worker table: registration, heartbeats, liveness, draining (the health monitor).
 
 Owned by the coordinator's loop thread. It keeps one :class:`WorkerRecord` per agent, writes its
 row through the store, marks it for the window through the event hub, and answers with the
@@ -41,6 +41,9 @@ class WorkerTable:
         self.heartbeat_timeout = heartbeat_timeout
         self.workers: dict[str, WorkerRecord] = {}
         self.by_identity: dict[bytes, str] = {}
+        # Workers an engineer drained in an earlier life of the coordinator (their stored rows say
+        # so): they stay drained when they register again.
+        self._drained: set[str] = set()
 
     def get(self, worker_id: str) -> WorkerRecord | None:
         return self.workers.get(worker_id)
@@ -72,6 +75,8 @@ class WorkerTable:
             metadata={"agent_version": msg.agent_version, "groups": msg.groups},
             running=msg.running, now=now, first_seen=old.first_seen if old else now, seen_at=time.monotonic(),
             incarnation=msg.incarnation, key=key)
+        draining = _draining(old) if old is not None else msg.worker_id in self._drained
+        _set_draining(w, draining)
         if old is not None and old.identity != identity:
             self.by_identity.pop(old.identity, None)
         self.workers[msg.worker_id] = w
@@ -81,7 +86,10 @@ class WorkerTable:
             self.store.put_event("worker_online", msg.worker_id, {"hostname": msg.hostname, "slots": msg.slots})
             log.info("agent %s (%s) registered with %d slot(s)", msg.worker_id, msg.hostname, msg.slots)
         self.hub.worker_changed(w)
-        return w, old, [sch.WorkerUp(now, worker_spec(w))]
+        events: list[sch.Event] = [sch.WorkerUp(now, worker_spec(w))]
+        if draining:
+            events.append(sch.DrainWorker(now, w.worker_id))
+        return w, old, events
 
     def seen(self, identity: bytes, key: str = "") -> tuple[WorkerRecord | None, list[sch.Event]]:
         """Any frame from a registered agent proves it alive; None when we do not know it (it
@@ -96,7 +104,7 @@ class WorkerTable:
             return w, []
         w.online = True
         w.status = p.ONLINE
-        w.health_status = {"state": "healthy"}
+        w.health_status = {"state": "healthy", **_drain_flag(w)}
         self.store.put_worker(w)
         self.hub.worker_changed(w)
         return w, [sch.WorkerUp(time.time(), worker_spec(w))]
@@ -122,11 +130,27 @@ class WorkerTable:
         """The worker is offline (it said goodbye, or went silent): its tasks go back to the queue."""
         w.online = False
         w.status = p.OFFLINE
-        w.health_status = {"state": p.OFFLINE, "reason": reason}
+        w.health_status = {"state": p.OFFLINE, "reason": reason, **_drain_flag(w)}
         self.store.put_worker(w)
         self.store.put_event("worker_offline", w.worker_id, {"reason": reason})
         self.hub.worker_changed(w)
         return [sch.WorkerLost(time.time(), w.worker_id)]
+
+    def set_draining(self, w: WorkerRecord, draining: bool) -> list[sch.Event]:
+        """An engineer drains a worker (it is offered no new task; what runs there finishes) or
+        resumes it. Kept in its row (health_status["draining"]), so a restart keeps it drained."""
+        if _draining(w) != draining:
+            _set_draining(w, draining)
+            self.store.put_worker(w)
+            self.store.put_event("worker_drained" if draining else "worker_resumed", w.worker_id, {})
+            self.hub.worker_changed(w)
+            log.info("worker %s %s", w.worker_id, "drained: no new tasks until resumed" if draining else "resumed")
+        if draining:
+            self._drained.add(w.worker_id)
+        else:
+            self._drained.discard(w.worker_id)
+        now = time.time()
+        return [sch.DrainWorker(now, w.worker_id) if draining else sch.ResumeWorker(now, w.worker_id)]
 
     # -- the loop's timers -----------------------------------------------------------------------
 
@@ -142,8 +166,11 @@ class WorkerTable:
         return events
 
     def mark_stored_offline(self) -> None:
-        """At start: workers a previous run left online are offline until they register again."""
+        """At start: workers a previous run left online are offline until they register again;
+        those drained then stay drained."""
         self.store.mark_workers_offline()
+        self._drained = {str(row["worker_id"]) for row in self.store.load_workers()
+                         if isinstance(row.get("health_status"), dict) and row["health_status"].get("draining")}
 
     def shutdown(self) -> None:
         """At stop: every worker is offline as far as the next run knows."""
@@ -152,3 +179,18 @@ class WorkerTable:
                 w.status = p.OFFLINE
                 self.store.put_worker(w)
                 log.debug("worker %s marked offline at shutdown", wid)
+
+
+def _draining(w: WorkerRecord) -> bool:
+    return bool(w.health_status.get("draining"))
+
+
+def _drain_flag(w: WorkerRecord) -> dict[str, bool]:
+    return {"draining": True} if _draining(w) else {}
+
+
+def _set_draining(w: WorkerRecord, draining: bool) -> None:
+    if draining:
+        w.health_status["draining"] = True
+    else:
+        w.health_status.pop("draining", None)

@@ -49,6 +49,10 @@ Rules
   of the queue (the worker takes no queued work while a pinned task waits for it). Refused with the
   reason when the worker is unknown, offline, not approved or lacks a capability, or the task is
   running or finished. :class:`Unpin` drops the pin / takes an assigned task back to the queue.
+- **Draining**: :class:`DrainWorker` stops offering a worker new tasks (queued or pinned); what
+  runs there finishes. Tasks pinned to it wait and say so; :class:`Pin` onto it is refused.
+  :class:`ResumeWorker` ends that. The flag outlives the worker going offline and coming back (a
+  drain of a worker not seen yet is kept for when it registers).
 - Dispatches come out of every ``handle()`` call that leaves free capacity, not only on
   :class:`Tick`. ``Tick`` releases tasks whose retry backoff ended.
 - Stale reports (a StartReported/FinishReported from a worker the task is no longer on, or for another
@@ -91,7 +95,8 @@ from dtf_gui.coordinator.balancer import DurationPredictor, Strategy, load_strat
 
 __all__ = [
     "HIGHER_PRIORITY_FIRST", "Adopt", "CancelOnWorker", "CancelRequested", "Dispatch", "Event", "FinishReported",
-    "Instruction", "Pin", "PriorityChanged", "Rejected", "Requirements", "Retry", "Scheduler", "SchedulerConfig",
+    "DrainWorker", "Instruction", "Pin", "PriorityChanged", "Rejected", "Requirements", "ResumeWorker", "Retry",
+    "Scheduler", "SchedulerConfig",
     "SetPriority", "StartReported", "StatusChanged", "Submit", "SubmitBatch", "TaskSpec", "Tick", "Unpin", "WorkerLost",
     "WorkerSpec", "WorkerUp", "mismatch",
 ]
@@ -263,6 +268,18 @@ class Unpin(msgspec.Struct, frozen=True):
     task_id: str
 
 
+class DrainWorker(msgspec.Struct, frozen=True):
+    """An engineer drains a worker: no new tasks go there; its running ones finish."""
+
+    now: float
+    worker_id: str
+
+
+class ResumeWorker(msgspec.Struct, frozen=True):
+    now: float
+    worker_id: str
+
+
 class SetPriority(msgspec.Struct, frozen=True):
     now: float
     task_id: str
@@ -365,7 +382,7 @@ class PriorityChanged(msgspec.Struct, frozen=True):
 
 
 Event = (Submit | SubmitBatch | CancelRequested | WorkerUp | WorkerLost | StartReported | FinishReported | Pin
-         | Unpin | SetPriority | Retry | Tick | Adopt | Restore | Remember | Reconcile)
+         | Unpin | SetPriority | Retry | Tick | Adopt | Restore | Remember | Reconcile | DrainWorker | ResumeWorker)
 Instruction = Dispatch | StatusChanged | Rejected | CancelOnWorker | PriorityChanged
 
 
@@ -481,13 +498,14 @@ class TaskState:
 class WorkerState:
     """One worker as the scheduler sees it (strategies may read the attributes named in balancer.py)."""
 
-    __slots__ = ("classes", "last_dispatch", "max_tasks", "online", "pinned", "pinned_live", "score", "spec",
-                 "speed", "tasks", "used_gpus", "used_slots", "worker_id")
+    __slots__ = ("classes", "draining", "last_dispatch", "max_tasks", "online", "pinned", "pinned_live", "score",
+                 "spec", "speed", "tasks", "used_gpus", "used_slots", "worker_id")
 
     def __init__(self, spec: WorkerSpec) -> None:
         self.worker_id = spec.worker_id
         self.spec = spec
         self.online = False
+        self.draining = False
         self.tasks: dict[str, TaskState] = {}
         self.used_slots = 0
         self.used_gpus = 0
@@ -563,6 +581,7 @@ class Scheduler:
             FinishReported: self._on_finished, Pin: self._on_pin, Unpin: self._on_unpin,
             SetPriority: self._on_set_priority, Retry: self._on_retry, Tick: self._on_tick, Adopt: self._on_adopt,
             Restore: self._on_restore, Remember: self._on_remember, Reconcile: self._on_reconcile,
+            DrainWorker: self._on_drain, ResumeWorker: self._on_resume,
         }
 
     # ------------------------------------------------------------------ public API
@@ -651,6 +670,8 @@ class Scheduler:
             assert w is not None
             if not w.online:
                 return f"pinned to {w.worker_id}, which is offline"
+            if w.draining:
+                return f"pinned to {w.worker_id}, which is draining (it takes no new tasks until resumed)"
             if not w.spec.approved:
                 return f"pinned to {w.worker_id}, which is not approved"
             return (f"pinned to {w.worker_id}: waiting for room there "
@@ -666,13 +687,16 @@ class Scheduler:
                 return f"worker_cap reached: submission {sub} already occupies {self.config.worker_cap} workers"
             return "queued: capable workers have room; waiting behind higher-ranked tasks or for a faster worker"
         cap = self.config.task_cap_per_worker
-        full = [w for w in c.online.values() if w.pinned_live == 0]
+        taking = [w for w in c.online.values() if not w.draining]
+        if not taking:
+            return f"waiting: every capable worker online is draining ({_names(sorted(c.online))})"
+        full = [w for w in taking if w.pinned_live == 0]
         if not full:
             return "waiting: every capable worker is reserved for a pinned task"
         if cap is not None and all(len(w.tasks) >= cap for w in full):
             return f"waiting: task_cap_per_worker ({cap}) reached on all {len(full)} capable workers"
         need = f"{c.cpu_slots} slot{'s' if c.cpu_slots != 1 else ''}" + (f" and {c.gpus} GPUs" if c.gpus else "")
-        return f"waiting for {need} on a capable worker: all {len(c.online)} capable workers online are busy"
+        return f"waiting for {need} on a capable worker: all {len(taking)} capable workers online are busy"
 
     # ------------------------------------------------------------------ submit
 
@@ -898,7 +922,8 @@ class Scheduler:
             if w.pinned_live == 1:
                 self._pinned_ready[w.worker_id] = w
                 self._refresh(w)
-            reason = f"pinned to {w.worker_id}" + ("" if w.online else " (offline)")
+            reason = f"pinned to {w.worker_id}" + ("" if w.online else " (offline)") + \
+                (" (draining)" if w.draining else "")
         else:
             c = t.cls
             assert c is not None
@@ -947,13 +972,13 @@ class Scheduler:
 
     def _fits(self, w: WorkerState, c: TaskClass) -> bool:
         """Could ``w`` take a task of class ``c`` right now (class capability already known)."""
-        return (w.online and w.spec.approved and w.pinned_live == 0 and len(w.tasks) < w.max_tasks
+        return (w.online and w.spec.approved and not w.draining and w.pinned_live == 0 and len(w.tasks) < w.max_tasks
                 and w.spec.slots - w.used_slots >= c.cpu_slots and w.spec.gpus - w.used_gpus >= c.gpus)
 
     def _refresh(self, w: WorkerState) -> None:
         """Recompute which class open-maps hold ``w`` after its load or state changed."""
         wid = w.worker_id
-        if not w.online or w.pinned_live or len(w.tasks) >= w.max_tasks or not w.spec.approved:
+        if not w.online or w.draining or w.pinned_live or len(w.tasks) >= w.max_tasks or not w.spec.approved:
             for c in w.classes.values():
                 c.open.pop(wid, None)
             return
@@ -967,7 +992,7 @@ class Scheduler:
                 c.open.pop(wid, None)
 
     def _fits_pinned(self, w: WorkerState, t: TaskState) -> bool:
-        if not (w.online and w.spec.approved and len(w.tasks) < w.max_tasks
+        if not (w.online and w.spec.approved and not w.draining and len(w.tasks) < w.max_tasks
                 and w.spec.slots - w.used_slots >= t.spec.cpu_slots
                 and w.spec.gpus - w.used_gpus >= t.spec.requirements.gpu_count):
             return False
@@ -1379,6 +1404,8 @@ class Scheduler:
             return self._reject(tid, f"cannot assign {tid}: worker {wid} is offline", out)
         if not w.spec.approved:
             return self._reject(tid, f"cannot assign {tid}: worker {wid} is not approved", out)
+        if w.draining:
+            return self._reject(tid, f"cannot assign {tid}: worker {wid} is draining (resume it first)", out)
         if t.state == RUNNING:
             return self._reject(tid, f"cannot assign {tid}: it is already running on {_on(t)}; cancel it first",
                                 out)
@@ -1397,6 +1424,33 @@ class Scheduler:
             self._unqueue(t)
         t.pin = w
         self._place(t, out)
+
+    def _on_drain(self, ev: DrainWorker, out: list[Any]) -> None:
+        w = self._workers.get(ev.worker_id) or self._placeholder(ev.worker_id)
+        if w.draining:
+            return
+        w.draining = True
+        self._refresh(w)
+        self._pinned_note(w, out)
+
+    def _on_resume(self, ev: ResumeWorker, out: list[Any]) -> None:
+        w = self._workers.get(ev.worker_id)
+        if w is None or not w.draining:
+            return
+        w.draining = False
+        self._refresh(w)
+        self._pinned_note(w, out)
+
+    def _pinned_note(self, w: WorkerState, out: list[Any]) -> None:
+        """Tasks pinned to ``w`` say again why they wait (draining or not)."""
+        if not w.pinned_live:
+            return
+        reason = f"pinned to {w.worker_id}" + ("" if w.online else " (offline)") + \
+            (" (draining)" if w.draining else "")
+        for e in list(w.pinned):
+            t = e[4]
+            if t.qseq == e[3] and t.where == _W_PIN:
+                self._status(t, PENDING, reason, out)
 
     def _on_unpin(self, ev: Unpin, out: list[Any]) -> None:
         t = self._tasks.get(ev.task_id)

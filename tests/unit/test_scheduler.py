@@ -12,10 +12,12 @@ from dtf_gui.coordinator.scheduler import (
     CancelOnWorker,
     CancelRequested,
     Dispatch,
+    DrainWorker,
     FinishReported,
     Pin,
     Rejected,
     Requirements,
+    ResumeWorker,
     Retry,
     Scheduler,
     SchedulerConfig,
@@ -464,3 +466,65 @@ def test_duration_history_feeds_prediction():
     s.handle([StartReported(0.0, "a", "w"), FinishReported(10.0, "a", "w", True)])
     s.handle([sub("b", test_id="T")])
     assert s.predicted_duration("b") == pytest.approx(20.0)  # 10 s on a speed-2 worker
+
+
+# ----------------------------------------------------------------------------- draining
+
+
+def test_a_drained_worker_gets_no_new_task_while_another_does():
+    s = make()
+    s.handle([up("a", slots=2), up("b", slots=2), DrainWorker(0.0, "a")])
+    out = s.handle([sub(f"t{i}") for i in range(3)])
+    assert {w for _, w in dispatches(out)} == {"b"}
+    assert s.why_waiting("t2").startswith("waiting for 1 slot on a capable worker: all 1 capable workers")
+
+
+def test_drain_lets_running_tasks_finish_and_resume_takes_work_again():
+    s = make()
+    s.handle([up("a")])
+    s.handle([sub("running")])
+    assert s.task_state("running") == "assigned"
+    out = s.handle([DrainWorker(1.0, "a"), sub("next")])
+    assert not [i for i in out if isinstance(i, CancelOnWorker)], "draining cancels nothing"
+    assert dispatches(run_ok(s, "running", 2.0)) == []
+    assert s.task_state("running") == "completed"
+    assert s.why_waiting("next") == "waiting: every capable worker online is draining (a)"
+    assert dispatches(s.handle([ResumeWorker(3.0, "a")])) == [("next", "a")]
+
+
+def test_pin_onto_a_draining_worker_is_refused_and_a_drain_after_the_pin_holds_it():
+    s = make()
+    s.handle([up("a"), up("b")])
+    s.handle([sub("x"), sub("y")])  # one each: both busy
+    s.handle([sub("pinned")])
+    assert s.task_state("pinned") == "pending"
+    s.handle([Pin(1.0, "pinned", "a")])
+    out = s.handle([DrainWorker(1.0, "a")])
+    assert statuses(out, "pinned") == [("pending", "pinned to a (draining)")]
+    assert s.why_waiting("pinned") == "pinned to a, which is draining (it takes no new tasks until resumed)"
+    on_a = "x" if s.task("x").worker.worker_id == "a" else "y"
+    out = run_ok(s, on_a, 2.0)
+    assert dispatches(out) == [], "a draining worker takes no pinned task either"
+    out = s.handle([ResumeWorker(3.0, "a")])
+    assert dispatches(out) == [("pinned", "a")]
+    s2 = make()
+    s2.handle([up("a"), DrainWorker(0.0, "a"), sub("z")])
+    assert rejected(s2.handle([Pin(1.0, "z", "a")])) == {"z": "cannot assign z: worker a is draining (resume it first)"}
+
+
+def test_drain_outlives_going_offline_and_a_drain_before_registration_is_kept():
+    s = make()
+    s.handle([up("a"), DrainWorker(0.0, "a"), WorkerLost(1.0, "a")])
+    assert dispatches(s.handle([up("a"), sub("t")])) == []
+    early = make()
+    early.handle([DrainWorker(0.0, "later")])  # restored from the database before the agent registers
+    assert dispatches(early.handle([up("later"), sub("t")])) == []
+    assert dispatches(early.handle([ResumeWorker(1.0, "later")])) == [("t", "later")]
+
+
+def test_drain_and_resume_are_idempotent_and_resume_of_an_unknown_worker_is_harmless():
+    s = make()
+    s.handle([up("a")])
+    assert s.handle([DrainWorker(0.0, "a"), DrainWorker(0.0, "a")]) == []
+    assert s.handle([ResumeWorker(0.0, "nobody")]) == []
+    assert dispatches(s.handle([ResumeWorker(1.0, "a"), ResumeWorker(1.0, "a"), sub("t")])) == [("t", "a")]
