@@ -135,7 +135,7 @@ def _findings(conn: sqlite3.Connection, metric: str, first_t: float,
         (first_t - CLOCK_SLACK, *FINDING_KINDS, MAX_FINDINGS)).fetchall()
     anomalies: list[dict[str, Any]] = []
     changes: list[dict[str, Any]] = []
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[Any, str]] = set()
     for subject, raw in reversed(rows):
         point = points.get(subject)
         if point is None:
@@ -152,7 +152,9 @@ def _findings(conn: sqlite3.Connection, metric: str, first_t: float,
             continue
         seen.add((kind, subject))
         t, v, worker = point
-        series = f.get("series") if isinstance(f.get("series"), dict) else {}
+        series = f.get("series")
+        if not isinstance(series, dict):
+            series = {}
         if kind == "anomaly":
             anomalies.append({"result_id": subject, "t": t, "v": v, "score": _num(f.get("score"))})
         elif kind == "change_point":
