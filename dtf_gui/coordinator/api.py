@@ -22,6 +22,7 @@ import msgspec
 from dtf_agent import protocol as p
 from dtf_gui.coordinator import scheduler as sch
 from dtf_gui.coordinator.aggregator.queries import ResultQueries
+from dtf_gui.coordinator.alerts_api import AlertsApi
 from dtf_gui.coordinator.health import WorkerTable
 from dtf_gui.coordinator.records import TaskRecord
 from dtf_gui.coordinator.runs_api import RunsApi
@@ -53,7 +54,7 @@ Offset = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 READ_ONLY_OPS = frozenset({"ping", "get_task", "list_tasks", "list_workers", "get_worker", "list_results",
                            "get_status", "whoami", "list_agents", "list_clients", "seen_agents",
                            "list_security_events", "get_log", "get_run", "list_runs", "task_progress",
-                           "bundle_missing", "metric_info"})
+                           "bundle_missing", "metric_info", "list_alerts"})
 
 
 class ApiError(Exception):
@@ -202,7 +203,7 @@ def _filtered(equal: dict[str, Any], order: str, limit: int, offset: int = 0) ->
 class ClientApi:
     def __init__(self, *, tasks: TaskTable, workers: WorkerTable, sched: sch.Scheduler, store: Store,
                  queries: ResultQueries, commands: LoopCommands, coordinator_id: str, trust: Trust,
-                 runs_api: RunsApi, views_api: ViewsApi | None = None) -> None:
+                 runs_api: RunsApi, views_api: ViewsApi | None = None, alerts_api: AlertsApi | None = None) -> None:
         self.tasks = tasks
         self.workers = workers
         self.sched = sched
@@ -232,6 +233,7 @@ class ClientApi:
             "wait": (WaitArgs, self.wait),
             **self.trust_api.ops,
             **runs_api.ops,
+            **(alerts_api.ops if alerts_api is not None else {}),
         }
         self.runs = runs_api.runs
         # Read-only analysis over possibly millions of rows: run on the analysis thread.

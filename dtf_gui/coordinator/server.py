@@ -39,6 +39,7 @@ from dtf_agent.inbox import Inbox
 from dtf_agent.paths import dtf_home
 from dtf_agent.transport import CurveServer, bind, hostname, make_socket
 from dtf_gui.coordinator import scheduler as sch
+from dtf_gui.coordinator.alerts_api import AlertHandlers, AlertsApi
 from dtf_gui.coordinator.analysis import Analysis
 from dtf_gui.coordinator.api import READ_ONLY_OPS, ApiError, ClientApi, Waiting
 from dtf_gui.coordinator.config import ServerSettings
@@ -244,12 +245,17 @@ class Coordinator:
     def _open(self) -> None:
         cfg = self.cfg
         srv, db = cfg.server, cfg.database
+        # First: a handler path that does not load is a start error naming the key, with nothing to undo.
+        handlers = AlertHandlers(cfg.health_monitor.alert_handlers)
         self.store = Store(self.s.db_path, batch_size=db.batch_size, flush_interval=db.flush_interval,
                            background=True, durability=db.durability, on_commit=self.inbox.wake)
         self.workers = WorkerTable(self.store, self.hub, cfg.health_monitor.heartbeat_timeout)
         self.trust = Trust(self.store, self.hub, self.home, insecure=self.insecure,
                            coordinator_name=srv.service_name or f"DTF coordinator on {hostname()}",
                            config_token=cfg.security.enrollment_token)
+        self.alerts = AlertsApi(config=cfg.health_monitor, store=self.store, hub=self.hub, workers=self.workers,
+                                feed=self._sched, handlers=handlers)
+        self.alerts.start()
         self.zap: zmq.Socket[Any] | None = None
         curve: dict[str, CurveServer | None] = {"agents": None, "clients": None, "events": None}
         if not self.insecure:
@@ -290,8 +296,10 @@ class Coordinator:
                            metric_info=self._metric_info)
         self.api = ClientApi(tasks=self.tasks, workers=self.workers, sched=self.sched, store=self.store,
                              queries=self.analysis.queries, commands=self, coordinator_id=self.s.coordinator_id,
-                             trust=self.trust, runs_api=runs_api, views_api=ViewsApi(self.s.db_path))
+                             trust=self.trust, runs_api=runs_api, views_api=ViewsApi(self.s.db_path),
+                             alerts_api=self.alerts)
         self.workers.mark_stored_offline()
+        self.alerts.restore()
         self._recover()
         # Runs with tasks still to finish: they finish here when those do.
         self.runs.tasks_added(str(t.metadata["run"]) for t in self.tasks.active.values()
@@ -334,6 +342,8 @@ class Coordinator:
             self.analysis.close()
         if "outputs" in made:
             self.outputs.stop()
+        if "alerts" in made:
+            self.alerts.close()
         self.inbox.close()
         try:
             if "workers" in made:
@@ -429,7 +439,9 @@ class Coordinator:
             self._sched([sch.Tick(time.time())])
         if now >= self._next_health:
             self._next_health = now + 1.0
-            self._sched(self.workers.sweep(now))
+            lost = self.workers.sweep(now)
+            self._sched(lost)
+            self.alerts.workers_lost(lost)
         if now >= self._next_events:
             self._next_events = now + self.cfg.server.event_interval
             self.hub.emit(self.stats)
@@ -556,6 +568,8 @@ class Coordinator:
                 self._send_agent(identity, p.Refused(reason="unknown agent; register first", fatal=False,
                                                      reregister=True))
             return None
+        if events:  # a worker given up for lost is back
+            self.alerts.worker_back(w.worker_id)
         self._sched(events)
         return w
 
@@ -592,6 +606,7 @@ class Coordinator:
         self._reregister_asked.pop(identity, None)
         w, old, events = self.workers.register(identity, msg, key=key, extra_tags=verdict.tags)
         wid = w.worker_id
+        self.alerts.worker_back(wid)
         self._send_agent(identity, p.Welcome(protocol_version=p.PROTOCOL_VERSION, worker_id=wid,
                                              heartbeat_interval=self.cfg.health_monitor.heartbeat_interval,
                                              coordinator_id=self.s.coordinator_id))
@@ -644,6 +659,7 @@ class Coordinator:
         if w is None:
             return
         self.workers.heartbeat(w, msg)
+        self.alerts.heartbeat(w)
         # A task we think is on this worker that it has not listed for a while (an assignment
         # dropped on the way, a result lost with its ack) would wait forever: it goes back to
         # the queue. Recent assignments may simply not have reached the agent yet.
@@ -724,6 +740,7 @@ class Coordinator:
             task.error = rec.error or None
             events.append(sch.FinishReported(now, rec.task_id, w.worker_id, rec.status == "success", rec.error,
                                              rec.execution_time))
+            self.alerts.task_ended(w.worker_id, rec.status != "success")
         self._sched(events)
 
     def _on_log(self, identity: bytes, key: str, msg: p.LogChunk) -> None:
@@ -757,6 +774,7 @@ class Coordinator:
         w = self._known_agent(identity, key)
         if w is not None:
             log.info("agent %s said goodbye: %s", w.worker_id, msg.reason)
+            self.alerts.worker_left(w.worker_id, "left (its agent stopped)")
             self._sched(self.workers.gone(w, f"agent left: {msg.reason}"))
 
     # -- the scheduler: events in, instructions carried out ---------------------------------------
@@ -814,6 +832,7 @@ class Coordinator:
             if w.key in gone and w.key:
                 self._send_agent(w.identity, p.Refused(reason=why, fatal=True))
                 self.workers.forget_identity(w)
+                self.alerts.worker_left(w.worker_id, f"was cut off (key {what})")
                 if w.online:
                     self._sched(self.workers.gone(w, f"key {what}"))
         for key in gone:
