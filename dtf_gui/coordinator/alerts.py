@@ -126,7 +126,13 @@ class _Worker:
 
 
 def _pct(x: float) -> str:
+    """A reading: whole percent is what an engineer needs."""
     return f"{x:.0f}%"
+
+
+def _lim(x: float) -> str:
+    """A threshold as it was configured (90%, 97.5%)."""
+    return f"{x:g}%"
 
 
 def _secs(s: float) -> str:
@@ -163,7 +169,7 @@ class AlertBook:
                 if value < limit - HYSTERESIS:
                     r.above_since = None
                     out.append(self._clear(r.alert, now, f"{worker_id}: {_LABEL[kind]} back to {_pct(value)} "
-                                                         f"(alert at {_pct(limit)})", value))
+                                                         f"(alert at {_lim(limit)})", value))
                     r.alert = None
                 continue
             if value <= limit:
@@ -176,7 +182,7 @@ class AlertBook:
                 held = f" for {_secs(lasted)}" if self.t.sustained_s > 0 else ""
                 severity = "critical" if value >= CRITICAL_PERCENT else "warning"
                 r.alert = self._raise(kind, worker_id, now, severity, f"{worker_id}: {_LABEL[kind]} above "
-                                      f"{_pct(limit)}{held} ({_pct(value)})", value, limit)
+                                      f"{_lim(limit)}{held} ({_pct(value)})", value, limit)
                 out.append(r.alert)
         return out
 

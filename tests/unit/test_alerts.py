@@ -413,3 +413,32 @@ def test_drain_of_an_unknown_worker_is_refused_with_the_known_ones(tmp_path: Pat
             api.drain_worker(WorkerRef(worker_id="ghost"))
     finally:
         store.close()
+
+
+def test_a_drained_worker_stays_drained_when_it_registers_after_a_restart(tmp_path: Path):
+    from dtf_agent import protocol as p
+    from dtf_gui.coordinator import scheduler as sch
+
+    db = tmp_path / "w.sqlite"
+    reg = p.Register(protocol_version=p.PROTOCOL_VERSION, worker_id="lab-2", hostname="h", slots=1)
+    store = Store(db)
+    table = WorkerTable(store, EventHub(), heartbeat_timeout=30.0)
+    w, _, _ = table.register(b"id-1", reg)
+    assert [(type(e), e.worker_id) for e in table.set_draining(w, True)] == [(sch.DrainWorker, "lab-2")]
+    assert w.summary()["draining"] is True
+    table.gone(w, "no heartbeat")
+    assert w.health_status == {"state": "offline", "reason": "no heartbeat", "draining": True}
+    store.close()
+
+    store = Store(db)
+    try:
+        table = WorkerTable(store, EventHub(), heartbeat_timeout=30.0)
+        table.mark_stored_offline()
+        w, _, events = table.register(b"id-2", reg)
+        assert w.summary()["draining"] is True
+        assert [type(e).__name__ for e in events] == ["WorkerUp", "DrainWorker"]
+        assert isinstance(table.set_draining(w, False)[0], sch.ResumeWorker)
+        w2, _, events = table.register(b"id-3", reg)
+        assert not w2.summary()["draining"] and [type(e).__name__ for e in events] == ["WorkerUp"]
+    finally:
+        store.close()
