@@ -442,3 +442,62 @@ def test_a_drained_worker_stays_drained_when_it_registers_after_a_restart(tmp_pa
         assert not w2.summary()["draining"] and [type(e).__name__ for e in events] == ["WorkerUp"]
     finally:
         store.close()
+
+
+# ----------------------------------------------------------------------------- in a real coordinator
+
+
+def test_a_handler_that_does_not_load_stops_the_coordinator_start_naming_the_key(tmp_path: Path):
+    from dtf_gui.coordinator.config import ephemeral_settings
+    from dtf_gui.coordinator.server import Coordinator
+
+    coord = Coordinator(ephemeral_settings(tmp_path / "c.sqlite",
+                                           health_monitor={"alert_handlers": ["no_such_hooks:post"]}))
+    with pytest.raises(RuntimeError, match=r"failed to start: health_monitor\.alert_handlers: cannot load "
+                                           r"'no_such_hooks:post'"):
+        coord.start()
+    coord.stop()
+
+
+def test_alert_and_drain_events_reach_the_event_stream(tmp_path: Path):
+    """What the window's bridge hears: an "alert" event of the contract's shape, raised and then
+    acknowledged, and the worker again with draining set."""
+    from dtf_agent import protocol as p
+    from dtf_gui.coordinator.config import ephemeral_settings
+    from dtf_gui.coordinator.server import Coordinator
+    from tests.helpers import FakeAgent
+
+    heard: list[p.Event] = []
+    coord = Coordinator(ephemeral_settings(tmp_path / "c.sqlite", health_monitor={
+        "memory_threshold": 80, "sustained_s": 0}), event_sinks=[heard.extend]).start()
+    agent = FakeAgent(coord.endpoint("agents"), "hot")
+    try:
+        agent.register()
+        agent.recv(p.Welcome)
+        agent.send(p.Heartbeat(cpu_percent=5, memory_percent=93.4, disk_percent=10))
+
+        def alert_events() -> list[dict[str, Any]]:
+            return [e.data for e in list(heard) if e.kind == "alert"]
+
+        (raised,) = wait_until(alert_events, 10)
+        assert set(raised) == {"alert_id", "kind", "worker_id", "state", "severity", "message", "value", "threshold",
+                               "time", "acked", "muted"}
+        assert (raised["kind"], raised["worker_id"], raised["state"], raised["severity"]) == (
+            "memory", "hot", "raised", "warning")
+        assert raised["message"] == "hot: memory above 80% (93%)"
+        coord.request("ack_alerts", {"alert_ids": [raised["alert_id"]]})
+        acked = wait_until(lambda: [a for a in alert_events() if a["acked"]], 10)
+        assert acked[0]["alert_id"] == raised["alert_id"]
+        assert coord.request("list_alerts")["alerts"][0]["acked"] is True
+
+        assert coord.request("drain_worker", {"worker_id": "hot"})["draining"] is True
+        wait_until(lambda: [e for e in list(heard) if e.kind == "worker" and e.data["draining"]], 10)
+        tid = coord.request("create_task", {"command": "true"})["task_id"]
+        assert coord.request("get_task", {"task_id": tid})["why"] == \
+            "waiting: every capable worker online is draining (hot)"
+        coord.request("resume_worker", {"worker_id": "hot"})
+        (spec,) = agent.recv(p.Assign).tasks
+        assert spec.task_id == tid
+    finally:
+        agent.close()
+        coord.stop()
