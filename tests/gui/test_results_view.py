@@ -1,0 +1,221 @@
+"""The results explorer against a real embedded coordinator whose database the Store filled
+beforehand (results with metrics, workers with hardware, findings, two runs), offscreen."""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import pytest
+from PySide6.QtCore import QPointF, Qt
+
+from dtf_gui.coordinator.aggregator.findings import Anomaly, ChangePointFound
+from dtf_gui.coordinator.config import ephemeral_settings
+from dtf_gui.coordinator.local_agent import LocalAgent
+from dtf_gui.coordinator.records import Result, WorkerRecord
+from dtf_gui.coordinator.store import Store
+from dtf_gui.ui.bridge import CoordinatorBridge
+from dtf_gui.ui.results_view import ComparisonModel, ResultsExplorer
+
+TEST = "bench/throughput_suite::test_copy"
+METRIC = "throughput_mb_s"
+WORKERS = {"lab-a": "xeon-6338", "lab-b": "xeon-6338", "lab-c": "epyc-7763"}
+
+
+def build_db(path: Path, n: int = 300, seed: int = 7) -> dict[str, Any]:
+    """A realistic series: level 100 MB/s with 3% noise on three workers, a spike at n/3, a +8%
+    step at 2n/3, found by the detector (an anomaly and a change point in events); the first
+    half is run "nightly-1", the second "nightly-2", each with a latency metric too. Returns what
+    the tests check against."""
+    rnd = random.Random(seed)
+    t0 = time.time() - n * 600.0
+    step_at, spike_at = 2 * n // 3, n // 3
+    store = Store(path)
+    try:
+        for w, hw in WORKERS.items():
+            store.put_worker(WorkerRecord(w, w.encode(), hostname=w, slots=4, capabilities={"hardware_id": hw},
+                                          tags=[], metadata={}, running=[], now=t0, first_seen=t0, seen_at=0.0))
+        store.put_row("runs", ("run-1", "nightly", "submit", t0, t0 + n * 300.0, "passed", "{}", "{}"))
+        store.put_row("runs", ("run-2", "nightly", "submit", t0 + n * 300.0, t0 + n * 600.0, "passed", "{}", "{}"))
+        store.put_row("metric_meta", (METRIC, "MB/s", "higher", "api", t0))
+        points = []
+        for i in range(n):
+            level = 108.0 if i >= step_at else 100.0
+            v = level * (1 + rnd.gauss(0, 0.03)) if i != spike_at else 160.0
+            w = list(WORKERS)[i % 3]
+            t = t0 + i * 600.0
+            rid = f"res-{i:05d}"
+            store.put_result(Result(result_id=rid, task_id=f"task-{i:05d}", worker_id=w, test_id=TEST, timestamp=t,
+                                    metrics={METRIC: v, "latency_ms": 2.0 * (1 + rnd.gauss(0, 0.03))},
+                                    run_id="run-1" if i < n // 2 else "run-2"))
+            points.append((t, v, f"task-{i:05d}"))
+        spike_t = points[spike_at][0]
+        store.put_event("anomaly", f"res-{spike_at:05d}", msgspec.to_builtins(Anomaly(
+            series={"test_id": TEST, "worker_id": list(WORKERS)[spike_at % 3]}, metric=METRIC, index=spike_at,
+            result_id=f"res-{spike_at:05d}", timestamp=spike_t, value=160.0, score=14.2, median=100.0,
+            expected_low=91.0, expected_high=109.0, reference_size=60, direction="improvement")), when=spike_t)
+        step_t = points[step_at][0]
+        store.put_event("change_point", f"res-{step_at:05d}", msgspec.to_builtins(ChangePointFound(
+            series={"test_id": TEST}, metric=METRIC, result_id=f"res-{step_at:05d}", timestamp=step_t,
+            index=step_at, mean_before=100.0, std_before=3.0, mean_after=108.0, std_after=3.2, rel_change=0.08,
+            p_value=1e-9, direction="improvement", n_before=step_at, n_after=n - step_at)), when=step_t)
+        store.flush(wait=True)
+    finally:
+        store.close()
+    return {"points": points, "step_t": step_t, "spike_t": spike_t, "t0": t0}
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> dict[str, Any]:
+    return build_db(tmp_path / "db.sqlite")
+
+
+@pytest.fixture
+def bridge(tmp_path: Path, lab: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[CoordinatorBridge]:
+    # The coordinator's keys live in this home, where the live test's agent looks for them.
+    monkeypatch.setenv("DTF_HOME", str(tmp_path))
+    b = CoordinatorBridge.embedded(ephemeral_settings(tmp_path / "db.sqlite"))
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture
+def explorer(qtbot, bridge: CoordinatorBridge) -> ResultsExplorer:
+    view = ResultsExplorer(bridge)
+    qtbot.addWidget(view)
+    view.resize(1200, 800)
+    view.show()
+    return view
+
+
+def shown(view: ResultsExplorer) -> bool:
+    return view.series is not None and view.point_count() > 0
+
+
+def test_the_catalog_offers_the_tests_and_the_first_series_is_drawn(qtbot, explorer, lab):
+    qtbot.waitUntil(lambda: TEST in explorer.catalog, timeout=10_000)
+    assert set(explorer.catalog[TEST]) == {METRIC, "latency_ms"}
+    assert explorer.test_box.findText(TEST) >= 0
+    qtbot.waitUntil(lambda: shown(explorer), timeout=10_000)
+
+
+def test_select_draws_every_point_coloured_by_worker_then_by_hardware(qtbot, explorer, lab):
+    explorer.select(TEST, METRIC)
+    qtbot.waitUntil(lambda: shown(explorer) and explorer.series.data["metric"] == METRIC, timeout=10_000)
+    assert explorer.point_count() == 300
+    assert sorted(explorer.group_items) == sorted(WORKERS)
+    assert all(len(item.xData) == 100 for item in explorer.group_items.values())
+    # The points are the series' own: time on x, value on y.
+    t, v, _ = lab["points"][4]
+    item = explorer.group_items["lab-b"]
+    assert t in item.xData and v in item.yData
+    assert explorer.plot.getPlotItem().getAxis("left").labelText == f"{METRIC} [MB/s] — higher is better"
+    explorer.colour_box.setCurrentText("hardware")
+    assert sorted(explorer.group_items) == ["epyc-7763", "xeon-6338"]
+    assert len(explorer.group_items["xeon-6338"].xData) == 200
+    assert explorer.point_count() == 300
+
+
+def test_change_point_is_a_step_at_its_levels_and_the_spike_is_ringed(qtbot, explorer, lab):
+    explorer.select(TEST, METRIC)
+    qtbot.waitUntil(lambda: shown(explorer), timeout=10_000)
+    [step] = explorer.change_items
+    assert step.levels == (100.0, 108.0)
+    x, y = step.xData, step.yData
+    assert list(y) == [100.0, 100.0, 108.0, 108.0]
+    assert x[1] == x[2] == lab["step_t"]
+    assert x[0] == lab["points"][0][0] and x[3] == lab["points"][-1][0]
+    [label] = explorer.change_labels
+    assert label.textItem.toPlainText() == "+8.0% (100 → 108)"
+    xs, ys = explorer.anomaly_item.getData()
+    assert list(xs) == [lab["spike_t"]] and list(ys) == [160.0]
+
+
+def test_a_click_near_a_point_requests_its_task(qtbot, explorer, lab):
+    explorer.select(TEST, METRIC)
+    qtbot.waitUntil(lambda: shown(explorer), timeout=10_000)
+    t, v, task = lab["points"][100]  # the spike: no other point near it
+    with qtbot.waitSignal(explorer.taskRequested, timeout=2000) as sig:
+        assert explorer.click_at(t + 30.0, v - 0.5) == task
+    assert sig.args == [task]
+    # Far from every point (above the spike, at the top of the view): nothing.
+    (_, _), (_, y1) = explorer.plot.getPlotItem().vb.viewRange()
+    assert explorer.click_at(lab["points"][10][0], y1) is None
+
+
+def test_a_mouse_click_in_the_plot_goes_through_the_same_pick(qtbot, explorer, lab):
+    explorer.select(TEST, METRIC)
+    qtbot.waitUntil(lambda: shown(explorer), timeout=10_000)
+    t, v, task = lab["points"][100]
+    vb = explorer.plot.getPlotItem().vb
+    scene_pos = vb.mapViewToScene(QPointF(t, v))
+    view_pos = explorer.plot.mapFromScene(scene_pos)
+    with qtbot.waitSignal(explorer.taskRequested, timeout=2000) as sig:
+        qtbot.mouseClick(explorer.plot.viewport(), Qt.MouseButton.LeftButton, pos=view_pos)
+    assert sig.args == [task]
+
+
+def test_worker_filter_refetches_that_worker_s_points_only(qtbot, explorer, lab):
+    explorer.select(TEST, METRIC)
+    qtbot.waitUntil(lambda: shown(explorer), timeout=10_000)
+    explorer.worker_box.setCurrentText("lab-c")
+    explorer.worker_box.activated.emit(explorer.worker_box.currentIndex())
+    qtbot.waitUntil(lambda: list(explorer.group_items) == ["lab-c"], timeout=10_000)
+    assert explorer.point_count() == 100
+
+
+def test_two_runs_selected_fill_the_comparison_table(qtbot, explorer, lab, qtmodeltester):
+    qtbot.waitUntil(lambda: explorer.runs_list.count() == 2, timeout=10_000)
+    for i in range(2):
+        explorer.runs_list.item(i).setSelected(True)
+    model = explorer.compare_model
+    qtbot.waitUntil(lambda: model.rowCount() > 0, timeout=10_000)
+    qtmodeltester.check(model)
+    rows = {(r["test_id"], r["metric"]): i for i, r in enumerate(model.rows)}
+    row = rows[(TEST, METRIC)]
+    # run-2 holds the second half: 50 points at 100, 100 at 108, against 150 at 100 (spike aside).
+    assert model.rows[row]["baseline_mean"] < 102 < model.rows[row]["current_mean"]
+    assert model.data(model.index(row, 5)) == "improvement"
+    assert model.data(model.index(row, 4)).startswith("+")
+    assert model.data(model.index(rows[(TEST, "latency_ms")], 5)) == "same"
+    assert "nightly" in explorer.compare_summary.text() and "1 improvement" in explorer.compare_summary.text()
+
+
+def test_comparison_model_passes_the_model_tester_with_every_verdict(qtmodeltester):
+    model = ComparisonModel()
+    model.set_rows([{"test_id": "t", "metric": m, "unit": "s", "baseline_mean": 1.0, "current_mean": 2.0,
+                     "pct_change": 100.0, "verdict": v, "p_value": 0.01, "baseline_n": 3, "current_n": 3}
+                    for m, v in (("a", "regressed"), ("b", "improved"), ("c", "unchanged"), ("d", "new"),
+                                 ("e", "missing"))])
+    qtmodeltester.check(model)
+    assert [model.data(model.index(r, 5)) for r in range(5)] == ["regression", "improvement", "same", "new",
+                                                                  "missing"]
+    assert model.data(model.index(0, 2)) == "1 s"
+
+
+def test_a_new_result_of_the_selected_test_appears_live(qtbot, explorer, bridge, lab, tmp_path):
+    explorer.select(TEST, METRIC)
+    qtbot.waitUntil(lambda: shown(explorer), timeout=10_000)
+    before = explorer.fetches
+    # A task of the selected test that reports the metric through its result file.
+    script = tmp_path / "emit.py"
+    script.write_text("import json, os\n"
+                      f"json.dump({{'{METRIC}': 321.0}}, open(os.environ['DTF_RESULT_FILE'], 'w'))\n")
+    agent = LocalAgent(bridge.coordinator.endpoint("agents"), "lab-live", slots=1,
+                       log_path=tmp_path / "agent.log").start()
+    try:
+        assert bridge.call("create_task", {"command": f"{sys.executable} {script}", "test_id": TEST})
+        qtbot.waitUntil(lambda: explorer.point_count() == 301, timeout=30_000)
+    finally:
+        agent.stop()
+    assert 321.0 in np.concatenate([i.yData for i in explorer.group_items.values()])
+    assert explorer.fetches > before
