@@ -412,7 +412,7 @@ def cmd_workers(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    import csv
+    from dtf_gui.coordinator.reports import LEGACY_RESULT_COLUMNS, write_results_csv
 
     with client_for(args) as c:
         rows = c.call("list_results", {"task_id": args.task, "limit": args.limit})
@@ -422,13 +422,9 @@ def cmd_results(args: argparse.Namespace) -> int:
             json.dump(rows, out, indent=2, default=str)
             out.write("\n")
         else:
-            metric_names = sorted({k for r in rows for k in (r.get("metrics") or {})})
-            base = ["result_id", "task_id", "worker_id", "test_id", "timestamp", "status", "execution_time",
-                    "exit_code", "error"]
-            w = csv.writer(out)
-            w.writerow(base + [f"metric.{m}" for m in metric_names])
-            for r in rows:
-                w.writerow([r.get(k) for k in base] + [(r.get("metrics") or {}).get(m) for m in metric_names])
+            # The columns and Unix times `dtf results` has always written (scripts read them);
+            # `dtf report --format csv` writes the fuller table with ISO 8601 times.
+            write_results_csv(rows, out, iso_times=False, columns=LEGACY_RESULT_COLUMNS)
     finally:
         if args.output:
             out.close()
