@@ -1,0 +1,886 @@
+"""The tasks table: every task the database holds, newest first, through windows of rows.
+
+:class:`TaskTableModel` never holds a row per task: its row count is the query's total, and a row
+comes from a small LRU cache of blocks (``task_page`` windows of 200). A block that is not there is
+asked for once, off the GUI thread (``bridge.call_async``); its rows show a placeholder until it
+lands. Positions are pinned to a snapshot key (``upto``): new tasks arrive above it as inserted
+rows, so what the engineer looks at does not move. Live task events are laid over the cached rows
+at once (an overlay, bounded, by task id); the table itself refreshes at most twice a second.
+
+:class:`TasksPanel` puts it together: a :class:`TaskFilterBar`, the :class:`TaskTableView` (context
+menu, shortcuts, drag onto a worker) and a count line.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QItemSelection,
+    QItemSelectionModel,
+    QMimeData,
+    QModelIndex,
+    QPersistentModelIndex,
+    QPoint,
+    Qt,
+    QTimer,
+    Signal,
+)
+from PySide6.QtGui import (
+    QAction,
+    QBrush,
+    QColor,
+    QContextMenuEvent,
+    QFont,
+    QFontDatabase,
+    QFontMetrics,
+    QGuiApplication,
+    QKeyEvent,
+    QKeySequence,
+)
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QHBoxLayout,
+    QHeaderView,
+    QInputDialog,
+    QLabel,
+    QLineEdit,
+    QMenu,
+    QTableView,
+    QToolButton,
+    QToolTip,
+    QVBoxLayout,
+    QWidget,
+)
+
+from dtf_agent import protocol as p
+from dtf_gui.ui.bridge import CoordinatorBridge
+from dtf_gui.ui.models import STATUS_COLOURS, TASK_IDS_MIME, fmt_when
+
+log = logging.getLogger(__name__)
+
+Index = QModelIndex | QPersistentModelIndex
+Row = dict[str, Any]
+
+BLOCK = 200
+MAX_BLOCKS = 50          # 10,000 cached rows at most
+OVERLAY_LIMIT = 20_000   # latest task summaries laid over cached rows
+REFRESH_MS = 500         # new tasks: at most two refreshes a second
+FULL_REFRESH_S = 1.0     # a filter on what changes (status, worker, text): a recount at most once a second
+PLACEHOLDER = "…"
+FILTER_KEYS = ("status", "worker_id", "tag", "run_id", "text")
+# Filters on fields that change while a task lives: a live change may move a task in or out.
+_MUTABLE_FILTERS = ("status", "worker_id", "text")
+
+
+def _command_or_test(row: Row) -> str:
+    return row.get("command") or row.get("test_id") or ""
+
+
+def _plain(v: Any) -> str:
+    return "" if v is None else str(v)
+
+
+# (title, how a row shows in it, the row key a tooltip shows whole)
+COLUMNS: list[tuple[str, Callable[[Row], str], str]] = [
+    ("Task", lambda r: r.get("short_id") or _plain(r.get("task_id")), "task_id"),
+    ("Status", lambda r: _plain(r.get("status")), "status"),
+    ("Type", lambda r: _plain(r.get("type")), "type"),
+    ("Command / test", _command_or_test, ""),
+    ("Priority", lambda r: _plain(r.get("priority")), "priority"),
+    ("Worker", lambda r: _plain(r.get("worker_id")), "worker_id"),
+    ("Attempt", lambda r: _plain(r.get("attempt") or ""), "attempt"),
+    ("Submitted", lambda r: fmt_when(r.get("create_time")), "create_time"),
+    ("Finished", lambda r: fmt_when(r.get("end_time")), "end_time"),
+    ("Error / reason", lambda r: _plain(r.get("why")).split("\n", 1)[0], "why"),
+]
+COL_TASK, COL_STATUS, COL_COMMAND, COL_WHY = 0, 1, 3, 9
+_NUMERIC = (4, 6)
+
+
+def _mono() -> QFont:
+    return QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont)
+
+
+class TaskTableModel(QAbstractTableModel):
+    """A window over ``task_page``: row r is the r-th matching task, newest first.
+
+    Rows are addressed internally by a *base* number, ``row - shift``: new tasks inserted at the
+    top raise ``shift``, so cached blocks keep their keys however many rows arrive above them.
+    Every page asked for is pinned to ``upto`` (the newest row when the table was last counted or
+    grown), so its offsets mean the same rows whatever arrives meanwhile."""
+
+    countsChanged = Signal()   # total, all_total or loading changed
+    refreshed = Signal()       # a reset or a growth at the top has been applied
+    failed = Signal(str)       # a read was refused (the reason)
+
+    def __init__(self, bridge: CoordinatorBridge, *, block_size: int = BLOCK, max_blocks: int = MAX_BLOCKS,
+                 overlay_limit: int = OVERLAY_LIMIT, refresh_ms: int = REFRESH_MS, start: bool = True) -> None:
+        super().__init__()
+        self.bridge = bridge
+        self.block_size = block_size
+        self.max_blocks = max_blocks
+        self.overlay_limit = overlay_limit
+        self.filter: dict[str, Any] = {}
+        self.total = 0
+        self.all_total: int | None = None
+        self.loading = False
+        self.upto: list[Any] | None = None
+        self._shift = 0
+        self._epoch = 0
+        self._blocks: OrderedDict[int, list[Row | None]] = OrderedDict()
+        self._stale: set[int] = set()
+        self._pending: set[int] = set()
+        self._base_of: dict[str, int] = {}
+        self._overlay: OrderedDict[str, Row] = OrderedDict()
+        self._serial = 0        # of the latest full refresh asked for
+        self._head_busy = False
+        self._want_head = False
+        self._want_full = False
+        self._last_full = 0.0
+        self.requests = 0       # pages asked for (tests and the benchmark count them)
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(refresh_ms)
+        self._timer.timeout.connect(self._refresh_due)
+        bridge.tasksChanged.connect(self.apply_events)
+        if start:
+            self.refresh(full=True)
+
+    # -- Qt API -----------------------------------------------------------------------------------
+
+    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008 - Qt's own signature
+        return 0 if parent.isValid() else self.total
+
+    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(COLUMNS)
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if orientation == Qt.Orientation.Horizontal and 0 <= section < len(COLUMNS):
+            if role == Qt.ItemDataRole.DisplayRole:
+                return COLUMNS[section][0]
+        return None
+
+    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid() or not 0 <= index.row() < self.total:
+            return None
+        col = index.column()
+        row = self.row_at(index.row())
+        if row is None:
+            if role == Qt.ItemDataRole.DisplayRole:
+                return PLACEHOLDER if col == COL_TASK else ""
+            if role == Qt.ItemDataRole.ForegroundRole:
+                return QBrush(QColor("#9e9e9e"))
+            return None
+        if role == Qt.ItemDataRole.DisplayRole:
+            return COLUMNS[col][1](row)
+        if role == Qt.ItemDataRole.UserRole:
+            return row.get("task_id")
+        if role == Qt.ItemDataRole.ToolTipRole:
+            if col == COL_TASK:
+                return row.get("task_id")
+            if col == COL_COMMAND:
+                return "\n".join(x for x in (row.get("command"), row.get("test_id")) if x) or None
+            value = row.get(COLUMNS[col][2])
+            text = COLUMNS[col][1](row)
+            return _plain(value) if value not in (None, "") and (col == COL_WHY or len(text) > 20) else None
+        if role == Qt.ItemDataRole.ForegroundRole and col == COL_STATUS:
+            colour = STATUS_COLOURS.get(str(row.get("status")))
+            return QBrush(QColor(colour)) if colour else None
+        if role == Qt.ItemDataRole.FontRole and col == COL_TASK:
+            return _mono()
+        if role == Qt.ItemDataRole.TextAlignmentRole and col in _NUMERIC:
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        return None
+
+    def flags(self, index: Index) -> Qt.ItemFlag:
+        base = super().flags(index)
+        return base | Qt.ItemFlag.ItemIsDragEnabled if index.isValid() else base
+
+    def mimeTypes(self) -> list[str]:
+        return [TASK_IDS_MIME]
+
+    def mimeData(self, indexes: Sequence[QModelIndex]) -> QMimeData:
+        ids = self.ids_of(i.row() for i in indexes if i.isValid())
+        data = QMimeData()
+        data.setData(TASK_IDS_MIME, "\n".join(ids).encode())
+        data.setText("\n".join(ids))
+        return data
+
+    def supportedDragActions(self) -> Qt.DropAction:
+        return Qt.DropAction.CopyAction
+
+    # -- reading rows -----------------------------------------------------------------------------
+
+    def row_at(self, r: int) -> Row | None:
+        """Row ``r`` if its block is here (asking for it, once, if not, or if it went stale)."""
+        base = r - self._shift
+        key = base - base % self.block_size
+        block = self._blocks.get(key)
+        if block is not None:
+            self._blocks.move_to_end(key)
+            if key in self._stale and key not in self._pending:
+                self._request(key)
+            row = block[base - key]
+            if row is not None:
+                return row
+        if key not in self._pending:
+            self._request(key)
+        return None
+
+    def peek(self, r: int) -> Row | None:
+        """Row ``r`` if cached; asks for nothing."""
+        base = r - self._shift
+        key = base - base % self.block_size
+        block = self._blocks.get(key)
+        return None if block is None else block[base - key]
+
+    def ids_of(self, rows: Any) -> list[str]:
+        """The full ids of these rows (those loaded), each once, in the order given."""
+        out: dict[str, None] = {}
+        for r in rows:
+            row = self.peek(r)
+            if row is not None:
+                out[row["task_id"]] = None
+        return list(out)
+
+    def row_of(self, task_id: str) -> int | None:
+        """The row of a cached task."""
+        base = self._base_of.get(task_id)
+        return None if base is None else base + self._shift
+
+    def cached_rows(self) -> int:
+        return sum(1 for b in self._blocks.values() for r in b if r is not None)
+
+    def _args(self, **extra: Any) -> dict[str, Any]:
+        args = {k: v for k, v in self.filter.items() if v}
+        return {**args, **extra}
+
+    def _request(self, key: int) -> None:
+        offset = key + self._shift
+        limit = self.block_size
+        if offset < 0:  # the block straddles the top: only its part below row 0 exists
+            limit += offset
+            offset = 0
+        if limit <= 0 or offset >= self.total:
+            return
+        self._pending.add(key)
+        epoch, shift = self._epoch, self._shift
+        args = self._args(offset=offset, limit=min(limit, self.total - offset), with_total=False)
+        if self.upto is not None:
+            args["upto"] = self.upto
+        self.requests += 1
+
+        def done(data: Any, error: str | None) -> None:
+            if epoch != self._epoch:
+                return
+            self._pending.discard(key)
+            if error is not None:
+                self.failed.emit(error)
+                return
+            self._stale.discard(key)
+            self._place(offset - shift, data["rows"])
+
+        if not self.bridge.call_async("task_page", args, done):
+            self._pending.discard(key)
+
+    def _place(self, base0: int, rows: list[Row]) -> None:
+        """Store rows whose first has base number ``base0``, with the live overlay laid over them,
+        and tell the view about the span."""
+        if not rows:
+            return
+        for i, row in enumerate(rows):
+            base = base0 + i
+            key = base - base % self.block_size
+            block = self._blocks.get(key)
+            if block is None:
+                block = self._blocks[key] = [None] * self.block_size
+            old = block[base - key]
+            if old is not None and self._base_of.get(old["task_id"]) == base:
+                del self._base_of[old["task_id"]]
+            live = self._overlay.get(row["task_id"])
+            if live is not None:
+                row.update(live)
+            block[base - key] = row
+            self._base_of[row["task_id"]] = base
+        while len(self._blocks) > self.max_blocks:
+            key, block = self._blocks.popitem(last=False)
+            self._stale.discard(key)
+            for i, row in enumerate(block):
+                if row is not None and self._base_of.get(row["task_id"]) == key + i:
+                    del self._base_of[row["task_id"]]
+        first = max(0, base0 + self._shift)
+        last = min(self.total - 1, base0 + self._shift + len(rows) - 1)
+        if first <= last:
+            self.dataChanged.emit(self.index(first, 0), self.index(last, len(COLUMNS) - 1))
+
+    # -- filtering and refreshing -----------------------------------------------------------------
+
+    def set_filter(self, f: dict[str, Any]) -> None:
+        """Show the tasks matching ``f`` (keys of FILTER_KEYS; empty values match everything)."""
+        f = {k: v for k, v in f.items() if k in FILTER_KEYS and v}
+        if f == self.filter:
+            return
+        self.filter = f
+        self.refresh(full=True)
+
+    def refresh(self, *, full: bool = False) -> None:
+        """Count again and start over (``full``), or take in the tasks that arrived above the
+        snapshot key and refresh what is in view."""
+        if full or self.upto is None:
+            self._full_refresh()
+        else:
+            self._head_refresh()
+
+    def _full_refresh(self) -> None:
+        self._serial += 1
+        serial = self._serial
+        self._last_full = time.monotonic()
+        self._want_full = False
+        self.loading = True
+        self.countsChanged.emit()
+        self.requests += 1
+
+        def done(data: Any, error: str | None) -> None:
+            if serial != self._serial:
+                return  # a newer filter was asked for
+            self.loading = False
+            if error is not None:
+                self.countsChanged.emit()
+                self.failed.emit(error)
+                return
+            self.beginResetModel()
+            self._epoch += 1
+            self._blocks.clear()
+            self._stale.clear()
+            self._pending.clear()
+            self._base_of.clear()
+            self._shift = 0
+            self.total = int(data["total"] or 0)
+            self.upto = data["top"]
+            self.endResetModel()
+            self._place(0, data["rows"])
+            if not self.filter:
+                self.all_total = self.total
+            self.countsChanged.emit()
+            self.refreshed.emit()
+
+        self.bridge.call_async("task_page", self._args(offset=0, limit=self.block_size, with_total=True), done)
+        if self.filter:
+            def counted(data: Any, error: str | None) -> None:
+                if error is None and serial == self._serial:
+                    self.all_total = data["total"]
+                    self.countsChanged.emit()
+
+            self.bridge.call_async("task_page", {"limit": 0, "with_total": True}, counted)
+
+    def _head_refresh(self) -> None:
+        if self._head_busy:
+            self._want_head = True
+            return
+        self._head_busy = True
+        self._want_head = False
+        epoch = self._epoch
+        anchor = self.upto
+        self.requests += 1
+
+        def done(data: Any, error: str | None) -> None:
+            self._head_busy = False
+            if epoch == self._epoch and error is None:
+                self._grow(int(data["newer"] or 0), data["top"], data["rows"])
+            elif error is not None:
+                self.failed.emit(error)
+            if self._want_head:
+                self._schedule()
+
+        args = self._args(offset=0, limit=self.block_size, with_total=False, newer_than=anchor)
+        if not self.bridge.call_async("task_page", args, done):
+            self._head_busy = False
+
+    def _grow(self, n: int, top: list[Any] | None, rows: list[Row]) -> None:
+        """``n`` tasks arrived above the snapshot key: rows inserted at the top, the key moved up;
+        ``rows`` are the newest (row 0 on). Cached blocks go stale: the ones in view ask again."""
+        if n > 0:
+            self.beginInsertRows(QModelIndex(), 0, n - 1)
+            self._shift += n
+            self.total += n
+            self.upto = top
+            self.endInsertRows()
+            if self.all_total is not None and not self.filter:
+                self.all_total = self.total
+        self._stale.update(self._blocks)
+        self._place(-self._shift, rows)
+        if self.total:
+            # Repainting asks data() of the rows in view: their stale blocks are asked again.
+            self.dataChanged.emit(self.index(0, 0), self.index(self.total - 1, len(COLUMNS) - 1))
+        self.countsChanged.emit()
+        self.refreshed.emit()
+
+    def _schedule(self, *, full: bool = False) -> None:
+        self._want_full = self._want_full or full
+        self._want_head = True
+        if not self._timer.isActive():
+            self._timer.start()
+
+    def _refresh_due(self) -> None:
+        if self._want_full:
+            wait = FULL_REFRESH_S - (time.monotonic() - self._last_full)
+            if wait > 0:
+                self._timer.start(int(wait * 1000) + 1)
+                return
+            self._full_refresh()
+        elif self._want_head:
+            self._head_refresh()
+
+    # -- live events ------------------------------------------------------------------------------
+
+    def apply_events(self, batch: list[Row]) -> None:
+        """Task summaries as they happen: cached rows show them at once; new tasks (or, under a
+        filter on what changes, any change) bring a refresh, coalesced."""
+        rows: list[int] = []
+        fresh = False
+        for summary in batch:
+            tid = summary.get("task_id")
+            if not tid:
+                continue
+            if tid not in self._overlay and tid not in self._base_of:
+                fresh = True
+            self._overlay[tid] = summary
+            self._overlay.move_to_end(tid)
+            base = self._base_of.get(tid)
+            if base is not None:
+                key = base - base % self.block_size
+                row = self._blocks[key][base - key]
+                if row is not None:
+                    row.update(summary)
+                    rows.append(base + self._shift)
+        while len(self._overlay) > self.overlay_limit:
+            self._overlay.popitem(last=False)
+        rows = [r for r in rows if 0 <= r < self.total]
+        if rows:
+            self.dataChanged.emit(self.index(min(rows), 0), self.index(max(rows), len(COLUMNS) - 1))
+        if any(self.filter.get(k) for k in _MUTABLE_FILTERS) and batch:
+            self._schedule(full=True)
+        elif fresh:
+            self._schedule()
+
+    # -- positions --------------------------------------------------------------------------------
+
+    def locate(self, task_ids: list[str], done: Callable[[dict[str, int]], None]) -> None:
+        """The rows of these tasks under the current filter, answered later (absent: not shown)."""
+        ids = task_ids[:1000]
+        cached = {t: r for t in ids if (r := self.row_of(t)) is not None}
+        missing = [t for t in ids if t not in cached]
+        if not missing or self.upto is None:
+            done(cached)
+            return
+        epoch, shift = self._epoch, self._shift
+
+        def answered(data: Any, error: str | None) -> None:
+            if epoch != self._epoch or error is not None:
+                return
+            done({**cached, **{t: pos + self._shift - shift for t, pos in data.items()}})
+
+        self.bridge.call_async("task_positions", self._args(task_ids=missing, upto=self.upto), answered)
+
+
+# -- the filter bar --------------------------------------------------------------------------------
+
+class TaskFilterBar(QWidget):
+    """Status (several), worker, requirement tag, run, free text (debounced): a filter dict."""
+
+    filterChanged = Signal(dict)
+
+    def __init__(self, bridge: CoordinatorBridge, parent: QWidget | None = None, *, debounce_ms: int = 250) -> None:
+        super().__init__(parent)
+        self.bridge = bridge
+        self.status_button = QToolButton()
+        self.status_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.status_menu = QMenu(self.status_button)
+        self.status_actions: dict[str, QAction] = {}
+        for s in p.TASK_STATUSES:
+            a = self.status_menu.addAction(s)
+            a.setCheckable(True)
+            a.toggled.connect(self._changed)
+            self.status_actions[s] = a
+        self.status_button.setMenu(self.status_menu)
+        self.status_button.setToolTip("Show tasks in these states (none checked: all)")
+        self.worker = QComboBox()
+        self.worker.addItem("Any worker", "")
+        self.worker.setToolTip("Tasks that ran or run on this worker")
+        self.worker.currentIndexChanged.connect(self._changed)
+        self.tag = QComboBox()
+        self.tag.setEditable(True)
+        self.tag.lineEdit().setPlaceholderText("Any tag")
+        self.tag.setToolTip("Tasks that require this worker tag")
+        self.tag.setMinimumContentsLength(8)
+        self.run = QComboBox()
+        self.run.addItem("Any run", "")
+        self.run.setToolTip("Tasks of this run (dtf submit, dtf pytest, a plan)")
+        self.run.currentIndexChanged.connect(self._changed)
+        self.run.setMinimumContentsLength(12)
+        self.run.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.text = QLineEdit()
+        self.text.setPlaceholderText("Search: id, command, test, error")
+        self.text.setClearButtonEnabled(True)
+        self.text.setMaxLength(200)
+        # Typing waits for a pause: one query per word, not per key.
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(debounce_ms)
+        self._debounce.timeout.connect(self._changed)
+        self.text.textChanged.connect(lambda _: self._debounce.start())
+        self.tag.editTextChanged.connect(lambda _: self._debounce.start())
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        for w in (self.status_button, self.worker, self.tag, self.run):
+            lay.addWidget(w)
+        lay.addWidget(self.text, 1)
+        self._workers: set[str] = set()
+        self._tags: set[str] = set()
+        self._last: dict[str, Any] = {}
+        self._update_status_text()
+        bridge.workersChanged.connect(self.add_workers)
+        self.refresh_runs()
+
+    def filter(self) -> dict[str, Any]:
+        return {"status": [s for s, a in self.status_actions.items() if a.isChecked()],
+                "worker_id": self.worker.currentData() or "", "tag": self.tag.currentText().strip(),
+                "run_id": self.run.currentData() or "", "text": self.text.text().strip()}
+
+    def set_statuses(self, statuses: list[str]) -> None:
+        for s, a in self.status_actions.items():
+            a.blockSignals(True)
+            a.setChecked(s in statuses)
+            a.blockSignals(False)
+        self._changed()
+
+    def _update_status_text(self) -> None:
+        chosen = [s for s, a in self.status_actions.items() if a.isChecked()]
+        self.status_button.setText(f"Status: {', '.join(chosen) if chosen else 'all'}")
+
+    def _changed(self, *_: Any) -> None:
+        self._debounce.stop()
+        self._update_status_text()
+        f = self.filter()
+        if f != self._last:
+            self._last = f
+            self.filterChanged.emit(f)
+
+    def add_workers(self, rows: list[Row]) -> None:
+        for w in rows:
+            wid = w.get("worker_id")
+            if wid and wid not in self._workers:
+                self._workers.add(wid)
+                self.worker.addItem(wid, wid)
+            for t in w.get("tags") or ():
+                if t not in self._tags:
+                    self._tags.add(t)
+                    self.tag.blockSignals(True)
+                    text = self.tag.currentText()
+                    self.tag.addItem(t)
+                    self.tag.setEditText(text)
+                    self.tag.blockSignals(False)
+
+    def refresh_runs(self) -> None:
+        def done(data: Any, error: str | None) -> None:
+            if error is not None or not data:
+                return
+            current = self.run.currentData()
+            self.run.blockSignals(True)
+            self.run.clear()
+            self.run.addItem("Any run", "")
+            for r in data:
+                label = f"{r.get('name') or r['run_id']}  ({fmt_when(r.get('created'))})"
+                self.run.addItem(label, r["run_id"])
+                self.run.setItemData(self.run.count() - 1, r["run_id"], Qt.ItemDataRole.ToolTipRole)
+            i = self.run.findData(current)
+            self.run.setCurrentIndex(max(0, i))
+            self.run.blockSignals(False)
+
+        self.bridge.call_async("list_runs", {"limit": 200}, done)
+
+
+# -- the view ---------------------------------------------------------------------------------------
+
+class TaskTableView(QTableView):
+    """The tasks: select many, open one (Enter, double-click), act from a menu or a shortcut,
+    drag onto a worker. Each action asks the coordinator; a refusal shows its reason here."""
+
+    taskActivated = Signal(str)
+    messageShown = Signal(str)  # the outcome of an action (a refusal's reason, or what was done)
+
+    def __init__(self, bridge: CoordinatorBridge, model: TaskTableModel, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.bridge = bridge
+        self.setObjectName("taskTable")
+        self.setModel(model)
+        self.task_model = model
+        self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.setDragEnabled(True)
+        self.setDragDropMode(QAbstractItemView.DragDropMode.DragOnly)
+        self.setSortingEnabled(False)  # the order is the query's
+        self.setAlternatingRowColors(True)
+        self.setWordWrap(False)
+        self.setTextElideMode(Qt.TextElideMode.ElideRight)
+        vh = self.verticalHeader()
+        vh.setVisible(False)
+        # A million rows: fixed heights, or the header measures each one.
+        vh.setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
+        vh.setDefaultSectionSize(self.fontMetrics().height() + 8)
+        hh = self.horizontalHeader()
+        hh.setStretchLastSection(True)
+        for col, width in ((0, _id_width()), (1, 80), (2, 70), (3, 260), (4, 60), (5, 150), (6, 60), (7, 130), (8, 130)):
+            self.setColumnWidth(col, width)
+        self._workers: dict[str, str] = {}
+        self.last_message = ""
+        self._saved: list[str] = []
+        self._make_actions()
+        bridge.workersChanged.connect(self._on_workers)
+        bridge.call_async("list_workers", None, lambda data, err: self._on_workers(data or []) if not err else None)
+        model.modelAboutToBeReset.connect(self._save_selection)
+        model.modelReset.connect(self._restore_selection)
+        model.rowsInserted.connect(self._keep_place)
+        self.doubleClicked.connect(lambda index: self.open_task(index.row()))
+
+    # -- actions ----------------------------------------------------------------------------------
+
+    def _action(self, text: str, slot: Callable[[], Any], key: QKeySequence | QKeySequence.StandardKey | None,
+                op: str | None) -> QAction:
+        a = QAction(text, self)
+        if key is not None:
+            a.setShortcut(QKeySequence(key))
+            a.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+            self.addAction(a)
+        a.triggered.connect(slot)
+        a.setData(op)
+        return a
+
+    def _make_actions(self) -> None:
+        self.open_action = self._action("Open details", lambda: self.open_task(self.currentIndex().row()),
+                                        None, None)
+        self.open_action.setShortcutVisibleInContextMenu(True)
+        self.open_action.setShortcut(QKeySequence(Qt.Key.Key_Return))
+        self.retry_action = self._action("Retry", self.retry_selected, QKeySequence("Ctrl+R"), "retry_task")
+        self.cancel_action = self._action("Cancel", self.cancel_selected, QKeySequence(Qt.Key.Key_Delete),
+                                          "cancel_task")
+        self.priority_action = self._action("Set priority…", lambda: self.set_priority_selected(), None,
+                                            "set_priority")
+        self.copy_action = self._action("Copy id(s)", self.copy_ids, QKeySequence(QKeySequence.StandardKey.Copy),
+                                        None)
+        self.assign_menu = QMenu("Assign to", self)
+
+    def _gate(self) -> None:
+        for a in (self.retry_action, self.cancel_action, self.priority_action):
+            op = a.data()
+            a.setEnabled(self.bridge.allows(op))
+            a.setToolTip("" if self.bridge.allows(op) else self.bridge.why_not(op))
+        self.assign_menu.setEnabled(self.bridge.allows("assign_task"))
+
+    def context_menu(self) -> QMenu:
+        """The menu for the current selection (also what the right button opens)."""
+        self._gate()
+        menu = QMenu(self)
+        menu.addAction(self.open_action)
+        menu.addSeparator()
+        for a in (self.retry_action, self.cancel_action, self.priority_action):
+            menu.addAction(a)
+        self.assign_menu.clear()
+        online = sorted(w for w, s in self._workers.items() if s in (p.ONLINE, p.BUSY))
+        for w in online:
+            self.assign_menu.addAction(w, lambda w=w: self.assign_selected(w))
+        if not online:
+            none = self.assign_menu.addAction("no worker online")
+            none.setEnabled(False)
+        menu.addMenu(self.assign_menu)
+        menu.addSeparator()
+        menu.addAction(self.copy_action)
+        has = bool(self.selected_ids())
+        for a in (self.open_action, self.retry_action, self.cancel_action, self.priority_action, self.copy_action):
+            a.setEnabled(a.isEnabled() and has)
+        return menu
+
+    def contextMenuEvent(self, event: QContextMenuEvent) -> None:
+        self.context_menu().exec(event.globalPos())
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        # QTableView copies the shown text itself (the short id): the full ids are what is wanted.
+        if event.matches(QKeySequence.StandardKey.Copy):
+            self.copy_ids()
+            return
+        # The actions' shortcuts, also when the window is not the active one (offscreen, a dock).
+        pressed = QKeySequence(event.keyCombination())
+        for a in (self.retry_action, self.cancel_action):
+            if a.shortcut() == pressed:
+                a.trigger()
+                return
+        if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and self.currentIndex().isValid():
+            self.open_task(self.currentIndex().row())
+            return
+        super().keyPressEvent(event)
+
+    def _on_workers(self, rows: list[Row]) -> None:
+        for w in rows:
+            if w.get("worker_id"):
+                self._workers[w["worker_id"]] = str(w.get("status"))
+
+    # -- what the actions do ----------------------------------------------------------------------
+
+    def selected_ids(self) -> list[str]:
+        rows = sorted({i.row() for i in self.selectionModel().selectedRows()})
+        return self.task_model.ids_of(rows)
+
+    def open_task(self, row: int) -> None:
+        ids = self.task_model.ids_of([row]) if row >= 0 else []
+        if ids:
+            self.taskActivated.emit(ids[0])
+
+    def _command(self, op: str, args: dict[str, Any]) -> tuple[Any, str | None]:
+        """A quick loop op; its refusal's reason comes back (and the window's status bar shows it too)."""
+        errors: list[str] = []
+        self.bridge.errorRaised.connect(errors.append)
+        try:
+            data = self.bridge.call(op, args)
+        finally:
+            self.bridge.errorRaised.disconnect(errors.append)
+        return data, (errors[-1] if errors else None if data is not None else f"{op} failed")
+
+    def _each(self, op: str, verb: str, extra: dict[str, Any] | None = None, ids: list[str] | None = None) -> int:
+        ids = self.selected_ids() if ids is None else ids
+        if not self.bridge.allows(op):
+            self.show_message(f"Cannot {verb}: {self.bridge.why_not(op)}")
+            return 0
+        done = 0
+        refusals: list[str] = []
+        for tid in ids:
+            data, error = self._command(op, {"task_id": tid, **(extra or {})})
+            if error is None:
+                done += 1
+            else:
+                refusals.append(error)
+        if refusals and len(ids) == 1:
+            self.show_message(f"Refused: {refusals[0]}")
+        elif refusals:
+            more = f" (and {len(refusals) - 1} more)" if len(refusals) > 1 else ""
+            self.show_message(f"{verb.capitalize()}: {done} of {len(ids)} done; refused: {refusals[0]}{more}")
+        elif ids:
+            self.show_message(f"{verb.capitalize()}: {done} task{'s' if done != 1 else ''}")
+        return done
+
+    def retry_selected(self) -> int:
+        return self._each("retry_task", "retry")
+
+    def cancel_selected(self) -> int:
+        return self._each("cancel_task", "cancel")
+
+    def assign_selected(self, worker_id: str) -> int:
+        return self._each("assign_task", f"assign to {worker_id}", {"worker_id": worker_id})
+
+    def set_priority_selected(self, value: int | None = None) -> int:
+        ids = self.selected_ids()
+        if not ids:
+            return 0
+        if value is None:
+            first = self.task_model.row_of(ids[0])
+            current = (self.task_model.peek(first) or {}).get("priority", 0) if first is not None else 0
+            value, ok = QInputDialog.getInt(self, "Set priority", f"Priority of {len(ids)} task(s) "
+                                            "(higher runs first):", int(current or 0), -p.MAX_PRIORITY,
+                                            p.MAX_PRIORITY)
+            if not ok:
+                return 0
+        return self._each("set_priority", "set the priority", {"priority": value}, ids)
+
+    def copy_ids(self) -> list[str]:
+        ids = self.selected_ids()
+        if ids:
+            QGuiApplication.clipboard().setText("\n".join(ids))
+            self.show_message(f"Copied {len(ids)} id{'s' if len(ids) != 1 else ''}")
+        return ids
+
+    def show_message(self, text: str) -> None:
+        self.last_message = text
+        self.messageShown.emit(text)
+        index = self.currentIndex()
+        rect = self.visualRect(index) if index.isValid() else self.viewport().rect()
+        QToolTip.showText(self.viewport().mapToGlobal(rect.bottomLeft() + QPoint(8, 4)), text, self)
+
+    # -- keeping place and selection across refreshes ---------------------------------------------
+
+    def _keep_place(self, parent: QModelIndex, first: int, last: int) -> None:
+        # Rows arrived at the top: what the engineer reads stays where it is unless they watch the top.
+        bar = self.verticalScrollBar()
+        if first == 0 and bar.value() > 0:
+            bar.setValue(bar.value() + (last - first + 1))
+
+    def _save_selection(self) -> None:
+        self._saved = self.selected_ids()
+
+    def _restore_selection(self) -> None:
+        ids, self._saved = self._saved, []
+        if ids:
+            self.task_model.locate(ids, self.select_rows)
+
+    def select_rows(self, positions: dict[str, int]) -> None:
+        """Select these rows (task id -> row), unless the engineer selected something meanwhile."""
+        if self.selectionModel().hasSelection() or not positions:
+            return
+        sel = QItemSelection()
+        last = len(COLUMNS) - 1
+        for r in sorted(positions.values()):
+            sel.select(self.task_model.index(r, 0), self.task_model.index(r, last))
+        self.selectionModel().select(sel, QItemSelectionModel.SelectionFlag.ClearAndSelect)
+        self.scrollTo(self.task_model.index(min(positions.values()), 0))
+
+
+def _id_width() -> int:
+    """The Task column's width: a short id (13 hex digits for a coordinator's ids) in monospace."""
+    return QFontMetrics(_mono()).horizontalAdvance("0" * 15) + 16
+
+
+# -- the panel --------------------------------------------------------------------------------------
+
+class TasksPanel(QWidget):
+    """Filter bar, table and count line: the Tasks tab."""
+
+    def __init__(self, bridge: CoordinatorBridge, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.bridge = bridge
+        self.filter_bar = TaskFilterBar(bridge)
+        self.model = TaskTableModel(bridge)
+        self.view = TaskTableView(bridge, self.model)
+        self.count_label = QLabel()
+        self.message = QLabel()
+        self.message.setStyleSheet("color: palette(mid);")
+        self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(4, 4, 4, 4)
+        lay.addWidget(self.filter_bar)
+        lay.addWidget(self.view, 1)
+        bottom = QHBoxLayout()
+        bottom.addWidget(self.count_label)
+        bottom.addStretch(1)
+        bottom.addWidget(self.message)
+        lay.addLayout(bottom)
+        self.filter_bar.filterChanged.connect(self.model.set_filter)
+        self.model.countsChanged.connect(self._update_count)
+        self.model.failed.connect(self.view.show_message)
+        self.view.messageShown.connect(self.message.setText)
+        self._update_count()
+
+    def _update_count(self) -> None:
+        m = self.model
+        if m.loading and not m.total:
+            self.count_label.setText("Loading tasks…")
+            return
+        all_total = m.all_total if m.all_total is not None else m.total
+        text = f"{all_total:,} task{'s' if all_total != 1 else ''}"
+        if m.filter:
+            text += f", {m.total:,} shown by filter"
+        self.count_label.setText(text + (" (counting…)" if m.loading else ""))

@@ -1,0 +1,244 @@
+"""The tasks table, its filter bar and menu, and the task detail pane, over a real coordinator.
+
+The windowed model reads the real database through task_page (a real embedded coordinator, its
+analysis thread, SQLite); the detail pane reads a real task's log as the local agent streamed it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PySide6.QtCore import QItemSelectionModel, QModelIndex, Qt
+from PySide6.QtWidgets import QApplication
+
+from dtf_gui.coordinator.config import ephemeral_settings
+from dtf_gui.ui.bridge import CoordinatorBridge
+from dtf_gui.ui.models import TASK_IDS_MIME
+from dtf_gui.ui.task_detail import TaskDetailPane
+from dtf_gui.ui.task_table import COL_STATUS, COL_TASK, PLACEHOLDER, TasksPanel, TaskTableModel
+
+SHOTS = Path("/tmp/shots")
+NOWHERE = {"worker": "nowhere"}  # pinned to a worker that never comes: stays pending
+
+
+@pytest.fixture
+def bridge(qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CoordinatorBridge]:
+    monkeypatch.setenv("DTF_HOME", str(tmp_path))
+    b = CoordinatorBridge.embedded(ephemeral_settings(tmp_path / "dtf.sqlite"))
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+def submit(bridge: CoordinatorBridge, n: int, **fields: Any) -> list[str]:
+    ids: list[str] = []
+    for i in range(0, n, 1000):
+        data = bridge.call("create_tasks", {"tasks": [{"type": "noop", "requirements": NOWHERE, **fields}
+                                                      for _ in range(min(1000, n - i))]})
+        assert data is not None
+        ids.extend(data["task_ids"])
+    return ids
+
+
+def stored(bridge: CoordinatorBridge) -> int:
+    return bridge.call("task_page", {"limit": 0})["total"]
+
+
+def wait_stored(qtbot, bridge: CoordinatorBridge, n: int) -> None:
+    qtbot.waitUntil(lambda: stored(bridge) >= n, timeout=20_000)
+
+
+def shown(model: TaskTableModel, rows: range) -> list[str]:
+    return [model.index(r, COL_TASK).data(Qt.ItemDataRole.UserRole) for r in rows]
+
+
+def load_rows(qtbot, model: TaskTableModel, rows: range) -> None:
+    """Ask for these rows the way a view does (data()), and wait until their blocks are in."""
+    for r in rows:
+        model.index(r, 0).data()
+    qtbot.waitUntil(lambda: all(model.peek(r) is not None for r in rows), timeout=10_000)
+
+
+def test_model_windows_over_thousands_of_tasks(qtbot, qtmodeltester, bridge) -> None:
+    ids = submit(bridge, 3000, command="echo x")
+    wait_stored(qtbot, bridge, 3000)
+    model = TaskTableModel(bridge, block_size=100, max_blocks=5)
+    qtbot.waitUntil(lambda: model.rowCount() == 3000, timeout=10_000)
+    # Only the first window was read: no row per task.
+    assert model.cached_rows() == 100
+    assert model.index(2500, COL_TASK).data() == PLACEHOLDER  # asked for, not there yet
+    qtbot.waitUntil(lambda: model.index(2500, COL_TASK).data() != PLACEHOLDER, timeout=10_000)
+    # Newest first: the last submitted is row 0, the first submitted the last row.
+    load_rows(qtbot, model, range(2990, 3000))
+    assert shown(model, range(2990, 3000)) == list(reversed(ids[:10]))
+    assert shown(model, range(0, 3)) == list(reversed(ids[-3:]))
+    # Scrolling far fetches blocks; the cache stays bounded.
+    for r in range(0, 3000, 150):
+        load_rows(qtbot, model, range(r, r + 1))
+    assert model.cached_rows() <= 5 * 100
+    # Short ids on screen tell consecutive tasks apart (a fixed 10-character cut did not).
+    load_rows(qtbot, model, range(1000, 1100))
+    shorts = [model.index(r, COL_TASK).data() for r in range(1000, 1100)]
+    assert len(set(shorts)) == 100
+    assert len({i[:10] for i in ids[1900:2000]}) < 100
+    for r in range(1000, 1010):
+        full = model.index(r, COL_TASK).data(Qt.ItemDataRole.ToolTipRole)
+        assert full.startswith(model.index(r, COL_TASK).data()) and len(full) > len(model.index(r, COL_TASK).data())
+    # Drag carries the full ids of the rows.
+    mime = model.mimeData([model.index(1000, 0), model.index(1001, 3), model.index(1000, 2)])
+    assert bytes(mime.data(TASK_IDS_MIME).data()).decode().split("\n") == shown(model, range(1000, 1002))
+    assert model.flags(model.index(1000, 0)) & Qt.ItemFlag.ItemIsDragEnabled
+    qtmodeltester.check(model, force_py=True)
+
+
+def test_status_overlay_and_new_tasks_insert_at_top_keeping_selection(qtbot, bridge) -> None:
+    ids = submit(bridge, 500)
+    wait_stored(qtbot, bridge, 500)
+    panel = TasksPanel(bridge)
+    qtbot.addWidget(panel)
+    panel.resize(1200, 600)
+    panel.show()
+    model, view = panel.model, panel.view
+    qtbot.waitUntil(lambda: model.rowCount() == 500, timeout=10_000)
+    load_rows(qtbot, model, range(0, 50))
+    row = 10
+    target = model.index(row, 0).data(Qt.ItemDataRole.UserRole)
+    view.selectionModel().select(model.index(row, 0), QItemSelectionModel.SelectionFlag.ClearAndSelect
+                                 | QItemSelectionModel.SelectionFlag.Rows)
+    assert view.selected_ids() == [target]
+    # Cancel it: the event's status shows at once (overlay), before any page is read again.
+    before = model.requests
+    assert view.cancel_selected() == 1
+    qtbot.waitUntil(lambda: model.index(row, COL_STATUS).data() == "cancelled", timeout=10_000)
+    # New tasks arrive as rows inserted at the top, the selection moves with its task.
+    inserted: list[tuple[int, int]] = []
+    model.rowsInserted.connect(lambda _p, first, last: inserted.append((first, last)))
+    new = submit(bridge, 7)
+    qtbot.waitUntil(lambda: model.rowCount() == 507, timeout=10_000)
+    assert inserted and all(first == 0 for first, _ in inserted)
+    assert model.requests > before
+    assert view.selected_ids() == [target]
+    assert view.selectionModel().selectedRows()[0].row() == row + 7
+    load_rows(qtbot, model, range(0, 7))
+    assert shown(model, range(0, 7)) == list(reversed(new))
+    assert "507 tasks" in panel.count_label.text()
+    assert ids  # the first 500 are below
+
+
+def test_filters_by_status_and_text(qtbot, bridge) -> None:
+    ids = submit(bridge, 300, command="echo plain")
+    special = submit(bridge, 3, command="echo needle-in-hay")
+    wait_stored(qtbot, bridge, 303)
+    for t in ids[:20]:
+        assert bridge.call("cancel_task", {"task_id": t}) is not None
+    qtbot.waitUntil(lambda: bridge.call("task_page", {"status": ["cancelled"], "limit": 0})["total"] == 20,
+                    timeout=10_000)
+    panel = TasksPanel(bridge)
+    qtbot.addWidget(panel)
+    model = panel.model
+    qtbot.waitUntil(lambda: model.rowCount() == 303, timeout=10_000)
+    panel.filter_bar.set_statuses(["cancelled"])
+    qtbot.waitUntil(lambda: model.rowCount() == 20, timeout=10_000)
+    load_rows(qtbot, model, range(20))
+    assert set(shown(model, range(20))) == set(ids[:20])
+    assert "Status: cancelled" in panel.filter_bar.status_button.text()
+    assert "303 tasks, 20 shown by filter" in panel.count_label.text()
+    panel.filter_bar.set_statuses([])
+    qtbot.keyClicks(panel.filter_bar.text, "NEEDLE")
+    qtbot.waitUntil(lambda: model.rowCount() == 3, timeout=10_000)  # after the debounce
+    load_rows(qtbot, model, range(3))
+    assert shown(model, range(3)) == list(reversed(special))
+    # A short id typed (or pasted) finds its task.
+    panel.filter_bar.text.setText(ids[5][:14])
+    qtbot.waitUntil(lambda: model.rowCount() >= 1 and model.peek(0) is not None
+                    and model.peek(0)["task_id"] == ids[5], timeout=10_000)
+
+
+def test_context_menu_actions_and_a_refusal_shown(qtbot, bridge) -> None:
+    ids = submit(bridge, 3)
+    wait_stored(qtbot, bridge, 3)
+    panel = TasksPanel(bridge)
+    qtbot.addWidget(panel)
+    panel.show()
+    model, view = panel.model, panel.view
+    qtbot.waitUntil(lambda: model.rowCount() == 3 and model.peek(2) is not None, timeout=10_000)
+    view.selectRow(0)
+    menu = view.context_menu()
+    titles = [a.text() for a in menu.actions()]
+    assert {"Open details", "Retry", "Cancel", "Set priority…", "Assign to", "Copy id(s)"} <= set(titles)
+    # Priority through the op.
+    assert view.set_priority_selected(7) == 1
+    assert bridge.call("get_task", {"task_id": ids[-1]})["priority"] == 7
+    # Copy: the full id, not the short one.
+    qtbot.keyClick(view, Qt.Key.Key_C, Qt.KeyboardModifier.ControlModifier)
+    assert QApplication.clipboard().text() == ids[-1]
+    # Cancel by its shortcut; cancelling it again is refused, and the reason is shown.
+    qtbot.keyClick(view, Qt.Key.Key_Delete)
+    qtbot.waitUntil(lambda: bridge.call("get_task", {"task_id": ids[-1]})["status"] == "cancelled", timeout=10_000)
+    assert view.cancel_selected() == 0
+    assert view.last_message == panel.message.text() == "Refused: cannot cancel: task already cancelled"
+    # Assign to a worker that does not exist: refused with the coordinator's reason.
+    assert view.assign_selected("ghost") == 0
+    assert "no worker 'ghost'" in panel.message.text()
+    # Enter opens the task.
+    opened: list[str] = []
+    view.taskActivated.connect(opened.append)
+    view.setCurrentIndex(model.index(1, 0))
+    qtbot.keyClick(view, Qt.Key.Key_Return)
+    assert opened == [ids[1]]
+
+
+def test_detail_pane_shows_a_finished_tasks_stdout(qtbot, gui_session, qtmodeltester) -> None:
+    bridge = gui_session.bridge
+    task_id = bridge.call("create_task", {"command": "echo hello-detail; echo oops >&2",
+                                          "requirements": {"tags": []}})["task_id"]
+    pane = TaskDetailPane(bridge, poll_ms=200)
+    qtbot.addWidget(pane)
+    pane.resize(500, 700)
+    pane.show()
+    pane.show_task(task_id)
+    qtbot.waitUntil(lambda: "hello-detail" in pane.log_text("stdout"), timeout=30_000)
+    qtbot.waitUntil(lambda: "oops" in pane.log_text("stderr"), timeout=10_000)
+    qtbot.waitUntil(lambda: pane.status_label.text() == "completed" and pane.attempts.rowCount() == 1,
+                    timeout=20_000)
+    qtbot.waitUntil(lambda: not pane._timer.isActive(), timeout=10_000)  # log complete: polling stopped
+    assert pane.id_label.text() == task_id
+    assert pane.attempts.index(0, 2).data() == "success" and pane.attempts.index(0, 3).data() == "0"
+    assert "echo hello-detail" in pane.task_text.toPlainText()
+    assert pane.log_text("stdout").count("hello-detail") == 1  # read once, not appended per poll
+    qtmodeltester.check(pane.attempts, force_py=True)
+    qtmodeltester.check(pane.metrics, force_py=True)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    pane.grab().save(str(SHOTS / "task_detail.png"))
+
+
+def test_detail_pane_says_why_a_task_waits_and_cancels_it(qtbot, bridge) -> None:
+    task_id = submit(bridge, 1)[0]
+    pane = TaskDetailPane(bridge, poll_ms=200)
+    qtbot.addWidget(pane)
+    pane.show_task(task_id)
+    qtbot.waitUntil(lambda: pane.status_label.text() == "pending", timeout=10_000)
+    assert pane.why_label.text() == "Waiting: no workers connected yet"  # the scheduler's own words
+    assert pane.cancel_button.isEnabled() and not pane.retry_button.isEnabled()
+    pane.cancel_button.click()
+    qtbot.waitUntil(lambda: pane.status_label.text() == "cancelled", timeout=10_000)
+    assert not pane.act("cancel_task", "cancel")
+    assert "already cancelled" in pane.message.text()
+
+
+def test_metrics_and_attempts_models_pass_the_model_tester(qtmodeltester) -> None:
+    from dtf_gui.ui.task_detail import attempts_model, metrics_model
+    a = attempts_model()
+    a.set_rows([{"attempt": 1, "worker_id": "w", "status": "failure", "exit_code": 1, "execution_time": 0.2,
+                 "error": "x\nboom"}])
+    assert a.index(0, 5).data() == "boom" and a.index(0, 4).data() == "200 ms"
+    m = metrics_model()
+    m.set_rows([{"attempt": 1, "name": "latency", "value": 1.5, "unit": "ms"}])
+    for model in (a, m):
+        qtmodeltester.check(model, force_py=True)
+    assert QModelIndex().isValid() is False
