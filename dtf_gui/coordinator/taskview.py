@@ -45,7 +45,6 @@ from typing import Annotated, Any
 import msgspec
 
 from dtf_agent import protocol as p
-from dtf_gui.coordinator.trust_api import ApiRefusal
 
 __all__ = ["PageArgs", "PositionArgs", "common_prefix", "ops", "short_id"]
 
@@ -107,7 +106,8 @@ def _where(f: TaskFilter) -> tuple[list[str], list[Any]]:
     """The filter's SQL conditions and their parameters (the ordering's bounds are the caller's)."""
     unknown = [s for s in f.status if s not in p.TASK_STATUSES]
     if unknown:
-        raise ApiRefusal(f"unknown task status {', '.join(map(repr, unknown))}; known: {', '.join(p.TASK_STATUSES)}")
+        # ValueError: the server answers it as a refusal with this text (taskview sits below trust_api).
+        raise ValueError(f"unknown task status {', '.join(map(repr, unknown))}; known: {', '.join(p.TASK_STATUSES)}")
     conds: list[str] = []
     params: list[Any] = []
     if f.status:
