@@ -23,7 +23,6 @@ from PySide6.QtCore import (
     QAbstractTableModel,
     QModelIndex,
     QPersistentModelIndex,
-    QPointF,
     Qt,
     QTimer,
     Signal,
@@ -39,6 +38,7 @@ from PySide6.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPushButton,
+    QSizePolicy,
     QSplitter,
     QTableView,
     QVBoxLayout,
@@ -73,6 +73,18 @@ def change_label(before: float | None, after: float | None, rel: float | None) -
     """"+5.2% (100 → 105.2)"."""
     pct = "" if rel is None else f"{rel * 100:+.1f}% "
     return f"{pct}({fmt(before)} → {fmt(after)})"
+
+
+def plural(n: int, one: str, many: str = "") -> str:
+    return f"{n:,} {one if n == 1 else (many or one + 's')}"
+
+
+def run_title(run: dict[str, Any]) -> str:
+    """"nightly (12-01 00:12)": a run's name and start, which tell two runs of one name apart."""
+    created = run.get("created")
+    when = time.strftime("%m-%d %H:%M", time.localtime(created)) if created else ""
+    name = run.get("name") or str(run.get("run_id", ""))[:12]
+    return f"{name} ({when})" if when else name
 
 
 def axis_label(metric: str, unit: str, direction: str | None) -> str:
@@ -177,6 +189,7 @@ class ResultsExplorer(QWidget):
         self.group_items: dict[str, pg.PlotDataItem] = {}
         self.change_items: list[pg.PlotDataItem] = []
         self.change_labels: list[pg.TextItem] = []
+        self.change_markers: list[pg.InfiniteLine] = []
         self.fetches = 0  # metric_series requests sent (tests and the status line read it)
         self._gen = 0  # bumped by each selection: replies for an older one are dropped
         self._in_flight = False
@@ -219,7 +232,10 @@ class ResultsExplorer(QWidget):
         self.plot.setMinimumHeight(260)
         # The legend sits in a row of the plot's layout under the time axis: it never covers a point.
         self.legend = pg.LegendItem(colCount=6, labelTextSize="8pt", verSpacing=-6, horSpacing=12)
-        self.plot.getPlotItem().layout.addItem(self.legend, 4, 1)
+        layout = self.plot.getPlotItem().layout
+        layout.addItem(self.legend, 4, 1)
+        layout.setAlignment(self.legend, Qt.AlignmentFlag.AlignLeft)
+        self.legend.setSizePolicy(QSizePolicy.Policy.Maximum, QSizePolicy.Policy.Maximum)
         self.anomaly_item = pg.ScatterPlotItem(symbol="o", size=15, pen=pg.mkPen("#d32f2f", width=2),
                                                brush=None, pxMode=True)
         self.anomaly_item.setZValue(20)
@@ -495,12 +511,13 @@ class ResultsExplorer(QWidget):
 
     def _clear_plot(self) -> None:
         pi = self.plot.getPlotItem()
-        for item in [*self.group_items.values(), *self.change_items, *self.change_labels]:
+        for item in [*self.group_items.values(), *self.change_items, *self.change_markers]:
             pi.removeItem(item)
         self.legend.clear()
         self.group_items = {}
         self.change_items = []
         self.change_labels = []
+        self.change_markers = []
         self.anomaly_item.setData([], [])
 
     def _render(self) -> None:
@@ -547,8 +564,9 @@ class ResultsExplorer(QWidget):
         self._limit_view(s)
         cps = len(data.get("change_points") or [])
         note = " (the newest; older ones left out)" if data.get("truncated") else ""
-        self.status.setText(f"{len(s.t):,} results{note} · {len(anomalies)} anomalies · {cps} change points"
-                            f" · {len(names)} {'hardware ids' if by_hardware else 'workers'}"
+        self.status.setText(f"{len(s.t):,} results{note} · {plural(len(anomalies), 'anomaly', 'anomalies')}"
+                            f" · {plural(cps, 'change point')}"
+                            f" · {plural(len(names), 'hardware id' if by_hardware else 'worker')}"
                             " · click a point to open its task")
 
     def _draw_changes(self, s: _Series, changes: list[dict[str, Any]], colour: str) -> None:
@@ -575,11 +593,15 @@ class ResultsExplorer(QWidget):
                 item.change_time = t  # type: ignore[attr-defined]
                 pi.addItem(item)
                 self.change_items.append(item)
-                label = pg.TextItem(change_label(before, after, cp.get("rel_change")), color=colour,
-                                    anchor=(0, 1.1), fill=pg.mkBrush(theme.plot_colours().background + "c8"))
-                label.setPos(QPointF(t, max(before, after)))
-                label.setZValue(30)
-                pi.addItem(label)
+                # The label rides a faint vertical line at the top of the view, clear of the points.
+                marker = pg.InfiniteLine(t, angle=90, pen=pg.mkPen(colour, width=1, style=Qt.PenStyle.DotLine),
+                                         label=change_label(before, after, cp.get("rel_change")),
+                                         labelOpts={"position": 0.96, "color": colour, "anchors": [(0, 0), (0, 0)],
+                                                    "fill": pg.mkBrush(QColor(theme.plot_colours().background))})
+                marker.setZValue(5)
+                pi.addItem(marker)
+                label = marker.label
+                self.change_markers.append(marker)
                 self.change_labels.append(label)
 
     def _limit_view(self, s: _Series) -> None:
@@ -644,6 +666,5 @@ class ResultsExplorer(QWidget):
         run, base = data.get("run") or {}, data.get("baseline") or {}
         parts = [f"{summary.get(k, 0)} {VERDICTS[k][0]}"
                  for k in ("regressed", "improved", "unchanged", "new", "missing") if summary.get(k)]
-        self.compare_summary.setText(
-            f"{run.get('name') or run.get('run_id', '')[:12]} against {base.get('name') or base.get('run_id', '')[:12]}"
-            f" (baseline): " + (", ".join(parts) or "nothing to compare"))
+        self.compare_summary.setText(f"{run_title(run)} against {run_title(base)}, the baseline: "
+                                     + (", ".join(parts) or "nothing to compare"))
