@@ -1,0 +1,520 @@
+"""The alerts dock: worker health alerts (the coordinator's alert book) and regression findings in one
+table, to acknowledge and mute, with a desktop notification for each new one (batched, at most one
+message every few seconds, so a failing rack does not bury the desktop in bubbles)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QModelIndex,
+    QPersistentModelIndex,
+    QPoint,
+    QSortFilterProxyModel,
+    Qt,
+    QTimer,
+    Signal,
+)
+from PySide6.QtGui import QAction, QBrush, QColor, QFont, QFontMetrics
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QDockWidget,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QMenu,
+    QPushButton,
+    QStyle,
+    QSystemTrayIcon,
+    QTableView,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from dtf_gui.ui.bridge import CoordinatorBridge
+from dtf_gui.ui.models import fmt_when
+
+Index = QModelIndex | QPersistentModelIndex
+
+KEY_ROLE = Qt.ItemDataRole.UserRole
+SORT_ROLE = Qt.ItemDataRole.UserRole + 1
+ROW_ROLE = Qt.ItemDataRole.UserRole + 2  # the whole row (dict)
+
+NOTIFY_INTERVAL_MS = 5000
+MAX_ROWS = 5000
+MUTE_CHOICES = (("1 hour", 3600.0), ("1 day", 86400.0))
+SEVERITY_COLOURS = {"critical": "#c62828", "warning": "#b26a00", "info": "#6d6d6d"}
+SEVERITY_RANK = {"critical": 2, "warning": 1, "info": 0}
+KIND_WORDS = {"cpu": "CPU", "memory": "memory", "disk": "disk", "gpu_memory": "GPU memory",
+              "failures": "failures", "offline": "offline"}
+
+COLUMNS = ("Time", "Severity", "Worker / test", "What", "State")
+
+
+def alert_item(a: dict[str, Any]) -> dict[str, Any]:
+    """A health alert (the coordinator's alert event) as a row of the dock."""
+    kind = str(a.get("kind") or "")
+    return {"key": str(a["alert_id"]), "source": "health", "time": a.get("time"),
+            "severity": str(a.get("severity") or "warning"), "subject": str(a.get("worker_id") or ""),
+            "worker_id": a.get("worker_id"),
+            "what": str(a.get("message") or f"{KIND_WORDS.get(kind, kind)} {a.get('value')}"),
+            "state": str(a.get("state") or "raised"), "acked": bool(a.get("acked")), "muted": bool(a.get("muted")),
+            "raw": dict(a)}
+
+
+def finding_item(f: dict[str, Any], acked: bool = False) -> dict[str, Any]:
+    """A regression or change point (bridge.finding_row) as a row of the dock."""
+    regression = f.get("direction") == "regression"
+    subject = str(f.get("test_id") or "")
+    if f.get("worker_id"):
+        subject += f" @ {f['worker_id']}"
+    label = "regression" if regression else str(f.get("direction") or "change")
+    if f.get("kind") == "change point":
+        label += " (change point)"
+    return {"key": str(f["finding_id"]), "source": "finding", "time": f.get("time"),
+            "severity": "warning" if regression else "info", "subject": subject, "worker_id": f.get("worker_id"),
+            "what": f"{label} in {f.get('metric')}: {f.get('detail')}", "state": "raised", "acked": acked,
+            "muted": False, "raw": dict(f)}
+
+
+def wants_finding(f: dict[str, Any]) -> bool:
+    """Regressions, and change points whichever way they go (a step is news; an anomaly that is an
+    improvement is not)."""
+    return f.get("direction") == "regression" or f.get("kind") == "change point"
+
+
+def needs_attention(item: dict[str, Any]) -> bool:
+    return (item["state"] == "raised" and not item["acked"] and not item["muted"]
+            and item["severity"] != "info")
+
+
+class AlertsModel(QAbstractTableModel):
+    """Alerts and findings keyed by id (alert id, finding id); newest are kept."""
+
+    def __init__(self, max_rows: int = MAX_ROWS) -> None:
+        super().__init__()
+        self.max_rows = max_rows
+        self._keys: list[str] = []
+        self._rows: dict[str, dict[str, Any]] = {}
+
+    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008 - Qt's own signature
+        return 0 if parent.isValid() else len(self._keys)
+
+    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(COLUMNS)
+
+    def headerData(self, section: int, orientation: Qt.Orientation,
+                   role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal \
+                and 0 <= section < len(COLUMNS):
+            return COLUMNS[section]
+        return None
+
+    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid() or index.row() >= len(self._keys) or index.column() >= len(COLUMNS):
+            return None
+        item = self._rows[self._keys[index.row()]]
+        c = index.column()
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self._text(item, c)
+        if role == KEY_ROLE:
+            return item["key"]
+        if role == ROW_ROLE:
+            return item
+        if role == SORT_ROLE:
+            return (float(item["time"] or 0.0) if c == 0 else SEVERITY_RANK.get(item["severity"], 0) if c == 1
+                    else self._text(item, c).lower())
+        if role == Qt.ItemDataRole.FontRole and needs_attention(item):
+            font = QFont()
+            font.setBold(True)
+            return font
+        if role == Qt.ItemDataRole.ForegroundRole:
+            if c == 1:
+                return QBrush(QColor(SEVERITY_COLOURS.get(item["severity"], "#000000")))
+            if item["state"] == "cleared":
+                return QBrush(QColor("#8a8a8a"))
+        if role == Qt.ItemDataRole.ToolTipRole:
+            if c == 0 and item["time"]:
+                return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item["time"]))
+            if c == 3 and item["source"] == "health":
+                raw = item["raw"]
+                return f"{item['what']}\nvalue {raw.get('value')}, threshold {raw.get('threshold')}"
+            return self._text(item, c) or None
+        return None
+
+    @staticmethod
+    def _text(item: dict[str, Any], c: int) -> str:
+        if c == 0:
+            return fmt_when(item["time"])
+        if c == 1:
+            return item["severity"]
+        if c == 2:
+            return item["subject"]
+        if c == 3:
+            return item["what"]
+        state = item["state"]
+        if state == "raised" and item["acked"]:
+            state = "acknowledged"
+        elif state == "raised" and item["source"] == "finding":
+            state = "new"  # a finding is not raised and cleared: it is news until acknowledged
+        return state + (" · muted" if item["muted"] else "")
+
+    # -- feeding ----------------------------------------------------------------------------------------
+
+    def keys(self) -> list[str]:
+        return list(self._keys)
+
+    def row_for(self, key: str) -> dict[str, Any] | None:
+        return self._rows.get(key)
+
+    def upsert(self, items: Sequence[dict[str, Any]]) -> list[str]:
+        """Add or update rows; returns the keys that are new."""
+        changed: list[int] = []
+        new: list[str] = []
+        for item in items:
+            key = item["key"]
+            old = self._rows.get(key)
+            if old is None:
+                if key not in new:
+                    new.append(key)
+                self._rows[key] = dict(item)
+            else:
+                old.update(item)
+                if key in self._keys:
+                    changed.append(self._keys.index(key))
+        if changed:
+            self.dataChanged.emit(self.index(min(changed), 0), self.index(max(changed), len(COLUMNS) - 1))
+        if new:
+            first = len(self._keys)
+            self.beginInsertRows(QModelIndex(), first, first + len(new) - 1)
+            self._keys.extend(new)
+            self.endInsertRows()
+        if len(self._keys) > self.max_rows:  # the oldest go (the coordinator keeps them all)
+            by_age = sorted(self._keys, key=lambda k: float(self._rows[k].get("time") or 0.0))
+            self.remove(by_age[: len(self._keys) - self.max_rows])
+        return new
+
+    def mark(self, keys: Sequence[str], **fields: Any) -> None:
+        self.upsert([{"key": k, **fields} for k in keys if k in self._rows])
+
+    def remove(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            if key in self._rows:
+                i = self._keys.index(key)
+                self.beginRemoveRows(QModelIndex(), i, i)
+                del self._keys[i]
+                del self._rows[key]
+                self.endRemoveRows()
+
+    def attention_count(self) -> int:
+        return sum(1 for r in self._rows.values() if needs_attention(r))
+
+
+class _AlertsFilter(QSortFilterProxyModel):
+    """Hides cleared alerts unless asked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.show_cleared = False
+        self.setSortRole(SORT_ROLE)
+
+    def set_show_cleared(self, on: bool) -> None:
+        self.beginFilterChange()  # Qt 6.10's replacement of invalidateFilter()
+        self.show_cleared = on
+        self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+
+    def filterAcceptsRow(self, source_row: int, source_parent: Index) -> bool:
+        if self.show_cleared:
+            return True
+        item = self.sourceModel().index(source_row, 0, source_parent).data(ROW_ROLE)
+        return not (item and item["state"] == "cleared")
+
+
+class AlertsDock(QDockWidget):
+    """Health alerts and regression findings; acknowledge, mute, and desktop notifications."""
+
+    workerRequested = Signal(str)  # a health alert's row activated: show this worker
+    findingRequested = Signal(dict)  # a finding's row activated: its finding (bridge.finding_row shape)
+
+    def __init__(self, bridge: CoordinatorBridge, parent: QWidget | None = None) -> None:
+        super().__init__("Alerts", parent)
+        self.setObjectName("alertsDock")
+        self.bridge = bridge
+        self.model = AlertsModel()
+        self.proxy = _AlertsFilter()
+        self.proxy.setSourceModel(self.model)
+        self.acked_findings: set[str] = set()
+        self.last_refusal = ""
+
+        self.view = QTableView()
+        self.view.setObjectName("alertsView")
+        self.view.setModel(self.proxy)
+        self.view.setSortingEnabled(True)
+        self.view.sortByColumn(0, Qt.SortOrder.DescendingOrder)
+        self.view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.view.setAlternatingRowColors(True)
+        self.view.verticalHeader().setVisible(False)
+        self.view.verticalHeader().setDefaultSectionSize(22)
+        self.view.setWordWrap(False)
+        self.view.setTextElideMode(Qt.TextElideMode.ElideRight)
+        header = self.view.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        header.setStretchLastSection(False)
+        # Widths for bold text: rows that need attention are bold and must not elide "warning".
+        bold = QFont(self.view.font())
+        bold.setBold(True)
+        fm = QFontMetrics(bold)
+        self.view.setColumnWidth(0, fm.horizontalAdvance("2026-12-31 23:59") + 14)
+        self.view.setColumnWidth(1, fm.horizontalAdvance("warning") + 16)
+        self.view.setColumnWidth(2, fm.horizontalAdvance("test_matmul[1024] @ bench-07") + 16)
+        header.setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
+        self.view.setColumnWidth(4, fm.horizontalAdvance("acknowledged") + 16)
+        self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.view.customContextMenuRequested.connect(self._context_menu)
+        self.view.activated.connect(self._activated)
+
+        self.ack_action = QAction("Acknowledge", self)
+        self.ack_action.triggered.connect(self.acknowledge_selected)
+        self.ack_all_action = QAction("Acknowledge all", self)
+        self.ack_all_action.triggered.connect(self.acknowledge_all)
+        self.mute_actions: list[QAction] = []
+        for label, seconds in MUTE_CHOICES:
+            a = QAction(f"Mute worker for {label}", self)
+            a.triggered.connect(lambda _=False, s=seconds: self.mute_selected(s))
+            self.mute_actions.append(a)
+        self.show_cleared_action = QAction("Show cleared", self)
+        self.show_cleared_action.setCheckable(True)
+        self.show_cleared_action.toggled.connect(self.set_show_cleared)
+
+        bar = QHBoxLayout()
+        bar.setContentsMargins(0, 0, 0, 0)
+        self.ack_button = QPushButton("Acknowledge")
+        self.ack_button.setObjectName("ackButton")
+        self.ack_button.clicked.connect(self.ack_action.trigger)
+        self.ack_all_button = QPushButton("Acknowledge all")
+        self.ack_all_button.setObjectName("ackAllButton")
+        self.ack_all_button.clicked.connect(self.ack_all_action.trigger)
+        self.mute_button = QToolButton()
+        self.mute_button.setObjectName("muteButton")
+        self.mute_button.setText("Mute worker")
+        self.mute_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        mute_menu = QMenu(self.mute_button)
+        for a in self.mute_actions:
+            mute_menu.addAction(a)
+        self.mute_button.setMenu(mute_menu)
+        self.show_cleared_box = QCheckBox("Show cleared")
+        self.show_cleared_box.setObjectName("showCleared")
+        self.show_cleared_box.toggled.connect(self.show_cleared_action.setChecked)
+        self.show_cleared_action.toggled.connect(self.show_cleared_box.setChecked)
+        self.message = QLabel()
+        self.message.setObjectName("alertsMessage")
+        for w in (self.ack_button, self.ack_all_button, self.mute_button, self.show_cleared_box):
+            bar.addWidget(w)
+        bar.addWidget(self.message, 1)
+        body = QWidget()
+        lay = QVBoxLayout(body)
+        lay.setContentsMargins(2, 2, 2, 2)
+        lay.addLayout(bar)
+        lay.addWidget(self.view)
+        self.setWidget(body)
+
+        # Desktop notifications: a tray icon where the desktop has a tray; everything that would be
+        # said is kept in ``notifications`` (title, text) either way (offscreen has no tray).
+        self.tray: QSystemTrayIcon | None = None
+        if QSystemTrayIcon.isSystemTrayAvailable():
+            self.tray = QSystemTrayIcon(self.style().standardIcon(QStyle.StandardPixmap.SP_MessageBoxWarning), self)
+            self.tray.setToolTip("DTF alerts")
+            self.tray.messageClicked.connect(self._raise)
+            self.tray.show()
+        self.notifications: list[tuple[str, str]] = []
+        self._unsaid: list[str] = []
+        self._notify_timer = QTimer(self)
+        self._notify_timer.setSingleShot(True)
+        self._notify_timer.setInterval(NOTIFY_INTERVAL_MS)
+        self._notify_timer.timeout.connect(self._notify_later)
+
+        self.view.selectionModel().selectionChanged.connect(lambda *_: self._update_actions())
+        self.model.rowsInserted.connect(lambda *_: self._update_title())
+        self.model.rowsRemoved.connect(lambda *_: self._update_title())
+        self.model.dataChanged.connect(lambda *_: self._update_title())
+        bridge.alertsChanged.connect(self.on_alerts)
+        bridge.findingsChanged.connect(self.on_findings)
+        bridge.findingsRetracted.connect(self.model.remove)
+        bridge.identityChanged.connect(lambda _: self._update_actions())
+        self._update_title()
+        self._update_actions()
+        self.loaded = False
+        bridge.call_async("list_alerts", {"include_cleared": True, "limit": 1000}, self._on_listed)
+
+    # -- feeding ------------------------------------------------------------------------------------------
+
+    def _on_listed(self, data: Any, error: str | None) -> None:
+        if error:
+            self.message.setText(f"Alerts not loaded: {error}")
+            return
+        data = data or {}
+        self.acked_findings.update(data.get("acked_findings") or ())
+        self.model.mark(sorted(self.acked_findings), acked=True)
+        # What was there before the window opened is not news: listed, not notified. A live event
+        # that came first is newer than the list: keep it.
+        self.model.upsert([alert_item(a) for a in data.get("alerts") or ()
+                           if self.model.row_for(str(a.get("alert_id"))) is None])
+        self.loaded = True
+
+    def on_alerts(self, alerts: list[dict[str, Any]]) -> None:
+        items = [alert_item(a) for a in alerts if a.get("alert_id")]
+        new = set(self.model.upsert(items))
+        self._notify([f"{i['subject']}: {i['what']}" for i in items
+                      if i["key"] in new and i["state"] == "raised" and not i["muted"] and not i["acked"]])
+
+    def on_findings(self, findings: list[dict[str, Any]]) -> None:
+        items = [finding_item(f, f["finding_id"] in self.acked_findings) for f in findings if wants_finding(f)]
+        new = set(self.model.upsert(items))
+        self._notify([f"{i['subject']}: {i['what']}" for i in items
+                      if i["key"] in new and i["severity"] != "info" and not i["acked"]])
+
+    def _update_title(self) -> None:
+        n = self.model.attention_count()
+        self.setWindowTitle(f"Alerts ({n})" if n else "Alerts")
+        self.ack_all_button.setEnabled(n > 0 and self.bridge.allows("ack_alerts"))
+
+    # -- notifications -----------------------------------------------------------------------------------
+
+    def _notify(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        self._unsaid.extend(lines)
+        if not self._notify_timer.isActive():
+            self._say()
+            self._notify_timer.start()
+
+    def _notify_later(self) -> None:
+        if self._unsaid:
+            self._say()
+            self._notify_timer.start()
+
+    def _say(self) -> None:
+        lines, self._unsaid = self._unsaid, []
+        if len(lines) == 1:
+            title, text = "DTF: new alert", lines[0]
+        else:
+            title = f"DTF: {len(lines)} new alerts"
+            text = "\n".join(lines[:4]) + (f"\n… and {len(lines) - 4} more" if len(lines) > 4 else "")
+        self.notifications.append((title, text))
+        if self.tray is not None:
+            self.tray.showMessage(title, text, QSystemTrayIcon.MessageIcon.Warning, 10_000)
+
+    def _raise(self) -> None:
+        self.show()
+        self.raise_()
+
+    def set_notify_interval(self, ms: int) -> None:
+        self._notify_timer.setInterval(ms)
+
+    # -- actions ------------------------------------------------------------------------------------------
+
+    def selected_items(self) -> list[dict[str, Any]]:
+        sel = self.view.selectionModel()
+        return [i.data(ROW_ROLE) for i in sel.selectedRows()] if sel is not None else []
+
+    def select_keys(self, keys: Sequence[str]) -> None:
+        """Select these rows (by alert or finding id)."""
+        self.view.clearSelection()
+        flags = self.view.selectionModel().SelectionFlag
+        for r in range(self.proxy.rowCount()):
+            idx = self.proxy.index(r, 0)
+            if idx.data(KEY_ROLE) in keys:
+                self.view.selectionModel().select(idx, flags.Select | flags.Rows)
+
+    def _update_actions(self) -> None:
+        items = self.selected_items()
+        may_ack, may_mute = self.bridge.allows("ack_alerts"), self.bridge.allows("mute_alert")
+        self.ack_action.setEnabled(may_ack and any(not i["acked"] for i in items))
+        self.ack_button.setEnabled(self.ack_action.isEnabled())
+        muteable = any(i["source"] == "health" and i["worker_id"] for i in items)
+        for a in self.mute_actions:
+            a.setEnabled(may_mute and muteable)
+        self.mute_button.setEnabled(may_mute and muteable)
+        self.ack_button.setToolTip("Acknowledge the selected alerts" if may_ack else self.bridge.why_not("ack_alerts"))
+        self.mute_button.setToolTip("Mute the selected workers' health alerts for a while" if may_mute
+                                    else self.bridge.why_not("mute_alert"))
+        self._update_title()
+
+    def _call(self, op: str, args: dict[str, Any]) -> Any:
+        said: list[str] = []
+        self.bridge.errorRaised.connect(said.append)
+        try:
+            data = self.bridge.call(op, args)
+        finally:
+            self.bridge.errorRaised.disconnect(said.append)
+        if said:
+            self.last_refusal = said[-1]
+            self.message.setText(f"<span style='color:#c62828'>{said[-1]}</span>")
+        return data
+
+    def acknowledge(self, keys: Sequence[str]) -> list[str]:
+        """Acknowledge alerts or findings by id; returns what the coordinator acknowledged."""
+        if not keys:
+            return []
+        data = self._call("ack_alerts", {"alert_ids": list(keys)})
+        if data is None:
+            return []
+        acked = [str(k) for k in data.get("acked") or ()]
+        self.acked_findings.update(k for k in acked if (self.model.row_for(k) or {}).get("source") == "finding")
+        self.model.mark(acked, acked=True)  # the alerts' events say the same shortly; findings have none
+        self.message.setText(f"Acknowledged {len(acked)}")
+        self._update_actions()
+        return acked
+
+    def acknowledge_selected(self) -> list[str]:
+        return self.acknowledge([i["key"] for i in self.selected_items() if not i["acked"]])
+
+    def acknowledge_all(self) -> list[str]:
+        return self.acknowledge([k for k in self.model.keys() if needs_attention(self.model.row_for(k) or {})])
+
+    def mute_selected(self, seconds: float) -> list[str]:
+        """Mute the health alerts of the selected rows' workers for ``seconds``."""
+        workers = sorted({str(i["worker_id"]) for i in self.selected_items() if i["source"] == "health"
+                          and i["worker_id"]})
+        muted: list[str] = []
+        for wid in workers:
+            data = self._call("mute_alert", {"worker_id": wid, "kind": None, "seconds": seconds})
+            if data is None:
+                continue
+            muted.append(wid)
+            until = data.get("muted_until")
+            self.model.mark([k for k in self.model.keys() if (self.model.row_for(k) or {}).get("source") == "health"
+                             and (self.model.row_for(k) or {}).get("worker_id") == wid
+                             and (self.model.row_for(k) or {}).get("state") == "raised"], muted=True)
+            if until:
+                self.message.setText(f"Muted {', '.join(muted)} until {fmt_when(until)}")
+        return muted
+
+    def set_show_cleared(self, on: bool) -> None:
+        self.proxy.set_show_cleared(on)
+
+    def _activated(self, index: QModelIndex) -> None:
+        item = index.data(ROW_ROLE)
+        if not item:
+            return
+        if item["source"] == "finding":
+            self.findingRequested.emit(dict(item["raw"]))
+        elif item["worker_id"]:
+            self.workerRequested.emit(str(item["worker_id"]))
+
+    def _context_menu(self, pos: QPoint) -> None:
+        menu = QMenu(self)
+        menu.addAction(self.ack_action)
+        menu.addAction(self.ack_all_action)
+        menu.addSeparator()
+        for a in self.mute_actions:
+            menu.addAction(a)
+        menu.addSeparator()
+        menu.addAction(self.show_cleared_action)
+        menu.popup(self.view.viewport().mapToGlobal(pos))
+        self._menu = menu
