@@ -166,7 +166,7 @@ class TaskDetailPane(QWidget):
         form = QFormLayout()
         form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
-        for key, title in (("type", "Type"), ("priority", "Priority"), ("worker", "Worker"), ("attempt", "Attempt"),
+        for key, title in (("command", "Command"), ("type", "Type"), ("priority", "Priority"), ("worker", "Worker"), ("attempt", "Attempt"),
                            ("run", "Run"), ("test", "Test"), ("times", "Times")):
             label = QLabel()
             label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -223,6 +223,7 @@ class TaskDetailPane(QWidget):
         self.copy_button.clicked.connect(self.copy_id)
         self.message = QLabel()
         self.message.setWordWrap(True)
+        self.message.hide()  # shown with an action's outcome, no empty band before
         buttons = QHBoxLayout()
         for b in (self.retry_button, self.cancel_button, self.priority_button, self.copy_button):
             buttons.addWidget(b)
@@ -269,6 +270,7 @@ class TaskDetailPane(QWidget):
         self.id_label.setText(task_id)
         self.status_label.setText("loading…")
         self.message.clear()
+        self.message.hide()
         self.attempts.set_rows([])
         self.metrics.set_rows([])
         for s in self._streams.values():
@@ -289,6 +291,7 @@ class TaskDetailPane(QWidget):
             if error is not None:
                 self.status_label.setText("")
                 self.message.setText(error)
+                self.message.show()
                 return
             self._fill(data)
 
@@ -301,6 +304,10 @@ class TaskDetailPane(QWidget):
         colour = STATUS_COLOURS.get(status, "")
         self.status_label.setStyleSheet(f"color: {colour};" if colour else "")
         meta = t.get("metadata") or {}
+        command0 = (t.get("parameters") or {}).get("command")
+        self.fields["command"].setText(command0 if isinstance(command0, str) else json.dumps(command0) if command0
+                                       else "—")
+        self.fields["command"].setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
         self.fields["type"].setText(str(t.get("type") or ""))
         self.fields["priority"].setText(str(t.get("priority") if t.get("priority") is not None else ""))
         self.fields["worker"].setText(t.get("worker_id") or "—")
@@ -498,6 +505,7 @@ class TaskDetailPane(QWidget):
         text = f"Cannot {verb}: {errors[-1]}" if data is None and errors else \
             f"Cannot {verb}" if data is None else f"Done: {verb}"
         self.message.setText(text)
+        self.message.show()
         self.messageShown.emit(text)
         if data is not None:
             self.reload()
@@ -518,3 +526,4 @@ class TaskDetailPane(QWidget):
         if self.task_id:
             QGuiApplication.clipboard().setText(self.task_id)
             self.message.setText("Copied the task id")
+            self.message.show()

@@ -511,6 +511,8 @@ class TaskFilterBar(QWidget):
             self.status_actions[s] = a
         self.status_button.setMenu(self.status_menu)
         self.status_button.setToolTip("Show tasks in these states (none checked: all)")
+        self.status_button.setMinimumWidth(self.status_button.fontMetrics().horizontalAdvance("Status: running, failed")
+                                           + 24)
         self.worker = QComboBox()
         self.worker.addItem("Any worker", "")
         self.worker.setToolTip("Tasks that ran or run on this worker")

@@ -242,3 +242,32 @@ def test_metrics_and_attempts_models_pass_the_model_tester(qtmodeltester) -> Non
     for model in (a, m):
         qtmodeltester.check(model, force_py=True)
     assert QModelIndex().isValid() is False
+
+
+def test_screenshot_of_the_tasks_table(qtbot, gui_session) -> None:
+    """A few thousand tasks of mixed outcome, as a lab engineer sees them (saved for a look)."""
+    bridge = gui_session.bridge
+    waiting: list[str] = []
+    done: list[str] = []
+    for r in range(15):  # rounds, so that outcomes mix on screen as they do in a lab
+        waiting += submit(bridge, 160, type="command", command=f"pytest tests/perf -k throughput_{r}")
+        done += bridge.call("create_tasks", {"tasks": [{"command": f"echo run-{r}-{i}",
+                                                        "test_id": f"tests/io.py::test_{r}_{i}"} for i in range(8)]
+                                             + [{"command": "echo failing >&2; exit 3"}]})["task_ids"]
+    for t in waiting[::37]:
+        bridge.call("cancel_task", {"task_id": t})
+    qtbot.waitUntil(lambda: bridge.call("task_page", {"status": ["completed", "failed"], "limit": 0})["total"]
+                    == len(done), timeout=60_000)
+    panel = TasksPanel(bridge)
+    qtbot.addWidget(panel)
+    panel.resize(1400, 560)
+    panel.show()
+    qtbot.waitUntil(lambda: panel.model.rowCount() == 2535, timeout=10_000)
+    panel.view.scrollTo(panel.model.index(160, 0), panel.view.ScrollHint.PositionAtTop)
+    qtbot.waitUntil(lambda: panel.model.peek(160) is not None and panel.model.peek(190) is not None,
+                    timeout=10_000)
+    panel.view.selectRow(170)
+    qtbot.wait(50)  # one paint of the rows that just arrived (a screenshot, not a synchronisation)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    panel.grab().save(str(SHOTS / "tasks_table.png"))
+    assert "2,535 tasks" in panel.count_label.text()
