@@ -15,24 +15,24 @@ Short ids: task ids are time-ordered hex counters with a shared suffix, so conse
 all but their last digits; a row's ``short_id`` is the shortest prefix (six characters at least)
 that differs from both neighbours in primary-key order.
 
-Measured on a 1,000,000-task database (tests/unit/test_taskview.py ``bench``; ``python -m
-tests.unit.test_taskview`` prints them; 2-core dev box, warm page cache), milliseconds:
+Measured on a 1,000,000-task database (``python -m tests.unit.test_taskview``, which builds it with
+the real schema and prints these; 2-core dev box, warm page cache, other work running), ms:
 
-    page of 200 at offset 0 ............... 1.6
-    page of 200 at offset 10,000 .......... 3.1
-    page of 200 at offset 500,000 ......... 76
-    page of 200 at offset 500,000 + upto .. 77
-    total, no filter (index-only count) ... 46
-    total, status filter .................. 430
-    total, text filter .................... 1,050
-    page of 200, text filter (common) ..... 2.3
-    page of 200, text filter (rare, 1/10^4) 880
-    newer_than (count of 1,000 new rows) .. 0.6
-    task_positions of 100 ids, no filter .. 60
+    page of 200 at offset 0 ................... 3.2
+    page of 200 at offset 10,000 .............. 3.3
+    page of 200 at offset 500,000 ............. 14   (the skip walks the index only)
+    the same, pinned (upto) ................... 40
+    total, no filter (index-only count) ....... 11
+    total, status filter ...................... 105
+    total, text filter ........................ 780
+    page of 200, text filter, common match .... 3.4
+    page of 200, text filter, rare (1 in 10^4)  2,000 (a whole scan: it runs off the GUI thread)
+    newer_than (1,000 new rows counted) ....... 0.1
+    task_positions of 100 ids across the table  200
 
-So counting is too dear to do per window: the table asks ``with_total`` only when its filter
-changes or a filtered view must recount (at most about once a second); windows and the arrival
-of new tasks (``newer_than``) cost milliseconds.
+A filtered count is too dear to do per window: the table asks ``with_total`` only when its filter
+changes (and, under a filter on what changes, at most once a second); windows and the arrival of
+new tasks (``newer_than``) cost milliseconds.
 """
 
 from __future__ import annotations
