@@ -189,6 +189,9 @@ def _migration_5(db: sqlite_utils.Database) -> None:
     # time): an index on the submit time, which never changes after the insert, so the narrow
     # status updates never touch it.
     db.execute("CREATE INDEX idx_tasks_create_time ON tasks (create_time, task_id)")
+    # Alerts, acknowledgements and findings are read back by kind (at start, and by the window's
+    # series and alert views): without it each read is a scan of every event ever stored.
+    db.execute("CREATE INDEX idx_events_kind ON events (kind, id)")
 
 
 # Each entry upgrades the schema from version i to i+1. Append, never edit a released one.
