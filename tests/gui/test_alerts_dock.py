@@ -142,7 +142,8 @@ def test_new_alerts_notify_once_per_batch(qtbot, dock) -> None:
     qtbot.waitUntil(lambda: len(d.notifications) == 2, timeout=5000)
     assert d.notifications[1][0] == "DTF: 2 new alerts"
     assert "test_io @ bench-02: regression (change point) in duration_s" in d.notifications[1][1]
-    qtbot.wait(700)  # two intervals with nothing new: nothing more is said
+    # An interval with nothing new ends the batching (the timer stops) and says nothing.
+    qtbot.waitUntil(lambda: not d._notify_timer.isActive(), timeout=5000)
     assert len(d.notifications) == 2
     fake.emit_many("alert", [alert("n5", "w6")])
     qtbot.waitUntil(lambda: len(d.notifications) == 3, timeout=5000)
@@ -188,3 +189,63 @@ def test_screenshot_alerts_dock(qtbot, dock) -> None:
     d.parentWidget().resize(1100, 330)
     path = screenshot(d, "alerts_dock")
     assert path.exists()
+
+
+# -- the real coordinator -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def strict_session(qtbot, tmp_path, monkeypatch):
+    """A window session whose coordinator raises a failures alert after two failed tasks in a row."""
+    from dtf_gui.coordinator.config import ephemeral_settings
+    from dtf_gui.ui.app import Session
+
+    monkeypatch.setenv("DTF_HOME", str(tmp_path))
+    settings = ephemeral_settings(tmp_path / "dtf.sqlite", health_monitor={
+        "heartbeat_interval": 1.0, "heartbeat_timeout": 10.0, "failure_threshold": 2})
+    session = Session(settings, tmp_path, local_slots=2)
+    qtbot.addWidget(session.window)
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+def test_a_failures_alert_from_the_real_coordinator_is_listed_notified_acknowledged_and_muted(
+        qtbot, strict_session) -> None:
+    bridge = strict_session.bridge
+    win = QMainWindow()
+    d = AlertsDock(bridge, win)
+    win.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, d)
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: d.loaded, timeout=10_000)
+    assert d.model.rowCount() == 0 and d.windowTitle() == "Alerts"
+
+    for _ in range(2):
+        task_id = bridge.submit_task({"command": "false", "retry_limit": 0})
+        qtbot.waitUntil(lambda t=task_id: bridge.call("get_task", {"task_id": t})["status"] == "failed",
+                        timeout=20_000)
+    qtbot.waitUntil(lambda: any((d.model.row_for(k) or {}).get("raw", {}).get("kind") == "failures"
+                                for k in d.model.keys()), timeout=10_000)
+    key = next(k for k in d.model.keys() if d.model.row_for(k)["raw"]["kind"] == "failures")
+    row = d.model.row_for(key)
+    assert row["worker_id"].endswith("-local") and row["state"] == "raised"
+    assert d.windowTitle() == "Alerts (1)"
+    assert len(d.notifications) == 1 and row["worker_id"] in d.notifications[0][1]
+
+    d.select_keys([key])
+    assert d.acknowledge_selected() == [key]
+    assert rows(d)[key][4] == "acknowledged"
+    listed = bridge.call("list_alerts", {"include_cleared": True, "limit": 10})
+    assert next(a for a in listed["alerts"] if a["alert_id"] == key)["acked"] is True
+
+    assert d.mute_selected(3600.0) == [row["worker_id"]]
+    assert "Muted" in d.message.text()
+    # A success clears the alert; its event reaches the dock (hidden until "Show cleared").
+    ok = bridge.submit_task({"command": "true"})
+    qtbot.waitUntil(lambda: bridge.call("get_task", {"task_id": ok})["status"] == "completed", timeout=20_000)
+    qtbot.waitUntil(lambda: d.model.row_for(key)["state"] == "cleared", timeout=10_000)
+    assert key not in rows(d)
+    d.show_cleared_box.setChecked(True)
+    assert rows(d)[key][4].startswith("cleared")

@@ -375,3 +375,24 @@ def test_drop_position_is_where_the_tooltip_shows(qtbot, health) -> None:
 
 def test_history_capacity_spans_the_longest_chart() -> None:
     assert History().capacity >= HISTORY_SECONDS >= 30 * 60
+
+
+def test_drain_and_resume_the_local_worker_with_a_real_coordinator(qtbot, gui_session) -> None:
+    bridge = gui_session.bridge
+    view = HealthView(bridge)
+    qtbot.addWidget(view)
+    view.show()
+    qtbot.waitUntil(lambda: any(k.endswith("-local") for k in view.model.keys()), timeout=15_000)
+    local = next(k for k in view.model.keys() if k.endswith("-local"))
+    view.select_worker(local)
+    view.buttons["drain"].click()
+    assert cell(view, local, "state") == "draining"
+    # A draining worker takes no new task (the scheduler says why it waits) ...
+    task_id = bridge.submit_task({"command": "echo after-the-drain"})
+    qtbot.waitUntil(lambda: "draining" in (bridge.call("get_task", {"task_id": task_id})["why"] or ""),
+                    timeout=10_000)
+    assert bridge.call("get_task", {"task_id": task_id})["status"] == "pending"
+    # ... until it is resumed.
+    view.buttons["resume"].click()
+    assert cell(view, local, "state") in ("online", "busy")
+    qtbot.waitUntil(lambda: bridge.call("get_task", {"task_id": task_id})["status"] == "completed", timeout=20_000)
