@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import html
 import logging
 import os
 import re
@@ -22,7 +23,7 @@ from typing import Any
 
 import msgspec
 import psutil
-from PySide6.QtCore import QTimer
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication, QMessageBox, QWidget
 
@@ -279,9 +280,12 @@ def problem_box(problem: StartProblem, parent: QWidget | None = None) -> tuple[Q
     box.setObjectName("startProblem")
     box.setIcon(QMessageBox.Icon.Warning if problem.kind in ("port", "home") else QMessageBox.Icon.Critical)
     box.setWindowTitle(problem.title)
-    box.setText(problem.text)
+    box.setTextFormat(Qt.TextFormat.RichText)
+    box.setText(f"<b>{html.escape(problem.text)}</b>")
     if problem.advice:
         box.setInformativeText(problem.advice)
+    # Wide enough that the advice reads as a paragraph, not a column.
+    box.setStyleSheet("QLabel#qt_msgbox_label, QLabel#qt_msgbox_informativelabel { min-width: 460px; }")
     box.setDetailedText(problem.detail)
     choices: dict[Any, str] = {}
     for choice, label in problem.actions:

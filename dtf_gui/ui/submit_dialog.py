@@ -60,6 +60,7 @@ PLAN_DEBOUNCE_MS = 250
 ERROR_STYLE = "color: #d32f2f"
 HINT_STYLE = "color: palette(placeholder-text)"
 OUTPUT_LINES = 5000  # the pane keeps the last lines of a long run
+FULL_HEIGHT = 560  # with the output pane
 
 
 def split_words(text: str) -> list[str]:
@@ -109,7 +110,7 @@ class SubmitDialog(QDialog):
         self.runs = runs if runs is not None else CliRuns.of(parent)
         self.setWindowTitle("New task")
         self.setObjectName("newTaskDialog")
-        self.resize(660, 560)
+        self.resize(660, FULL_HEIGHT)
         self.setMinimumWidth(560)
         self.mode = COMMAND
         self.process: QProcess | None = None  # the `dtf` command of the last CLI submission
@@ -121,6 +122,8 @@ class SubmitDialog(QDialog):
         self._deps_unsure: set[str] = set()  # no verdict (the coordinator did not answer): asked again
         self._plan_result: tuple[str, float, str | None, list[str]] = ("", 0.0, None, [])
         self._workers: list[str] = []
+        self._labels: list[QLabel] = []
+        self._pane_shows_run = False  # the pane holds a command's output (else a plan preview, or nothing)
 
         lay = QVBoxLayout(self)
         lay.addLayout(self._mode_switch())
@@ -142,9 +145,9 @@ class SubmitDialog(QDialog):
         self.output.setObjectName("submitOutput")
         self.output.setReadOnly(True)
         self.output.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
-        self.output.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
+        self.output.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
         self.output.setMaximumBlockCount(OUTPUT_LINES)
-        self.output.setPlaceholderText("The output of pytest runs, plans and bundle submissions shows here.")
+        self.output.setPlaceholderText("The output of the dtf command shows here, as it runs.")
         self.output.setMinimumHeight(120)
         lay.addWidget(self.output, 1)
         self.exit_label = QLabel()
@@ -165,6 +168,7 @@ class SubmitDialog(QDialog):
         self.buttons.rejected.connect(self.reject)
         lay.addWidget(self.buttons)
 
+        self._align_labels()
         self._deps_timer = self._debouncer(DEPS_DEBOUNCE_MS, self._check_dependencies)
         self._plan_timer = self._debouncer(PLAN_DEBOUNCE_MS, self._check_plan)
         self._watch_inputs()
@@ -226,10 +230,10 @@ class SubmitDialog(QDialog):
         self.test_id = QLineEdit()
         self.test_id.setObjectName("testIdEdit")
         self.test_id.setPlaceholderText("optional: groups results of the same test across runs")
-        form.addRow("Command", self.command)
-        form.addRow("Bundle directory", _row(self.bundle, self._browse_button(
+        self._add_row(form, "Command", self.command)
+        self._add_row(form, "Bundle directory", _row(self.bundle, self._browse_button(
             self.bundle, directory=True, title="Directory to ship with the command")))
-        form.addRow("Test id", self.test_id)
+        self._add_row(form, "Test id", self.test_id)
         return box
 
     def _pytest_section(self) -> QGroupBox:
@@ -245,17 +249,26 @@ class SubmitDialog(QDialog):
         self.shards = QSpinBox()
         self.shards.setObjectName("shardsSpin")
         self.shards.setRange(0, 1000)
-        self.shards.setSpecialValueText("auto (one per free slot)")
-        self.shards.setMinimumWidth(190)
+        self.shards.setSpecialValueText("auto (one per slot)")
+        self.shards.setMinimumWidth(170)
         self.reruns = QSpinBox()
         self.reruns.setObjectName("rerunsSpin")
         self.reruns.setRange(0, 10)
         self.reruns.setSpecialValueText("none")
         self.reruns.setToolTip("run failed tests again on another worker; one that then passes is flaky")
-        form.addRow("Directory", _row(self.pytest_dir, self._browse_button(
+        self._add_row(form, "Directory", _row(self.pytest_dir, self._browse_button(
             self.pytest_dir, directory=True, title="The pytest suite's directory")))
-        form.addRow("Arguments", self.pytest_args)
-        form.addRow("Shards", _row(self.shards, QLabel("Reruns"), self.reruns))
+        self._add_row(form, "Arguments", self.pytest_args)
+        self.reruns.setMinimumWidth(90)
+        shards_row = QWidget()
+        row = QHBoxLayout(shards_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.shards)
+        row.addSpacing(16)
+        row.addWidget(QLabel("Reruns"))
+        row.addWidget(self.reruns)
+        row.addStretch(1)
+        self._add_row(form, "Shards", shards_row)
         return box
 
     def _plan_section(self) -> QGroupBox:
@@ -268,7 +281,7 @@ class SubmitDialog(QDialog):
         self.check_button.setObjectName("checkPlanButton")
         self.check_button.setToolTip("read the plan again and show what it expands to (dtf plan check)")
         self.check_button.clicked.connect(self.check_plan_now)
-        form.addRow("Plan", _row(self.plan_file, self._browse_button(
+        self._add_row(form, "Plan", _row(self.plan_file, self._browse_button(
             self.plan_file, directory=False, title="Test plan", name_filter="YAML plans (*.yaml *.yml);;All files (*)"),
             self.check_button))
         return box
@@ -287,8 +300,8 @@ class SubmitDialog(QDialog):
         line = self.worker.lineEdit()
         assert line is not None
         line.setPlaceholderText("any worker")
-        form.addRow("Tags", self.tags)
-        form.addRow("Worker", self.worker)
+        self._add_row(form, "Tags", self.tags)
+        self._add_row(form, "Worker", self.worker)
         return box
 
     def _schedule_section(self) -> QGroupBox:
@@ -320,19 +333,33 @@ class SubmitDialog(QDialog):
         self.depends.setObjectName("dependsEdit")
         self.depends.setPlaceholderText("optional: task ids that must complete first, comma separated")
         self.depends.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
-        grid.addWidget(QLabel("Priority"), 0, 0)
+        grid.addWidget(self._label("Priority"), 0, 0)
         grid.addWidget(self.priority, 0, 1)
         grid.addWidget(QLabel("Timeout"), 0, 2)
         grid.addWidget(self.timeout, 0, 3)
-        grid.addWidget(QLabel("Retries"), 1, 0)
+        grid.addWidget(self._label("Retries"), 1, 0)
         grid.addWidget(self.retries, 1, 1)
         grid.addWidget(QLabel("Count"), 1, 2)
         grid.addWidget(self.count, 1, 3)
-        grid.addWidget(QLabel("Depends on"), 2, 0)
+        grid.addWidget(self._label("Depends on"), 2, 0)
         grid.addWidget(self.depends, 2, 1, 1, 3)
         grid.setColumnStretch(1, 1)
         grid.setColumnStretch(3, 1)
         return box
+
+    def _label(self, text: str) -> QLabel:
+        """A label of the first column: all of them one width, so the fields line up across sections."""
+        label = QLabel(text)
+        self._labels.append(label)
+        return label
+
+    def _add_row(self, form: QFormLayout, text: str, field: QWidget) -> None:
+        form.addRow(self._label(text), field)
+
+    def _align_labels(self) -> None:
+        width = max(label.sizeHint().width() for label in self._labels)
+        for label in self._labels:
+            label.setMinimumWidth(width)
 
     def _debouncer(self, ms: int, slot: Callable[[], None]) -> QTimer:
         timer = QTimer(self)
@@ -348,6 +375,7 @@ class SubmitDialog(QDialog):
         for spin in (self.count, self.priority, self.retries, self.shards, self.reruns):
             spin.valueChanged.connect(self.validate)
         self.depends.textChanged.connect(self._on_depends_edited)
+        self.bundle.textChanged.connect(self._show_pane)
         self.plan_file.textChanged.connect(self._on_plan_edited)
 
     # -- workers -------------------------------------------------------------------------------------
@@ -385,9 +413,26 @@ class SubmitDialog(QDialog):
         first = {COMMAND: self.command, PYTEST: self.pytest_dir if not self.pytest_dir.text() else self.pytest_args,
                  PLAN: self.plan_file}[mode]
         first.setFocus()
+        if not self._pane_shows_run:
+            self.output.clear()  # a plan's preview is not for the other modes
+        self._show_pane()
         if mode == PLAN:
             self._check_plan()
         self.validate()
+
+    def _show_pane(self) -> None:
+        """The output pane where there is something to show: a `dtf` command's output, a plan's preview.
+        A plain command has none: the dialog shrinks to its fields."""
+        wanted = self.mode != COMMAND or bool(self.bundle.text().strip()) or self._pane_shows_run
+        was = not self.output.isHidden()
+        self.output.setVisible(wanted)
+        if wanted and not was:
+            self.resize(self.width(), max(self.height(), FULL_HEIGHT))
+        elif not wanted:
+            layout = self.layout()
+            if layout is not None:
+                layout.activate()
+            self.resize(self.width(), self.minimumSizeHint().height())
 
     # -- validation (as you type) -------------------------------------------------------------------
 
@@ -562,15 +607,23 @@ class SubmitDialog(QDialog):
             steps = len(plan.steps)
             summary = (f"plan OK: {n} task{'s' if n != 1 else ''} in {steps} step{'s' if steps != 1 else ''}")
             self._plan_result = (path, mtime, None, [*describe(plan), summary])
+        self._preview_plan()
         self.validate()
+
+    def _preview_plan(self) -> None:
+        """In plan mode, while no command's output is there: what the plan expands to, or the checker's
+        message (what `dtf plan check` prints)."""
+        if self.mode != PLAN or self._pane_shows_run:
+            return
+        _, _, error, lines = self._plan_result
+        self.output.setPlainText(error if error else "\n".join(lines))
 
     def check_plan_now(self) -> None:
         """The Check button: read the file again and show what it expands to, or the checker's message."""
         self._plan_result = ("", 0.0, None, [])
-        self._check_plan()
-        _, _, error, lines = self._plan_result
-        self.output.setPlainText(error if error else "\n".join(lines))
+        self._pane_shows_run = False
         self.exit_label.clear()
+        self._check_plan()
 
     # -- submitting ----------------------------------------------------------------------------------
 
@@ -681,6 +734,8 @@ class SubmitDialog(QDialog):
         target = cli_target(self.bridge.coordinator)
         argv = dtf_argv(target, command, options, rest or [])
         shown = shown_command(argv)
+        self._pane_shows_run = True
+        self._show_pane()
         self.output.setPlainText(f"$ {shown}\n  (in {cwd})\n")
         self.exit_label.setStyleSheet("")
         self.exit_label.setText("Running…")
