@@ -295,7 +295,14 @@ def _result_counts(conn: sqlite3.Connection, run_id: str) -> dict[str, int]:
 
 
 def _error_line(text: str | None) -> str:
-    return _first_line(text or "")[:MAX_ERROR_LINE] if text else ""
+    """What a failure says in one line: pytest's first "E" line (the exception and its message),
+    else the last line that names an error."""
+    if not text:
+        return ""
+    for line in text.splitlines():
+        if line.startswith("E "):
+            return line[1:].strip()[:MAX_ERROR_LINE]
+    return _first_line(text)[:MAX_ERROR_LINE]
 
 
 def _test_table(conn: sqlite3.Connection, run_id: str, per_test: bool) -> list[dict[str, Any]]:

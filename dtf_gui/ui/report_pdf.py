@@ -61,6 +61,8 @@ def _font(pt: float, bold: bool = False, family: str = FONT) -> QFont:
     f = QFont(family)
     f.setPointSizeF(pt)
     f.setBold(bold)
+    if hasattr(f, "setFeature"):  # Qt 6.7+: no "fi" ligature, so a test id found in the PDF reads as typed
+        f.setFeature(QFont.Tag("liga"), 0)
     return f
 
 
@@ -181,9 +183,11 @@ def _frame(c: _Canvas, title: str, subtitle: str, ylabel: str, x0: float, x1: fl
     yticks = nice_ticks(y0, y1)
     ylabels = [_num(v) for v in yticks]
     left = max(c.width_of(s, 7) for s in ylabels) + 9 * mm
-    area = QRectF(left, 11 * mm, c.w - left - 4 * mm, c.h - 11 * mm - 10 * mm)
-    c.text(QRectF(2 * mm, 0.8 * mm, c.w - 4 * mm, 5 * mm), title, 9, Qt.AlignmentFlag.AlignLeft, bold=True)
-    c.text(QRectF(2 * mm, 5.4 * mm, c.w - 4 * mm, 4.5 * mm), subtitle, 7, Qt.AlignmentFlag.AlignLeft, MUTED)
+    top = 11 * mm if title else 6 * mm  # untitled: the PDF holds the title as text, above the image
+    area = QRectF(left, top, c.w - left - 4 * mm, c.h - top - 10 * mm)
+    if title:
+        c.text(QRectF(2 * mm, 0.8 * mm, c.w - 4 * mm, 5 * mm), title, 9, Qt.AlignmentFlag.AlignLeft, bold=True)
+        c.text(QRectF(2 * mm, 5.4 * mm, c.w - 4 * mm, 4.5 * mm), subtitle, 7, Qt.AlignmentFlag.AlignLeft, MUTED)
 
     def fx(x: float) -> float:
         return area.left() + (x - x0) / (x1 - x0) * area.width()
@@ -222,21 +226,30 @@ def _direction_words(direction: str) -> str:
     return {"higher": "higher is better", "lower": "lower is better"}.get(direction, "direction not declared")
 
 
+def series_title(s: dict[str, Any]) -> tuple[str, str]:
+    """A trend plot's title and the line under it."""
+    unit = s.get("unit") or ""
+    n = len(s.get("points") or [])
+    cps = len(s.get("change_points") or [])
+    return (f"{s['metric']}" + (f" [{unit}]" if unit else "") + f"  —  {s['test_id'] or '(no test id)'}",
+            f"{_direction_words(s.get('direction') or '')};  {n} points, {s.get('run_points', 0)} in this run;  "
+            f"{cps} change point{'s' if cps != 1 else ''}")
+
+
 def plot_series(s: dict[str, Any], anomalies: Sequence[dict[str, Any]], width_mm: float = 180,
-                height_mm: float = 62) -> QImage:
+                height_mm: float = 52, titled: bool = True) -> QImage:
     """One test x metric over time: its points (the run's in the run color, over the run's shaded
-    span), change points as steps from the level before to the level after, the run's anomalies ringed."""
+    span), change points as steps from the level before to the level after, the run's anomalies
+    ringed. ``titled``: the title drawn in the image (the PDF writes it as text instead)."""
     c = _Canvas(width_mm, height_mm)
     mm = c.mm
     pts = [(float(t), float(v)) for t, v in s.get("points") or []]
     cps = sorted((cp for cp in s.get("change_points") or [] if cp.get("timestamp") is not None),
                  key=lambda cp: float(cp["timestamp"]))
     unit = s.get("unit") or ""
-    title = f"{s['metric']}" + (f" [{unit}]" if unit else "") + f"  —  {s['test_id'] or '(no test id)'}"
-    sub = (f"{_direction_words(s.get('direction') or '')};  {len(pts)} points, {s.get('run_points', 0)} in this "
-           f"run;  {len(cps)} change point{'s' if len(cps) != 1 else ''}")
+    title, sub = series_title(s) if titled else ("", "")
     if not pts:
-        c.text(QRectF(0, 0, c.w, c.h), title + "\n(no values)", 8, Qt.AlignmentFlag.AlignCenter, MUTED)
+        c.text(QRectF(0, 0, c.w, c.h), "(no values)", 8, Qt.AlignmentFlag.AlignCenter, MUTED)
         return c.done()
     xs = [t for t, _ in pts]
     levels = [v for _, v in pts] + [float(cp[k]) for cp in cps for k in ("mean_before", "mean_after")
@@ -576,12 +589,18 @@ def _plots(d: _Doc, r: dict[str, Any], plots: dict[str, QImage]) -> None:
     first = plots.get("series0")
     d.heading("Metric trends", "each metric of this run's tests over time, the history before the run included"
               + (f"; {more} more series not plotted" if more else ""),
-              keep=first.height() * 180 * d.mm / first.width() if first is not None else 0.0)
+              keep=first.height() * 180 * d.mm / first.width() + 10 * d.mm if first is not None else 0.0)
     if not series:
         d.y += d.text(0, d.w, "This run's results carry no metrics.", 9, color=MUTED)
         return
-    for i in range(len(series)):
-        d.image(plots[f"series{i}"], 180)
+    for i, s in enumerate(series):
+        img = plots[f"series{i}"]
+        title, sub = series_title(s)
+        fm_h = d.metrics(9.5, True).height() * 1.25 + d.metrics(7.5).height() * 1.25
+        d.ensure(fm_h + img.height() * 180 * d.mm / img.width())  # title and plot on one page
+        d.y += d.text(0, d.w, title, 9.5, bold=True, elide=Qt.TextElideMode.ElideMiddle)
+        d.y += d.text(0, d.w, sub, 7.5, color=MUTED)
+        d.image(img, 180)
 
 
 def _findings(d: _Doc, r: dict[str, Any]) -> None:
@@ -648,7 +667,7 @@ def render_run_pdf(report: dict[str, Any], path: str | Path) -> int:
             anomalies.setdefault((str(f.get("test_id") or ""), str(f.get("metric"))), []).append(f)
     plots: dict[str, QImage] = {}
     for i, s in enumerate(report.get("series") or []):
-        plots[f"series{i}"] = plot_series(s, anomalies.get((s["test_id"], s["metric"]), []))
+        plots[f"series{i}"] = plot_series(s, anomalies.get((s["test_id"], s["metric"]), []), titled=False)
     history = report.get("history") or []
     if len(history) >= 2:
         plots["history"] = plot_history(history, report["run"]["run_id"])
@@ -664,4 +683,4 @@ def render_run_pdf(report: dict[str, Any], path: str | Path) -> int:
     return pages
 
 
-__all__ = ["nice_ticks", "plot_history", "plot_series", "render_run_pdf", "time_ticks"]
+__all__ = ["nice_ticks", "plot_history", "plot_series", "render_run_pdf", "series_title", "time_ticks"]
