@@ -43,6 +43,7 @@ from PySide6.QtWidgets import (
 
 from dtf_agent import protocol as p
 from dtf_gui.coordinator.plans import PlanError, count, describe, load_plan
+from dtf_gui.ui import theme
 from dtf_gui.ui.submit_cli import (
     CliRuns,
     cli_target,
@@ -57,10 +58,17 @@ MAX_COUNT = 10_000
 MAX_DEPENDENCIES = 10_000  # api.CreateTask.dependencies
 DEPS_DEBOUNCE_MS = 300
 PLAN_DEBOUNCE_MS = 250
-ERROR_STYLE = "color: #d32f2f"
 HINT_STYLE = "color: palette(placeholder-text)"
 OUTPUT_LINES = 5000  # the pane keeps the last lines of a long run
 FULL_HEIGHT = 560  # with the output pane
+
+
+def _error_style() -> str:
+    return f"color: {theme.status_colours()['failed']}"  # readable on the light and the dark palette
+
+
+def _ok_style() -> str:
+    return f"color: {theme.status_colours()['completed']}"
 
 
 def split_words(text: str) -> list[str]:
@@ -194,6 +202,10 @@ class SubmitDialog(QDialog):
             button.setCheckable(True)
             button.setToolTip(tip)
             button.setMinimumWidth(120)
+            # The chosen mode stands out in either palette (Fusion's checked face barely does on dark).
+            button.setStyleSheet("QPushButton:checked { background: palette(highlight); "
+                                 "color: palette(highlighted-text); font-weight: bold; border: 1px solid "
+                                 "palette(highlight); border-radius: 3px; padding: 4px 10px; }")
             button.clicked.connect(lambda _=False, m=mode: self.set_mode(m))
             self.mode_group.addButton(button)
             self.mode_buttons[mode] = button
@@ -537,7 +549,7 @@ class SubmitDialog(QDialog):
             self.error.setText(self._ready_text())
         else:
             text, is_error = problem
-            self.error.setStyleSheet(ERROR_STYLE if is_error else HINT_STYLE)
+            self.error.setStyleSheet(_error_style() if is_error else HINT_STYLE)
             self.error.setText(text)
         self.submit_button.setEnabled(problem is None)
         return problem is None
@@ -726,7 +738,7 @@ class SubmitDialog(QDialog):
 
     def _refused(self, why: str) -> None:
         self.validate()
-        self.error.setStyleSheet(ERROR_STYLE)
+        self.error.setStyleSheet(_error_style())
         self.error.setText(f"Refused by the coordinator: {why}")
         self.submit_button.setEnabled(True)  # the engineer may change nothing and try again
 
@@ -780,11 +792,11 @@ class SubmitDialog(QDialog):
         crashed = status == QProcess.ExitStatus.CrashExit
         self.stop_button.hide()
         if crashed:
-            self.exit_label.setStyleSheet(ERROR_STYLE)
+            self.exit_label.setStyleSheet(_error_style())
             self.exit_label.setText("Ended by a signal (stopped or killed)")
             code = -1
         else:
-            self.exit_label.setStyleSheet("color: #2e7d32" if code == 0 else ERROR_STYLE)
+            self.exit_label.setStyleSheet(_ok_style() if code == 0 else _error_style())
             self.exit_label.setText(f"Finished: exit status {code}" + (" (success)" if code == 0 else ""))
         if code == 0 and self.mode == COMMAND:
             # `dtf submit` prints the ids it made, one a line, on stdout (its messages go to stderr).
@@ -798,7 +810,7 @@ class SubmitDialog(QDialog):
         if proc is not self.process or error != QProcess.ProcessError.FailedToStart:
             return
         self.stop_button.hide()
-        self.exit_label.setStyleSheet(ERROR_STYLE)
+        self.exit_label.setStyleSheet(_error_style())
         self.exit_label.setText(f"Could not start dtf: {proc.errorString()}")
         self.runFinished.emit(-1, proc.errorString())
         self.validate()
