@@ -38,9 +38,10 @@ from dtf_gui.ui.models import (
     agents_model,
     findings_model,
     security_model,
-    tasks_model,
     workers_model,
 )
+from dtf_gui.ui.task_detail import TaskDetailPane
+from dtf_gui.ui.task_table import TasksPanel
 
 HISTORY_POINTS = 300
 # Bumped when the docks change so much that an old saved layout would misplace them.
@@ -220,21 +221,19 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("DTF — distributed testing" + (" (remote)" if bridge.remote else ""))
         self.resize(1280, 800)
         self.workers = workers_model()
-        self.tasks = tasks_model()
         self.agents = agents_model()
         self.security = security_model()
         self.workers_view, _ = _table(self.workers, "workersView", WorkerDropView())
-        self.tasks_view, _ = _table(self.tasks, "tasksView", QTableView())
-        # Drag a task (or several) from the tasks table onto a worker to assign it there.
-        self.tasks_view.setDragEnabled(True)
-        self.tasks_view.setDragDropMode(QAbstractItemView.DragDropMode.DragOnly)
+        # Tasks: a window onto the task table of the database (a million rows scroll like a hundred),
+        # with live statuses laid over it; drag tasks from it onto a worker to assign them there.
+        self.tasks_panel = TasksPanel(bridge)
+        self.task_view = self.tasks_panel.view
+        self.task_detail = TaskDetailPane(bridge)
+        self.task_detail.setObjectName("taskDetail")
+        self.task_view.taskActivated.connect(self.show_task)
         self.workers_view.tasksDropped.connect(self.assign_tasks)
         # Few rows: widen the columns to what they hold whenever a worker appears.
         self.workers.rowsInserted.connect(lambda *_: self.workers_view.resizeColumnsToContents())
-        self.tasks_view.setColumnWidth(0, 200)
-        self.tasks_view.setColumnWidth(3, 200)
-        self.tasks_view.setColumnWidth(5, 160)
-        self.tasks_view.sortByColumn(7, Qt.SortOrder.DescendingOrder)
         self.findings = findings_model()
         self.findings_view, _ = _table(self.findings, "findingsView", QTableView())
         self.throughput = ThroughputPlot()
@@ -265,7 +264,7 @@ class MainWindow(QMainWindow):
         self.tabs = QTabWidget()
         self.tabs.setObjectName("mainTabs")
         self.tabs.setDocumentMode(True)
-        self.tabs.addTab(self.tasks_view, "Tasks")
+        self.tabs.addTab(self.tasks_panel, "Tasks")
         self.tabs.addTab(self.findings_view, "Anomalies && regressions")
         self.tabs.addTab(self._agents_tab(), "Agents")
         self.tabs.addTab(self.security_view, "Security")
@@ -284,6 +283,9 @@ class MainWindow(QMainWindow):
         self.splitDockWidget(self.workers_dock, self.throughput_dock, Qt.Orientation.Horizontal)
         self.resizeDocks([self.workers_dock, self.throughput_dock], [860, 420], Qt.Orientation.Horizontal)
         self.resizeDocks([self.workers_dock], [300], Qt.Orientation.Vertical)
+        self.detail_dock = self._dock("Task details", "taskDetailDock", self.task_detail,
+                                      Qt.DockWidgetArea.RightDockWidgetArea)
+        self.resizeDocks([self.detail_dock], [480], Qt.Orientation.Horizontal)
 
         self._make_actions()
         self._make_menus()
@@ -305,7 +307,6 @@ class MainWindow(QMainWindow):
             self.statusBar().addPermanentWidget(w)
 
         bridge.workersChanged.connect(self.workers.apply)
-        bridge.tasksChanged.connect(self.tasks.apply)
         bridge.agentsChanged.connect(self._on_agents)
         bridge.securityEvents.connect(self._on_security)
         bridge.identityChanged.connect(self._on_identity)
@@ -351,7 +352,7 @@ class MainWindow(QMainWindow):
     def _make_actions(self) -> None:
         key = QKeySequence.StandardKey
         self.new_task_action = self._action("&New task…", self.open_new_task_dialog, key.New)
-        self.cancel_action = self._action("&Cancel task", self.cancel_selected)
+        self.cancel_action = self.task_view.cancel_action
         self.add_machines_action = self._action("&Add test machines…", self.open_add_machines_dialog)
         self.accept_all_action = self._action("Accept all waiting agents", self.accept_all_pending)
         self.about_action = self._action("&About DTF…", self.open_about_dialog)
@@ -372,7 +373,11 @@ class MainWindow(QMainWindow):
         self.view_menu = menu.addMenu("&View")
         self.tasks_menu = menu.addMenu("&Tasks")
         self.tasks_menu.addAction(self.new_task_action)
-        self.tasks_menu.addAction(self.cancel_action)
+        self.tasks_menu.addSeparator()
+        v = self.task_view
+        for a in (v.open_action, v.retry_action, v.cancel_action, v.priority_action, v.copy_action):
+            self.tasks_menu.addAction(a)
+        self.tasks_menu.addMenu(v.assign_menu)
         self.workers_menu = menu.addMenu("&Workers")
         self.workers_menu.addAction(self.add_machines_action)
         self.workers_menu.addAction(self.accept_all_action)
@@ -485,7 +490,6 @@ class MainWindow(QMainWindow):
             widget.setToolTip(tip if ok else bridge.why_not(op))
 
         gate(self.new_task_action, "create_task", "Submit a command to run on a worker")
-        gate(self.cancel_action, "cancel_task", "Cancel the selected tasks")
         gate(self.add_machines_action, "create_token", "A command that joins test machines to this coordinator")
         gate(self.accept_all_action, "accept_agents", "Accept every agent waiting to join")
         for decision, b in self.agent_buttons.items():
@@ -599,19 +603,11 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"Assigned {done} task(s) to {worker_id}", 5000)
         return done
 
-    def selected_task_ids(self) -> list[str]:
-        ids = []
-        for idx in self.tasks_view.selectionModel().selectedRows():
-            ids.append(idx.data(Qt.ItemDataRole.UserRole))
-        return ids
-
-    def cancel_selected(self) -> None:
-        ids = self.selected_task_ids()
-        if not ids:
-            QMessageBox.information(self, "Cancel task", "Select one or more tasks first.")
-            return
-        for tid in ids:
-            self.bridge.cancel_task(tid)
+    def show_task(self, task_id: str) -> None:
+        """A task's details in their dock, brought forward (double-click, Enter, a plot point, an alert)."""
+        self.detail_dock.show()
+        self.detail_dock.raise_()
+        self.task_detail.show_task(task_id)
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self._clock.stop()

@@ -72,6 +72,7 @@ BLOCK = 200
 MAX_BLOCKS = 50          # 10,000 cached rows at most
 OVERLAY_LIMIT = 20_000   # latest task summaries laid over cached rows
 REFRESH_MS = 500         # new tasks: at most two refreshes a second
+LOOK_S = 2.0             # how long after an event of a new task its committed row is looked for
 FULL_REFRESH_S = 1.0     # a filter on what changes (status, worker, text): a recount at most once a second
 PLACEHOLDER = "…"
 FILTER_KEYS = ("status", "worker_id", "tag", "run_id", "text")
@@ -144,6 +145,9 @@ class TaskTableModel(QAbstractTableModel):
         self._want_head = False
         self._want_full = False
         self._last_full = 0.0
+        # Events announce a task before its row is committed (the store writes in groups every
+        # quarter second): until this moment after the last new task, refreshes go on looking for it.
+        self._look_until = 0.0
         self.requests = 0       # pages asked for (tests and the benchmark count them)
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
@@ -370,6 +374,8 @@ class TaskTableModel(QAbstractTableModel):
                 self.all_total = self.total
             self.countsChanged.emit()
             self.refreshed.emit()
+            if time.monotonic() < self._look_until:
+                self._schedule()
 
         self.bridge.call_async("task_page", self._args(offset=0, limit=self.block_size, with_total=True), done)
         if self.filter:
@@ -396,7 +402,7 @@ class TaskTableModel(QAbstractTableModel):
                 self._grow(int(data["newer"] or 0), data["top"], data["rows"])
             elif error is not None:
                 self.failed.emit(error)
-            if self._want_head:
+            if self._want_head or time.monotonic() < self._look_until:
                 self._schedule()
 
         args = self._args(offset=0, limit=self.block_size, with_total=False, newer_than=anchor)
@@ -429,6 +435,9 @@ class TaskTableModel(QAbstractTableModel):
             self._timer.start()
 
     def _refresh_due(self) -> None:
+        if self.upto is None and not self.loading:
+            # Nothing was there to anchor on (an empty table, or a filter nothing matched): count again.
+            self._want_full = True
         if self._want_full:
             wait = FULL_REFRESH_S - (time.monotonic() - self._last_full)
             if wait > 0:
@@ -468,6 +477,7 @@ class TaskTableModel(QAbstractTableModel):
         if any(self.filter.get(k) for k in _MUTABLE_FILTERS) and batch:
             self._schedule(full=True)
         elif fresh:
+            self._look_until = time.monotonic() + LOOK_S
             self._schedule()
 
     # -- positions --------------------------------------------------------------------------------

@@ -102,8 +102,14 @@ def test_remote_window_shows_workers_and_tasks(qtbot, coordinator, tmp_path: Pat
         qtbot.waitUntil(lambda: "remote-test-agent" in win.workers.keys(), timeout=20_000)
         task_id = session.bridge.submit_task({"command": "echo over-the-wire"})
         assert task_id
-        qtbot.waitUntil(lambda: (win.tasks.row_for(task_id) or {}).get("status") == "completed", timeout=20_000)
-        assert win.tasks.row_for(task_id)["worker_id"] == "remote-test-agent"
+        model = win.tasks_panel.model
+
+        def shown() -> dict:
+            row = model.row_of(task_id)
+            return (model.peek(row) if row is not None else None) or {}
+
+        qtbot.waitUntil(lambda: shown().get("status") == "completed", timeout=20_000)
+        assert shown()["worker_id"] == "remote-test-agent"
         qtbot.waitUntil(lambda: "Workers online: 1" in win.workers_label.text(), timeout=5000)
         print(screenshot(win, "remote-window"))
         remote_thread = session.bridge.coordinator._thread

@@ -8,6 +8,13 @@ from PySide6.QtWidgets import QDialogButtonBox
 from dtf_gui.ui.models import KeyedTableModel, tasks_model, workers_model
 
 
+def shown(win, task_id: str) -> dict | None:
+    """The task's row as the tasks table shows it (None until it is on screen)."""
+    model = win.tasks_panel.model
+    row = model.row_of(task_id)
+    return None if row is None else model.peek(row)
+
+
 def test_local_agent_appears_and_dialog_task_completes(qtbot, gui_session) -> None:
     win = gui_session.window
     qtbot.waitUntil(lambda: win.workers.rowCount() == 1, timeout=15_000)
@@ -20,10 +27,11 @@ def test_local_agent_appears_and_dialog_task_completes(qtbot, gui_session) -> No
     qtbot.keyClicks(dlg.command, "echo from-the-dialog")
     dlg.buttons.button(QDialogButtonBox.StandardButton.Ok).click()
 
-    qtbot.waitUntil(lambda: win.tasks.rowCount() == 1, timeout=10_000)
-    task_id = win.tasks.keys()[0]
-    qtbot.waitUntil(lambda: win.tasks.row_for(task_id)["status"] == "completed", timeout=20_000)
-    row = win.tasks.row_for(task_id)
+    model = win.tasks_panel.model
+    qtbot.waitUntil(lambda: model.rowCount() == 1 and model.peek(0) is not None, timeout=10_000)
+    task_id = model.peek(0)["task_id"]
+    qtbot.waitUntil(lambda: (shown(win, task_id) or {}).get("status") == "completed", timeout=20_000)
+    row = shown(win, task_id)
     assert row["worker_id"] == worker["worker_id"]
     assert row["command"] == "echo from-the-dialog"
     # The result really landed in SQLite, with the command's output.
@@ -38,7 +46,7 @@ def test_empty_command_is_refused_in_the_dialog(qtbot, gui_session) -> None:
     dlg.buttons.button(QDialogButtonBox.StandardButton.Ok).click()
     assert dlg.isVisible()
     assert "command" in dlg.error.text().lower()
-    assert win.tasks.rowCount() == 0
+    assert win.tasks_panel.model.rowCount() == 0
 
 
 def test_closing_the_window_stops_agent_and_coordinator(qtbot, gui_session) -> None:
@@ -58,8 +66,12 @@ def test_events_arrive_in_batches_not_one_signal_per_event(qtbot, gui_session) -
     assert len(data["task_ids"]) == 500
     qtbot.waitUntil(lambda: gui_session.bridge.last_stats.get("tasks", {}).get("completed", 0) >= 500,
                     timeout=20_000)
-    qtbot.waitUntil(lambda: all(win.tasks.row_for(t) and win.tasks.row_for(t)["status"] == "completed"
-                                for t in data["task_ids"]), timeout=10_000)
+    qtbot.waitUntil(lambda: win.tasks_panel.model.rowCount() == 500, timeout=10_000)
+    view = win.task_view  # the rows on screen show the statuses the events brought
+    qtbot.waitUntil(lambda: all((shown(win, t) or {}).get("status") == "completed" for t in data["task_ids"]
+                                if win.tasks_panel.model.row_of(t) is not None
+                                and view.rowViewportPosition(win.tasks_panel.model.row_of(t)) >= 0)
+                    and any(win.tasks_panel.model.row_of(t) is not None for t in data["task_ids"]), timeout=10_000)
     batches = gui_session.bridge.batches_received - before
     # 500 tasks x (pending, assigned, completed) = 1,500 task events, carried in a few batches.
     assert 0 < batches < 200
@@ -92,7 +104,8 @@ def _drop_on_worker(win, task_ids: list[str], worker_id: str) -> None:
     row = next(r for r in range(proxy.rowCount())
                if proxy.index(r, 0).data(Qt.ItemDataRole.UserRole) == worker_id)
     target = view.visualRect(proxy.index(row, 0)).center()
-    mime = win.tasks.mimeData([win.tasks.index(win.tasks.keys().index(t), 0) for t in task_ids])
+    model = win.tasks_panel.model
+    mime = model.mimeData([model.index(model.row_of(t), 0) for t in task_ids])
     event = QDropEvent(QPointF(target), Qt.DropAction.MoveAction, mime, Qt.MouseButton.LeftButton,
                        Qt.KeyboardModifier.NoModifier)
     view.dropEvent(event)
@@ -109,7 +122,7 @@ def test_dragging_a_task_onto_a_worker_pins_it_there(qtbot, gui_session) -> None
     qtbot.waitUntil(lambda: all(bridge.call("get_task", {"task_id": b})["status"] == "running" for b in blockers),
                     timeout=15_000)
     task_id = bridge.submit_task({"command": "echo dragged"})
-    qtbot.waitUntil(lambda: win.tasks.row_for(task_id) is not None, timeout=5000)
+    qtbot.waitUntil(lambda: shown(win, task_id) is not None, timeout=5000)
     assert bridge.call("get_task", {"task_id": task_id})["status"] == "pending"
 
     _drop_on_worker(win, [task_id], worker_id)
@@ -129,7 +142,7 @@ def test_a_refused_drop_says_why(qtbot, gui_session) -> None:
     qtbot.waitUntil(lambda: win.workers.rowCount() == 1, timeout=15_000)
     worker_id = win.workers.keys()[0]
     task_id = bridge.submit_task({"command": "echo needs-a-gpu", "requirements": {"tags": ["gpu"]}})
-    qtbot.waitUntil(lambda: win.tasks.row_for(task_id) is not None, timeout=5000)
+    qtbot.waitUntil(lambda: shown(win, task_id) is not None, timeout=5000)
     _drop_on_worker(win, [task_id], worker_id)
     message = win.statusBar().currentMessage()
     assert "cannot assign" in message and "gpu" in message
@@ -162,7 +175,9 @@ def test_the_window_opens_showing_what_the_database_holds(qtbot, tmp_path, monke
     session = Session(ephemeral_settings(db), tmp_path, local_agent=False)
     qtbot.addWidget(session.window)
     try:
-        assert set(ids["task_ids"]) <= set(session.window.tasks.keys())
+        model = session.window.tasks_panel.model
+        qtbot.waitUntil(lambda: model.rowCount() == 5 and all(model.row_of(t) is not None for t in ids["task_ids"]),
+                        timeout=10_000)
         assert session.bridge.last_stats["tasks"]["pending"] == 5
     finally:
         session.close()
