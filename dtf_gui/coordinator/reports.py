@@ -289,9 +289,11 @@ def _test_counts(conn: sqlite3.Connection, run_id: str) -> dict[str, int]:
 
 
 def _result_counts(conn: sqlite3.Connection, run_id: str) -> dict[str, int]:
-    """The run's task results (rows without a test outcome) by status."""
+    """The run's tasks (rows without a test outcome) by the status of their last result (a retry's
+    row comes after the attempt it retried)."""
     return {str(k): int(n) for k, n in conn.execute(
-        "SELECT status, count(*) FROM results WHERE run_id=? AND outcome IS NULL GROUP BY 1", (run_id,))}
+        "SELECT status, count(*) FROM (SELECT status, max(rowid) FROM results WHERE run_id=? "
+        "AND outcome IS NULL GROUP BY task_id) GROUP BY 1", (run_id,))}
 
 
 def _error_line(text: str | None) -> str:

@@ -1,0 +1,181 @@
+"""Reports from the window: File > Export's dialog writes each kind (run report PDF, JUnit XML,
+CSV of results, tasks and findings) for a run made by the embedded coordinator and the local
+agent, and the PDF renderer on its own (pages, an embedded plot image, the run's numbers as text)."""
+
+from __future__ import annotations
+
+import csv
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pypdf import PdfReader
+
+from dtf_gui.ui.export_dialog import KINDS, ExportDialog, default_name
+from dtf_gui.ui.report_pdf import nice_ticks, render_run_pdf, time_ticks
+
+# Writes a metric, as a benchmark would (the results CSV gets a metric column).
+METRIC = ("import json, os; json.dump({'metrics': {'copy_mb_s': 812.5}, 'units': {'copy_mb_s': 'MB/s'}}, "
+          "open(os.environ['DTF_RESULT_FILE'], 'w'))")
+
+
+def pdf_text(path: Path) -> tuple[PdfReader, str]:
+    reader = PdfReader(path)
+    return reader, " ".join(" ".join(p.extract_text().split()) for p in reader.pages)
+
+
+def images(reader: PdfReader) -> int:
+    n = 0
+    for page in reader.pages:
+        xobjects = page["/Resources"].get_object().get("/XObject")
+        for ref in (xobjects.get_object().values() if xobjects else []):
+            n += ref.get_object().get("/Subtype") == "/Image"
+    return n
+
+
+@pytest.fixture
+def run_id(qtbot, gui_session: Any) -> str:
+    """A run of three tasks on the local agent: two that pass (one writes a metric), one that fails."""
+    bridge = gui_session.bridge
+    rid = bridge.call("create_run", {"name": "window export", "kind": "submit"})["run_id"]
+    ids = [bridge.call("create_task", {"command": [sys.executable, "-c", METRIC], "run_id": rid,
+                                       "test_id": "copy"})["task_id"],
+           bridge.call("create_task", {"command": "true", "run_id": rid, "test_id": "ok"})["task_id"],
+           bridge.call("create_task", {"command": "false", "run_id": rid, "test_id": "broken", "retry_limit": 0})["task_id"]]
+
+    def all_final() -> bool:
+        return all(bridge.call("get_task", {"task_id": t}, quiet=True)["status"] in ("completed", "failed")
+                   for t in ids)
+
+    qtbot.waitUntil(all_final, timeout=30_000)
+    qtbot.waitUntil(lambda: bridge.call("get_run", {"run_id": rid})["results"] == {"success": 2, "failure": 1},
+                    timeout=10_000)
+    return str(rid)
+
+
+def export(qtbot, dialog: ExportDialog, kind: str, run: str | None, path: Path) -> None:
+    with qtbot.waitSignal(dialog.finished_export, timeout=30_000) as got:
+        dialog.export(kind, run, path)
+    assert got.args == [str(path)]
+    assert str(path) in dialog.status.text()
+
+
+def test_the_dialog_exports_every_kind(qtbot, gui_session: Any, run_id: str, tmp_path: Path) -> None:
+    dialog = ExportDialog(gui_session.bridge, gui_session.window)
+    qtbot.addWidget(dialog)
+    qtbot.waitUntil(lambda: any(r["run_id"] == run_id for r in dialog.runs), timeout=10_000)
+    dialog.show()
+    assert dialog.run.findData(run_id) >= 0
+    dialog.grab().save("/tmp/shots/export_dialog.png")
+
+    pdf = tmp_path / "run.pdf"
+    export(qtbot, dialog, "pdf", run_id, pdf)
+    dialog.grab().save("/tmp/shots/export_dialog_done.png")
+    reader, text = pdf_text(pdf)
+    assert "window export" in text and run_id in text and "2 success, 1 failure" in text
+    assert "Pass rate 66.7 %" in text and "broken" in text
+    assert images(reader) >= 1  # the metric's trend plot
+
+    xml = tmp_path / "run.xml"
+    export(qtbot, dialog, "junit", run_id, xml)
+    suite = ET.parse(xml).getroot().find("testsuite")
+    assert suite is not None and suite.get("name") == run_id and suite.get("tests") == "0"  # plain tasks, no tests
+
+    results = tmp_path / "results.csv"
+    export(qtbot, dialog, "csv:results", run_id, results)
+    with open(results, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["test_id"], r["status"]) for r in rows) == [("broken", "failure"), ("copy", "success"),
+                                                                 ("ok", "success")]
+    assert [r["metric.copy_mb_s"] for r in rows if r["test_id"] == "copy"] == ["812.5"]
+
+    tasks = tmp_path / "tasks.csv"
+    export(qtbot, dialog, "csv:tasks", None, tasks)  # all runs
+    with open(tasks, newline="") as f:
+        trows = list(csv.DictReader(f))
+    assert {r["test_id"] for r in trows if r["run_id"] == run_id} == {"copy", "ok", "broken"}
+
+    findings = tmp_path / "findings.csv"
+    export(qtbot, dialog, "csv:findings", run_id, findings)
+    assert findings.read_text().startswith("time,kind,metric,test_id")
+
+
+def test_the_dialog_says_why_it_cannot_export(qtbot, gui_session: Any, tmp_path: Path) -> None:
+    dialog = ExportDialog(gui_session.bridge, gui_session.window)
+    qtbot.addWidget(dialog)
+    with qtbot.waitSignal(dialog.failed_export, timeout=10_000) as got:
+        dialog.export("pdf", "no-such-run.1", tmp_path / "x.pdf")
+    assert "no run 'no-such-run.1'" in got.args[0] and "no run" in dialog.status.text()
+    with qtbot.waitSignal(dialog.failed_export, timeout=1_000) as got:
+        dialog.export("csv:results", None, tmp_path / "missing" / "x.csv")
+    assert "existing folder" in got.args[0]
+    assert not (tmp_path / "x.pdf").exists()
+
+
+def test_default_names_and_kinds() -> None:
+    run = {"run_id": "nightly-bench.3", "name": "nightly bench"}
+    assert default_name("pdf", run, now=0).startswith("nightly-bench.3-19700101") or default_name(
+        "pdf", run, now=0).startswith("nightly-bench.3-19691231")
+    assert default_name("csv:results", run, now=86400 * 2).endswith("-results-19700103.csv")
+    assert default_name("csv:tasks", None, now=86400 * 2) == "tasks-19700103.csv"
+    assert set(KINDS) == {"pdf", "junit", "csv:results", "csv:tasks", "csv:findings"}
+
+
+def report(**over: Any) -> dict[str, Any]:
+    """A run_report reply as the coordinator gives it, small."""
+    t0 = 1_700_000_000.0
+    points = [[t0 + i * 3600, 100.0 if i < 10 else 80.0] for i in range(14)]
+    base = {
+        "run": {"run_id": "bench.4", "name": "bench", "kind": "pytest", "created": t0 + 12 * 3600,
+                "finished": t0 + 14 * 3600, "status": "failed", "meta": {}, "summary": {}},
+        "counts": {"passed": 13, "failed": 1}, "counts_line": "1 failed, 13 passed", "per_test": True,
+        "tests_total": 14, "pass_rate": 13 / 14, "failures": 1, "results": {}, "span": [t0, t0 + 14 * 3600],
+        "tests": [{"test_id": f"t.py::test_{i}", "task_id": "s", "outcome": "failed" if i == 0 else "passed",
+                   "duration": 0.1, "worker_id": "w1", "timestamp": t0, "runs": 1,
+                   "error": "AssertionError: no" if i == 0 else ""} for i in range(14)],
+        "tests_more": 0,
+        "series": [{"test_id": "bench::copy", "metric": "copy_mb_s", "unit": "MB/s", "direction": "higher",
+                    "points": points, "run_points": 2, "run_span": [t0 + 12 * 3600, t0 + 13 * 3600],
+                    "change_points": [{"timestamp": t0 + 10 * 3600, "mean_before": 100.0, "mean_after": 80.0,
+                                       "rel_change": -0.2, "p_value": 1e-5, "direction": "regression"}]}],
+        "series_more": 0, "findings": [], "findings_more": 0,
+        "workers": [{"worker_id": "w1", "host": "h1", "status": "online", "hardware": "8 cores, 32 GB, Linux",
+                     "tags": [], "tasks": 1, "tests": 14, "failures": 1, "busy_s": 1.4}], "workers_more": 0,
+        "history": [], "generated_at": t0 + 15 * 3600,
+    }
+    return {**base, **over}
+
+
+def test_render_run_pdf_pages_image_and_numbers(qtbot, tmp_path: Path) -> None:
+    path = tmp_path / "r.pdf"
+    pages = render_run_pdf(report(), path)
+    reader, text = pdf_text(path)
+    assert pages == len(reader.pages) >= 2  # the plot does not fit on page 1 with the tables
+    assert images(reader) == 1
+    assert "bench" in text and "13 passed" in text and "1 failed" in text and "Pass rate 92.9 %" in text
+    assert "copy_mb_s [MB/s] — bench::copy" in text and "higher is better" in text
+    assert f"page {pages} of {pages}" in text and "DTF " in text
+
+
+def test_a_long_table_is_paginated_with_its_header_on_each_page(qtbot, tmp_path: Path) -> None:
+    rows = [{"test_id": f"tests/test_mod.py::test_{i:04d}", "task_id": "s", "outcome": "passed", "duration": 0.1,
+             "worker_id": "w1", "timestamp": 0, "runs": 1, "error": ""} for i in range(300)]
+    path = tmp_path / "long.pdf"
+    pages = render_run_pdf(report(tests=rows, tests_more=99_700, series=[]), path)
+    reader, text = pdf_text(path)
+    assert pages >= 5
+    for page in reader.pages[1:-1]:
+        assert "Outcome Test Duration Runs Worker" in " ".join(page.extract_text().split())
+    assert "test_0299" in text and "… and 99700 more tests" in text
+    assert images(reader) == 0 and "This run's results carry no metrics." in text
+
+
+def test_ticks_are_round() -> None:
+    assert nice_ticks(0, 100) == [0, 20, 40, 60, 80, 100]
+    assert nice_ticks(0.93, 1.07)[:2] == pytest.approx([0.95, 1.0])
+    ticks, fmt = time_ticks(1_700_000_000, 1_700_000_000 + 86400 * 8)
+    assert fmt == "%Y-%m-%d" and 3 <= len(ticks) <= 6
+    ticks, fmt = time_ticks(1_700_000_000, 1_700_000_030)
+    assert fmt == "%H:%M:%S" and all(t % 5 == 0 for t in ticks)
