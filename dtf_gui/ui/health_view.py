@@ -518,6 +518,9 @@ class StripChart(pg.PlotWidget):
         self.setMenuEnabled(False)
         self.setMouseEnabled(x=False, y=False)
         self.hideButtons()
+        # Thirty minutes of samples in a few hundred pixels: draw the peaks per pixel, not every point.
+        self.getPlotItem().setDownsampling(auto=True, mode="peak")
+        self.getPlotItem().setClipToView(True)
         self.setMinimumHeight(120)
         self.fixed_y = y_range
         if y_range:

@@ -215,12 +215,12 @@ def test_strip_charts_follow_the_selected_worker_at_most_four_times_a_second(qtb
         fake.emit("worker", worker("w2", cpu=float(i % 100), gpu=50.0, gpu_memory=30.0))
     qtbot.waitUntil(lambda: view.chart_redraws > before, timeout=3000)
     assert view.chart_redraws - before <= 2
-    x, y = view.charts[0].curves["cpu_percent"].getData()
+    x, y = view.charts[0].curves["cpu_percent"].xData, view.charts[0].curves["cpu_percent"].yData
     assert len(x) >= 1 and y[-1] == 99.0
-    _, gpu = view.charts[0].curves["gpu_percent"].getData()
+    gpu = view.charts[0].curves["gpu_percent"].yData
     assert gpu[-1] == 50.0
     assert "w2" in view.chart_title.text()
-    _, slots = view.charts[2].curves["slots"].getData()
+    slots = view.charts[2].curves["slots"].yData
     assert slots[-1] == 4
 
 
