@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 from dtf_agent.keys import short
 from dtf_gui.ui.about import AboutDialog
 from dtf_gui.ui.bridge import CoordinatorBridge
-from dtf_gui.ui.dialogs import AddMachinesDialog, NewTaskDialog
+from dtf_gui.ui.dialogs import AddMachinesDialog
 from dtf_gui.ui.models import (
     TASK_IDS_MIME,
     KeyedTableModel,
@@ -40,6 +40,8 @@ from dtf_gui.ui.models import (
     security_model,
     workers_model,
 )
+from dtf_gui.ui.results_view import ResultsExplorer
+from dtf_gui.ui.submit_dialog import SubmitDialog
 from dtf_gui.ui.task_detail import TaskDetailPane
 from dtf_gui.ui.task_table import TasksPanel
 
@@ -231,11 +233,15 @@ class MainWindow(QMainWindow):
         self.task_detail = TaskDetailPane(bridge)
         self.task_detail.setObjectName("taskDetail")
         self.task_view.taskActivated.connect(self.show_task)
+        # Results: a test's metric over time, its anomalies and change points; a point opens its task.
+        self.results = ResultsExplorer(bridge)
+        self.results.taskRequested.connect(self.show_task)
         self.workers_view.tasksDropped.connect(self.assign_tasks)
         # Few rows: widen the columns to what they hold whenever a worker appears.
         self.workers.rowsInserted.connect(lambda *_: self.workers_view.resizeColumnsToContents())
         self.findings = findings_model()
         self.findings_view, _ = _table(self.findings, "findingsView", QTableView())
+        self.findings_view.doubleClicked.connect(lambda index: self.show_finding(self._finding_at(index)))
         self.throughput = ThroughputPlot()
 
         # Agents asking to join: only the pending ones, each with Accept / Reject; hidden when none.
@@ -265,6 +271,7 @@ class MainWindow(QMainWindow):
         self.tabs.setObjectName("mainTabs")
         self.tabs.setDocumentMode(True)
         self.tabs.addTab(self.tasks_panel, "Tasks")
+        self.tabs.addTab(self.results, "Results")
         self.tabs.addTab(self.findings_view, "Anomalies && regressions")
         self.tabs.addTab(self._agents_tab(), "Agents")
         self.tabs.addTab(self.security_view, "Security")
@@ -497,6 +504,7 @@ class MainWindow(QMainWindow):
         allowed = bridge.allows("accept_agents")
         self.pending_view.set_buttons_enabled(allowed, "" if allowed else bridge.why_not("accept_agents"))
         self.workers_view.setAcceptDrops(bridge.allows("assign_task"))
+        self.task_view.apply_role()
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -514,7 +522,7 @@ class MainWindow(QMainWindow):
 
     def _on_security(self, rows: list[dict[str, Any]]) -> None:
         self.security.apply(rows)
-        self.tabs.setTabText(3, f"Security ({self.security.rowCount()})")
+        self.tabs.setTabText(self.tabs.indexOf(self.security_view), f"Security ({self.security.rowCount()})")
         for col in range(self.security.columnCount() - 1):  # the detail column takes the rest
             self.security_view.resizeColumnToContents(col)
         self.security_view.scrollToBottom()
@@ -533,11 +541,13 @@ class MainWindow(QMainWindow):
 
     def _on_findings(self, rows: list[dict[str, Any]]) -> None:
         self.findings.apply(rows)
-        self.tabs.setTabText(1, f"Anomalies && regressions ({self.findings.rowCount()})")
+        self.tabs.setTabText(self.tabs.indexOf(self.findings_view),
+                             f"Anomalies && regressions ({self.findings.rowCount()})")
 
     def _on_retracted(self, finding_ids: list[str]) -> None:
         self.findings.remove(finding_ids)
-        self.tabs.setTabText(1, f"Anomalies && regressions ({self.findings.rowCount()})")
+        self.tabs.setTabText(self.tabs.indexOf(self.findings_view),
+                             f"Anomalies && regressions ({self.findings.rowCount()})")
 
     def _on_error(self, message: str) -> None:
         self.statusBar().showMessage(message, 10_000)
@@ -582,16 +592,13 @@ class MainWindow(QMainWindow):
 
     # -- tasks -----------------------------------------------------------------------------------
 
-    def open_new_task_dialog(self) -> NewTaskDialog:
-        dlg = NewTaskDialog(self)
-        dlg.submitted.connect(self._submit)
+    def open_new_task_dialog(self) -> SubmitDialog:
+        dlg = SubmitDialog(self.bridge, self)
+        dlg.submitted.connect(lambda ids: self.statusBar().showMessage(f"Submitted {len(ids)} task(s)", 5000))
+        dlg.runFinished.connect(
+            lambda code, last: self.statusBar().showMessage(f"dtf finished ({code}): {last}", 10_000))
         dlg.open()
         return dlg
-
-    def _submit(self, fields: dict[str, Any]) -> None:
-        task_id = self.bridge.submit_task(fields)
-        if task_id:
-            self.statusBar().showMessage(f"Submitted task {task_id}", 5000)
 
     def assign_tasks(self, task_ids: list[str], worker_id: str) -> int:
         """Pin tasks to a worker (drag-and-drop); refusals show in the status bar with the reason."""
@@ -602,6 +609,15 @@ class MainWindow(QMainWindow):
         if done:
             self.statusBar().showMessage(f"Assigned {done} task(s) to {worker_id}", 5000)
         return done
+
+    def _finding_at(self, index: Any) -> dict[str, Any]:
+        return self.findings.row_for(str(index.data(Qt.ItemDataRole.UserRole))) or {}
+
+    def show_finding(self, finding: dict[str, Any]) -> None:
+        """A finding's series in the results explorer, where its point and step are drawn."""
+        if finding.get("test_id") and finding.get("metric"):
+            self.tabs.setCurrentWidget(self.results)
+            self.results.select(str(finding["test_id"]), str(finding["metric"]))
 
     def show_task(self, task_id: str) -> None:
         """A task's details in their dock, brought forward (double-click, Enter, a plot point, an alert)."""

@@ -13,18 +13,21 @@ from typing import Any
 from PySide6.QtCore import QAbstractTableModel, QMimeData, QModelIndex, QPersistentModelIndex, Qt
 from PySide6.QtGui import QBrush, QColor, QFont, QFontDatabase
 
+from dtf_gui.ui import theme
+
 Index = QModelIndex | QPersistentModelIndex
 TASK_IDS_MIME = "application/x-dtf-task-ids"
 Formatter = Callable[[Any], str]
 
-STATUS_COLOURS = {
-    "online": "#2e7d32", "busy": "#1565c0", "offline": "#9e9e9e", "error": "#c62828",
-    "pending": "#6d6d6d", "assigned": "#8e6c00", "running": "#1565c0", "completed": "#2e7d32",
-    "failed": "#c62828", "cancelled": "#9e9e9e", "regression": "#c62828", "improvement": "#2e7d32",
-}
-
+# Light-scheme colours (the names other modules import); data() picks the current scheme's set.
+STATUS_COLOURS = theme.LIGHT_STATUS_COLOURS
 # An agent's enrollment state: waiting for a decision stands out, refused and revoked recede.
-STATE_COLOURS = {"pending": "#b26a00", "accepted": "#2e7d32", "rejected": "#c62828", "revoked": "#9e9e9e"}
+STATE_COLOURS = theme.LIGHT_STATE_COLOURS
+
+
+def status_colour(status: Any) -> str | None:
+    """The text colour of a status (task, worker, finding direction) in the current colour scheme."""
+    return theme.status_colours().get(str(status))
 
 
 def fmt_time(v: Any) -> str:
@@ -101,7 +104,9 @@ class KeyedTableModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.DisplayRole:
             return col.fmt(row.get(col.key))
         if role == Qt.ItemDataRole.ForegroundRole and col.colours:
-            colour = col.colours.get(str(row.get(col.key)))
+            colours = (theme.status_colours() if col.colours is STATUS_COLOURS else
+                       theme.state_colours() if col.colours is STATE_COLOURS else col.colours)
+            colour = colours.get(str(row.get(col.key)))
             return QBrush(QColor(colour)) if colour else None
         if role == Qt.ItemDataRole.FontRole and col.mono:
             return _mono_font()

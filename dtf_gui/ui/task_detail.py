@@ -33,7 +33,7 @@ from PySide6.QtWidgets import (
 
 from dtf_agent import protocol as p
 from dtf_gui.ui.bridge import CoordinatorBridge
-from dtf_gui.ui.models import STATUS_COLOURS, fmt_when
+from dtf_gui.ui.models import fmt_when, status_colour
 
 Index = QModelIndex | QPersistentModelIndex
 Row = dict[str, Any]
@@ -91,7 +91,7 @@ class _RowsModel(QAbstractTableModel):
             text = self.columns[index.column()][1](row)
             return text if role == Qt.ItemDataRole.DisplayRole else (text or None)
         if role == Qt.ItemDataRole.ForegroundRole and self.columns[index.column()][0] == "Status":
-            colour = STATUS_COLOURS.get({"success": "completed", "failure": "failed"}.get(row.get("status"), ""))
+            colour = status_colour({"success": "completed", "failure": "failed"}.get(row.get("status"), ""))
             return QBrush(QColor(colour)) if colour else None
         return None
 
@@ -301,7 +301,7 @@ class TaskDetailPane(QWidget):
         self.task = t
         status = str(t.get("status") or "")
         self.status_label.setText(status)
-        colour = STATUS_COLOURS.get(status, "")
+        colour = status_colour(status) or ""
         self.status_label.setStyleSheet(f"color: {colour};" if colour else "")
         meta = t.get("metadata") or {}
         command0 = (t.get("parameters") or {}).get("command")

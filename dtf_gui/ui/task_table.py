@@ -61,7 +61,7 @@ from PySide6.QtWidgets import (
 
 from dtf_agent import protocol as p
 from dtf_gui.ui.bridge import CoordinatorBridge
-from dtf_gui.ui.models import STATUS_COLOURS, TASK_IDS_MIME, fmt_when
+from dtf_gui.ui.models import TASK_IDS_MIME, fmt_when, status_colour
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ class TaskTableModel(QAbstractTableModel):
             text = COLUMNS[col][1](row)
             return _plain(value) if value not in (None, "") and (col == COL_WHY or len(text) > 20) else None
         if role == Qt.ItemDataRole.ForegroundRole and col == COL_STATUS:
-            colour = STATUS_COLOURS.get(str(row.get("status")))
+            colour = status_colour(row.get("status"))
             return QBrush(QColor(colour)) if colour else None
         if role == Qt.ItemDataRole.FontRole and col == COL_TASK:
             return _mono()
@@ -689,7 +689,8 @@ class TaskTableView(QTableView):
                                         None)
         self.assign_menu = QMenu("Assign to", self)
 
-    def _gate(self) -> None:
+    def apply_role(self) -> None:
+        """Offer only what our role may do (again whenever who we are changes)."""
         for a in (self.retry_action, self.cancel_action, self.priority_action):
             op = a.data()
             a.setEnabled(self.bridge.allows(op))
@@ -698,7 +699,7 @@ class TaskTableView(QTableView):
 
     def context_menu(self) -> QMenu:
         """The menu for the current selection (also what the right button opens)."""
-        self._gate()
+        self.apply_role()
         menu = QMenu(self)
         menu.addAction(self.open_action)
         menu.addSeparator()

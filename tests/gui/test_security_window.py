@@ -68,7 +68,7 @@ def test_pending_agents_show_whole_fingerprints_and_accept_moves_them_on(qtbot, 
     # Each decision is a security event in its own tab.
     assert win.security.rowCount() == 2
     assert {win.security.row_for(k)["what"] for k in win.security.keys()} == {"agent accepted", "agent rejected"}
-    assert win.tabs.tabText(3) == "Security (2)"
+    assert win.tabs.tabText(win.tabs.indexOf(win.security_view)) == "Security (2)"
     win.tabs.setCurrentIndex(3)
     print(screenshot(win, "security-events"))
 
