@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import pyqtgraph as pg
 from PySide6.QtCore import QRegularExpression, QSettings, QSortFilterProxyModel, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDragMoveEvent, QDropEvent, QKeySequence
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QDockWidget,
@@ -30,15 +30,16 @@ from PySide6.QtWidgets import (
 
 from dtf_agent.keys import short
 from dtf_gui.ui.about import AboutDialog
+from dtf_gui.ui.alerts_dock import AlertsDock
 from dtf_gui.ui.bridge import CoordinatorBridge
 from dtf_gui.ui.dialogs import AddMachinesDialog
+from dtf_gui.ui.export_dialog import ExportDialog
+from dtf_gui.ui.health_view import HealthView
 from dtf_gui.ui.models import (
-    TASK_IDS_MIME,
     KeyedTableModel,
     agents_model,
     findings_model,
     security_model,
-    workers_model,
 )
 from dtf_gui.ui.results_view import ResultsExplorer
 from dtf_gui.ui.submit_dialog import SubmitDialog
@@ -49,42 +50,6 @@ HISTORY_POINTS = 300
 # Bumped when the docks change so much that an old saved layout would misplace them.
 LAYOUT_VERSION = 2
 INSECURE_TEXT = "INSECURE: plain-text sockets, any agent accepted"
-
-
-class WorkerDropView(QTableView):
-    """The workers table: drop tasks on a worker to assign them there."""
-
-    tasksDropped = Signal(list, str)  # task ids, worker id
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setAcceptDrops(True)
-        self.setDropIndicatorShown(True)
-
-    def _worker_at(self, event: QDropEvent | QDragMoveEvent) -> str | None:
-        index = self.indexAt(event.position().toPoint())
-        return index.data(Qt.ItemDataRole.UserRole) if index.isValid() else None
-
-    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
-        if event.mimeData().hasFormat(TASK_IDS_MIME):
-            event.acceptProposedAction()
-        else:
-            event.ignore()
-
-    def dragMoveEvent(self, event: QDragMoveEvent) -> None:
-        if event.mimeData().hasFormat(TASK_IDS_MIME) and self._worker_at(event):
-            event.acceptProposedAction()
-        else:
-            event.ignore()
-
-    def dropEvent(self, event: QDropEvent) -> None:
-        worker = self._worker_at(event)
-        if not worker or not event.mimeData().hasFormat(TASK_IDS_MIME):
-            event.ignore()
-            return
-        ids = [t for t in bytes(event.mimeData().data(TASK_IDS_MIME).data()).decode().split("\n") if t]
-        event.acceptProposedAction()
-        self.tasksDropped.emit(ids, worker)
 
 
 class PendingAgentsView(QTableView):
@@ -222,10 +187,15 @@ class MainWindow(QMainWindow):
         self.settings_path = settings_path
         self.setWindowTitle("DTF — distributed testing" + (" (remote)" if bridge.remote else ""))
         self.resize(1280, 800)
-        self.workers = workers_model()
         self.agents = agents_model()
         self.security = security_model()
-        self.workers_view, _ = _table(self.workers, "workersView", WorkerDropView())
+        # Workers: state, load sparklines, hardware and tags at a glance, strip charts of the selected
+        # one, drain/resume/revoke; drop tasks on a worker to assign them there.
+        self.health = HealthView(bridge)
+        self.workers = self.health.model
+        self.workers_view = self.health.table
+        self.health.tasksAssigned.connect(
+            lambda ids, worker: self.statusBar().showMessage(f"Assigned {len(ids)} task(s) to {worker}", 5000))
         # Tasks: a window onto the task table of the database (a million rows scroll like a hundred),
         # with live statuses laid over it; drag tasks from it onto a worker to assign them there.
         self.tasks_panel = TasksPanel(bridge)
@@ -236,9 +206,7 @@ class MainWindow(QMainWindow):
         # Results: a test's metric over time, its anomalies and change points; a point opens its task.
         self.results = ResultsExplorer(bridge)
         self.results.taskRequested.connect(self.show_task)
-        self.workers_view.tasksDropped.connect(self.assign_tasks)
         # Few rows: widen the columns to what they hold whenever a worker appears.
-        self.workers.rowsInserted.connect(lambda *_: self.workers_view.resizeColumnsToContents())
         self.findings = findings_model()
         self.findings_view, _ = _table(self.findings, "findingsView", QTableView())
         self.findings_view.doubleClicked.connect(lambda index: self.show_finding(self._finding_at(index)))
@@ -283,7 +251,7 @@ class MainWindow(QMainWindow):
         mlay = QVBoxLayout(machines)
         mlay.setContentsMargins(0, 0, 0, 0)
         mlay.addWidget(self.pending_box)
-        mlay.addWidget(self.workers_view, 1)
+        mlay.addWidget(self.health, 1)
         self.workers_dock = self._dock("Workers", "workersDock", machines, Qt.DockWidgetArea.TopDockWidgetArea)
         self.throughput_dock = self._dock("Throughput", "throughputDock", self.throughput,
                                           Qt.DockWidgetArea.TopDockWidgetArea)
@@ -292,6 +260,12 @@ class MainWindow(QMainWindow):
         self.resizeDocks([self.workers_dock], [300], Qt.Orientation.Vertical)
         self.detail_dock = self._dock("Task details", "taskDetailDock", self.task_detail,
                                       Qt.DockWidgetArea.RightDockWidgetArea)
+        self.alerts_dock = AlertsDock(bridge)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.alerts_dock)
+        self.tabifyDockWidget(self.detail_dock, self.alerts_dock)
+        self.detail_dock.raise_()
+        self.alerts_dock.workerRequested.connect(self.show_worker)
+        self.alerts_dock.findingRequested.connect(self.show_finding)
         self.resizeDocks([self.detail_dock], [480], Qt.Orientation.Horizontal)
 
         self._make_actions()
@@ -313,7 +287,6 @@ class MainWindow(QMainWindow):
         for w in (self.address_label, self.key_label, self.workers_label, self.tasks_label):
             self.statusBar().addPermanentWidget(w)
 
-        bridge.workersChanged.connect(self.workers.apply)
         bridge.agentsChanged.connect(self._on_agents)
         bridge.securityEvents.connect(self._on_security)
         bridge.identityChanged.connect(self._on_identity)
@@ -364,6 +337,8 @@ class MainWindow(QMainWindow):
         self.accept_all_action = self._action("Accept all waiting agents", self.accept_all_pending)
         self.about_action = self._action("&About DTF…", self.open_about_dialog)
         self.quit_action = self._action("&Quit", self.close, key.Quit)
+        self.export_action = self._action("&Export…", self.open_export_dialog, "Ctrl+E",
+                                          "A run's report (PDF), its JUnit XML, or tasks, results and findings as CSV")
         self.reset_layout_action = self._action("&Reset layout", self.reset_layout)
         bar = QToolBar("Main")
         bar.setObjectName("mainToolbar")
@@ -375,6 +350,7 @@ class MainWindow(QMainWindow):
     def _make_menus(self) -> None:
         menu = self.menuBar()
         self.file_menu = menu.addMenu("&File")
+        self.file_menu.addAction(self.export_action)
         self.file_menu.addSeparator()
         self.file_menu.addAction(self.quit_action)
         self.view_menu = menu.addMenu("&View")
@@ -388,6 +364,9 @@ class MainWindow(QMainWindow):
         self.workers_menu = menu.addMenu("&Workers")
         self.workers_menu.addAction(self.add_machines_action)
         self.workers_menu.addAction(self.accept_all_action)
+        self.workers_menu.addSeparator()
+        for a in (self.health.drain_action, self.health.resume_action, self.health.revoke_action):
+            self.workers_menu.addAction(a)
         self.help_menu = menu.addMenu("&Help")
         self.help_menu.addAction(self.about_action)
 
@@ -503,7 +482,6 @@ class MainWindow(QMainWindow):
             gate(b, f"{decision}_agents", f"{decision.capitalize()} the selected agents")
         allowed = bridge.allows("accept_agents")
         self.pending_view.set_buttons_enabled(allowed, "" if allowed else bridge.why_not("accept_agents"))
-        self.workers_view.setAcceptDrops(bridge.allows("assign_task"))
         self.task_view.apply_role()
 
     # -- events ---------------------------------------------------------------------------------
@@ -600,16 +578,6 @@ class MainWindow(QMainWindow):
         dlg.open()
         return dlg
 
-    def assign_tasks(self, task_ids: list[str], worker_id: str) -> int:
-        """Pin tasks to a worker (drag-and-drop); refusals show in the status bar with the reason."""
-        done = 0
-        for tid in task_ids:
-            if self.bridge.call("assign_task", {"task_id": tid, "worker_id": worker_id}) is not None:
-                done += 1
-        if done:
-            self.statusBar().showMessage(f"Assigned {done} task(s) to {worker_id}", 5000)
-        return done
-
     def _finding_at(self, index: Any) -> dict[str, Any]:
         return self.findings.row_for(str(index.data(Qt.ItemDataRole.UserRole))) or {}
 
@@ -618,6 +586,16 @@ class MainWindow(QMainWindow):
         if finding.get("test_id") and finding.get("metric"):
             self.tabs.setCurrentWidget(self.results)
             self.results.select(str(finding["test_id"]), str(finding["metric"]))
+
+    def show_worker(self, worker_id: str) -> None:
+        self.workers_dock.show()
+        self.workers_dock.raise_()
+        self.health.select_worker(worker_id)
+
+    def open_export_dialog(self) -> ExportDialog:
+        dlg = ExportDialog(self.bridge, self)
+        dlg.show()
+        return dlg
 
     def show_task(self, task_id: str) -> None:
         """A task's details in their dock, brought forward (double-click, Enter, a plot point, an alert)."""
