@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
 )
 
 from dtf_agent.keys import short
+from dtf_gui.ui import theme
 from dtf_gui.ui.about import AboutDialog
 from dtf_gui.ui.alerts_dock import AlertsDock
 from dtf_gui.ui.bridge import CoordinatorBridge
@@ -156,6 +157,17 @@ class ThroughputPlot(pg.PlotWidget):
                                brush=pg.mkBrush(21, 101, 192, 40))
         self.points: collections.deque[tuple[float, float]] = collections.deque(maxlen=HISTORY_POINTS)
         self.peak = 0.0
+        self.recolour()
+        theme.notifier.changed.connect(lambda _scheme: self.recolour())
+
+    def recolour(self) -> None:
+        """The current colour scheme's background and text (the plot may outlive a switch to dark)."""
+        colours = theme.plot_colours()
+        self.setBackground(colours.background)
+        for side in ("left", "bottom"):
+            axis = self.getAxis(side)
+            axis.setPen(colours.foreground)
+            axis.setTextPen(colours.foreground)
 
     def set_history(self, points: list[tuple[float, float]]) -> None:
         """What the database says of the minutes before the window opened, ahead of the live points."""

@@ -150,8 +150,8 @@ class TaskDetailPane(QWidget):
         self._serial = 0
         mono = QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont)
 
+        self._mono = mono
         self.id_label = QLabel("No task selected")
-        self.id_label.setFont(mono)
         self.id_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.id_label.setWordWrap(True)
         self.status_label = QLabel()
@@ -229,13 +229,19 @@ class TaskDetailPane(QWidget):
             buttons.addWidget(b)
         buttons.addStretch(1)
 
+        # Everything below the header: hidden until a task is shown, so an empty pane is a hint, not
+        # a column of blank fields.
+        self.body = QWidget()
+        inner = QVBoxLayout(self.body)
+        inner.setContentsMargins(0, 0, 0, 0)
+        inner.addLayout(form)
+        inner.addWidget(self.why_label)
+        inner.addLayout(buttons)
+        inner.addWidget(self.message)
+        inner.addWidget(self.tabs, 1)
         outer = QVBoxLayout(self)
         outer.addLayout(head)
-        outer.addLayout(form)
-        outer.addWidget(self.why_label)
-        outer.addLayout(buttons)
-        outer.addWidget(self.message)
-        outer.addWidget(self.tabs, 1)
+        outer.addWidget(self.body, 1)
 
         self._streams = {"stdout": _Stream("stdout", self.stdout_view), "stderr": _Stream("stderr", self.stderr_view)}
         self._timer = QTimer(self)
@@ -256,6 +262,10 @@ class TaskDetailPane(QWidget):
         return v
 
     def _show_empty(self) -> None:
+        self.body.hide()
+        self.id_label.setFont(self.font())
+        self.id_label.setText("No task selected. Double-click a task (or select it and press Enter) to see its "
+                              "command, why it waits, its attempts, metrics and output.")
         for b in (self.retry_button, self.cancel_button, self.priority_button, self.copy_button):
             b.setEnabled(False)
         self.why_label.hide()
@@ -267,7 +277,9 @@ class TaskDetailPane(QWidget):
         self.task_id = task_id
         self.task = None
         self._serial += 1
+        self.id_label.setFont(self._mono)
         self.id_label.setText(task_id)
+        self.body.show()
         self.status_label.setText("loading…")
         self.message.clear()
         self.message.hide()
