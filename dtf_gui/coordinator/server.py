@@ -296,7 +296,7 @@ class Coordinator:
                            metric_info=self._metric_info)
         self.api = ClientApi(tasks=self.tasks, workers=self.workers, sched=self.sched, store=self.store,
                              queries=self.analysis.queries, commands=self, coordinator_id=self.s.coordinator_id,
-                             trust=self.trust, runs_api=runs_api, views_api=ViewsApi(self.s.db_path),
+                             trust=self.trust, runs_api=runs_api, views_api=ViewsApi(self.s.db_path, self.analysis.catalog.describe),
                              alerts_api=self.alerts)
         self.workers.mark_stored_offline()
         self.alerts.restore()

@@ -29,14 +29,37 @@ class ThroughputArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     bucket: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 5.0
 
 
+# A metric's unit and direction as the coordinator resolves them (MetricCatalog.describe: config,
+# then stored declarations, then the name's guess).
+Describe = Callable[[str], dict[str, Any]]
+
+
 class ViewsApi:
-    def __init__(self, db_path: str | Path) -> None:
+    def __init__(self, db_path: str | Path, describe: Describe | None = None) -> None:
         self.db_path = db_path
+        self.describe = describe
         self._local = threading.local()
         self.deferred_ops: OpTable = {
             "throughput_history": (ThroughputArgs, self.throughput_history),
             **taskview.ops(self.conn), **explore.ops(self.conn), **reports.ops(self.conn),
         }
+        # The pure modules read declarations from the database; the coordinator.yaml ones live in the
+        # catalog only, so its word is laid over theirs.
+        for op, pick in (("metric_series", lambda d: [d]), ("run_report", lambda d: d.get("series") or [])):
+            schema, fn = self.deferred_ops[op]
+            self.deferred_ops[op] = (schema, self._declared(fn, pick))
+
+    def _declared(self, fn: Callable[[Any], Any], pick: Callable[[Any], list[dict[str, Any]]]) -> Callable[[Any], Any]:
+        def wrapped(args: Any) -> Any:
+            data = fn(args)
+            if self.describe is not None and isinstance(data, dict):
+                for series in pick(data):
+                    d = self.describe(str(series.get("metric")))
+                    series["unit"] = d.get("unit") or series.get("unit") or ""
+                    series["direction"] = d.get("direction") or series.get("direction")
+            return data
+
+        return wrapped
 
     def conn(self) -> sqlite3.Connection:
         """This thread's read-only connection (made on first use)."""

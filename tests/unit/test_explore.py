@@ -195,3 +195,25 @@ def test_arguments_out_of_bounds_are_refused(op, args):
     schema, _ = explore.ops(lambda: sqlite3.connect(":memory:"))[op]
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert(args, schema)
+
+
+def test_a_coordinator_yaml_declaration_names_the_unit_and_direction_of_a_series(tmp_path: Path) -> None:
+    from dtf_gui.coordinator.config import ephemeral_settings
+    from dtf_gui.coordinator.server import Coordinator
+
+    path = tmp_path / "dtf.sqlite"
+    store = Store(path)
+    try:
+        for i in range(3):  # "speed" would be guessed higher-is-better; the lab says otherwise
+            store.put_result(result(i, "t", {"speed": 1.0 + i}))
+        store.flush(wait=True)
+    finally:
+        store.close()
+    settings = ephemeral_settings(path, result_aggregator={"metrics": {"speed": {"unit": "s", "direction": "lower"}}})
+    coordinator = Coordinator(settings).start()
+    try:
+        series = coordinator.request("metric_series", {"test_id": "t", "metric": "speed"})
+    finally:
+        coordinator.stop()
+    assert (series["unit"], series["direction"]) == ("s", "lower")
+    assert series["v"] == [1.0, 2.0, 3.0]
