@@ -205,6 +205,7 @@ class Probes:
 
         self.win = win
         self.frames: list[float] = []
+        self.frame_starts: list[float] = []
         self.stalls: list[float] = []
         self._last: float | None = None
         self.frame_timer = QTimer()
@@ -226,6 +227,7 @@ class Probes:
 
     def _frame(self) -> None:
         t = time.perf_counter()
+        self.frame_starts.append(t)
         self.win.repaint()
         self.frames.append(time.perf_counter() - t)
 
@@ -452,6 +454,9 @@ def main() -> int:
         out["stall_p99_ms"] = ms(pct(probes.stalls, 99))
         out["stall_max_ms"] = ms(max(probes.stalls) if probes.stalls else None)
         out["frames"] = len(probes.frames)
+        # A starved event loop paints rarely, however fast each paint is: the gap between frames says so.
+        gaps = [b - a for a, b in zip(probes.frame_starts, probes.frame_starts[1:], strict=False) if b - a < 60]
+        out["frame_gap_p95_ms"] = ms(pct(gaps, 95))
         out["frames_expected"] = int(flood_s / 0.016)
 
         if table is not None:
@@ -480,6 +485,9 @@ def main() -> int:
     print(f"{'':28}{'measured':>10}{'goal':>8}")
     for label, measured, goal in rows:
         print(f"{label:28}{'-' if measured is None else measured:>10}{'<= ' + str(goal):>8}  {verdict(measured, goal)}")
+    print(f"frames painted: {out.get('frames')} of {out.get('frames_expected')} (one per 16 ms), gap between frames "
+          f"p95 {out.get('frame_gap_p95_ms')} ms; task events into the window "
+          f"{out.get('flood', {}).get('task_events_per_s_into_window')}/s of {args.rate}/s sent")
     for name, ph in out.get("phases", {}).items():
         print(f"  {name:26} frame p50 {ph['frame_p50_ms']} ms, p95 {ph['frame_p95_ms']} ms; stall p99 "
               f"{ph['stall_p99_ms']} ms, max {ph['stall_max_ms']} ms ({ph['frames']} frames)")
