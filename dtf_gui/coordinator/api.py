@@ -112,6 +112,20 @@ class AssignArgs(_Args):
     worker_id: p.Name
 
 
+# The most tasks one batch command (cancel_tasks, retry_tasks, assign_tasks) acts on.
+MAX_BATCH = 10_000
+BatchIds = Annotated[list[p.Id], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
+
+
+class BatchRef(_Args):
+    task_ids: BatchIds
+
+
+class BatchAssign(_Args):
+    task_ids: BatchIds
+    worker_id: p.Name
+
+
 class PriorityArgs(_Args):
     task_id: p.Id
     priority: Priority
@@ -226,6 +240,9 @@ class ClientApi:
             "unassign_task": (TaskRef, self.unassign_task),
             "retry_task": (TaskRef, self.retry_task),
             "set_priority": (PriorityArgs, self.set_priority),
+            "cancel_tasks": (BatchRef, self.cancel_tasks),
+            "retry_tasks": (BatchRef, self.retry_tasks),
+            "assign_tasks": (BatchAssign, self.assign_tasks),
             "list_workers": (NoArgs, self.list_workers),
             "get_worker": (WorkerRef, self.get_worker),
             "list_results": (ListResults, self.list_results),
@@ -427,6 +444,30 @@ class ClientApi:
     def retry_task(self, a: TaskRef) -> dict[str, Any]:
         self._known(a.task_id)
         return self._command(sch.Retry(time.time(), a.task_id), "retry", a.task_id)
+
+    @staticmethod
+    def _each(task_ids: list[str], one: Callable[[str], Any]) -> dict[str, Any]:
+        """A command for many tasks, one at a time through the single-task path (same checks, same
+        reasons): a refusal is recorded for its task and the others go on."""
+        done: list[str] = []
+        refused: dict[str, str] = {}
+        for tid in dict.fromkeys(task_ids):
+            try:
+                one(tid)
+            except ApiError as exc:
+                refused[tid] = str(exc)
+            else:
+                done.append(tid)
+        return {"done": done, "refused": refused}
+
+    def cancel_tasks(self, a: BatchRef) -> dict[str, Any]:
+        return self._each(a.task_ids, lambda tid: self.cancel_task(TaskRef(task_id=tid)))
+
+    def retry_tasks(self, a: BatchRef) -> dict[str, Any]:
+        return self._each(a.task_ids, lambda tid: self.retry_task(TaskRef(task_id=tid)))
+
+    def assign_tasks(self, a: BatchAssign) -> dict[str, Any]:
+        return self._each(a.task_ids, lambda tid: self.assign_task(AssignArgs(task_id=tid, worker_id=a.worker_id)))
 
     def set_priority(self, a: PriorityArgs) -> dict[str, Any]:
         self._known(a.task_id)

@@ -45,7 +45,7 @@ OPERATOR_OPS = frozenset({"create_task", "create_tasks", "cancel_task", "assign_
                           "retry_task", "set_priority", "aggregate_results", "get_result_anomalies",
                           "get_comparison_report", "create_run", "finish_run", "mark_flaky", "bundle_missing",
                           "put_bundle", "declare_metrics", "ack_alerts", "mute_alert", "drain_worker",
-                          "resume_worker"})
+                          "resume_worker", "cancel_tasks", "retry_tasks", "assign_tasks"})
 MAX_PENDING = 1000  # pending keys kept at once: strangers knocking must not grow memory without end
 MAX_TOKEN_USES = 10_000
 MAX_TOKEN_TTL = 366 * 86400.0
