@@ -1358,7 +1358,8 @@ class Scheduler:
 
     def _class_status(self, c: TaskClass, out: list[Any] | None) -> None:
         if c.online:
-            status = 0
+            # 3: capable workers are online but every one of them is draining.
+            status = 0 if any(not w.draining for w in c.online.values()) else 3
         elif c.known:
             status = 1
         else:
@@ -1368,6 +1369,8 @@ class Scheduler:
         c.status = status
         if status == 0:
             reason = "queued"
+        elif status == 3:
+            reason = f"waiting: every capable worker online is draining ({_names(sorted(c.online))})"
         elif status == 1:
             names = _names(sorted(c.known))
             reason = f"no capable worker online: {names} could run it but {'is' if len(c.known) == 1 else 'are'} " \
@@ -1432,6 +1435,7 @@ class Scheduler:
         w.draining = True
         self._refresh(w)
         self._pinned_note(w, out)
+        self._drain_note(w, out)
 
     def _on_resume(self, ev: ResumeWorker, out: list[Any]) -> None:
         w = self._workers.get(ev.worker_id)
@@ -1440,6 +1444,15 @@ class Scheduler:
         w.draining = False
         self._refresh(w)
         self._pinned_note(w, out)
+        self._drain_note(w, out)
+
+    def _drain_note(self, w: WorkerState, out: list[Any]) -> None:
+        """Queued tasks of the classes ``w`` serves say again why they wait: a drain may have taken
+        their last capable worker online, a resume may have given it back."""
+        wid = w.worker_id
+        for c in list(w.classes.values()):
+            if wid in c.online:
+                self._class_status(c, out)
 
     def _pinned_note(self, w: WorkerState, out: list[Any]) -> None:
         """Tasks pinned to ``w`` say again why they wait (draining or not)."""

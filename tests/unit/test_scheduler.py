@@ -528,3 +528,26 @@ def test_drain_and_resume_are_idempotent_and_resume_of_an_unknown_worker_is_harm
     assert s.handle([DrainWorker(0.0, "a"), DrainWorker(0.0, "a")]) == []
     assert s.handle([ResumeWorker(0.0, "nobody")]) == []
     assert dispatches(s.handle([ResumeWorker(1.0, "a"), ResumeWorker(1.0, "a"), sub("t")])) == [("t", "a")]
+
+
+GPU_TAG = Requirements(tags=frozenset({"gpu"}))
+
+
+def test_queued_tasks_restate_why_they_wait_when_their_only_capable_worker_drains_and_resumes():
+    s = make()
+    s.handle([up("gpu-box", tags=frozenset({"gpu"})), up("plain")])
+    s.handle([sub("busy", requirements=GPU_TAG), sub("waits", requirements=GPU_TAG), sub("other")])
+    assert s.task_state("busy") == "assigned"
+    assert s.task("waits").reason == "queued"
+    out = s.handle([DrainWorker(1.0, "gpu-box")])
+    drained = "waiting: every capable worker online is draining (gpu-box)"
+    assert statuses(out, "waits") == [("pending", drained)], "the stored reason follows the drain"
+    assert s.why_waiting("waits") == drained
+    assert statuses(out, "other") == [], "tasks the plain worker can run are not about the drain"
+    # A task of the same class submitted while drained is told the same.
+    assert statuses(s.handle([sub("later", requirements=GPU_TAG)]), "later") == [("pending", drained)]
+    out = run_ok(s, "busy", 2.0)
+    assert dispatches(out) == []
+    out = s.handle([ResumeWorker(3.0, "gpu-box")])
+    assert dispatches(out) == [("waits", "gpu-box")]
+    assert statuses(out, "later") == [("pending", "queued")], "the drain's reason goes with the resume"
