@@ -233,7 +233,7 @@ _FINDING_KINDS = ("anomaly", "change_point")
 # Findings come from the analysis a little after their results land: a run's findings are looked
 # for up to this long after it finished.
 _FINDING_LAG_S = 3600.0
-_FINDINGS_SCAN = 100_000      # events read at most to find a run's findings or a plot's change points
+MAX_SERIES_CHANGES = 50       # change points drawn on one plot (the newest)
 
 
 def _failing(outcome: str | None) -> bool:
@@ -343,9 +343,10 @@ def _metric_meta(conn: sqlite3.Connection, names: Iterable[str]) -> dict[str, tu
 
 
 def _series(conn: sqlite3.Connection, run_id: str, run_end: float,
-            flagged: set[tuple[str, str]]) -> tuple[list[dict[str, Any]], int]:
+            flagged: set[tuple[str, str]]) -> tuple[list[dict[str, Any]], list[list[str]], int]:
     """The run's test x metric series (flagged ones first, then the longest), each with its history
-    before the run: at most HISTORY_POINTS points, the newest."""
+    before the run: at most HISTORY_POINTS points, the newest. Also the result ids of each series'
+    points (where its change points are looked for), and how many series were left out."""
     pairs = [(str(t or ""), str(m), int(n)) for t, m, n in conn.execute(
         "SELECT r.test_id, m.name, count(*) FROM results r JOIN metrics m ON m.result_id = r.result_id "
         "WHERE r.run_id = ? AND m.value IS NOT NULL GROUP BY 1, 2", (run_id,))]
@@ -353,6 +354,7 @@ def _series(conn: sqlite3.Connection, run_id: str, run_end: float,
     chosen = pairs[:MAX_SERIES]
     meta = _metric_meta(conn, {m for _, m, _ in chosen})
     out = []
+    ids: list[list[str]] = []
     for test_id, metric, n in chosen:
         rows = conn.execute(
             "SELECT r.timestamp, m.value, r.run_id = ?, r.result_id FROM results r "
@@ -362,22 +364,70 @@ def _series(conn: sqlite3.Connection, run_id: str, run_end: float,
         rows.reverse()
         points = [[float(t), float(v)] for t, v, _, _ in rows if t is not None and math.isfinite(v)]
         mine = [float(t) for t, v, own, _ in rows if own and t is not None]
+        ids.append([str(rid) for _, _, _, rid in rows])
         unit, direction = meta[metric]
         out.append({"test_id": test_id, "metric": metric, "unit": unit, "direction": direction,
                     "points": points, "run_points": n, "run_span": [min(mine), max(mine)] if mine else None,
                     "change_points": []})
-    return out, max(0, len(pairs) - len(chosen))
+    return out, ids, max(0, len(pairs) - len(chosen))
 
 
-def _scan_findings(conn: sqlite3.Connection, lo: float, hi: float) -> list[dict[str, Any]]:
-    rows = conn.execute("SELECT time, kind, subject, data FROM events WHERE time BETWEEN ? AND ? AND kind IN "
-                        "('anomaly', 'change_point') ORDER BY time LIMIT ?", (lo, hi, _FINDINGS_SCAN)).fetchall()
-    out = []
-    for found, kind, subject, data in rows:
-        d = _json(data)
-        if isinstance(d, dict):
-            out.append({**d, "kind": kind, "result_id": d.get("result_id") or subject, "found": found})
-    return out
+# Findings of a run: events whose subject (a finding's result id) is one of the run's results. The
+# filter is SQL's, so neither the run's result ids nor other runs' findings come into Python.
+_RUN_FINDINGS = ("FROM events WHERE kind IN ('anomaly', 'change_point') AND time BETWEEN ? AND ? "
+                 "AND subject IN (SELECT result_id FROM results WHERE run_id = ?)")
+
+
+def _json_field(path: str) -> str:
+    # json_extract fails the whole query on one malformed row; such a row reads as NULL instead.
+    return f"CASE WHEN json_valid(data) THEN json_extract(data, '{path}') END"
+
+
+def _finding(found: float, kind: str, subject: str, data: str | None) -> dict[str, Any] | None:
+    d = _json(data)
+    if not isinstance(d, dict):
+        return None
+    return {**d, "kind": kind, "result_id": d.get("result_id") or subject, "found": found}
+
+
+def _run_findings(conn: sqlite3.Connection, run_id: str, lo: float,
+                  hi: float) -> tuple[list[dict[str, Any]], int, set[tuple[str, str]]]:
+    """The run's newest MAX_FINDINGS findings (oldest of them first), how many it has in all, and
+    the (test_id, metric) series they are about."""
+    window = (lo, hi, run_id)
+    total = 0
+    flagged: set[tuple[str, str]] = set()
+    for test_id, metric, n in conn.execute(
+            f"SELECT {_json_field('$.series.test_id')}, {_json_field('$.metric')}, count(*) "
+            f"{_RUN_FINDINGS} GROUP BY 1, 2", window):
+        total += int(n)
+        flagged.add((str(test_id or ""), str(metric)))
+    rows = conn.execute(f"SELECT time, kind, subject, data {_RUN_FINDINGS} ORDER BY id DESC LIMIT ?",
+                        (*window, MAX_FINDINGS)).fetchall()
+    found = [f for f in (_finding(*r) for r in reversed(rows)) if f is not None]
+    return found, total, flagged
+
+
+def _change_points(conn: sqlite3.Connection, series: dict[str, Any], result_ids: Sequence[str], lo: float,
+                   hi: float) -> None:
+    """Fill ``series["change_points"]`` with the newest change points found on ``result_ids`` (its
+    plotted points) for its metric, at most MAX_SERIES_CHANGES, oldest first."""
+    if not result_ids:
+        return
+    marks = ",".join("?" * len(result_ids))
+    rows = conn.execute(
+        "SELECT time, kind, subject, data FROM events WHERE kind = 'change_point' AND time BETWEEN ? AND ? "
+        f"AND subject IN ({marks}) AND {_json_field('$.metric')} = ? ORDER BY id DESC LIMIT ?",
+        (lo, hi, *result_ids, series["metric"], MAX_SERIES_CHANGES)).fetchall()
+    for f in (_finding(*r) for r in reversed(rows)):
+        if f is None:
+            continue
+        series["change_points"].append({k: f.get(k) for k in ("timestamp", "mean_before", "mean_after", "rel_change",
+                                                               "p_value", "direction", "result_id")}
+                                        | {"worker_id": (f.get("series") or {}).get("worker_id")})
+        if not series["unit"] and f.get("unit"):
+            series["unit"] = str(f["unit"])
+    series["change_points"].sort(key=lambda c: c["timestamp"] if isinstance(c["timestamp"], (int, float)) else 0.0)
 
 
 def _workers(conn: sqlite3.Connection, run_id: str) -> tuple[list[dict[str, Any]], int]:
@@ -433,29 +483,14 @@ def run_report(conn: sqlite3.Connection, run_id: str, *, now: float | None = Non
     run_start = min(x for x in (run["created"], first_last[0], run_end) if x is not None)
 
     # Findings of the run: those about its results, found while it ran or a little after.
-    own = {str(r[0]) for r in conn.execute("SELECT result_id FROM results WHERE run_id = ?", (run_id,))}
-    found = _scan_findings(conn, run_start - 60.0, run_end + _FINDING_LAG_S)
-    mine = [f for f in found if str(f.get("result_id")) in own]
-    flagged = {(str((f.get("series") or {}).get("test_id") or ""), str(f.get("metric"))) for f in mine}
-    series, series_more = _series(conn, run_id, run_end, flagged)
-    if series:
-        # Change points of the plotted series, over their whole history.
-        lo = min((s["points"][0][0] for s in series if s["points"]), default=run_start)
-        by_key = {(s["test_id"], s["metric"]): s for s in series}
-        history = _scan_findings(conn, lo - 60.0, run_end + _FINDING_LAG_S)
-        for f in history:
-            if f.get("kind") != "change_point":
-                continue
-            s = by_key.get((str((f.get("series") or {}).get("test_id") or ""), str(f.get("metric"))))
-            if s is None or len(s["change_points"]) >= 50:
-                continue
-            s["change_points"].append({k: f.get(k) for k in ("timestamp", "mean_before", "mean_after", "rel_change",
-                                                             "p_value", "direction", "result_id")}
-                                      | {"worker_id": (f.get("series") or {}).get("worker_id")})
-            if not s["unit"] and f.get("unit"):
-                s["unit"] = str(f["unit"])
+    mine, findings_total, flagged = _run_findings(conn, run_id, run_start - 60.0, run_end + _FINDING_LAG_S)
+    series, point_ids, series_more = _series(conn, run_id, run_end, flagged)
+    for s, ids in zip(series, point_ids, strict=True):
+        # Change points of each plot, over its whole history (those found on its points).
+        first = s["points"][0][0] if s["points"] else run_start
+        _change_points(conn, s, ids, first - 60.0, run_end + _FINDING_LAG_S)
     workers, workers_more = _workers(conn, run_id)
-    findings = [finding_row(f) for f in mine[:MAX_FINDINGS]]
+    findings = [finding_row(f) for f in mine]
     return {
         "run": run,
         "counts": counts,
@@ -471,7 +506,7 @@ def run_report(conn: sqlite3.Connection, run_id: str, *, now: float | None = Non
         "series": series,
         "series_more": series_more,
         "findings": findings,
-        "findings_more": max(0, len(mine) - len(findings)),
+        "findings_more": max(0, findings_total - len(findings)),
         "workers": workers,
         "workers_more": workers_more,
         "history": _run_history(conn, run) if run["name"] else [],
@@ -511,13 +546,42 @@ class ExportRowsArgs(_Args):
     after: Annotated[str, msgspec.Meta(max_length=p.MAX_ID + 64)] = ""
 
 
-def _cursor(after: str, default: Any) -> Any:
-    if not after:
-        return default
+_MAX_ROWID = 2**63 - 1
+
+
+def _cursor_error(after: str) -> ValueError:
+    return ValueError(f"export_rows: after={after[:40]!r} is not a cursor this coordinator gave; "
+                      "pass the \"next\" of the previous page, or \"\" for the first")
+
+
+def _cursor_json(after: str) -> Any:
     try:
         return json.loads(after)
     except ValueError:
-        raise ValueError(f"export_rows: {after[:40]!r} is not a cursor this coordinator gave") from None
+        raise _cursor_error(after) from None
+
+
+def _id_cursor(after: str) -> int:
+    """The rowid / event id a results or findings page ended at (0 for the first page)."""
+    if not after:
+        return 0
+    value = _cursor_json(after)
+    # bool is an int to Python, but never a cursor this module wrote.
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_ROWID:
+        raise _cursor_error(after)
+    return value
+
+
+def _task_cursor(after: str) -> tuple[float, str] | None:
+    """The (create_time, task_id) a tasks page ended at (None for the first page)."""
+    if not after:
+        return None
+    value = _cursor_json(after)
+    if not (isinstance(value, list) and len(value) == 2 and isinstance(value[1], str)
+            and isinstance(value[0], (int, float)) and not isinstance(value[0], bool)
+            and math.isfinite(value[0])):
+        raise _cursor_error(after)
+    return float(value[0]), value[1]
 
 
 def _task_row(r: Sequence[Any]) -> dict[str, Any]:
@@ -548,10 +612,10 @@ def export_rows(conn: sqlite3.Connection, a: ExportRowsArgs) -> dict[str, Any]:
         if a.since is not None:
             where.append("create_time >= ?")
             params.append(a.since)
-        last = _cursor(a.after, None)
+        last = _task_cursor(a.after)
         if last is not None:
             where.append("(create_time, task_id) > (?, ?)")
-            params += [float(last[0]), str(last[1])]
+            params += [last[0], last[1]]
         sql = (f"SELECT {','.join(_TASK_SQL_COLUMNS)} FROM tasks {_where(where)} "
                "ORDER BY create_time, task_id LIMIT ?")
         rows = conn.execute(sql, (*params, want)).fetchall()
@@ -573,7 +637,7 @@ def export_rows(conn: sqlite3.Connection, a: ExportRowsArgs) -> dict[str, Any]:
                          f"{_where(['r.' + w for w in where])} ORDER BY 1 LIMIT ?")
             out["metric_names"] = [str(r[0]) for r in conn.execute(names_sql, (*params, MAX_METRIC_COLUMNS))]
         where.append("rowid > ?")
-        params.append(int(_cursor(a.after, 0)))
+        params.append(_id_cursor(a.after))
         sql = (f"SELECT {','.join(_RESULT_SQL_COLUMNS)}, rowid FROM results {_where(where)} ORDER BY rowid LIMIT ?")
         rows = conn.execute(sql, (*params, want)).fetchall()
 
@@ -594,7 +658,7 @@ def export_rows(conn: sqlite3.Connection, a: ExportRowsArgs) -> dict[str, Any]:
             where.append("time >= ?")
             params.append(a.since)
         where.append("id > ?")
-        params.append(int(_cursor(a.after, 0)))
+        params.append(_id_cursor(a.after))
         rows = conn.execute(f"SELECT id, time, kind, subject, data FROM events {_where(where)} ORDER BY id LIMIT ?",
                             (*params, want)).fetchall()
 

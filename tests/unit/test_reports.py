@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -211,6 +212,59 @@ def test_export_rows_tasks_and_findings(lab: Lab) -> None:
         reports.export_rows(lab.conn(), reports.ExportRowsArgs(what="tasks", run_id="gone.1"))
     with pytest.raises(ValueError, match="not a cursor"):
         reports.export_rows(lab.conn(), reports.ExportRowsArgs(what="results", after="x"))
+
+
+@pytest.mark.parametrize(("what", "after"), [
+    ("results", "5.5"), ("results", "[1]"), ("results", '"7"'), ("results", "true"), ("results", "-1"),
+    ("results", str(2**70)), ("results", "{}"), ("findings", "[1]"), ("findings", "null"),
+    ("tasks", "5"), ("tasks", "[1]"), ("tasks", '[1, 2]'), ("tasks", '["a", "b"]'), ("tasks", '[1, "a", 3]'),
+    ("tasks", '[NaN, "a"]'), ("tasks", '{"a": 1}'),
+])
+def test_a_cursor_of_the_wrong_shape_is_refused_with_a_reason(lab: Lab, what: str, after: str) -> None:
+    # JSON, but not what this coordinator writes: a ValueError the client reads, not a TypeError
+    # (which the server logs as a bug and answers "failed: TypeError").
+    with pytest.raises(ValueError, match=r"is not a cursor this coordinator gave; pass the \"next\""):
+        reports.export_rows(lab.conn(), reports.ExportRowsArgs(what=what, after=after))
+
+
+def test_the_cursors_it_gives_are_taken_back(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reports, "PAGE_ROWS", 1)
+    for what in ("tasks", "results", "findings"):
+        page = reports.export_rows(lab.conn(), reports.ExportRowsArgs(what=what))
+        rest = reports.export_rows(lab.conn(), reports.ExportRowsArgs(what=what, after=page["next"]))
+        assert rest["rows"] and rest["rows"][0] != page["rows"][0]
+
+
+def test_a_run_s_recent_change_point_is_found_behind_100001_older_findings(
+        lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Other runs' findings of the same series, stored while this run ran and before its change
+    # point: a scan of the oldest findings in the window would stop before reaching it.
+    other = {"kind": "change_point", "series": {"test_id": "bench::copy"}, "metric": "copy_mb_s",
+             "timestamp": T0 + 110, "mean_before": 1.0, "mean_after": 2.0, "rel_change": 1.0, "p_value": 0.01}
+    db = sqlite3.connect(lab.path)
+    with db:
+        db.executemany("INSERT INTO events (time, kind, subject, data) VALUES (?, 'change_point', ?, ?)",
+                       ((T0 + 100 + i * 1e-4, f"elsewhere-{i}", json.dumps({**other, "result_id": f"elsewhere-{i}"}))
+                        for i in range(100_001)))
+        db.execute("INSERT INTO events (time, kind, subject, data) VALUES (?, 'change_point', 'r-copy2', ?)",
+                   (T0 + 131, json.dumps({
+                       "kind": "change_point", "series": {"test_id": "bench::copy", "worker_id": "w-b"},
+                       "metric": "copy_mb_s", "result_id": "r-copy2", "timestamp": T0 + 130, "mean_before": 80.0,
+                       "mean_after": 40.0, "rel_change": -0.5, "p_value": 1e-4, "direction": "regression"})))
+    db.close()
+    rep = reports.run_report(lab.conn(), lab.run, now=T0 + 500)
+    assert [(f["kind"], f["result_id"]) for f in rep["findings"]] == [("anomaly", "r-copy2"),
+                                                                      ("change_point", "r-copy2")]
+    assert rep["findings_more"] == 0
+    (s,) = rep["series"]
+    # The plot's change points are those on its own points: the history's and the run's, not the others'.
+    assert [(c["result_id"], c["timestamp"]) for c in s["change_points"]] == [("h20", T0 + 20), ("r-copy2", T0 + 130)]
+    # Past the cap, the newest are kept and the rest counted.
+    monkeypatch.setattr(reports, "MAX_FINDINGS", 1)
+    monkeypatch.setattr(reports, "MAX_SERIES_CHANGES", 1)
+    rep = reports.run_report(lab.conn(), lab.run, now=T0 + 500)
+    assert [f["kind"] for f in rep["findings"]] == ["change_point"] and rep["findings_more"] == 1
+    assert [c["result_id"] for c in rep["series"][0]["change_points"]] == ["r-copy2"]
 
 
 def test_a_page_ends_past_its_byte_budget(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
