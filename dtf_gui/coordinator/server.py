@@ -294,9 +294,10 @@ class Coordinator:
                            bundles=self.outputs.bundles, progress=self.outputs.progress, flaky=self.store.mark_flaky,
                            declare=self._declare_metric, compare=lambda *a, **k: self.analysis.queries.compare_runs(*a, **k),
                            metric_info=self._metric_info)
+        self.views = ViewsApi(self.s.db_path, self.analysis.catalog.describe)
         self.api = ClientApi(tasks=self.tasks, workers=self.workers, sched=self.sched, store=self.store,
                              queries=self.analysis.queries, commands=self, coordinator_id=self.s.coordinator_id,
-                             trust=self.trust, runs_api=runs_api, views_api=ViewsApi(self.s.db_path, self.analysis.catalog.describe),
+                             trust=self.trust, runs_api=runs_api, views_api=self.views,
                              alerts_api=self.alerts)
         self.workers.mark_stored_offline()
         self.alerts.restore()
@@ -338,6 +339,8 @@ class Coordinator:
         for mdns in (made.get("advertiser"), made.get("agent_browser")):
             if mdns is not None:
                 mdns.close()
+        if "views" in made:
+            self.views.close()
         if "analysis" in made:
             self.analysis.close()
         if "outputs" in made:
@@ -1089,7 +1092,6 @@ class Coordinator:
             self._wait(reply, deliver)
             return
         d = reply
-        self.store.flush(wait=True)  # the query must see every result already acknowledged
 
         def answered(fut: Future[Any]) -> None:
             exc = fut.exception()
@@ -1102,6 +1104,12 @@ class Coordinator:
                 rep = p.Reply(req_id=d.req_id, ok=False, error=f"{d.op} failed: {type(exc).__name__}: {exc}")
             deliver(rep)
 
+        if self.views.knows(d.op):
+            refused = self.views.run(client.key, d.fn, answered, self.inbox.put)
+            if refused:
+                deliver(p.Reply(req_id=d.req_id, ok=False, error=f"{d.op}: {refused}"))
+            return
+        self.store.flush(wait=True)  # the query must see every result already acknowledged
         self.analysis.run(d.fn, answered)
 
     def _wait(self, w: Waiting, deliver: Callable[[p.Reply], None]) -> None:

@@ -1,8 +1,10 @@
 """The window's reads: pages of the task table, result series, report data, exports.
 
-Every operation here only reads, over possibly millions of rows, so all are deferred: they run on
-the analysis thread through a read-only connection of its own (the store's connection belongs to
-the loop thread). Each concern keeps its queries in its own pure module (taskview, explore,
+Every operation here only reads, over possibly millions of rows, so all are deferred. They run on
+reader threads of their own (``dtf-views``), each with its own read-only connection: a window paging
+through tasks must not wait behind live anomaly detection on the analysis thread, nor hold it up.
+They need not see what the loop has not committed yet (the window lays live events over what it
+reads), so the loop does not flush the store for them either. Each concern keeps its queries in its own pure module (taskview, explore,
 reports), which hands its operations over as ``ops(conn) -> {name: (args type, handler)}``; this
 room only merges them, so the API table stays one table.
 """
@@ -13,6 +15,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,6 +32,10 @@ class ThroughputArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     bucket: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 5.0
 
 
+# Reads one client may have waiting or running at once: a window asks for a few pages at a time; more
+# than this is a client asking faster than it reads, and would starve the other windows.
+MAX_IN_FLIGHT = 16
+
 # A metric's unit and direction as the coordinator resolves them (MetricCatalog.describe: config,
 # then stored declarations, then the name's guess).
 Describe = Callable[[str], dict[str, Any]]
@@ -39,6 +46,8 @@ class ViewsApi:
         self.db_path = db_path
         self.describe = describe
         self._local = threading.local()
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dtf-views")
+        self._in_flight: dict[str, int] = {}  # by client key; loop thread only
         self.deferred_ops: OpTable = {
             "throughput_history": (ThroughputArgs, self.throughput_history),
             **taskview.ops(self.conn), **explore.ops(self.conn), **reports.ops(self.conn),
@@ -60,6 +69,32 @@ class ViewsApi:
             return data
 
         return wrapped
+
+    def knows(self, op: str) -> bool:
+        return op in self.deferred_ops
+
+    def run(self, client: str, fn: Callable[[], Any], then: Callable[[Future[Any]], None],
+            hand_over: Callable[[Callable[[], None]], None]) -> str | None:
+        """Loop thread: run ``fn`` on a reader thread; ``then(future)`` runs back on the loop through
+        ``hand_over``. Returns why it was refused instead (too many reads of this client in flight)."""
+        n = self._in_flight.get(client, 0)
+        if n >= MAX_IN_FLIGHT:
+            return f"{n} reads of this client are still being answered; wait for them before asking more"
+        self._in_flight[client] = n + 1
+
+        def back(fut: Future[Any]) -> None:  # loop thread
+            left = self._in_flight.get(client, 1) - 1
+            if left > 0:
+                self._in_flight[client] = left
+            else:
+                self._in_flight.pop(client, None)
+            then(fut)
+
+        self._pool.submit(fn).add_done_callback(lambda fut: hand_over(lambda: back(fut)))
+        return None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def conn(self) -> sqlite3.Connection:
         """This thread's read-only connection (made on first use)."""
