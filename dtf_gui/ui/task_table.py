@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -36,6 +37,7 @@ from PySide6.QtGui import (
     QBrush,
     QColor,
     QContextMenuEvent,
+    QDrag,
     QFont,
     QFontDatabase,
     QFontMetrics,
@@ -73,7 +75,15 @@ MAX_BLOCKS = 50          # 10,000 cached rows at most
 OVERLAY_LIMIT = 20_000   # latest task summaries laid over cached rows
 REFRESH_MS = 500         # new tasks: at most two refreshes a second
 LOOK_S = 2.0             # how long after an event of a new task its committed row is looked for
-FULL_REFRESH_S = 1.0     # a filter on what changes (status, worker, text): a recount at most once a second
+FULL_REFRESH_S = 1.0     # a reset (filter changed, or an empty unfiltered table) at most once a second
+# Under a filter on what changes (status, worker, text) live changes move tasks in and out: the
+# filtered count is taken again at most this often (a text count scans the table: ~780 ms on 1M).
+COUNT_S = 1.0
+COUNT_TEXT_S = 5.0
+ACT_CAP = 10_000         # tasks one action sends (the batch ops' own bound)
+PRIORITY_CAP = 1_000     # set_priority goes per task
+RESOLVE_PAGE = 500       # ids of selected rows not cached are read in pages of this many (task_page's bound)
+MAX_POSITIONS = 1000     # ids whose rows are looked for again after a reset (task_positions' bound)
 PLACEHOLDER = "…"
 FILTER_KEYS = ("status", "worker_id", "tag", "run_id", "text")
 # Filters on fields that change while a task lives: a live change may move a task in or out.
@@ -105,6 +115,14 @@ COL_TASK, COL_STATUS, COL_COMMAND, COL_WHY = 0, 1, 3, 9
 _NUMERIC = (4, 6)
 
 
+def ids_mime(ids: list[str]) -> QMimeData:
+    """Task ids as a drag carries them (one a line; also as text)."""
+    data = QMimeData()
+    data.setData(TASK_IDS_MIME, "\n".join(ids).encode())
+    data.setText("\n".join(ids))
+    return data
+
+
 def _mono() -> QFont:
     return QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont)
 
@@ -115,7 +133,14 @@ class TaskTableModel(QAbstractTableModel):
     Rows are addressed internally by a *base* number, ``row - shift``: new tasks inserted at the
     top raise ``shift``, so cached blocks keep their keys however many rows arrive above them.
     Every page asked for is pinned to ``upto`` (the newest row when the table was last counted or
-    grown), so its offsets mean the same rows whatever arrives meanwhile."""
+    grown), so its offsets mean the same rows whatever arrives meanwhile.
+
+    Under a filter on what changes (status, worker, text) the table is never reset by live
+    changes: the filtered count is taken again (throttled), rows that left (or joined) below the
+    pin are removed from (added to) the end, new ones are inserted at the top, and cached blocks
+    go stale so the rows in view are read again. A reset happens only when the filter itself
+    changes (or an unfiltered table was empty), and never while the view holds the model
+    (:attr:`held`: a context menu or a drag is open)."""
 
     countsChanged = Signal()   # total, all_total or loading changed
     refreshed = Signal()       # a reset or a growth at the top has been applied
@@ -145,6 +170,10 @@ class TaskTableModel(QAbstractTableModel):
         self._want_head = False
         self._want_full = False
         self._last_full = 0.0
+        self._want_count = False
+        self._last_count = 0.0
+        # > 0 while a context menu or a drag acts on the rows as they are: no reset meanwhile.
+        self.held = 0
         # Events announce a task before its row is committed (the store writes in groups every
         # quarter second): until this moment after the last new task, refreshes go on looking for it.
         self._look_until = 0.0
@@ -211,14 +240,11 @@ class TaskTableModel(QAbstractTableModel):
         return [TASK_IDS_MIME]
 
     def mimeData(self, indexes: Sequence[QModelIndex]) -> QMimeData:
-        ids = self.ids_of(i.row() for i in indexes if i.isValid())
-        data = QMimeData()
-        data.setData(TASK_IDS_MIME, "\n".join(ids).encode())
-        data.setText("\n".join(ids))
-        return data
+        return ids_mime(self.ids_of(i.row() for i in indexes if i.isValid()))
 
     def supportedDragActions(self) -> Qt.DropAction:
         return Qt.DropAction.CopyAction
+
 
     # -- reading rows -----------------------------------------------------------------------------
 
@@ -258,6 +284,91 @@ class TaskTableModel(QAbstractTableModel):
         """The row of a cached task."""
         base = self._base_of.get(task_id)
         return None if base is None else base + self._shift
+
+    def cached_ids_in(self, spans: list[tuple[int, int]], cap: int) -> list[str]:
+        """Ids of the cached rows inside these (sorted, merged) row spans, in row order, at most
+        ``cap``: costs the cache's size (10,000 rows at most), never the spans' (Ctrl+A: a million)."""
+        starts = [a for a, _ in spans]
+        out: dict[str, None] = {}
+        for key in sorted(self._blocks):  # base order is row order
+            for i, row in enumerate(self._blocks[key]):
+                r = key + i + self._shift
+                if row is None or not 0 <= r < self.total:
+                    continue
+                j = bisect_right(starts, r) - 1
+                if j >= 0 and r <= spans[j][1]:
+                    out[row["task_id"]] = None
+                    if len(out) >= cap:
+                        return list(out)
+        return list(out)
+
+    def resolve(self, spans: list[tuple[int, int]], cap: int,
+                done: Callable[[list[str], int, str | None], None]) -> None:
+        """The ids of the first ``cap`` rows of these (sorted, merged) spans, in row order. Cached
+        rows answer at once; the others are read off the GUI thread in pages of RESOLVE_PAGE,
+        pinned to the snapshot of this moment (the rows the engineer selected, whatever arrives
+        meanwhile). ``done(ids, selected, error)`` runs when all is read (at once if all is
+        cached); ``selected`` is how many rows the spans hold."""
+        selected = sum(b - a + 1 for a, b in spans)
+        found: dict[int, str] = {}
+        gaps: list[tuple[int, int]] = []
+        left = cap
+        for a, b in spans:
+            if left <= 0:
+                break
+            b = min(b, a + left - 1, self.total - 1)
+            left -= b - a + 1
+            start: int | None = None
+            for r in range(a, b + 1):  # cap rows at most
+                row = self.peek(r)
+                if row is not None:
+                    found[r] = row["task_id"]
+                    if start is not None:
+                        gaps.append((start, r - 1))
+                        start = None
+                elif start is None:
+                    start = r
+            if start is not None:
+                gaps.append((start, b))
+        pin = self.upto
+        filt = self._args()
+
+        def finish(error: str | None = None) -> None:
+            done(list(dict.fromkeys(found[r] for r in sorted(found))), selected, error)
+
+        def next_gap() -> None:
+            if not gaps:
+                finish()
+                return
+            a, b = gaps.pop(0)
+            fetch(a, b, pin, a)
+
+        def fetch(a: int, b: int, key: list[Any] | None, offset: int) -> None:
+            n = min(RESOLVE_PAGE, b - a + 1)
+            args = {**filt, "offset": offset, "limit": n, "with_total": False}
+            if key is not None:
+                args["upto"] = key
+
+            def got(data: Any, error: str | None) -> None:
+                if error is not None:
+                    finish(error)
+                    return
+                rows = data["rows"]
+                for i, row in enumerate(rows):
+                    found[a + i] = row["task_id"]
+                if len(rows) < n or a + n > b:
+                    next_gap()
+                    return
+                # The next page starts just below the last row read: an index walk from its key,
+                # not a skip from the top again (a text filter's skip is a scan).
+                last = rows[-1]
+                fetch(a + n, b, [last["create_time"], last["task_id"]], 1)
+
+            self.requests += 1
+            if not self.bridge.call_async("task_page", args, got):
+                finish("the coordinator is gone")
+
+        next_gap()
 
     def cached_rows(self) -> int:
         return sum(1 for b in self._blocks.values() for r in b if r is not None)
@@ -359,6 +470,10 @@ class TaskTableModel(QAbstractTableModel):
                 self.countsChanged.emit()
                 self.failed.emit(error)
                 return
+            if self.held:
+                # A menu or a drag is about the rows as they are now: the reset waits for it.
+                self._schedule(full=True)
+                return
             self.beginResetModel()
             self._epoch += 1
             self._blocks.clear()
@@ -368,6 +483,8 @@ class TaskTableModel(QAbstractTableModel):
             self._shift = 0
             self.total = int(data["total"] or 0)
             self.upto = data["top"]
+            self._last_count = time.monotonic()
+            self._want_count = False
             self.endResetModel()
             self._place(0, data["rows"])
             if not self.filter:
@@ -386,28 +503,72 @@ class TaskTableModel(QAbstractTableModel):
 
             self.bridge.call_async("task_page", {"limit": 0, "with_total": True}, counted)
 
-    def _head_refresh(self) -> None:
+    def _count_due_in(self) -> float:
+        """Seconds until the filtered count may be taken again (text: a scan; status, worker: cheaper)."""
+        every = COUNT_TEXT_S if self.filter.get("text") else COUNT_S
+        return every - (time.monotonic() - self._last_count)
+
+    def _head_refresh(self, *, count: bool = False) -> None:
+        """Take in the tasks that arrived above the pin; with ``count``, also the filtered count, so
+        that rows that left the filter (or joined it) below the pin go from (come to) the end."""
         if self._head_busy:
             self._want_head = True
+            self._want_count = self._want_count or count
             return
         self._head_busy = True
         self._want_head = False
+        if count:
+            self._want_count = False
+            self._last_count = time.monotonic()
         epoch = self._epoch
         anchor = self.upto
         self.requests += 1
 
         def done(data: Any, error: str | None) -> None:
             self._head_busy = False
-            if epoch == self._epoch and error is None:
-                self._grow(int(data["newer"] or 0), data["top"], data["rows"])
-            elif error is not None:
+            if error is not None:
                 self.failed.emit(error)
+            elif epoch == self._epoch and anchor == self.upto:
+                newer = int(data["newer"] or 0) if anchor is not None else int(data["total"] or 0)
+                if count:
+                    self._resize_below(int(data["total"] or 0) - newer)
+                self._grow(newer, data["top"], data["rows"])
             if self._want_head or time.monotonic() < self._look_until:
                 self._schedule()
+            elif self._want_count and not self._timer.isActive():
+                self._timer.start(max(1, int(self._count_due_in() * 1000) + 1))
 
-        args = self._args(offset=0, limit=self.block_size, with_total=False, newer_than=anchor)
+        args = self._args(offset=0, limit=self.block_size, with_total=count or anchor is None)
+        if anchor is not None:
+            args["newer_than"] = anchor
         if not self.bridge.call_async("task_page", args, done):
             self._head_busy = False
+
+    def _resize_below(self, below: int) -> None:
+        """The rows at or below the pin are ``below`` now: the difference goes from (comes to) the
+        end, as rows removed (inserted); what moved in between is re-read (the blocks go stale)."""
+        below = max(0, below)
+        if below < self.total:
+            self.beginRemoveRows(QModelIndex(), below, self.total - 1)
+            self.total = below
+            self._forget_from(below)
+            self.endRemoveRows()
+        elif below > self.total:
+            self.beginInsertRows(QModelIndex(), self.total, below - 1)
+            self._forget_from(self.total)
+            self.total = below
+            self.endInsertRows()
+
+    def _forget_from(self, row: int) -> None:
+        """Drop cached rows from ``row`` down (they are no longer, or not yet, what those rows show)."""
+        first = row - self._shift
+        for key, block in self._blocks.items():
+            for i in range(max(0, first - key), len(block)):
+                old = block[i]
+                if old is not None:
+                    if self._base_of.get(old["task_id"]) == key + i:
+                        del self._base_of[old["task_id"]]
+                    block[i] = None
 
     def _grow(self, n: int, top: list[Any] | None, rows: list[Row]) -> None:
         """``n`` tasks arrived above the snapshot key: rows inserted at the top, the key moved up;
@@ -435,8 +596,8 @@ class TaskTableModel(QAbstractTableModel):
             self._timer.start()
 
     def _refresh_due(self) -> None:
-        if self.upto is None and not self.loading:
-            # Nothing was there to anchor on (an empty table, or a filter nothing matched): count again.
+        if self.upto is None and not self.loading and not self.filter:
+            # Nothing was there to anchor on (an empty table): count again.
             self._want_full = True
         if self._want_full:
             wait = FULL_REFRESH_S - (time.monotonic() - self._last_full)
@@ -444,6 +605,24 @@ class TaskTableModel(QAbstractTableModel):
                 self._timer.start(int(wait * 1000) + 1)
                 return
             self._full_refresh()
+            return
+        if self.loading:
+            return  # the full refresh under way brings everything
+        # Under a text filter even the newest rows may need a scan (a rare match): everything waits
+        # for the throttled count, which takes in the new rows too.
+        expensive = bool(self.filter.get("text"))
+        count = self._want_count or (self.upto is None and bool(self.filter)) or (expensive and self._want_head)
+        if count:
+            wait = self._count_due_in()
+            if wait > 0:
+                # The count waits its turn; new tasks at the top (a cheap filter) do not.
+                self._want_count = True
+                if self._want_head and not expensive:
+                    self._head_refresh()
+                self._timer.start(int(wait * 1000) + 1)
+                return
+            self._want_head = False
+            self._head_refresh(count=True)
         elif self._want_head:
             self._head_refresh()
 
@@ -475,8 +654,10 @@ class TaskTableModel(QAbstractTableModel):
         if rows:
             self.dataChanged.emit(self.index(min(rows), 0), self.index(max(rows), len(COLUMNS) - 1))
         if any(self.filter.get(k) for k in _MUTABLE_FILTERS) and batch:
-            self._schedule(full=True)
-        elif fresh:
+            # Tasks may have moved in or out of the filter: count again (throttled), never a reset.
+            self._want_count = True
+            self._schedule()
+        if fresh:
             self._look_until = time.monotonic() + LOOK_S
             self._schedule()
 
@@ -623,10 +804,16 @@ class TaskFilterBar(QWidget):
 
 class TaskTableView(QTableView):
     """The tasks: select many, open one (Enter, double-click), act from a menu or a shortcut,
-    drag onto a worker. Each action asks the coordinator; a refusal shows its reason here."""
+    drag onto a worker. Each action asks the coordinator; a refusal shows its reason here.
+
+    The selection is read as spans of rows (Ctrl+A over a million rows is one span), never one
+    index per row. An action resolves the ids of the selected rows (the ones not loaded are read
+    in pages, off the GUI thread; ACT_CAP at most) and sends one batch op; its outcome shows when
+    it is answered."""
 
     taskActivated = Signal(str)
     messageShown = Signal(str)  # the outcome of an action (a refusal's reason, or what was done)
+    actionFinished = Signal(str, dict)  # a batch op and its answer ({"done": [...], "refused": {...}})
 
     def __init__(self, bridge: CoordinatorBridge, model: TaskTableModel, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -654,6 +841,7 @@ class TaskTableView(QTableView):
         self._workers: dict[str, str] = {}
         self.last_message = ""
         self._saved: list[str] = []
+        self._saved_current: str | None = None
         self._make_actions()
         bridge.workersChanged.connect(self._on_workers)
         bridge.call_async("list_workers", None, lambda data, err: self._on_workers(data or []) if not err else None)
@@ -715,13 +903,37 @@ class TaskTableView(QTableView):
         menu.addMenu(self.assign_menu)
         menu.addSeparator()
         menu.addAction(self.copy_action)
-        has = bool(self.selected_ids())
+        has = self.selectionModel().hasSelection()
         for a in (self.open_action, self.retry_action, self.cancel_action, self.priority_action, self.copy_action):
             a.setEnabled(a.isEnabled() and has)
         return menu
 
     def contextMenuEvent(self, event: QContextMenuEvent) -> None:
-        self.context_menu().exec(event.globalPos())
+        menu = self.context_menu()
+        self.task_model.held += 1  # what the menu acts on stays put until it closes
+        try:
+            menu.exec(event.globalPos())
+        finally:
+            self.task_model.held -= 1
+
+    def startDrag(self, supportedActions: Qt.DropAction) -> None:
+        # Qt's own drag lists every selected cell (ten million for Ctrl+A on a million rows): the
+        # drag carries the loaded selected rows' ids instead; Assign to acts on all of them.
+        spans = self.selection_spans()
+        ids = self.task_model.cached_ids_in(spans, ACT_CAP)
+        if not ids:
+            return
+        selected = sum(b - a + 1 for a, b in spans)
+        if selected > len(ids):
+            self.show_message(f"Dragging the {len(ids):,} loaded of {selected:,} selected tasks; "
+                              "Assign to (right button) acts on all of them")
+        drag = QDrag(self)
+        drag.setMimeData(ids_mime(ids))
+        self.task_model.held += 1
+        try:
+            drag.exec(Qt.DropAction.CopyAction)
+        finally:
+            self.task_model.held -= 1
 
     def keyPressEvent(self, event: QKeyEvent) -> None:
         # QTableView copies the shown text itself (the short id): the full ids are what is wanted.
@@ -746,76 +958,132 @@ class TaskTableView(QTableView):
 
     # -- what the actions do ----------------------------------------------------------------------
 
-    def selected_ids(self) -> list[str]:
-        rows = sorted({i.row() for i in self.selectionModel().selectedRows()})
-        return self.task_model.ids_of(rows)
+    def selection_spans(self) -> list[tuple[int, int]]:
+        """The selected rows as sorted, merged (first, last) spans, read from the selection's
+        ranges: as cheap for a million selected rows as for one."""
+        spans = sorted((r.top(), r.bottom()) for r in self.selectionModel().selection())
+        merged: list[tuple[int, int]] = []
+        for a, b in spans:
+            if merged and a <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        return merged
+
+    def selected_ids(self, cap: int = ACT_CAP) -> list[str]:
+        """The ids of the selected rows that are loaded (at once; see :meth:`resolve_selection`)."""
+        return self.task_model.cached_ids_in(self.selection_spans(), cap)
+
+    def resolve_selection(self, cap: int, done: Callable[[list[str], int, str | None], None]) -> int:
+        """The ids of all selected rows (the first ``cap``), read where not loaded: ``done(ids,
+        selected, error)``. Returns how many rows are selected."""
+        spans = self.selection_spans()
+        if not spans:
+            return 0
+        self.task_model.resolve(spans, cap, done)
+        return sum(b - a + 1 for a, b in spans)
 
     def open_task(self, row: int) -> None:
         ids = self.task_model.ids_of([row]) if row >= 0 else []
         if ids:
             self.taskActivated.emit(ids[0])
 
-    def _command(self, op: str, args: dict[str, Any]) -> tuple[Any, str | None]:
-        """A quick loop op; its refusal's reason comes back (and the window's status bar shows it too)."""
-        errors: list[str] = []
-        self.bridge.errorRaised.connect(errors.append)
-        try:
-            data = self.bridge.call(op, args)
-        finally:
-            self.bridge.errorRaised.disconnect(errors.append)
-        return data, (errors[-1] if errors else None if data is not None else f"{op} failed")
+    @staticmethod
+    def _capped(acted: int, selected: int) -> str:
+        if selected <= acted:
+            return ""
+        return f"{acted:,} of {selected:,} selected tasks acted on — narrow the filter. "
 
-    def _each(self, op: str, verb: str, extra: dict[str, Any] | None = None, ids: list[str] | None = None) -> int:
-        ids = self.selected_ids() if ids is None else ids
+    def _batch(self, op: str, past: str, verb: str, extra: dict[str, Any] | None = None) -> int:
+        """One batch op for the selected tasks (ACT_CAP at most), answered later. Returns how many
+        tasks it is for (0: nothing selected, or our role may not)."""
         if not self.bridge.allows(op):
             self.show_message(f"Cannot {verb}: {self.bridge.why_not(op)}")
             return 0
-        done = 0
-        refusals: list[str] = []
-        for tid in ids:
-            data, error = self._command(op, {"task_id": tid, **(extra or {})})
-            if error is None:
-                done += 1
-            else:
-                refusals.append(error)
-        if refusals and len(ids) == 1:
-            self.show_message(f"Refused: {refusals[0]}")
-        elif refusals:
-            more = f" (and {len(refusals) - 1} more)" if len(refusals) > 1 else ""
-            self.show_message(f"{verb.capitalize()}: {done} of {len(ids)} done; refused: {refusals[0]}{more}")
-        elif ids:
-            self.show_message(f"{verb.capitalize()}: {done} task{'s' if done != 1 else ''}")
-        return done
+
+        def resolved(ids: list[str], selected: int, error: str | None) -> None:
+            if error is not None:
+                self.show_message(f"Cannot {verb}: the selected tasks could not be read: {error}")
+                return
+            if not ids:
+                return
+
+            def answered(data: Any, error: str | None) -> None:
+                if error is not None:
+                    self.show_message(f"Cannot {verb}: {error}")
+                    return
+                self.show_message(self._capped(len(ids), selected) + _outcome(past, data, len(ids)))
+                self.actionFinished.emit(op, data)
+
+            if not self.bridge.call_async(op, {"task_ids": ids, **(extra or {})}, answered):
+                self.show_message(f"Cannot {verb}: the coordinator is gone")
+
+        return min(self.resolve_selection(ACT_CAP, resolved), ACT_CAP)
 
     def retry_selected(self) -> int:
-        return self._each("retry_task", "retry")
+        return self._batch("retry_tasks", "Retried", "retry")
 
     def cancel_selected(self) -> int:
-        return self._each("cancel_task", "cancel")
+        return self._batch("cancel_tasks", "Cancelled", "cancel")
 
     def assign_selected(self, worker_id: str) -> int:
-        return self._each("assign_task", f"assign to {worker_id}", {"worker_id": worker_id})
+        return self._batch("assign_tasks", f"Assigned to {worker_id}", f"assign to {worker_id}",
+                           {"worker_id": worker_id})
 
     def set_priority_selected(self, value: int | None = None) -> int:
-        ids = self.selected_ids()
-        if not ids:
+        """set_priority per task (there is no batch op for it), off the GUI thread, PRIORITY_CAP at most."""
+        if not self.selectionModel().hasSelection():
+            return 0
+        if not self.bridge.allows("set_priority"):
+            self.show_message(f"Cannot set the priority: {self.bridge.why_not('set_priority')}")
             return 0
         if value is None:
-            first = self.task_model.row_of(ids[0])
-            current = (self.task_model.peek(first) or {}).get("priority", 0) if first is not None else 0
-            value, ok = QInputDialog.getInt(self, "Set priority", f"Priority of {len(ids)} task(s) "
+            current = (self.task_model.peek(self.currentIndex().row()) or {}).get("priority", 0) \
+                if self.currentIndex().isValid() else 0
+            value, ok = QInputDialog.getInt(self, "Set priority", "Priority of the selected task(s) "
                                             "(higher runs first):", int(current or 0), -p.MAX_PRIORITY,
                                             p.MAX_PRIORITY)
             if not ok:
                 return 0
-        return self._each("set_priority", "set the priority", {"priority": value}, ids)
+        priority = value
 
-    def copy_ids(self) -> list[str]:
-        ids = self.selected_ids()
-        if ids:
-            QGuiApplication.clipboard().setText("\n".join(ids))
-            self.show_message(f"Copied {len(ids)} id{'s' if len(ids) != 1 else ''}")
-        return ids
+        def resolved(ids: list[str], selected: int, error: str | None) -> None:
+            if error is not None:
+                self.show_message(f"Cannot set the priority: the selected tasks could not be read: {error}")
+                return
+            outcome: dict[str, Any] = {"done": [], "refused": {}}
+            waiting = set(ids)
+
+            def one(tid: str) -> Callable[[Any, str | None], None]:
+                def answered(data: Any, error: str | None) -> None:
+                    waiting.discard(tid)
+                    if error is None:
+                        outcome["done"].append(tid)
+                    else:
+                        outcome["refused"][tid] = error
+                    if not waiting:
+                        self.show_message(self._capped(len(ids), selected)
+                                          + _outcome(f"Priority {priority} set on", outcome, len(ids)))
+                        self.actionFinished.emit("set_priority", outcome)
+                return answered
+
+            for tid in ids:
+                if not self.bridge.call_async("set_priority", {"task_id": tid, "priority": priority}, one(tid)):
+                    one(tid)(None, "the coordinator is gone")
+
+        return min(self.resolve_selection(PRIORITY_CAP, resolved), PRIORITY_CAP)
+
+    def copy_ids(self) -> int:
+        """The full ids of the selected tasks to the clipboard (ACT_CAP at most; read where not loaded)."""
+        def resolved(ids: list[str], selected: int, error: str | None) -> None:
+            if error is not None:
+                self.show_message(f"Cannot copy: the selected tasks could not be read: {error}")
+            elif ids:
+                QGuiApplication.clipboard().setText("\n".join(ids))
+                more = f" (the first {len(ids):,} of {selected:,} selected)" if selected > len(ids) else ""
+                self.show_message(f"Copied {len(ids):,} id{'s' if len(ids) != 1 else ''}{more}")
+
+        return self.resolve_selection(ACT_CAP, resolved)
 
     def show_message(self, text: str) -> None:
         self.last_message = text
@@ -833,12 +1101,26 @@ class TaskTableView(QTableView):
             bar.setValue(bar.value() + (last - first + 1))
 
     def _save_selection(self) -> None:
-        self._saved = self.selected_ids()
+        # The loaded selected rows (a bounded look at the cache, whatever the selection's size) and
+        # the current row, by id: found again after the reset.
+        self._saved = self.selected_ids(MAX_POSITIONS)
+        current = self.task_model.peek(self.currentIndex().row()) if self.currentIndex().isValid() else None
+        self._saved_current = current["task_id"] if current else None
 
     def _restore_selection(self) -> None:
         ids, self._saved = self._saved, []
-        if ids:
-            self.task_model.locate(ids, self.select_rows)
+        current, self._saved_current = self._saved_current, None
+        wanted = ids + ([current] if current and current not in ids else [])
+        if not wanted:
+            return
+
+        def found(positions: dict[str, int]) -> None:
+            self.select_rows({t: r for t, r in positions.items() if t in ids})
+            if current in positions and not self.currentIndex().isValid():
+                self.selectionModel().setCurrentIndex(self.task_model.index(positions[current], 0),
+                                                      QItemSelectionModel.SelectionFlag.NoUpdate)
+
+        self.task_model.locate(wanted, found)
 
     def select_rows(self, positions: dict[str, int]) -> None:
         """Select these rows (task id -> row), unless the engineer selected something meanwhile."""
@@ -850,6 +1132,18 @@ class TaskTableView(QTableView):
             sel.select(self.task_model.index(r, 0), self.task_model.index(r, last))
         self.selectionModel().select(sel, QItemSelectionModel.SelectionFlag.ClearAndSelect)
         self.scrollTo(self.task_model.index(min(positions.values()), 0))
+
+
+def _outcome(past: str, data: Any, asked: int) -> str:
+    """``Cancelled 37; 3 refused: <first reason>`` from a batch op's answer."""
+    done = len(data.get("done") or ()) if isinstance(data, dict) else 0
+    refused = data.get("refused") or {} if isinstance(data, dict) else {}
+    if asked == 1 and refused:
+        return f"Refused: {next(iter(refused.values()))}"
+    text = f"{past} {done:,}"
+    if refused:
+        text += f"; {len(refused):,} refused: {next(iter(refused.values()))}"
+    return text
 
 
 def _id_width() -> int:

@@ -6,13 +6,14 @@ analysis thread, SQLite); the detail pane reads a real task's log as the local a
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from PySide6.QtCore import QItemSelectionModel, QModelIndex, Qt
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QWidget
 
 from dtf_gui.coordinator.config import ephemeral_settings
 from dtf_gui.ui.bridge import CoordinatorBridge
@@ -20,7 +21,8 @@ from dtf_gui.ui.models import TASK_IDS_MIME
 from dtf_gui.ui.task_detail import TaskDetailPane
 from dtf_gui.ui.task_table import COL_STATUS, COL_TASK, PLACEHOLDER, TasksPanel, TaskTableModel
 
-SHOTS = Path("/tmp/shots")
+# Screenshots for a look, only when asked: DTF_SHOTS=/tmp/shots pytest ...
+SHOTS = os.environ.get("DTF_SHOTS")
 NOWHERE = {"worker": "nowhere"}  # pinned to a worker that never comes: stays pending
 
 
@@ -51,6 +53,13 @@ def stored(bridge: CoordinatorBridge) -> int:
 
 def wait_stored(qtbot, bridge: CoordinatorBridge, n: int) -> None:
     qtbot.waitUntil(lambda: stored(bridge) >= n, timeout=20_000)
+
+
+def shot(widget: QWidget, name: str) -> None:
+    if SHOTS:
+        QApplication.processEvents()  # the rows that just arrived, painted
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        widget.grab().save(str(Path(SHOTS) / name))
 
 
 def shown(model: TaskTableModel, rows: range) -> list[str]:
@@ -115,6 +124,7 @@ def test_status_overlay_and_new_tasks_insert_at_top_keeping_selection(qtbot, bri
     before = model.requests
     assert view.cancel_selected() == 1
     qtbot.waitUntil(lambda: model.index(row, COL_STATUS).data() == "cancelled", timeout=10_000)
+    assert model.requests == before  # the overlay, not a page read
     # New tasks arrive as rows inserted at the top, the selection moves with its task.
     inserted: list[tuple[int, int]] = []
     model.rowsInserted.connect(lambda _p, first, last: inserted.append((first, last)))
@@ -171,19 +181,32 @@ def test_context_menu_actions_and_a_refusal_shown(qtbot, bridge) -> None:
     menu = view.context_menu()
     titles = [a.text() for a in menu.actions()]
     assert {"Open details", "Retry", "Cancel", "Set priority…", "Assign to", "Copy id(s)"} <= set(titles)
-    # Priority through the op.
+    # Priority through the op (answered later, off the GUI thread).
     assert view.set_priority_selected(7) == 1
+    qtbot.waitUntil(lambda: view.last_message == "Priority 7 set on 1", timeout=10_000)
     assert bridge.call("get_task", {"task_id": ids[-1]})["priority"] == 7
     # Copy: the full id, not the short one.
     qtbot.keyClick(view, Qt.Key.Key_C, Qt.KeyboardModifier.ControlModifier)
     assert QApplication.clipboard().text() == ids[-1]
     # Cancel by its shortcut; cancelling it again is refused, and the reason is shown.
-    qtbot.keyClick(view, Qt.Key.Key_Delete)
-    qtbot.waitUntil(lambda: bridge.call("get_task", {"task_id": ids[-1]})["status"] == "cancelled", timeout=10_000)
-    assert view.cancel_selected() == 0
+    with qtbot.waitSignal(view.actionFinished, timeout=10_000) as sent:
+        qtbot.keyClick(view, Qt.Key.Key_Delete)
+    assert sent.args == ["cancel_tasks", {"done": [ids[-1]], "refused": {}}]
+    assert view.last_message == "Cancelled 1"
+    assert bridge.call("get_task", {"task_id": ids[-1]})["status"] == "cancelled"
+    with qtbot.waitSignal(view.actionFinished, timeout=10_000):
+        assert view.cancel_selected() == 1
     assert view.last_message == panel.message.text() == "Refused: cannot cancel: task already cancelled"
+    # Two tasks, one refused: both counted, the first reason shown.
+    view.selectionModel().select(model.index(1, 0), QItemSelectionModel.SelectionFlag.Select
+                                 | QItemSelectionModel.SelectionFlag.Rows)
+    with qtbot.waitSignal(view.actionFinished, timeout=10_000):
+        assert view.cancel_selected() == 2
+    assert view.last_message == "Cancelled 1; 1 refused: cannot cancel: task already cancelled"
+    view.selectRow(2)
     # Assign to a worker that does not exist: refused with the coordinator's reason.
-    assert view.assign_selected("ghost") == 0
+    with qtbot.waitSignal(view.actionFinished, timeout=10_000):
+        view.assign_selected("ghost")
     assert "no worker 'ghost'" in panel.message.text()
     # Enter opens the task.
     opened: list[str] = []
@@ -213,8 +236,7 @@ def test_detail_pane_shows_a_finished_tasks_stdout(qtbot, gui_session, qtmodelte
     assert pane.log_text("stdout").count("hello-detail") == 1  # read once, not appended per poll
     qtmodeltester.check(pane.attempts, force_py=True)
     qtmodeltester.check(pane.metrics, force_py=True)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    pane.grab().save(str(SHOTS / "task_detail.png"))
+    shot(pane, "task_detail.png")
 
 
 def test_detail_pane_says_why_a_task_waits_and_cancels_it(qtbot, bridge) -> None:
@@ -267,7 +289,5 @@ def test_screenshot_of_the_tasks_table(qtbot, gui_session) -> None:
     qtbot.waitUntil(lambda: panel.model.peek(160) is not None and panel.model.peek(190) is not None,
                     timeout=10_000)
     panel.view.selectRow(170)
-    qtbot.wait(50)  # one paint of the rows that just arrived (a screenshot, not a synchronisation)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    panel.grab().save(str(SHOTS / "tasks_table.png"))
+    shot(panel, "tasks_table.png")
     assert "2,535 tasks" in panel.count_label.text()
