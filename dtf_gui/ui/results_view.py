@@ -6,8 +6,13 @@ thread. The plot holds one PlotDataItem per colour group, with downsampling and 
 view, so 100,000 points pan and zoom smoothly; a click is resolved to the nearest point with numpy
 in the view's own scale (not the scatter's hit test, which walks every spot).
 
-Live: completed or failed tasks of the selected test, and findings of (or retracted from) the
-selected series, schedule a refetch; refetches are coalesced to at most one a second.
+Live, and only while the view is on screen (what happened while it was hidden is caught up when it
+shows): a completed or failed task of the selected test schedules a read of the points since the
+last one shown (``since``), merged into the plot; findings of (or retracted from) the selected
+series, like a new selection, a full read. Reads are coalesced to at most one a second. A task of a
+test the catalog does not list reads the catalog again, at most every CATALOG_INTERVAL seconds (a
+test without metrics is never listed, and the catalog groups 200,000 results); tasks without a
+test id never do.
 """
 
 from __future__ import annotations
@@ -48,7 +53,8 @@ from PySide6.QtWidgets import (
 from dtf_gui.ui import theme
 from dtf_gui.ui.bridge import CoordinatorBridge
 
-REFRESH_INTERVAL = 1.0  # seconds between two live refetches at most
+REFRESH_INTERVAL = 1.0  # seconds between two live reads of the series at most
+CATALOG_INTERVAL = 10.0  # seconds between two live reads of the catalog at most
 SERIES_LIMIT = 100_000
 MAX_GROUPS = 16  # colour groups drawn; the rest share one grey "others"
 CLICK_RADIUS = 0.04  # of the view's width/height: how near a click must be to pick a point
@@ -160,17 +166,62 @@ class ComparisonModel(QAbstractTableModel):
         return None
 
 
-class _Series:
-    """A metric_series reply as numpy arrays (what the plot and the click need)."""
+_COLUMNS = ("worker", "hardware", "result_id", "task_id", "run_id")  # the string columns of a reply
 
-    def __init__(self, data: dict[str, Any]) -> None:
+
+class _Series:
+    """A metric_series reply as numpy columns (what the plot and the click need); ``data`` is the
+    rest of the reply (names, unit, direction, truncated, findings)."""
+
+    def __init__(self, data: dict[str, Any], t: np.ndarray, v: np.ndarray, cols: dict[str, np.ndarray]) -> None:
         self.data = data
-        self.t = np.asarray(data.get("t") or [], dtype=np.float64)
-        self.v = np.asarray(data.get("v") or [], dtype=np.float64)
-        self.worker = np.asarray(data.get("worker") or [], dtype=object)
-        self.hardware = np.asarray(data.get("hardware") or [], dtype=object)
-        self.task_id: list[str] = list(data.get("task_id") or [])
-        self.result_ids: set[str] = set(data.get("result_id") or ())
+        self.t = t
+        self.v = v
+        self.worker = cols["worker"]
+        self.hardware = cols["hardware"]
+        self.result_id = cols["result_id"]
+        self.task_id = cols["task_id"]
+        self.run_id = cols["run_id"]
+        self.result_ids: set[str] = set(self.result_id.tolist())
+
+    @classmethod
+    def from_reply(cls, data: dict[str, Any]) -> _Series:
+        t = np.asarray(data.get("t") or [], dtype=np.float64)
+        cols = {}
+        for name in _COLUMNS:
+            raw = data.get(name) or []
+            col = np.empty(len(t), dtype=object)
+            col[:] = [str(x or "") for x in raw[:len(t)]] + [""] * max(0, len(t) - len(raw))
+            cols[name] = col
+        meta = {k: x for k, x in data.items() if k not in ("t", "v", *_COLUMNS)}
+        return cls(meta, t, np.asarray(data.get("v") or [], dtype=np.float64), cols)
+
+    def columns(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in _COLUMNS}
+
+    def merged(self, reply: _Series, limit: int) -> _Series:
+        """This series with the points of ``reply`` (a ``since`` read: its first ones may be ours
+        already) and their findings, in time order, the newest ``limit`` kept."""
+        fresh = np.fromiter((r not in self.result_ids for r in reply.result_id.tolist()), dtype=bool,
+                            count=len(reply.result_id))
+        t = np.concatenate([self.t, reply.t[fresh]])
+        v = np.concatenate([self.v, reply.v[fresh]])
+        cols = {name: np.concatenate([col, getattr(reply, name)[fresh]]) for name, col in self.columns().items()}
+        if self.t.size and fresh.any() and float(reply.t[fresh].min()) < float(self.t[-1]):
+            order = np.argsort(t, kind="stable")  # a late result (an agent's slow clock) goes where it belongs
+            t, v = t[order], v[order]
+            cols = {name: col[order] for name, col in cols.items()}
+        data = dict(self.data)
+        if len(t) > limit:
+            t, v = t[-limit:], v[-limit:]
+            cols = {name: col[-limit:] for name, col in cols.items()}
+            data["truncated"] = True
+        first = float(t[0]) if t.size else math.inf
+        for key in ("anomalies", "change_points"):
+            have = {f.get("result_id") for f in data.get(key) or []}
+            found = [*(data.get(key) or []), *(f for f in reply.data.get(key) or [] if f.get("result_id") not in have)]
+            data[key] = sorted((f for f in found if float(f.get("t") or 0.0) >= first), key=lambda f: f["t"])
+        return _Series(data, t, v, cols)
 
 
 class ResultsExplorer(QWidget):
@@ -190,15 +241,21 @@ class ResultsExplorer(QWidget):
         self.change_items: list[pg.PlotDataItem] = []
         self.change_labels: list[pg.TextItem] = []
         self.change_markers: list[pg.InfiniteLine] = []
-        self.fetches = 0  # metric_series requests sent (tests and the status line read it)
+        self.fetches = 0  # metric_series requests sent (tests read it)
+        self.catalog_fetches = 0  # series_catalog requests sent
         self._gen = 0  # bumped by each selection: replies for an older one are dropped
         self._in_flight = False
-        self._dirty = False
+        self._want_new = False  # points newer than the last shown are wanted
+        self._want_full = False  # the whole series is wanted (findings changed, reload)
         self._last_fetch = -math.inf
-        self._catalog_dirty = False
+        self._catalog_wanted = False
+        self._last_catalog = -math.inf
+        self._view_touched = False  # the engineer panned or zoomed: a live update keeps their view
         self._shown_once = False
         self._timer = QTimer(self, singleShot=True)
-        self._timer.timeout.connect(self._fetch)
+        self._timer.timeout.connect(self._fetch_due)
+        self._catalog_timer = QTimer(self, singleShot=True)
+        self._catalog_timer.timeout.connect(self._catalog_due)
 
         self.test_box = QComboBox(editable=True, objectName="resultsTest")
         self.test_box.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
@@ -243,6 +300,7 @@ class ResultsExplorer(QWidget):
         self.anomaly_item.setZValue(20)
         self.plot.addItem(self.anomaly_item)
         self.plot.scene().sigMouseClicked.connect(self._scene_clicked)
+        self.plot.getPlotItem().vb.sigRangeChangedManually.connect(lambda *_: setattr(self, "_view_touched", True))
 
         self.runs_list = QListWidget(objectName="resultsRuns")
         self.runs_list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
@@ -288,7 +346,7 @@ class ResultsExplorer(QWidget):
         self.test_box.lineEdit().editingFinished.connect(self._test_chosen)
         self.metric_box.activated.connect(lambda _i: self._metric_chosen())
         self.colour_box.currentIndexChanged.connect(lambda _i: self._render())
-        self.worker_box.activated.connect(lambda _i: self._refetch_now())
+        self.worker_box.activated.connect(lambda _i: self._selection_changed())
         self.reload_button.clicked.connect(self.refresh)
         self.runs_list.itemSelectionChanged.connect(self._runs_selected)
         bridge.tasksChanged.connect(self._on_tasks)
@@ -312,9 +370,14 @@ class ResultsExplorer(QWidget):
         self.refresh_catalog()
         self.refresh_runs()
         if self.metric:
+            self._want_full = True
             self._refetch_now()
 
     def refresh_catalog(self) -> None:
+        self._catalog_timer.stop()
+        self._catalog_wanted = False
+        self._last_catalog = self.clock()
+        self.catalog_fetches += 1
         self.bridge.call_async("series_catalog", {"limit": 5000}, self._on_catalog)
 
     def refresh_runs(self) -> None:
@@ -332,7 +395,10 @@ class ResultsExplorer(QWidget):
 
     def set_series(self, data: dict[str, Any]) -> None:
         """Render a metric_series reply."""
-        self.series = _Series(data)
+        self._show(_Series.from_reply(data))
+
+    def _show(self, series: _Series, *, live: bool = False) -> None:
+        self.series = series
         workers = sorted(set(self.series.worker.tolist()))
         current = self.worker_box.currentText()
         self.worker_box.blockSignals(True)
@@ -343,7 +409,12 @@ class ResultsExplorer(QWidget):
             self.worker_box.addItem(current)
         self.worker_box.setCurrentText(current)
         self.worker_box.blockSignals(False)
+        view = self.plot.getPlotItem().vb.viewRange() if live and self._view_touched else None
         self._render()
+        if view is not None:
+            self.plot.setRange(xRange=view[0], yRange=view[1], padding=0)
+        else:
+            self._view_touched = False
 
     def click_at(self, x: float, y: float) -> str | None:
         """The task of the point nearest (x, y) (data coordinates) in the view's scale, if one is
@@ -357,7 +428,7 @@ class ResultsExplorer(QWidget):
         i = int(np.nanargmin(d))
         if not math.isfinite(d[i]) or d[i] > CLICK_RADIUS ** 2:
             return None
-        task_id = s.task_id[i]
+        task_id = str(s.task_id[i])
         self.taskRequested.emit(task_id)
         return task_id
 
@@ -378,6 +449,12 @@ class ResultsExplorer(QWidget):
             self._shown_once = True
             self.refresh_catalog()
             self.refresh_runs()
+            return
+        # Catch up with what happened while hidden (nothing was read then).
+        if self._catalog_wanted:
+            self._want_catalog()
+        if self._want_new or self._want_full:
+            self._schedule()
 
     def _fill_metrics(self, test_id: str, prefer: str = "") -> None:
         metrics = self.catalog.get(test_id, [])
@@ -407,6 +484,7 @@ class ResultsExplorer(QWidget):
     def _selection_changed(self) -> None:
         self._gen += 1
         self._in_flight = False
+        self._want_full = True
         self._refetch_now()
 
     # -- fetching -------------------------------------------------------------------------------
@@ -419,40 +497,63 @@ class ResultsExplorer(QWidget):
         return args
 
     def _refetch_now(self) -> None:
+        """Read now (a selection, Reload: the engineer asked, whether or not the view shows yet)."""
         self._timer.stop()
-        self._dirty = True
+        self._want_new = True
         self._fetch()
 
-    def _schedule(self) -> None:
-        """A refetch within REFRESH_INTERVAL of the last one, coalescing everything meanwhile."""
-        self._dirty = True
-        if self._timer.isActive() or self._in_flight:
+    def _schedule(self, *, full: bool = False) -> None:
+        """A read within REFRESH_INTERVAL of the last one, coalescing everything meanwhile; none
+        while the view is hidden (showEvent schedules it)."""
+        self._want_new = True
+        self._want_full = self._want_full or full
+        if self._timer.isActive() or self._in_flight or not self.isVisible():
             return
         wait = max(0.0, REFRESH_INTERVAL - (self.clock() - self._last_fetch))
         self._timer.start(int(wait * 1000))
 
+    def _fetch_due(self) -> None:
+        if self.isVisible():
+            self._fetch()
+
     def _fetch(self) -> None:
         if self._in_flight or not self.metric:
             return
-        self._dirty = False
+        args = self._args()
+        s = self.series
+        same = (s is not None and s.t.size > 0 and s.data.get("test_id") == args["test_id"]
+                and s.data.get("metric") == args["metric"] and s.data.get("worker_id") == args.get("worker_id"))
+        incremental = same and not self._want_full
+        if incremental:
+            assert s is not None
+            # Points from the last one shown on (it, and any of the same time, come again: merged by id).
+            args["since"] = min(max(0.0, float(s.t[-1])), 1e11)
+        self._want_new = self._want_full = False
         self._in_flight = True
         self._last_fetch = self.clock()
         gen = self._gen
         self.fetches += 1
-        args = self._args()
-        self.status.setText(f"Reading {args['test_id'] or NO_TEST} · {args['metric']}…")
-        if not self.bridge.call_async("metric_series", args, lambda d, e: self._on_series(gen, d, e)):
+        if not incremental:
+            self.status.setText(f"Reading {args['test_id'] or NO_TEST} · {args['metric']}…")
+        worker = args.get("worker_id")
+        if not self.bridge.call_async("metric_series", args,
+                                      lambda d, e: self._on_series(gen, d, e, incremental, worker)):
             self._in_flight = False
 
-    def _on_series(self, gen: int, data: Any, error: str | None) -> None:
+    def _on_series(self, gen: int, data: Any, error: str | None, incremental: bool, worker: str | None) -> None:
         if gen != self._gen:
             return  # an earlier selection's answer
         self._in_flight = False
         if error is not None:
             self.status.setText(f"Could not read the series: {error}")
         elif isinstance(data, dict):
-            self.set_series(data)
-        if self._dirty:
+            reply = _Series.from_reply({**data, "worker_id": worker})
+            if incremental and self.series is not None and not reply.data.get("truncated"):
+                self._show(self.series.merged(reply, SERIES_LIMIT), live=True)
+            else:
+                # A full read, or more new points than one reply holds: the newest, as read.
+                self._show(reply)
+        if self._want_new or self._want_full:
             self._schedule()
 
     def _on_catalog(self, data: Any, error: str | None) -> None:
@@ -485,18 +586,25 @@ class ResultsExplorer(QWidget):
             return
         if self.metric and any((t.get("test_id") or "") == self.test_id for t in done):
             self._schedule()
-        if any((t.get("test_id") or "") not in self.catalog for t in done) and not self._catalog_dirty:
-            # A test never seen: the catalog is read again, once a second at most.
-            self._catalog_dirty = True
-            QTimer.singleShot(int(REFRESH_INTERVAL * 1000), self._catalog_due)
+        # A task without a test id is never in the catalog: it is no reason to read it again.
+        if any(t.get("test_id") and t["test_id"] not in self.catalog for t in done):
+            self._want_catalog()
+
+    def _want_catalog(self) -> None:
+        """The catalog read again within CATALOG_INTERVAL of the last read; none while hidden."""
+        self._catalog_wanted = True
+        if self._catalog_timer.isActive() or not self.isVisible():
+            return
+        wait = max(0.0, CATALOG_INTERVAL - (self.clock() - self._last_catalog))
+        self._catalog_timer.start(int(wait * 1000))
 
     def _catalog_due(self) -> None:
-        self._catalog_dirty = False
-        self.refresh_catalog()
+        if self.isVisible() and self._catalog_wanted:
+            self.refresh_catalog()
 
     def _on_findings(self, rows: list[dict[str, Any]]) -> None:
         if any((r.get("test_id") or "") == self.test_id and r.get("metric") == self.metric for r in rows):
-            self._schedule()
+            self._schedule(full=True)
 
     def _on_retracted(self, ids: list[str]) -> None:
         s = self.series
@@ -506,7 +614,7 @@ class ResultsExplorer(QWidget):
             _kind, _, rest = fid.partition(":")
             rid, _, metric = rest.rpartition(":")
             if metric == self.metric and rid in s.result_ids:
-                self._schedule()
+                self._schedule(full=True)
                 return
 
     # -- drawing --------------------------------------------------------------------------------

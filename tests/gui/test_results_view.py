@@ -21,7 +21,7 @@ from dtf_gui.coordinator.local_agent import LocalAgent
 from dtf_gui.coordinator.records import Result, WorkerRecord
 from dtf_gui.coordinator.store import Store
 from dtf_gui.ui.bridge import CoordinatorBridge
-from dtf_gui.ui.results_view import ComparisonModel, ResultsExplorer
+from dtf_gui.ui.results_view import ComparisonModel, ResultsExplorer, _Series
 
 TEST = "bench/throughput_suite::test_copy"
 METRIC = "throughput_mb_s"
@@ -202,10 +202,169 @@ def test_comparison_model_passes_the_model_tester_with_every_verdict(qtmodeltest
     assert model.data(model.index(0, 2)) == "1 s"
 
 
-def test_a_new_result_of_the_selected_test_appears_live(qtbot, explorer, bridge, lab, tmp_path):
+class Requests:
+    """Every request the view sends through the (real) bridge: (op, args)."""
+
+    def __init__(self, bridge: CoordinatorBridge, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+        real = bridge.call_async
+
+        def call_async(op: str, args: dict[str, Any] | None, done: Any, **kw: Any) -> bool:
+            self.sent.append((op, dict(args or {})))
+            return real(op, args, done, **kw)
+
+        monkeypatch.setattr(bridge, "call_async", call_async)
+
+    def of(self, op: str) -> list[dict[str, Any]]:
+        return [a for o, a in self.sent if o == op]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def live_view(qtbot, bridge: CoordinatorBridge, clock: Clock) -> ResultsExplorer:
+    """The explorer on screen with the series drawn, on a clock the test moves."""
+    view = ResultsExplorer(bridge, clock=clock)
+    qtbot.addWidget(view)
+    view.resize(1200, 800)
+    view.show()
+    qtbot.waitUntil(lambda: TEST in view.catalog, timeout=10_000)
+    view.select(TEST, METRIC)
+    qtbot.waitUntil(lambda: shown(view) and view.series.data["metric"] == METRIC and not view._in_flight,
+                    timeout=10_000)
+    return view
+
+
+def done(test_id: str, n: int = 1) -> list[dict[str, Any]]:
+    """Task events as the bridge relays them (TaskRecord.summary's keys the view reads)."""
+    return [{"task_id": f"t-{test_id}-{i}", "status": "completed", "test_id": test_id} for i in range(n)]
+
+
+def idle(view: ResultsExplorer) -> bool:
+    return not view._timer.isActive() and not view._catalog_timer.isActive() and not view._in_flight
+
+
+def test_hidden_it_reads_nothing_and_catches_up_when_shown(qtbot, live_view, bridge, lab, clock, monkeypatch):
+    view = live_view
+    requests = Requests(bridge, monkeypatch)
+    view.hide()
+    # A busy lab: completions of the selected test, of a test the catalog does not list, and plain
+    # commands (no test id); a finding of the selected series.
+    bridge.tasksChanged.emit(done(TEST, 5) + done("new/suite::test_x", 5) + done("", 50))
+    bridge.findingsChanged.emit([{"test_id": TEST, "metric": METRIC, "kind": "anomaly"}])
+    clock.now += 60.0
+    assert idle(view), "nothing may be scheduled while hidden"
+    assert requests.sent == []
+    view.show()
+    # Shown again: the catalog once, and the series once (in full: a finding came).
+    qtbot.waitUntil(lambda: len(requests.of("series_catalog")) == 1 and len(requests.of("metric_series")) == 1,
+                    timeout=10_000)
+    assert "since" not in requests.of("metric_series")[0]
+    qtbot.waitUntil(lambda: idle(view), timeout=10_000)
+    assert view.point_count() == 300
+
+
+def test_hidden_completions_of_the_selected_test_are_caught_up_from_the_last_point(
+        qtbot, live_view, bridge, lab, clock, monkeypatch):
+    view = live_view
+    requests = Requests(bridge, monkeypatch)
+    view.hide()
+    bridge.tasksChanged.emit(done(TEST, 3) + done("", 3))
+    assert idle(view) and requests.sent == []
+    clock.now += 60.0
+    view.show()
+    qtbot.waitUntil(lambda: bool(requests.of("metric_series")), timeout=10_000)
+    [args] = requests.of("metric_series")
+    assert args["since"] == lab["points"][-1][0]
+    assert requests.of("series_catalog") == []  # no test the catalog lacks
+
+
+def test_plain_commands_never_read_the_catalog(qtbot, live_view, bridge, lab, clock, monkeypatch):
+    requests = Requests(bridge, monkeypatch)
+    clock.now += 60.0
+    bridge.tasksChanged.emit(done("", 200))
+    assert idle(live_view) and requests.sent == []
+
+
+def test_a_completion_of_the_selected_test_reads_only_the_new_points(qtbot, live_view, bridge, lab, clock,
+                                                                     monkeypatch):
+    view = live_view
+    requests = Requests(bridge, monkeypatch)
+    clock.now += 60.0
+    # A burst: one read, from the last point shown.
+    bridge.tasksChanged.emit(done(TEST, 10))
+    bridge.tasksChanged.emit(done(TEST, 10))
+    qtbot.waitUntil(lambda: bool(requests.of("metric_series")) and idle(view), timeout=10_000)
+    [args] = requests.of("metric_series")
+    assert args == {"test_id": TEST, "metric": METRIC, "limit": 100_000, "since": lab["points"][-1][0]}
+    # The reply holds the last point again (no new result was stored): merged, not doubled.
+    assert view.point_count() == 300 and len(view.series.result_ids) == 300
+    assert requests.of("series_catalog") == []
+
+
+def test_a_finding_of_the_selected_series_reads_it_in_full(qtbot, live_view, bridge, lab, clock, monkeypatch):
+    requests = Requests(bridge, monkeypatch)
+    clock.now += 60.0
+    bridge.findingsChanged.emit([{"test_id": TEST, "metric": "latency_ms"}])  # another series: nothing
+    assert idle(live_view) and requests.sent == []
+    bridge.findingsChanged.emit([{"test_id": TEST, "metric": METRIC}])
+    qtbot.waitUntil(lambda: bool(requests.of("metric_series")) and idle(live_view), timeout=10_000)
+    [args] = requests.of("metric_series")
+    assert "since" not in args and live_view.point_count() == 300
+
+
+def test_an_unlisted_test_reads_the_catalog_at_most_every_ten_seconds(qtbot, live_view, bridge, lab, clock,
+                                                                       monkeypatch):
+    view = live_view
+    requests = Requests(bridge, monkeypatch)
+    clock.now += 1.0  # a second after the catalog was read
+    bridge.tasksChanged.emit(done("new/suite::test_x", 20))
+    bridge.tasksChanged.emit(done("other::test_y", 20))
+    # Due CATALOG_INTERVAL after the last read, not now (the timer runs on real time; the bound is loose).
+    assert requests.sent == [] and view._catalog_timer.isActive()
+    assert view._catalog_timer.remainingTime() > 5_000
+    # Its time comes: one read for all of them.
+    clock.now += 10.0
+    view._catalog_timer.start(0)
+    qtbot.waitUntil(lambda: bool(requests.of("series_catalog")) and idle(view), timeout=10_000)
+    assert len(requests.of("series_catalog")) == 1
+    bridge.tasksChanged.emit(done("new/suite::test_x"))  # still unlisted (no metrics): not before 10 s again
+    assert len(requests.of("series_catalog")) == 1 and view._catalog_timer.remainingTime() > 5_000
+
+
+def test_merging_keeps_time_order_ids_once_findings_and_the_limit() -> None:
+    def reply(ts: list[float], ids: list[str], **more: Any) -> _Series:
+        return _Series.from_reply({"test_id": "t", "metric": "m", "t": ts, "v": [float(x) for x in ts],
+                                   "worker": ["w"] * len(ts), "hardware": [""] * len(ts), "result_id": ids,
+                                   "task_id": [f"task-{i}" for i in ids], "run_id": [""] * len(ts), **more})
+
+    old = reply([1.0, 2.0, 3.0], ["a", "b", "c"], anomalies=[{"result_id": "b", "t": 2.0, "v": 2.0}])
+    new = reply([3.0, 2.5, 4.0], ["c", "late", "d"], anomalies=[{"result_id": "d", "t": 4.0, "v": 4.0}])
+    m = old.merged(new, limit=10)
+    assert list(m.t) == [1.0, 2.0, 2.5, 3.0, 4.0] and list(m.result_id) == ["a", "b", "late", "c", "d"]
+    assert list(m.task_id) == ["task-a", "task-b", "task-late", "task-c", "task-d"] and list(m.v) == list(m.t)
+    assert [a["result_id"] for a in m.data["anomalies"]] == ["b", "d"] and not m.data.get("truncated")
+    capped = old.merged(new, limit=3)
+    assert list(capped.result_id) == ["late", "c", "d"] and capped.data["truncated"]
+    assert [a["result_id"] for a in capped.data["anomalies"]] == ["d"] and capped.result_ids == {"late", "c", "d"}
+
+
+def test_a_new_result_of_the_selected_test_appears_live(qtbot, explorer, bridge, lab, tmp_path, monkeypatch):
     explorer.select(TEST, METRIC)
-    qtbot.waitUntil(lambda: shown(explorer), timeout=10_000)
+    qtbot.waitUntil(lambda: shown(explorer) and not explorer._in_flight, timeout=10_000)
     before = explorer.fetches
+    requests = Requests(bridge, monkeypatch)
     # A task of the selected test that reports the metric through its result file.
     script = tmp_path / "emit.py"
     script.write_text("import json, os\n"
@@ -219,3 +378,6 @@ def test_a_new_result_of_the_selected_test_appears_live(qtbot, explorer, bridge,
         agent.stop()
     assert 321.0 in np.concatenate([i.yData for i in explorer.group_items.values()])
     assert explorer.fetches > before
+    # The completion read the points since the last one shown, not the whole series.
+    first = requests.of("metric_series")[0]
+    assert first["since"] == lab["points"][-1][0]
