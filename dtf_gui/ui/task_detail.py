@@ -15,8 +15,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import shiboken6
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, QTimer, Signal
-from PySide6.QtGui import QBrush, QColor, QFontDatabase, QGuiApplication
+from PySide6.QtGui import QBrush, QColor, QFontDatabase, QGuiApplication, QHideEvent, QShowEvent
 from PySide6.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
@@ -261,6 +262,25 @@ class TaskDetailPane(QWidget):
         v.setWordWrap(False)
         return v
 
+    def _gone(self) -> bool:
+        # An answer may land after the pane was destroyed (a closed dock, the window closing).
+        return not shiboken6.isValid(self)
+
+    def _follow(self) -> None:
+        """Poll the log while a task is shown and the pane can be seen (a hidden pane reads nothing)."""
+        if self.task_id is not None and self.isVisible() and not self._timer.isActive():
+            self._timer.start()
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        if self.task_id is not None:
+            self._follow()
+            self.poll_logs()
+
+    def hideEvent(self, event: QHideEvent) -> None:
+        self._timer.stop()
+        super().hideEvent(event)
+
     def _show_empty(self) -> None:
         self.body.hide()
         self.id_label.setFont(self.font())
@@ -289,7 +309,7 @@ class TaskDetailPane(QWidget):
             s.reset(None)
         self.log_note.clear()
         self.reload()
-        self._timer.start()
+        self._follow()
         self.poll_logs()
 
     def reload(self) -> None:
@@ -298,8 +318,8 @@ class TaskDetailPane(QWidget):
         serial = self._serial
 
         def done(data: Any, error: str | None) -> None:
-            if serial != self._serial:
-                return
+            if self._gone() or serial != self._serial:
+                return  # destroyed, or another task is shown now
             if error is not None:
                 self.status_label.setText("")
                 self.message.setText(error)
@@ -373,8 +393,8 @@ class TaskDetailPane(QWidget):
         for b, op in ((self.retry_button, "retry_task"), (self.cancel_button, "cancel_task"),
                       (self.priority_button, "set_priority")):
             b.setToolTip("" if self.bridge.allows(op) else self.bridge.why_not(op))
-        if not terminal and not self._timer.isActive():
-            self._timer.start()
+        if not terminal:
+            self._follow()
         self.loaded.emit(t)
 
     def _units(self, metrics: list[Row]) -> None:
@@ -382,7 +402,7 @@ class TaskDetailPane(QWidget):
         serial = self._serial
 
         def done(data: Any, error: str | None) -> None:
-            if serial != self._serial or error is not None or not isinstance(data, dict):
+            if self._gone() or serial != self._serial or error is not None or not isinstance(data, dict):
                 return
             for m in metrics:
                 info = data.get(m["name"])
@@ -403,8 +423,7 @@ class TaskDetailPane(QWidget):
             if (s.get("status"), s.get("attempt")) != before:
                 # An attempt started or ended: its row, metrics and log are there to read.
                 self.reload()
-                if not self._timer.isActive():
-                    self._timer.start()
+                self._follow()
 
     # -- the log ----------------------------------------------------------------------------------
 
@@ -413,8 +432,8 @@ class TaskDetailPane(QWidget):
 
     def poll_logs(self) -> None:
         """Ask for each stream's next bytes (one request in flight per stream)."""
-        if self.task_id is None:
-            self._timer.stop()
+        if self.task_id is None or not self.isVisible():
+            self._timer.stop()  # showEvent starts it again
             return
         if all(s.complete or s.fallback for s in self._streams.values()) and self._ended():
             self._timer.stop()
@@ -431,8 +450,8 @@ class TaskDetailPane(QWidget):
         s.busy = True
 
         def done(data: Any, error: str | None) -> None:
-            if serial != self._serial:
-                return
+            if self._gone() or serial != self._serial:
+                return  # destroyed, or another task is shown now (its streams were reset)
             s.busy = False
             if error is not None:
                 self.log_note.setText(error)
@@ -521,8 +540,7 @@ class TaskDetailPane(QWidget):
         self.messageShown.emit(text)
         if data is not None:
             self.reload()
-            if not self._timer.isActive():
-                self._timer.start()
+            self._follow()
         return data is not None
 
     def set_priority(self, value: int | None = None) -> bool:

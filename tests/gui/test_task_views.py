@@ -291,3 +291,47 @@ def test_screenshot_of_the_tasks_table(qtbot, gui_session) -> None:
     panel.view.selectRow(170)
     shot(panel, "tasks_table.png")
     assert "2,535 tasks" in panel.count_label.text()
+
+
+def test_detail_pane_polls_only_while_seen_and_ignores_late_answers(qtbot, bridge, monkeypatch) -> None:
+    import shiboken6
+    a, b = submit(bridge, 2)
+    asked: list[tuple[str, dict[str, Any], Any]] = []
+    forward = bridge.call_async
+
+    def recording(op: str, args: Any, done: Any, **kw: Any) -> bool:
+        asked.append((op, dict(args or {}), done))
+        return forward(op, args, done, **kw)
+
+    monkeypatch.setattr(bridge, "call_async", recording)
+    pane = TaskDetailPane(bridge, poll_ms=50)
+    qtbot.addWidget(pane)
+    pane.show()
+    pane.show_task(a)
+    qtbot.waitUntil(lambda: pane.status_label.text() == "pending", timeout=10_000)
+    assert pane._timer.isActive()  # a waiting task: its log is followed
+    # Hidden (its dock closed): no more polls, until it is seen again.
+    pane.hide()
+    assert not pane._timer.isActive()
+    n = len(asked)
+    pane.poll_logs()
+    assert len(asked) == n
+    pane.show()
+    assert pane._timer.isActive()
+    qtbot.waitUntil(lambda: any(op == "get_log" for op, _, _ in asked[n:]), timeout=10_000)
+    # An answer about the task shown before lands after another one is shown: ignored.
+    late = next(done for op, args, done in asked if op == "get_task" and args["task_id"] == a)
+    pane.show_task(b)
+    qtbot.waitUntil(lambda: pane.status_label.text() == "pending", timeout=10_000)
+    late({"task_id": a, "status": "failed", "why": "not this one"}, None)
+    assert pane.id_label.text() == b and pane.status_label.text() == "pending"
+    assert "not this one" not in pane.why_label.text()
+    # Destroyed with a read in flight: its answer does nothing (no error on a deleted widget).
+    gone = TaskDetailPane(bridge, poll_ms=50)
+    gone.show()
+    gone.show_task(a)
+    pending = [done for op, args, done in asked if op in ("get_task", "get_log")][-3:]
+    shiboken6.delete(gone)
+    for done in pending:
+        done({"task_id": a, "status": "failed", "attempt": 1, "data": b"x", "next_offset": 1, "size": 1,
+              "complete": True}, None)
