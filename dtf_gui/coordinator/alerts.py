@@ -17,9 +17,12 @@ Rules
   value (no GPU) changes nothing but restarts the "above since" clock.
 - **Failures**: raised when ``failure_threshold`` tasks in a row fail on one worker (a sick
   machine, not a bad test); cleared by the next success there.
-- **Offline**: raised when a worker is lost (silent past the heartbeat timeout); cleared when it
-  comes back. A worker that leaves on purpose (goodbye, revoked) raises none, and its open
-  alerts are cleared: nobody needs to watch a machine that was switched off on purpose.
+- **Offline**: raised when a worker is lost (silent past the heartbeat timeout); cleared once it
+  has been back for ``back_s`` seconds (judged at its heartbeats). A worker that flaps (lost, back,
+  lost ...) keeps one raised alert: lost again before it settled raises nothing new, so a web hook
+  hears one raise and, once the machine is steady, one clear, not two posts per flap. A worker
+  that leaves on purpose (goodbye, revoked) raises none, and its open alerts are cleared: nobody
+  needs to watch a machine that was switched off on purpose.
 - An episode (raise .. clear) keeps one ``alert_id``; a new episode gets a new one.
 - **Acknowledge** marks alerts seen (the window stops asking for attention); ids that are no
   alert of this book are regression findings the window acknowledges the same way: they are kept
@@ -64,12 +67,15 @@ class Thresholds(msgspec.Struct, frozen=True, kw_only=True):
     disk: float = 90.0
     sustained_s: float = 30.0
     failure_threshold: int = 5
+    #: Seconds a lost worker must be back before its offline alert clears (one heartbeat interval).
+    back_s: float = 5.0
 
     @classmethod
     def from_config(cls, hm: Any) -> Thresholds:
         """From a :class:`~dtf_gui.coordinator.config.HealthMonitorSection` (duck-typed: no import)."""
         return cls(cpu=hm.cpu_threshold, memory=hm.memory_threshold, disk=hm.disk_threshold,
-                   sustained_s=hm.sustained_s, failure_threshold=hm.failure_threshold)
+                   sustained_s=hm.sustained_s, failure_threshold=hm.failure_threshold,
+                   back_s=hm.heartbeat_interval)
 
     def of(self, kind: str) -> float:
         return {"cpu": self.cpu, "memory": self.memory, "disk": self.disk, "gpu_memory": self.memory}[kind]
@@ -116,13 +122,15 @@ class _Resource:
 
 
 class _Worker:
-    __slots__ = ("failures", "failures_alert", "offline_alert", "resources")
+    __slots__ = ("back_since", "failures", "failures_alert", "offline_alert", "resources")
 
     def __init__(self) -> None:
         self.resources: dict[str, _Resource] = {k: _Resource() for k in RESOURCE_KINDS}
         self.failures = 0
         self.failures_alert: Alert | None = None
         self.offline_alert: Alert | None = None
+        # When a lost worker came back; its offline alert clears once that lasted back_s.
+        self.back_since: float | None = None
 
 
 def _pct(x: float) -> str:
@@ -147,7 +155,8 @@ class AlertBook:
         self._workers: dict[str, _Worker] = {}
         # Every alert by id in its latest state, oldest transition first (the list's order reversed).
         self._alerts: collections.OrderedDict[str, Alert] = collections.OrderedDict()
-        self._cleared = 0
+        # The cleared ones among them, oldest clear first: the next to forget is at the front (O(1)).
+        self._cleared: collections.OrderedDict[str, None] = collections.OrderedDict()
         # (worker_id or None, kind or None) -> muted until (the stimuli's clock).
         self.mutes: dict[tuple[str | None, str | None], float] = {}
         self.acked_findings: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -156,7 +165,7 @@ class AlertBook:
 
     def heartbeat(self, worker_id: str, metrics: Mapping[str, float | None], now: float) -> list[Alert]:
         w = self._worker(worker_id)
-        out: list[Alert] = []
+        out: list[Alert] = self._settle(worker_id, w, now)
         for kind in RESOURCE_KINDS:
             r = w.resources[kind]
             raw = metrics.get(_METRIC[kind])
@@ -210,19 +219,32 @@ class AlertBook:
         w = self._worker(worker_id)
         for r in w.resources.values():
             r.above_since = None
+        w.back_since = None
         if w.offline_alert is not None:
-            return []
+            return []  # still raised (perhaps back, but not for long): the same episode goes on
         why = f": {reason}" if reason else ""
         w.offline_alert = self._raise("offline", worker_id, now, "critical", f"{worker_id} is offline{why}; its "
                                       "tasks went back to the queue", None, None)
         return [w.offline_alert]
 
     def worker_back(self, worker_id: str, now: float) -> list[Alert]:
+        """The worker is heard from again: its offline alert clears once it stayed (``back_s``,
+        judged here and at its heartbeats), not at once: a flapping machine must not post a clear
+        and a new raise each time round."""
         w = self._workers.get(worker_id)
         if w is None or w.offline_alert is None:
             return []
-        a = self._clear(w.offline_alert, now, f"{worker_id} is back online", None)
+        if w.back_since is None:
+            w.back_since = now
+        return self._settle(worker_id, w, now)
+
+    def _settle(self, worker_id: str, w: _Worker, now: float) -> list[Alert]:
+        if w.offline_alert is None or w.back_since is None or now - w.back_since < self.t.back_s:
+            return []
+        held = f" (for {_secs(now - w.back_since)})" if self.t.back_s > 0 else ""
+        a = self._clear(w.offline_alert, now, f"{worker_id} is back online{held}", None)
         w.offline_alert = None
+        w.back_since = None
         return [a]
 
     def worker_left(self, worker_id: str, now: float, why: str = "left") -> list[Alert]:
@@ -292,6 +314,10 @@ class AlertBook:
                 out.append(a)
         return out
 
+    def ids(self) -> list[str]:
+        """Every alert kept (raised, and the newest cleared), oldest transition first."""
+        return list(self._alerts)
+
     def raised(self) -> list[Alert]:
         return [a for a in self._alerts.values() if a.state == "raised"]
 
@@ -322,20 +348,18 @@ class AlertBook:
         return w
 
     def _put(self, a: Alert) -> None:
-        if a.alert_id in self._alerts:
-            if self._alerts[a.alert_id].state == "cleared":
-                self._cleared -= 1
-            self._alerts.move_to_end(a.alert_id)
-        self._alerts[a.alert_id] = a
+        aid = a.alert_id
+        if aid in self._alerts:
+            self._alerts.move_to_end(aid)
+        self._alerts[aid] = a
         if a.state == "cleared":
-            self._cleared += 1
-        if self._cleared > KEEP_CLEARED:
-            for aid, old in list(self._alerts.items()):
-                if old.state == "cleared":
-                    del self._alerts[aid]
-                    self._cleared -= 1
-                    if self._cleared <= KEEP_CLEARED:
-                        break
+            self._cleared[aid] = None
+            self._cleared.move_to_end(aid)
+            while len(self._cleared) > KEEP_CLEARED:
+                old, _ = self._cleared.popitem(last=False)
+                del self._alerts[old]
+        else:
+            self._cleared.pop(aid, None)
 
     def _raise(self, kind: str, worker_id: str, now: float, severity: str, message: str, value: float | None,
                threshold: float | None) -> Alert:

@@ -25,8 +25,9 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from dtf_agent import protocol as p
+from dtf_gui.coordinator import alerts as rules
 from dtf_gui.coordinator import scheduler as sch
-from dtf_gui.coordinator.alerts import Alert, AlertBook, Thresholds
+from dtf_gui.coordinator.alerts import ALERT_KINDS, Alert, AlertBook, Thresholds
 from dtf_gui.coordinator.config import HealthMonitorSection
 from dtf_gui.coordinator.events import EventHub
 from dtf_gui.coordinator.health import WorkerTable
@@ -167,6 +168,7 @@ class AlertsApi:
         self.feed = feed
         self.handlers = handlers
         self.clock = clock
+        self.restored_rows = 0
         self.ops: dict[str, tuple[type[Any], Callable[[Any], Any]]] = {
             "list_alerts": (ListAlerts, self.list_alerts),
             "ack_alerts": (AckAlerts, self.ack_alerts),
@@ -186,23 +188,56 @@ class AlertsApi:
             self.handlers.stop()
 
     def restore(self) -> int:
-        """At start: replay what an earlier life published (raised and cleared alerts, acks,
-        mutes). Returns the alerts still raised."""
+        """At start: replay what an earlier life published, reading only what the book keeps (the
+        events table holds every transition ever made; a year of them must not hold up the start):
+        the newest KEEP_CLEARED cleared alerts, the alerts still raised, the acknowledgements of those
+        and of the newest findings, and the mutes still in effect. Each read walks the events
+        (kind, id) index; what comes back to Python is bounded by what the book keeps.
+        :attr:`restored_rows` says how many rows came back. Returns the alerts still raised."""
         now = self.clock()
-        rows = self.store.query("SELECT kind, data FROM events WHERE kind IN ('alert', 'alert_ack', 'alert_mute') "
-                                "ORDER BY id")
+        q = self.store.query
+        # Alerts: the newest cleared ones, and every raised one whose episode has no clear row.
+        rows = q("SELECT id, data FROM events WHERE kind = 'alert' AND json_valid(data) "
+                 "AND json_extract(data, '$.state') = 'cleared' ORDER BY id DESC LIMIT ?", (rules.KEEP_CLEARED,))
+        rows += q("SELECT id, data FROM events WHERE kind = 'alert' AND json_valid(data) "
+                  "AND json_extract(data, '$.state') = 'raised' AND subject NOT IN ("
+                  "SELECT subject FROM events WHERE kind = 'alert' AND json_valid(data) "
+                  "AND json_extract(data, '$.state') = 'cleared')")
+        n = len(rows)
         bad = 0
-        for kind, data in rows:
+        for _, data in sorted(rows):
             try:
-                d = msgspec.json.decode(data) if data else {}
-                if kind == "alert":
-                    self.book.restore_alert(Alert.from_dict(d))
-                elif kind == "alert_ack":
-                    self.book.ack([str(i) for i in d.get("ids", ())], now)
-                else:
-                    self.book.mute(d.get("worker_id"), d.get("kind"), float(d.get("until", 0.0)), now)
+                self.book.restore_alert(Alert.from_dict(msgspec.json.decode(data)))
             except (msgspec.DecodeError, ValueError, TypeError, AttributeError):
                 bad += 1
+        # Acknowledgements: of the alerts kept (however old the ack) ...
+        kept = self.book.ids()
+        ack_ids = ("FROM events e, json_each(e.data, '$.ids') j WHERE e.kind = 'alert_ack' AND json_valid(e.data) "
+                    "AND json_type(e.data, '$.ids') = 'array'")
+        acked = q(f"SELECT DISTINCT j.value {ack_ids} AND j.value IN (SELECT value FROM json_each(?))",
+                  (msgspec.json.encode(kept).decode(),)) if kept else []
+        self.book.ack([str(i) for (i,) in acked], now)
+        # ... and of the newest findings (an alert's id, kept or long forgotten, is no finding).
+        newest = q(f"SELECT j.value, max(e.id) AS last {ack_ids} AND substr(j.value, 1, instr(j.value, ':') - 1) "
+                   f"NOT IN ({', '.join('?' * len(ALERT_KINDS))}) GROUP BY j.value ORDER BY last DESC LIMIT ?",
+                   (*ALERT_KINDS, rules.KEEP_ACKED_FINDINGS))
+        findings = [str(i) for i, _ in newest]
+        self.book.ack(findings[::-1], now)
+        # Mutes: the latest of each scope (a short mute ends a long one), if it has not ended.
+        mutes = q("SELECT data FROM events WHERE id IN (SELECT max(id) FROM events WHERE kind = 'alert_mute' "
+                  "AND json_valid(data) GROUP BY json_extract(data, '$.worker_id'), json_extract(data, '$.kind')) "
+                  "ORDER BY id")
+        for (data,) in mutes:
+            try:
+                d = msgspec.json.decode(data)
+                until = float(d.get("until", 0.0))
+                if until > now:
+                    self.book.mute(d.get("worker_id"), d.get("kind"), until, now)
+            except (msgspec.DecodeError, ValueError, TypeError, AttributeError):
+                bad += 1
+        self.restored_rows = n + len(acked) + len(newest) + len(mutes)
+        bad += int(q("SELECT count(*) FROM events WHERE kind IN ('alert', 'alert_ack', 'alert_mute') "
+                     "AND NOT json_valid(data)")[0][0])
         if bad:
             log.warning("%d stored alert row(s) could not be read back; skipped", bad)
         raised = len(self.book.raised())
@@ -273,10 +308,14 @@ class AlertsApi:
         return {"muted_until": until}
 
     def _worker(self, worker_id: str) -> WorkerRecord:
-        w = self.workers.get(worker_id)
+        """The worker, live; or, for one that has not registered since the coordinator started (a
+        restart, the machine still off), its stored row: draining it or resuming it changes the row,
+        which applies when it registers."""
+        w = self.workers.get(worker_id) or self.workers.stored(worker_id)
         if w is None:
             known = ", ".join(self.workers.ids()[:20]) or "none yet"
-            raise ApiRefusal(f"no worker {worker_id!r} has registered since the coordinator started (known: {known})")
+            raise ApiRefusal(f"no worker {worker_id!r} has ever registered with this coordinator "
+                             f"(connected now: {known})")
         return w
 
     def drain_worker(self, a: WorkerRef) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from dtf_agent import protocol as p
 from dtf_gui.coordinator import scheduler as sch
 from dtf_gui.coordinator.events import EventHub
 from dtf_gui.coordinator.records import WorkerRecord
-from dtf_gui.coordinator.store import Store
+from dtf_gui.coordinator.store import WORKER_COLUMNS, Store, worker_row_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,27 @@ class WorkerTable:
             self._drained.discard(w.worker_id)
         now = time.time()
         return [sch.DrainWorker(now, w.worker_id) if draining else sch.ResumeWorker(now, w.worker_id)]
+
+    def stored(self, worker_id: str) -> WorkerRecord | None:
+        """A worker known only by its stored row (it has not registered since the coordinator
+        started), as an offline record to drain or resume: :meth:`set_draining` keeps the flag in
+        its row and applies it when the worker registers. None if the database never saw it."""
+        rows = self.store.query(f"SELECT {','.join(WORKER_COLUMNS)} FROM workers WHERE worker_id = ?", (worker_id,))
+        if not rows:
+            return None
+        row = worker_row_to_dict(rows[0])
+        last_seen = float(row.get("last_seen") or 0.0)
+        w = WorkerRecord(
+            worker_id, b"", hostname=str(row.get("hostname") or ""), slots=int(row.get("slots") or 0),
+            capabilities=dict(row.get("capabilities") or {}), tags=list(row.get("tags") or []),
+            metadata=dict(row.get("metadata") or {}), running=[], now=last_seen,
+            first_seen=float(row.get("first_seen") or last_seen), seen_at=0.0)
+        w.online = False
+        w.status = p.OFFLINE
+        w.hardware_id = row.get("hardware_id")
+        w.performance_metrics = dict(row.get("performance_metrics") or {})
+        w.health_status = dict(row.get("health_status") or {}) or {"state": p.OFFLINE}
+        return w
 
     # -- the loop's timers -----------------------------------------------------------------------
 

@@ -17,7 +17,8 @@ Each raised or cleared alert that is not muted arrives as one request, body::
 
 The coordinator calls handlers on a thread of its own, so a slow hook never holds up the
 scheduling; a failed request is logged by that thread (with this handler's name) and the next
-alert is sent as usual. Write your own handler the same way: ``fn(alert: dict) -> None``.
+alert is sent as usual. The request goes through the proxy that ``https_proxy`` / ``http_proxy`` name
+(``no_proxy`` exempts hosts), as urllib does: a lab may need one to reach a chat service. Write your own handler the same way: ``fn(alert: dict) -> None``.
 """
 
 from __future__ import annotations
