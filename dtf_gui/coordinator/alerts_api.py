@@ -9,7 +9,8 @@ table (kinds ``alert``, ``alert_ack``, ``alert_mute``: a restarted coordinator r
 function on the ``dtf-alert-handlers`` thread (never on the loop: a handler may post to a slow
 web hook).
 
-Operations (merged into the client API like runs_api's): ``list_alerts``, ``ack_alerts``,
+Operations (merged into the client API like runs_api's): ``list_alerts`` (alerts, acknowledged
+finding ids, and the mutes in effect: ``{worker_id, kind, until}``, None for "any"), ``ack_alerts``,
 ``mute_alert``, ``drain_worker``, ``resume_worker``.
 """
 
@@ -289,7 +290,9 @@ class AlertsApi:
     def list_alerts(self, a: ListAlerts) -> dict[str, Any]:
         alerts = self.book.alerts(self.clock(), a.include_cleared, a.limit)
         acked = list(self.book.acked_findings)[-LIST_ACKED_FINDINGS:]
-        return {"alerts": [x.to_dict() for x in alerts], "acked_findings": acked[::-1]}
+        now = self.clock()
+        mutes = [{"worker_id": w, "kind": k, "until": u} for (w, k), u in self.book.mutes.items() if u > now]
+        return {"alerts": [x.to_dict() for x in alerts], "acked_findings": acked[::-1], "mutes": mutes}
 
     def ack_alerts(self, a: AckAlerts) -> dict[str, Any]:
         now = self.clock()

@@ -4,10 +4,12 @@ message every few seconds, so a failing rack does not bury the desktop in bubble
 
 from __future__ import annotations
 
+import html
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from PySide6 import QtGui
 from PySide6.QtCore import (
     QAbstractTableModel,
     QModelIndex,
@@ -47,6 +49,7 @@ ROW_ROLE = Qt.ItemDataRole.UserRole + 2  # the whole row (dict)
 
 NOTIFY_INTERVAL_MS = 5000
 MAX_ROWS = 5000
+ACK_CHUNK = 1000  # ids one ack_alerts request takes at most (AckAlerts.alert_ids)
 MUTE_CHOICES = (("1 hour", 3600.0), ("1 day", 86400.0))
 SEVERITY_COLOURS = {"critical": "#c62828", "warning": "#b26a00", "info": "#6d6d6d"}
 SEVERITY_RANK = {"critical": 2, "warning": 1, "info": 0}
@@ -54,6 +57,14 @@ KIND_WORDS = {"cpu": "CPU", "memory": "memory", "disk": "disk", "gpu_memory": "G
               "failures": "failures", "offline": "offline"}
 
 COLUMNS = ("Time", "Severity", "Worker / test", "What", "State")
+
+
+def plain_tip(text: str) -> str:
+    """A tooltip that shows ``text`` as it is: Qt renders a tooltip that looks like HTML as HTML,
+    and worker ids, hardware lines and messages come from agents."""
+    if not QtGui.Qt.mightBeRichText(text):  # QtGui's Qt namespace, not QtCore's, has it
+        return text
+    return "<qt>" + html.escape(text).replace("\n", "<br>") + "</qt>"
 
 
 def alert_item(a: dict[str, Any]) -> dict[str, Any]:
@@ -143,8 +154,8 @@ class AlertsModel(QAbstractTableModel):
                 return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item["time"]))
             if c == 3 and item["source"] == "health":
                 raw = item["raw"]
-                return f"{item['what']}\nvalue {raw.get('value')}, threshold {raw.get('threshold')}"
-            return self._text(item, c) or None
+                return plain_tip(f"{item['what']}\nvalue {raw.get('value')}, threshold {raw.get('threshold')}")
+            return plain_tip(self._text(item, c)) or None
         return None
 
     @staticmethod
@@ -162,7 +173,10 @@ class AlertsModel(QAbstractTableModel):
             state = "acknowledged"
         elif state == "raised" and item["source"] == "finding":
             state = "new"  # a finding is not raised and cleared: it is news until acknowledged
-        return state + (" · muted" if item["muted"] else "")
+        if not item["muted"]:
+            return state
+        until = item.get("muted_until")
+        return state + (f" · muted until {fmt_when(until)}" if until else " · muted")
 
     # -- feeding ----------------------------------------------------------------------------------------
 
@@ -240,6 +254,7 @@ class AlertsDock(QDockWidget):
 
     workerRequested = Signal(str)  # a health alert's row activated: show this worker
     findingRequested = Signal(dict)  # a finding's row activated: its finding (bridge.finding_row shape)
+    acknowledged = Signal(list)  # the ids an acknowledge() had acknowledged, once every answer came
 
     def __init__(self, bridge: CoordinatorBridge, parent: QWidget | None = None) -> None:
         super().__init__("Alerts", parent)
@@ -250,6 +265,13 @@ class AlertsDock(QDockWidget):
         self.proxy.setSourceModel(self.model)
         self.acked_findings: set[str] = set()
         self.last_refusal = ""
+        # Mutes in effect as the coordinator told us, (worker or None, kind or None) -> until (epoch);
+        # a timer unmutes the rows when the earliest one ends.
+        self.mutes: dict[tuple[str | None, str | None], float] = {}
+        self._mute_timer = QTimer(self)
+        self._mute_timer.setSingleShot(True)
+        self._mute_timer.timeout.connect(self._apply_mutes)
+        self._mutes_asked = False
 
         self.view = QTableView()
         self.view.setObjectName("alertsView")
@@ -313,6 +335,7 @@ class AlertsDock(QDockWidget):
         self.show_cleared_action.toggled.connect(self.show_cleared_box.setChecked)
         self.message = QLabel()
         self.message.setObjectName("alertsMessage")
+        self.message.setTextFormat(Qt.TextFormat.PlainText)  # it quotes the coordinator, which quotes agents
         for w in (self.ack_button, self.ack_all_button, self.mute_button, self.show_cleared_box):
             bar.addWidget(w)
         bar.addWidget(self.message, 1)
@@ -355,7 +378,7 @@ class AlertsDock(QDockWidget):
 
     def _on_listed(self, data: Any, error: str | None) -> None:
         if error:
-            self.message.setText(f"Alerts not loaded: {error}")
+            self._show(f"Alerts not loaded: {error}", error=True)
             return
         data = data or {}
         self.acked_findings.update(data.get("acked_findings") or ())
@@ -364,11 +387,16 @@ class AlertsDock(QDockWidget):
         # that came first is newer than the list: keep it.
         self.model.upsert([alert_item(a) for a in data.get("alerts") or ()
                            if self.model.row_for(str(a.get("alert_id"))) is None])
+        self._set_mutes(data.get("mutes"))
         self.loaded = True
 
     def on_alerts(self, alerts: list[dict[str, Any]]) -> None:
         items = [alert_item(a) for a in alerts if a.get("alert_id")]
         new = set(self.model.upsert(items))
+        if any(i["muted"] and i["state"] == "raised" and self._mute_end(i, time.time()) is None for i in items):
+            self._ask_mutes()  # muted by someone else: when does it end?
+        else:
+            self._apply_mutes()
         self._notify([f"{i['subject']}: {i['what']}" for i in items
                       if i["key"] in new and i["state"] == "raised" and not i["muted"] and not i["acked"]])
 
@@ -382,6 +410,54 @@ class AlertsDock(QDockWidget):
         n = self.model.attention_count()
         self.setWindowTitle(f"Alerts ({n})" if n else "Alerts")
         self.ack_all_button.setEnabled(n > 0 and self.bridge.allows("ack_alerts"))
+
+    # -- mutes ----------------------------------------------------------------------------------------------
+
+    def _ask_mutes(self) -> None:
+        if not self._mutes_asked:
+            self._mutes_asked = True
+            self.bridge.call_async("list_alerts", {"limit": 1}, self._on_mutes)
+
+    def _on_mutes(self, data: Any, error: str | None) -> None:
+        self._mutes_asked = False
+        if not error and isinstance(data, dict):
+            self._set_mutes(data.get("mutes"))
+
+    def _set_mutes(self, mutes: Any) -> None:
+        if isinstance(mutes, list):
+            self.mutes = {(m.get("worker_id"), m.get("kind")): float(m["until"]) for m in mutes
+                          if isinstance(m, dict) and isinstance(m.get("until"), (int, float))}
+        self._apply_mutes(authoritative=isinstance(mutes, list))
+
+    def _mute_end(self, item: dict[str, Any], now: float) -> float | None:
+        wid, kind = item.get("worker_id"), item["raw"].get("kind")
+        ends = [u for k, u in self.mutes.items() if u > now and k in ((None, None), (wid, None), (None, kind),
+                                                                        (wid, kind))]
+        return max(ends) if ends else None
+
+    def _apply_mutes(self, authoritative: bool = False) -> None:
+        """Rows show the mutes in effect, with their end; a mute that ended unmutes its rows (the
+        coordinator says nothing when a mute runs out). ``authoritative``: the mutes just came from
+        the coordinator, so a muted row no mute covers is muted no more."""
+        now = time.time()
+        self.mutes = {k: u for k, u in self.mutes.items() if u > now}
+        updates: list[dict[str, Any]] = []
+        for key in self.model.keys():
+            row = self.model.row_for(key) or {}
+            if row.get("source") != "health":
+                continue
+            until = self._mute_end(row, now) if row["state"] == "raised" else None
+            if until is not None:
+                if not row["muted"] or row.get("muted_until") != until:
+                    updates.append({"key": key, "muted": True, "muted_until": until})
+            elif row["muted"] and row["state"] == "raised" and (authoritative or row.get("muted_until")):
+                updates.append({"key": key, "muted": False, "muted_until": None})
+        if updates:
+            self.model.upsert(updates)
+        self._mute_timer.stop()
+        if self.mutes:
+            first = min(self.mutes.values())
+            self._mute_timer.start(max(0, min(int((first - now) * 1000) + 50, 24 * 3600 * 1000)))
 
     # -- notifications -----------------------------------------------------------------------------------
 
@@ -445,6 +521,13 @@ class AlertsDock(QDockWidget):
                                     else self.bridge.why_not("mute_alert"))
         self._update_title()
 
+    def _show(self, text: str, *, error: bool = False) -> None:
+        self.message.setText(text)
+        self.message.setToolTip(plain_tip(text))
+        self.message.setStyleSheet("color: #c62828;" if error else "")
+        if error:
+            self.last_refusal = text
+
     def _call(self, op: str, args: dict[str, Any]) -> Any:
         said: list[str] = []
         self.bridge.errorRaised.connect(said.append)
@@ -453,28 +536,51 @@ class AlertsDock(QDockWidget):
         finally:
             self.bridge.errorRaised.disconnect(said.append)
         if said:
-            self.last_refusal = said[-1]
-            self.message.setText(f"<span style='color:#c62828'>{said[-1]}</span>")
+            self._show(said[-1], error=True)
         return data
 
-    def acknowledge(self, keys: Sequence[str]) -> list[str]:
-        """Acknowledge alerts or findings by id; returns what the coordinator acknowledged."""
+    def acknowledge(self, keys: Sequence[str]) -> int:
+        """Acknowledge alerts or findings by id, in requests of ACK_CHUNK ids answered off the GUI
+        thread; :attr:`acknowledged` is emitted once with every id the coordinator took. Returns the
+        number of requests made."""
+        keys = list(dict.fromkeys(keys))
         if not keys:
-            return []
-        data = self._call("ack_alerts", {"alert_ids": list(keys)})
-        if data is None:
-            return []
-        acked = [str(k) for k in data.get("acked") or ()]
+            return 0
+        chunks = [keys[i:i + ACK_CHUNK] for i in range(0, len(keys), ACK_CHUNK)]
+        outcome: dict[str, Any] = {"left": len(chunks), "acked": [], "errors": []}
+
+        def answered(data: Any, error: str | None) -> None:
+            if error:
+                outcome["errors"].append(error)
+            elif isinstance(data, dict):
+                outcome["acked"].extend(str(k) for k in data.get("acked") or ())
+            outcome["left"] -= 1
+            if outcome["left"] == 0:
+                self._acknowledged(outcome["acked"], outcome["errors"])
+
+        for chunk in chunks:
+            if not self.bridge.call_async("ack_alerts", {"alert_ids": chunk}, answered):
+                outcome["left"] -= 1
+                outcome["errors"].append("the window is closing")
+        if outcome["left"] == 0:  # nothing could be sent
+            self._acknowledged(outcome["acked"], outcome["errors"])
+        return len(chunks)
+
+    def _acknowledged(self, acked: list[str], errors: list[str]) -> None:
         self.acked_findings.update(k for k in acked if (self.model.row_for(k) or {}).get("source") == "finding")
         self.model.mark(acked, acked=True)  # the alerts' events say the same shortly; findings have none
-        self.message.setText(f"Acknowledged {len(acked)}")
+        if errors:
+            distinct = list(dict.fromkeys(errors))
+            self._show((f"Acknowledged {len(acked)}; " if acked else "") + "; ".join(distinct[:2]), error=True)
+        else:
+            self._show(f"Acknowledged {len(acked)}")
         self._update_actions()
-        return acked
+        self.acknowledged.emit(acked)
 
-    def acknowledge_selected(self) -> list[str]:
+    def acknowledge_selected(self) -> int:
         return self.acknowledge([i["key"] for i in self.selected_items() if not i["acked"]])
 
-    def acknowledge_all(self) -> list[str]:
+    def acknowledge_all(self) -> int:
         return self.acknowledge([k for k in self.model.keys() if needs_attention(self.model.row_for(k) or {})])
 
     def mute_selected(self, seconds: float) -> list[str]:
@@ -488,11 +594,10 @@ class AlertsDock(QDockWidget):
                 continue
             muted.append(wid)
             until = data.get("muted_until")
-            self.model.mark([k for k in self.model.keys() if (self.model.row_for(k) or {}).get("source") == "health"
-                             and (self.model.row_for(k) or {}).get("worker_id") == wid
-                             and (self.model.row_for(k) or {}).get("state") == "raised"], muted=True)
-            if until:
-                self.message.setText(f"Muted {', '.join(muted)} until {fmt_when(until)}")
+            if isinstance(until, (int, float)):
+                self.mutes[(wid, None)] = float(until)
+                self._apply_mutes()
+                self._show(f"Muted {', '.join(muted)} until {fmt_when(until)}")
         return muted
 
     def set_show_cleared(self, on: bool) -> None:
@@ -516,5 +621,5 @@ class AlertsDock(QDockWidget):
             menu.addAction(a)
         menu.addSeparator()
         menu.addAction(self.show_cleared_action)
+        menu.aboutToHide.connect(menu.deleteLater)  # one menu per right-click: it goes when it closes
         menu.popup(self.view.viewport().mapToGlobal(pos))
-        self._menu = menu

@@ -4,13 +4,29 @@ assign_task), answering from dicts as the contract of issue 11 describes them.""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from dtf_agent import protocol as p
 from dtf_gui.coordinator.api import ApiError
 from tests.gui.fakes import FakeCoordinator
+
+
+def shot(widget: Any, name: str) -> Path | None:
+    """Render ``widget`` (it must paint without error); saved as DTF_SHOTS/<name>.png only when the
+    DTF_SHOTS environment variable names a folder, for a person to look at. None otherwise."""
+    image = widget.grab()
+    assert not image.isNull() and image.width() > 0
+    folder = os.environ.get("DTF_SHOTS")
+    if not folder:
+        return None
+    path = Path(folder) / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert image.save(str(path)), path
+    return path
 
 
 def worker(worker_id: str, *, status: str = "online", cpu: float | None = 20.0, memory: float | None = 40.0,
@@ -80,7 +96,8 @@ class FakeHealthCoordinator(FakeCoordinator):
                      "performance_metrics": {k: w[k] for k in ("cpu_percent", "memory_percent", "disk_percent",
                                                                 "gpu_percent", "gpu_memory_percent")},
                      "health_status": {"draining": w["draining"]}} for w in self.workers.values()]
-        if op in ("list_alerts", "ack_alerts", "mute_alert", "drain_worker", "resume_worker", "assign_task"):
+        if op in ("list_alerts", "ack_alerts", "mute_alert", "drain_worker", "resume_worker", "assign_task",
+                  "assign_tasks"):
             self.calls.append((op, args))
             from dtf_gui.coordinator.trust import role_allows, role_needed
 
@@ -94,9 +111,14 @@ class FakeHealthCoordinator(FakeCoordinator):
         rows = sorted(self.alerts.values(), key=lambda a: a["time"], reverse=True)
         if not args.get("include_cleared"):
             rows = [a for a in rows if a["state"] == "raised"]
-        return {"alerts": rows[: args.get("limit") or 500], "acked_findings": list(self.acked_findings)}
+        now = time.time()
+        return {"alerts": rows[: args.get("limit") or 500], "acked_findings": list(self.acked_findings),
+                "mutes": [{"worker_id": m["worker_id"], "kind": m["kind"], "until": m["until"]} for m in self.mutes
+                          if m["until"] > now]}
 
     def _ack_alerts(self, args: dict[str, Any]) -> dict[str, Any]:
+        if not 1 <= len(args["alert_ids"]) <= 1000:  # AckAlerts' bound
+            raise ApiError(f"alert_ids: expected 1 to 1000 ids, got {len(args['alert_ids'])}")
         acked = []
         for aid in args["alert_ids"]:
             if aid in self.alerts:
@@ -109,8 +131,9 @@ class FakeHealthCoordinator(FakeCoordinator):
         return {"acked": acked}
 
     def _mute_alert(self, args: dict[str, Any]) -> dict[str, Any]:
-        self.mutes.append(dict(args))
-        return {"muted_until": time.time() + args["seconds"]}
+        until = time.time() + args["seconds"]
+        self.mutes.append({**args, "until": until})
+        return {"muted_until": until}
 
     def _drain_worker(self, args: dict[str, Any]) -> dict[str, Any]:
         return self._set_draining(args["worker_id"], True)
@@ -125,6 +148,20 @@ class FakeHealthCoordinator(FakeCoordinator):
         w["draining"] = draining
         self.emit("worker", dict(w))
         return dict(w)
+
+    def _assign_tasks(self, args: dict[str, Any]) -> dict[str, Any]:
+        """api.py's batch shape: {"done": [ids], "refused": {id: reason}}."""
+        if not 1 <= len(args["task_ids"]) <= 10_000:
+            raise ApiError("task_ids: expected 1 to 10000 ids")
+        done: list[str] = []
+        refused: dict[str, str] = {}
+        for tid in dict.fromkeys(args["task_ids"]):
+            try:
+                self._assign_task({"task_id": tid, "worker_id": args["worker_id"]})
+                done.append(tid)
+            except ApiError as exc:
+                refused[tid] = str(exc)
+        return {"done": done, "refused": refused}
 
     def _assign_task(self, args: dict[str, Any]) -> dict[str, Any]:
         why = self.refuse.get(args["task_id"])

@@ -11,8 +11,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QMainWindow
 
 from dtf_gui.ui.alerts_dock import KEY_ROLE, AlertsDock, AlertsModel, alert_item, finding_item
-from tests.gui.fake_alerts import alert, fake_health_bridge, worker
-from tests.gui.fakes import screenshot
+from tests.gui.fake_alerts import alert, fake_health_bridge, shot, worker
 
 
 def finding(result_id: str, *, direction: str = "regression", kind: str = "change point", test_id: str = "test_io",
@@ -105,7 +104,9 @@ def test_acknowledge_and_mute(qtbot, dock) -> None:
     bridge.findingsChanged.emit([finding("r1")])
     d.select_keys(["a1", "change_point:r1:duration_s"])
     assert d.ack_button.isEnabled()
-    d.ack_button.click()
+    with qtbot.waitSignal(d.acknowledged, timeout=5000) as sig:
+        d.ack_button.click()
+    assert sorted(sig.args[0]) == ["a1", "change_point:r1:duration_s"]
     acks = [sorted(args["alert_ids"]) for op, args in fake.calls if op == "ack_alerts"]
     assert acks == [["a1", "change_point:r1:duration_s"]]
     assert rows(d)["a1"][4] == "acknowledged"
@@ -118,8 +119,9 @@ def test_acknowledge_and_mute(qtbot, dock) -> None:
     d.select_keys(["a2"])
     assert d.mute_button.isEnabled()
     d.mute_actions[1].trigger()  # 1 day
-    assert fake.mutes == [{"worker_id": "bench-03", "kind": None, "seconds": 86400.0}]
-    assert rows(d)["a2"][4] == "raised · muted"
+    assert [{k: m[k] for k in ("worker_id", "kind", "seconds")} for m in fake.mutes] == [
+        {"worker_id": "bench-03", "kind": None, "seconds": 86400.0}]
+    assert rows(d)["a2"][4].startswith("raised · muted until ")
     assert d.windowTitle() == "Alerts"
     assert "Muted bench-03 until" in d.message.text()
 
@@ -150,6 +152,62 @@ def test_new_alerts_notify_once_per_batch(qtbot, dock) -> None:
     assert d.notifications[2] == ("DTF: new alert", "w6: cpu at 97% (threshold 90%)")
 
 
+def test_acknowledge_all_of_1500_goes_in_requests_of_at_most_1000(qtbot, dock) -> None:
+    now = time.time()
+    many = [alert(f"a{i:04d}", f"w{i % 50}", when=now - i) for i in range(1500)]
+    d, bridge, fake = dock(alerts=many)
+    d.on_alerts(many)  # the list at open is capped; the rest arrive as events
+    assert d.model.attention_count() == 1500
+    with qtbot.waitSignal(d.acknowledged, timeout=10_000) as sig:
+        assert d.acknowledge_all() == 2
+    sizes = [len(args["alert_ids"]) for op, args in fake.calls if op == "ack_alerts"]
+    assert sorted(sizes) == [500, 1000]
+    assert sorted(sig.args[0]) == sorted(a["alert_id"] for a in many)
+    assert d.model.attention_count() == 0 and d.windowTitle() == "Alerts"
+    assert d.message.text() == "Acknowledged 1500"
+
+
+def test_a_mute_shows_its_end_and_the_rows_unmute_when_it_passes(qtbot, dock) -> None:
+    d, bridge, fake = dock(alerts=[alert("a1", "bench-02"), alert("a2", "bench-03")])
+    d.select_keys(["a1"])
+    assert d.mute_selected(1.0) == ["bench-02"]
+    state = rows(d)["a1"][4]
+    assert state.startswith("raised · muted until "), state
+    assert rows(d)["a2"][4] == "raised"
+    assert d.windowTitle() == "Alerts (1)"
+    qtbot.waitUntil(lambda: rows(d)["a1"][4] == "raised", timeout=10_000)  # nobody said so: the timer did
+    assert d.windowTitle() == "Alerts (2)"
+    # A mute made elsewhere (an alert event says muted): the dock asks when it ends and shows it.
+    fake.mutes.append({"worker_id": None, "kind": "cpu", "seconds": 3600.0, "until": time.time() + 3600})
+    fake.emit("alert", alert("a2", "bench-03", muted=True))
+    qtbot.waitUntil(lambda: rows(d)["a2"][4].startswith("raised · muted until "), timeout=5000)
+    assert rows(d)["a1"][4].startswith("raised · muted until "), "the kind's mute covers bench-02 too"
+
+
+def test_agent_text_is_shown_as_text_not_markup(qtbot, dock) -> None:
+    d, bridge, fake = dock(alerts=[alert("a1", "<b>x</b>", message="<b>x</b>: cpu at 97%")])
+    d._call("drain_worker", {"worker_id": "<b>x</b>"})  # the fake refuses an unknown worker, quoting it
+    assert d.message.textFormat() == Qt.TextFormat.PlainText
+    assert "<b>x</b>" in d.message.text() and "<span" not in d.message.text()
+    index = next(d.proxy.index(r, 2) for r in range(d.proxy.rowCount()))
+    assert index.data() == "<b>x</b>"
+    tip = d.proxy.index(index.row(), 3).data(Qt.ItemDataRole.ToolTipRole)
+    assert "&lt;b&gt;x&lt;/b&gt;" in tip and "<b>x</b>" not in tip
+
+
+def test_the_context_menu_goes_when_it_closes(qtbot, dock) -> None:
+    from PySide6.QtWidgets import QApplication, QMenu
+
+    d, bridge, fake = dock(alerts=[alert("a1", "bench-02")])
+    before = len(d.findChildren(QMenu))
+    for _ in range(3):
+        d._context_menu(d.view.viewport().rect().center())
+        qtbot.waitUntil(lambda: isinstance(QApplication.activePopupWidget(), QMenu), timeout=5000)
+        assert len(d.findChildren(QMenu)) == before + 1
+        QApplication.activePopupWidget().close()
+        qtbot.waitUntil(lambda: len(d.findChildren(QMenu)) == before, timeout=5000)
+
+
 def test_activating_a_row_asks_for_its_worker_or_finding(qtbot, dock) -> None:
     d, bridge, fake = dock(alerts=[alert("a1", "bench-02")])
     bridge.findingsChanged.emit([finding("r1")])
@@ -167,8 +225,11 @@ def test_a_viewer_may_look_but_not_acknowledge(qtbot, dock) -> None:
     d.select_keys(["a1"])
     assert not d.ack_button.isEnabled() and not d.mute_button.isEnabled()
     assert "operator role" in d.ack_button.toolTip()
-    assert d.acknowledge(["a1"]) == []
+    with qtbot.waitSignal(d.acknowledged, timeout=5000) as sig:
+        assert d.acknowledge(["a1"]) == 1
+    assert sig.args == [[]]
     assert "ack_alerts needs the operator role" in d.last_refusal
+    assert rows(d)["a1"][4] == "raised"
 
 
 def test_screenshot_alerts_dock(qtbot, dock) -> None:
@@ -187,8 +248,7 @@ def test_screenshot_alerts_dock(qtbot, dock) -> None:
                                                         worker_id="bench-01-gpu"),
                                  finding("r3", direction="improvement", test_id="test_parse")])
     d.parentWidget().resize(1100, 330)
-    path = screenshot(d, "alerts_dock")
-    assert path.exists()
+    shot(d, "alerts_dock")
 
 
 # -- the real coordinator -----------------------------------------------------------------------------
@@ -235,7 +295,9 @@ def test_a_failures_alert_from_the_real_coordinator_is_listed_notified_acknowled
     assert len(d.notifications) == 1 and row["worker_id"] in d.notifications[0][1]
 
     d.select_keys([key])
-    assert d.acknowledge_selected() == [key]
+    with qtbot.waitSignal(d.acknowledged, timeout=10_000) as sig:
+        d.acknowledge_selected()
+    assert sig.args == [[key]]
     assert rows(d)[key][4] == "acknowledged"
     listed = bridge.call("list_alerts", {"include_cleared": True, "limit": 10})
     assert next(a for a in listed["alerts"] if a["alert_id"] == key)["acked"] is True
