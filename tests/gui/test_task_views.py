@@ -335,3 +335,122 @@ def test_detail_pane_polls_only_while_seen_and_ignores_late_answers(qtbot, bridg
     for done in pending:
         done({"task_id": a, "status": "failed", "attempt": 1, "data": b"x", "next_offset": 1, "size": 1,
               "complete": True}, None)
+
+
+def test_live_changes_under_a_filter_pass_the_model_tester_without_resets(qtbot, qtmodeltester, bridge) -> None:
+    """_grow (insert at the top), the filtered refresh (rows leave at the end) and a reset, all with
+    the model tester connected: it checks every signal the model sends meanwhile."""
+    ids = submit(bridge, 600)
+    wait_stored(qtbot, bridge, 600)
+    panel = TasksPanel(bridge)
+    qtbot.addWidget(panel)
+    panel.resize(1000, 500)
+    panel.show()
+    model, view = panel.model, panel.view
+    qtbot.waitUntil(lambda: model.rowCount() == 600, timeout=10_000)
+    qtmodeltester.check(model, force_py=True)
+    resets: list[int] = []
+    removed: list[tuple[int, int]] = []
+    model.modelReset.connect(lambda: resets.append(model.rowCount()))
+    model.rowsRemoved.connect(lambda _p, first, last: removed.append((first, last)))
+    submit(bridge, 5)  # unfiltered: inserted at the top
+    qtbot.waitUntil(lambda: model.rowCount() == 605, timeout=10_000)
+    model.set_filter({"status": ["pending"]})  # a filter change: one reset
+    qtbot.waitUntil(lambda: resets == [605] and not model.loading, timeout=10_000)
+    load_rows(qtbot, model, range(0, 60))
+    view.selectRow(40)
+    # Tasks in view leave the filter: no reset; the count goes down at the end; what is in view is
+    # read again (every row shown is pending again).
+    leaving = [model.peek(r)["task_id"] for r in range(0, 30, 3)]
+    for t in leaving:
+        assert bridge.call("cancel_task", {"task_id": t}) is not None
+    qtbot.waitUntil(lambda: model.rowCount() == 595, timeout=10_000)
+    assert removed and all(first >= 595 for first, _ in removed)  # at the end
+
+    def all_pending() -> bool:
+        return all(model.index(r, COL_STATUS).data() == "pending" for r in range(0, 60))
+    qtbot.waitUntil(all_pending, timeout=10_000)
+    assert not set(leaving) & {model.peek(r)["task_id"] for r in range(0, 60)}
+    # New tasks under the filter: at the top, still no reset; the selection was never dropped.
+    submit(bridge, 4)
+    qtbot.waitUntil(lambda: model.rowCount() == 599, timeout=10_000)
+    assert resets == [605]
+    assert view.selectionModel().hasSelection()
+    # Back to no filter: a reset, and the selected task selected again by id.
+    keep = view.selected_ids()
+    assert len(keep) == 1
+    model.set_filter({})
+    qtbot.waitUntil(lambda: len(resets) == 2 and model.rowCount() == 609, timeout=10_000)
+    qtbot.waitUntil(lambda: view.selected_ids() == keep, timeout=10_000)
+    assert ids
+
+
+class _NoPerRowSelection(QItemSelectionModel):
+    """A selection model that fails a test reading it one index per row (Ctrl+A: a million)."""
+
+    def selectedRows(self, column: int = 0) -> list[QModelIndex]:
+        raise AssertionError("selection read per row")
+
+    def selectedIndexes(self) -> list[QModelIndex]:
+        raise AssertionError("selection read per index")
+
+
+def _finished_db(path: Path, n: int) -> None:
+    """n ended tasks in the real schema, fast (executemany; the coordinator loads none at start)."""
+    import json
+    import sqlite3
+
+    from dtf_gui.coordinator.store import Store
+    Store(path).close()
+    db = sqlite3.connect(path)
+    with db:
+        db.executemany("INSERT INTO tasks (task_id, type, status, priority, create_time, worker_id, parameters, "
+                       "attempt) VALUES (?,?,?,?,?,?,?,?)",
+                       ((f"{1_700_000_000_000_000 + i:x}b7", "command", ("completed", "failed")[i % 2], 0,
+                         1_700_000_000.0 + i * 0.001, "w0", json.dumps({"command": f"echo {i}"}), 1)
+                        for i in range(n)))
+    db.close()
+
+
+def test_select_all_over_100k_tasks_acts_through_one_capped_batch(qtbot, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("DTF_HOME", str(tmp_path))
+    n = 100_000
+    _finished_db(tmp_path / "big.sqlite", n)
+    bridge = CoordinatorBridge.embedded(ephemeral_settings(tmp_path / "big.sqlite"))
+    bridge.start()
+    try:
+        sent: list[tuple[str, dict[str, Any]]] = []
+        forward = bridge.call_async
+
+        def recording(op: str, args: Any, done: Any, **kw: Any) -> bool:
+            sent.append((op, dict(args or {})))
+            return forward(op, args, done, **kw)
+
+        monkeypatch.setattr(bridge, "call_async", recording)
+        panel = TasksPanel(bridge)
+        qtbot.addWidget(panel)
+        panel.resize(1000, 500)
+        panel.show()
+        model, view = panel.model, panel.view
+        qtbot.waitUntil(lambda: model.rowCount() == n, timeout=30_000)
+        view.setSelectionModel(_NoPerRowSelection(model, view))
+        view.selectAll()
+        # The menu, the save on a reset and the actions read spans, never a row at a time (the
+        # selection model above fails the test otherwise).
+        menu = view.context_menu()
+        assert view.retry_action.isEnabled() and menu.actions()
+        view._save_selection()
+        assert 0 < len(view._saved) <= 1000
+        with qtbot.waitSignal(view.actionFinished, timeout=60_000) as finished:
+            assert view.retry_selected() == 10_000
+        batches = [args for op, args in sent if op == "retry_tasks"]
+        assert len(batches) == 1  # one batch op, not a request per task
+        asked = batches[0]["task_ids"]
+        newest = [f"{1_700_000_000_000_000 + i:x}b7" for i in range(n - 1, n - 10_001, -1)]
+        assert asked == newest  # the first 10,000 selected rows, loaded or not, in order
+        assert all(args["limit"] <= 500 for op, args in sent if op == "task_page")
+        out = finished.args[1]
+        assert len(out["done"]) + len(out["refused"]) == 10_000
+        assert view.last_message.startswith("10,000 of 100,000 selected tasks acted on — narrow the filter. Retried")
+    finally:
+        bridge.stop()
