@@ -295,7 +295,7 @@ class AlertsDock(QDockWidget):
         self.view.setColumnWidth(1, fm.horizontalAdvance("warning") + 16)
         self.view.setColumnWidth(2, fm.horizontalAdvance("test_matmul[1024] @ bench-07") + 16)
         header.setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
-        self.view.setColumnWidth(4, fm.horizontalAdvance("acknowledged") + 16)
+        self.view.setColumnWidth(4, fm.horizontalAdvance("raised · muted until 23:59:59") + 16)
         self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.view.customContextMenuRequested.connect(self._context_menu)
         self.view.activated.connect(self._activated)

@@ -9,6 +9,7 @@ on to "now" and the heartbeat age of a silent worker keeps counting up.
 
 from __future__ import annotations
 
+import html
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -57,6 +58,7 @@ from PySide6.QtWidgets import (
 )
 
 from dtf_gui.coordinator.records import hardware_line
+from dtf_gui.ui.alerts_dock import plain_tip
 from dtf_gui.ui.bridge import CoordinatorBridge, agent_row, history_worker_row
 from dtf_gui.ui.models import STATUS_COLOURS, TASK_IDS_MIME
 from dtf_gui.ui.sparkline import SPARK_ROLE, Spark, SparklineDelegate
@@ -67,6 +69,7 @@ HISTORY_SECONDS = 1800  # what a worker's ring buffer holds (one sample a second
 SPARK_SECONDS = 300  # the window a table cell's sparkline shows
 CHART_MINUTES = (5, 10, 30)
 CHART_INTERVAL_MS = 250  # strip charts redraw at most four times a second, however fast events come
+ASSIGN_CHUNK = 10_000  # task ids one assign_tasks request takes at most
 
 # Sample fields (columns of a History's value array).
 FIELDS = ("cpu_percent", "memory_percent", "disk_percent", "gpu_percent", "gpu_memory_percent", "running",
@@ -233,7 +236,8 @@ class WorkerHealthModel(QAbstractTableModel):
         if role == SPARK_ROLE and col.spark:
             return self._spark(key, row, col.spark)
         if role == Qt.ItemDataRole.ToolTipRole:
-            return self._tip(row, col)
+            tip = self._tip(row, col)
+            return plain_tip(tip) if tip else tip
         if role == Qt.ItemDataRole.ForegroundRole:
             if col.key == "state":
                 return QBrush(QColor(STATE_COLOURS.get(worker_state(row), "#000000")))
@@ -546,6 +550,7 @@ class HealthView(QWidget):
     """The workers table with sparklines, strip charts of the selected worker, and worker actions."""
 
     tasksAssigned = Signal(list, str)  # task ids the coordinator accepted, worker id
+    assignAnswered = Signal(str)  # a drop's outcome, as the status bar says it
     workerSelected = Signal(str)
 
     def __init__(self, bridge: CoordinatorBridge, parent: QWidget | None = None, *,
@@ -588,6 +593,7 @@ class HealthView(QWidget):
         self.message = QLabel()
         self.message.setObjectName("healthMessage")
         self.message.setWordWrap(False)
+        self.message.setTextFormat(Qt.TextFormat.PlainText)  # it quotes the coordinator, which quotes agents
         self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         bar.addWidget(self.message, 1)
         bar.addWidget(QLabel("Charts:"))
@@ -769,7 +775,7 @@ class HealthView(QWidget):
             actions[name].setEnabled(ok)
             self.buttons[name].setToolTip(tip if ok else self.bridge.why_not(op))
             actions[name].setToolTip(tip if ok else self.bridge.why_not(op))
-        self.table.setAcceptDrops(self.bridge.allows("assign_task"))
+        self.table.setAcceptDrops(self.bridge.allows("assign_tasks"))
         self._on_selection()
 
     # -- selection and charts -------------------------------------------------------------------------
@@ -811,8 +817,10 @@ class HealthView(QWidget):
                 for field in chart.curves:
                     chart.set_series(field, np.empty(0), np.empty(0))
             return
-        self.chart_title.setText(f"<b>{wid}</b> — {worker_state(row)}, last {minutes} minutes"
-                                 + (f" · {row.get('hardware')}" if row.get("hardware") else ""))
+        # The id and the hardware line are the agent's words: escaped, never markup.
+        hw = row.get("hardware")
+        self.chart_title.setText(f"<b>{html.escape(wid)}</b> — {worker_state(row)}, last {minutes} minutes"
+                                 + (f" · {html.escape(str(hw))}" if hw else ""))
         now = self.clock()
         t, v = self.model.history[wid].since(now - minutes * 60) if wid in self.model.history else (
             np.empty(0), np.empty((0, len(FIELDS))))
@@ -842,8 +850,8 @@ class HealthView(QWidget):
         for a in menu.actions():
             if not a.isSeparator():
                 a.setEnabled(enabled and a.isEnabled())
+        menu.aboutToHide.connect(menu.deleteLater)  # one menu per right-click: it goes when it closes
         menu.popup(self.table.viewport().mapToGlobal(pos))
-        self._menu = menu  # tests look at what was offered
 
     def _call(self, op: str, args: dict[str, Any]) -> tuple[Any, str | None]:
         """A quick loop op through the bridge, with the refusal's text (which the bridge also sends to
@@ -858,7 +866,7 @@ class HealthView(QWidget):
 
     def _show(self, text: str, *, error: bool = False) -> None:
         self.message.setText(text)
-        self.message.setToolTip(text)
+        self.message.setToolTip(plain_tip(text))
         self.message.setStyleSheet("color: #c62828;" if error else "")
         if error:
             self.last_refusal = text
@@ -909,21 +917,43 @@ class HealthView(QWidget):
             self._show(f"Revoked: {', '.join(done)}")
         return done
 
-    def assign_tasks(self, task_ids: list[str], worker_id: str, where: QPoint | None = None) -> list[str]:
-        """Pin dropped tasks to a worker; what was refused, and why, shows where they were dropped."""
-        done: list[str] = []
-        reasons: list[str] = []
-        for tid in task_ids:
-            data, error = self._call("assign_task", {"task_id": tid, "worker_id": worker_id})
-            if error is None:
-                done.append(tid)
-            else:
-                reasons.append(error)
-        if reasons:
-            distinct = list(dict.fromkeys(reasons))
+    def assign_tasks(self, task_ids: list[str], worker_id: str, where: QPoint | None = None) -> int:
+        """Pin dropped tasks to a worker: one assign_tasks request per ASSIGN_CHUNK ids, answered off
+        the GUI thread; the outcome shows where they were dropped and in the status bar
+        (:attr:`assignAnswered`), and :attr:`tasksAssigned` names those taken. Returns the requests made."""
+        ids = list(dict.fromkeys(task_ids))
+        if not ids:
+            return 0
+        chunks = [ids[i:i + ASSIGN_CHUNK] for i in range(0, len(ids), ASSIGN_CHUNK)]
+        outcome: dict[str, Any] = {"left": len(chunks), "done": [], "refused": {}, "errors": []}
+
+        def answered(data: Any, error: str | None) -> None:
+            if error:
+                outcome["errors"].append(error)
+            elif isinstance(data, dict):
+                outcome["done"].extend(str(t) for t in data.get("done") or ())
+                outcome["refused"].update({str(k): str(v) for k, v in (data.get("refused") or {}).items()})
+            outcome["left"] -= 1
+            if outcome["left"] == 0:
+                self._assigned(len(ids), worker_id, outcome, where)
+
+        for chunk in chunks:
+            if not self.bridge.call_async("assign_tasks", {"task_ids": chunk, "worker_id": worker_id}, answered):
+                outcome["left"] -= 1
+                outcome["errors"].append("the window is closing")
+        if outcome["left"] == 0:
+            self._assigned(len(ids), worker_id, outcome, where)
+        return len(chunks)
+
+    def _assigned(self, asked: int, worker_id: str, outcome: dict[str, Any], where: QPoint | None) -> None:
+        done: list[str] = outcome["done"]
+        reasons = [*outcome["errors"], *outcome["refused"].values()]
+        refused = asked - len(done)
+        if refused:
+            distinct = list(dict.fromkeys(reasons)) or ["no answer"]
             why = "; ".join(distinct[:3]) + (f" (+{len(distinct) - 3} more)" if len(distinct) > 3 else "")
             if done:
-                text = f"{len(done)} of {len(task_ids)} assigned to {worker_id}; {len(reasons)} refused: {why}"
+                text = f"{len(done)} of {asked} assigned to {worker_id}; {refused} refused: {why}"
             else:
                 text = f"Not assigned to {worker_id}: {why}"
             self._show(text, error=True)
@@ -932,7 +962,7 @@ class HealthView(QWidget):
             text = f"Assigned {len(done)} task(s) to {worker_id}"
             self._show(text)
         if where is not None:
-            QToolTip.showText(where, text, self.table)
+            QToolTip.showText(where, plain_tip(text), self.table)
         if done:
             self.tasksAssigned.emit(done, worker_id)
-        return done
+        self.assignAnswered.emit(text)

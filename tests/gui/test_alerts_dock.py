@@ -247,6 +247,10 @@ def test_screenshot_alerts_dock(qtbot, dock) -> None:
     bridge.findingsChanged.emit([finding("r1"), finding("r2", test_id="test_matmul[1024]", metric="gflops",
                                                         worker_id="bench-01-gpu"),
                                  finding("r3", direction="improvement", test_id="test_parse")])
+    d.select_keys(["a5"])
+    d.mute_selected(3600.0)
+    d.view.clearSelection()
+    assert rows(d)["a5"][4].startswith("raised · muted until ")
     d.parentWidget().resize(1100, 330)
     shot(d, "alerts_dock")
 

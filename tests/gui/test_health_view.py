@@ -23,8 +23,8 @@ from dtf_gui.ui.health_view import (
     WorkerHealthModel,
 )
 from dtf_gui.ui.models import TASK_IDS_MIME
-from tests.gui.fake_alerts import fake_health_bridge, worker
-from tests.gui.fakes import agent, screenshot
+from tests.gui.fake_alerts import fake_health_bridge, shot, worker
+from tests.gui.fakes import agent
 
 
 class Clock:
@@ -236,6 +236,7 @@ def test_drop_assigns_and_a_partial_refusal_shows_at_the_drop_point(qtbot, healt
     assert event.isAccepted()
     assert sig.args == [["t1", "t3", "t5"], "w1"]
     assert fake.assigned == [("t1", "w1"), ("t3", "w1"), ("t5", "w1")]
+    assert [op for op, _ in fake.calls if op.startswith("assign")] == ["assign_tasks"], "one request"
     tip = QToolTip.text()
     assert "3 of 5 assigned to w1; 2 refused" in tip and "lacks tag gpu" in tip
     assert errors[-1] == tip  # the status bar keeps the summary
@@ -315,9 +316,8 @@ def test_screenshot_six_workers(qtbot, health, tmp_path) -> None:
     feed_minutes(view, clock, workers, 600)
     view.select_worker("bench-01-gpu")
     view._redraw_charts()
-    path = screenshot(view, "health_view")
-    image = QImage(str(path))
-    assert image.width() >= 1280 - 4
+    shot(view, "health_view")
+    assert QImage(view.grab().toImage()).width() >= 1280 - 4
 
 
 # -- the real coordinator -----------------------------------------------------------------------------
@@ -367,10 +367,49 @@ def test_drop_position_is_where_the_tooltip_shows(qtbot, health) -> None:
     QToolTip.showText = spy  # type: ignore[method-assign]
     try:
         drop(view, ["t1"], "w1")
+        qtbot.waitUntil(lambda: bool(shown), timeout=5000)
     finally:
         QToolTip.showText = orig  # type: ignore[method-assign]
     target = view.table.visualRect(view.proxy.index(proxy_row(view, "w1"), 0)).center()
     assert shown == [(view.table.viewport().mapToGlobal(target), "Not assigned to w1: cannot assign t1: nope")]
+
+
+def test_a_drop_of_many_tasks_is_one_request_off_the_gui_thread(qtbot, health) -> None:
+    view, bridge, fake = health([worker("w1")], refuse={f"t{i}": "cannot assign: it is running" for i in range(0, 12_000, 1000)})
+    qtbot.waitUntil(lambda: view.model.rowCount() == 1, timeout=5000)
+    ids = [f"t{i}" for i in range(12_000)]
+    with qtbot.waitSignal(view.assignAnswered, timeout=20_000) as sig:
+        assert view.assign_tasks(ids, "w1") == 2  # 10,000 ids a request at most
+    sizes = [len(a["task_ids"]) for op, a in fake.calls if op == "assign_tasks"]
+    assert sorted(sizes) == [2000, 10_000] and not [op for op, _ in fake.calls if op == "assign_task"]
+    assert sig.args == ["11988 of 12000 assigned to w1; 12 refused: cannot assign: it is running"]
+
+
+def test_worker_text_is_shown_as_text_not_markup(qtbot, health) -> None:
+    view, bridge, fake = health([worker("<b>x</b>", hardware="8 cores, <b>x</b>")])
+    qtbot.waitUntil(lambda: view.model.rowCount() == 1, timeout=5000)
+    view.select_worker("<b>x</b>")
+    view._redraw_charts()
+    title = view.chart_title.text()
+    assert title.startswith("<b>&lt;b&gt;x&lt;/b&gt;</b>") and title.count("&lt;b&gt;x&lt;/b&gt;") == 2  # id, OS
+    assert view.message.textFormat() == Qt.TextFormat.PlainText
+    tip = view.proxy.index(0, COL["worker"]).data(Qt.ItemDataRole.ToolTipRole)
+    assert "&lt;b&gt;x&lt;/b&gt;" in tip
+    assert cell(view, "<b>x</b>", "worker") == "<b>x</b>"
+
+
+def test_the_context_menu_goes_when_it_closes(qtbot, health) -> None:
+    from PySide6.QtWidgets import QApplication, QMenu
+
+    view, bridge, fake = health([worker("w1")])
+    qtbot.waitUntil(lambda: view.model.rowCount() == 1, timeout=5000)
+    before = len(view.findChildren(QMenu))
+    for _ in range(3):
+        view._context_menu(view.table.viewport().rect().center())
+        qtbot.waitUntil(lambda: isinstance(QApplication.activePopupWidget(), QMenu), timeout=5000)
+        assert len(view.findChildren(QMenu)) == before + 1
+        QApplication.activePopupWidget().close()
+        qtbot.waitUntil(lambda: len(view.findChildren(QMenu)) == before, timeout=5000)
 
 
 def test_history_capacity_spans_the_longest_chart() -> None:
