@@ -596,9 +596,11 @@ def _task_row(r: Sequence[Any]) -> dict[str, Any]:
 
 
 def export_rows(conn: sqlite3.Connection, a: ExportRowsArgs) -> dict[str, Any]:
-    """One page of the rows ``a`` selects, oldest first: ``{"rows", "next", "metric_names"}``. ``next``
-    is the cursor of the following page (None at the end); ``metric_names`` (results, first page)
-    are the metric columns of the whole selection. A page ends early past PAGE_BYTES."""
+    """One page of the rows ``a`` selects, oldest first: ``{"rows", "next", "metric_names", "total"}``.
+    ``next`` is the cursor of the following page (None at the end); on the first page,
+    ``metric_names`` (results) are the metric columns of the whole selection and ``total`` how many
+    rows the export will have (at most ``a.limit``: what a progress bar counts to). A page ends early
+    past PAGE_BYTES."""
     want = min(a.limit, PAGE_ROWS)
     where: list[str] = []
     params: list[Any] = []
@@ -612,6 +614,8 @@ def export_rows(conn: sqlite3.Connection, a: ExportRowsArgs) -> dict[str, Any]:
         if a.since is not None:
             where.append("create_time >= ?")
             params.append(a.since)
+        if not a.after:
+            out["total"] = _count(conn, "tasks", where, params, a.limit)
         last = _task_cursor(a.after)
         if last is not None:
             where.append("(create_time, task_id) > (?, ?)")
@@ -636,6 +640,7 @@ def export_rows(conn: sqlite3.Connection, a: ExportRowsArgs) -> dict[str, Any]:
                          f"SELECT DISTINCT m.name FROM results r JOIN metrics m ON m.result_id = r.result_id "
                          f"{_where(['r.' + w for w in where])} ORDER BY 1 LIMIT ?")
             out["metric_names"] = [str(r[0]) for r in conn.execute(names_sql, (*params, MAX_METRIC_COLUMNS))]
+            out["total"] = _count(conn, "results", where, params, a.limit)
         where.append("rowid > ?")
         params.append(_id_cursor(a.after))
         sql = (f"SELECT {','.join(_RESULT_SQL_COLUMNS)}, rowid FROM results {_where(where)} ORDER BY rowid LIMIT ?")
@@ -657,6 +662,8 @@ def export_rows(conn: sqlite3.Connection, a: ExportRowsArgs) -> dict[str, Any]:
         if a.since is not None:
             where.append("time >= ?")
             params.append(a.since)
+        if not a.after:
+            out["total"] = _count(conn, "events", where, params, a.limit)
         where.append("id > ?")
         params.append(_id_cursor(a.after))
         rows = conn.execute(f"SELECT id, time, kind, subject, data FROM events {_where(where)} ORDER BY id LIMIT ?",
@@ -684,6 +691,12 @@ def export_rows(conn: sqlite3.Connection, a: ExportRowsArgs) -> dict[str, Any]:
     if n and (n < len(rows) or len(rows) == want) and n < a.limit:
         out["next"] = json.dumps(key(rows[n - 1]))
     return out
+
+
+def _count(conn: sqlite3.Connection, table: str, where: Sequence[str], params: Sequence[Any], limit: int) -> int:
+    """Rows of the selection, counted up to ``limit`` (the inner LIMIT stops the count there)."""
+    sql = f"SELECT count(*) FROM (SELECT 1 FROM {table} {_where(where)} LIMIT ?)"
+    return int(conn.execute(sql, (*params, limit)).fetchone()[0])
 
 
 def _where(parts: Sequence[str]) -> str:

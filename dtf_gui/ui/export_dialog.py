@@ -2,7 +2,9 @@
 
 The same files `dtf report` writes, from the same code: the rows come from the coordinator a page
 at a time (call_async: the window never waits on a read), each CSV page is written as it arrives,
-the PDF is drawn by report_pdf. The dialog says how far it got and where it wrote.
+the PDF is drawn by report_pdf. The dialog says how far it got (a CSV counts its rows against the
+total the first page announces) and where it wrote. An export can be cancelled (its partial file is
+removed); closing the dialog while one runs asks first. The dialog deletes itself when closed.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QVBoxLayout,
@@ -66,10 +69,15 @@ class ExportDialog(QDialog):
         self.setWindowTitle("Export")
         self.setObjectName("exportDialog")
         self.setMinimumWidth(620)
+        # File > Export makes a new dialog each time: without this every one closed would stay in memory.
+        self.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         self.runs: list[dict[str, Any]] = []
         self.busy = False
-        self._cancelled = False
+        self._job = 0  # bumped by each export and each cancel: a page of an earlier one is dropped
+        self._closed = False
         self._written = 0
+        self._target: Path | None = None
+        self._partial: Any = None  # the CSV file being written, removed if the export is cancelled
 
         self.kind = QComboBox()
         self.kind.setObjectName("exportKind")
@@ -99,6 +107,10 @@ class ExportDialog(QDialog):
         self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
         self.export_button = self.buttons.addButton("Export", QDialogButtonBox.ButtonRole.AcceptRole)
         self.export_button.setObjectName("exportButton")
+        self.cancel_button = self.buttons.addButton("Cancel export", QDialogButtonBox.ButtonRole.ActionRole)
+        self.cancel_button.setObjectName("exportCancel")
+        self.cancel_button.setVisible(False)
+        self.cancel_button.clicked.connect(self.cancel)
         self.buttons.accepted.connect(self._export_clicked)
         self.buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
@@ -116,6 +128,8 @@ class ExportDialog(QDialog):
 
     def load_runs(self) -> None:
         def done(data: Any, error: str | None) -> None:
+            if self._closed:
+                return  # the dialog (and its widgets) are gone
             if error is not None:
                 self.status.setText(f"Could not list the runs: {error}")
                 return
@@ -174,14 +188,48 @@ class ExportDialog(QDialog):
         self.export(self.current_kind(), run, self.path.text().strip())
 
     def reject(self) -> None:
-        self._cancelled = True  # pages still on the way are dropped
+        """Close (the Close button, Escape, the window's X): a running export is not dropped
+        silently; the engineer says whether to cancel it, or the dialog stays open until it ends."""
+        if self.busy and not self._confirm_cancel():
+            return  # still visible: QDialog's closeEvent ignores the close
+        self.cancel()
+        self._closed = True
         super().reject()
+
+    def _confirm_cancel(self) -> bool:
+        where = f" to {self._target}" if self._target else ""
+        answer = QMessageBox.question(
+            self, "Export running",
+            f"The export{where} is not finished ({self._written:,} rows so far). Cancel it and close?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
+        return answer == QMessageBox.StandardButton.Yes
+
+    def cancel(self) -> None:
+        """Stop the running export: pages still on the way are dropped, a partial CSV is removed."""
+        if not self.busy:
+            return
+        self._job += 1
+        self.busy = False
+        partial, self._partial = self._partial, None
+        if partial is not None:
+            partial.close()
+            if self._target is not None:
+                self._target.unlink(missing_ok=True)
+        self.cancel_button.setVisible(False)
+        self.progress.setVisible(False)
+        self.export_button.setEnabled(True)
+        self.status.setText("Export cancelled: nothing written." if partial is not None or self._target is None
+                            else f"Export cancelled: {self._target} not written.")
+        self.failed_export.emit("cancelled")
 
     # -- the work -----------------------------------------------------------------------------------
 
     def export(self, kind: str, run_id: str | None, path: str | Path) -> None:
         """Write ``kind`` (a KINDS key) of ``run_id`` (None: everything, for CSV) to ``path``. Returns at
         once; finished_export(path) or failed_export(why) says how it went."""
+        if self.busy:
+            self.failed_export.emit("an export is running: cancel it first")  # and that one goes on
+            return
         target = Path(path).expanduser()
         if kind not in KINDS:
             self._fail(f"unknown export {kind!r}; known: {', '.join(KINDS)}")
@@ -192,28 +240,31 @@ class ExportDialog(QDialog):
         if not str(path) or target.is_dir() or not target.parent.is_dir():
             self._fail(f"cannot write {target}: choose a file in an existing folder")
             return
+        self._job += 1
+        job = self._job
         self.busy = True
-        self._cancelled = False
         self._written = 0
+        self._target = target
         self.export_button.setEnabled(False)
+        self.cancel_button.setVisible(True)
         self.progress.setVisible(True)
         self.progress.setRange(0, 0)  # busy until the first page says how far
         self.status.setText(f"Exporting to {target}…")
         if kind == "pdf":
-            self.bridge.call_async("run_report", {"run_id": run_id}, lambda d, e: self._pdf(d, e, target),
+            self.bridge.call_async("run_report", {"run_id": run_id}, lambda d, e: self._pdf(job, d, e, target),
                                    timeout=300.0)
         elif kind == "junit":
-            self._junit_page(str(run_id), target, [], 0)
+            self._junit_page(job, str(run_id), target, [], 0)
         else:
             try:
-                out = open(target, "w", newline="", encoding="utf-8")  # closed after the last page
+                self._partial = open(target, "w", newline="", encoding="utf-8")  # closed after the last page
             except OSError as exc:
                 self._fail(f"cannot write {target}: {exc.strerror or exc}")
                 return
-            self._csv_page(kind.partition(":")[2], run_id, target, out, "", None)
+            self._csv_page(job, kind.partition(":")[2], run_id, target, "", None, 0)
 
-    def _pdf(self, report: Any, error: str | None, target: Path) -> None:
-        if self._stop(error):
+    def _pdf(self, job: int, report: Any, error: str | None, target: Path) -> None:
+        if self._stop(job, error):
             return
         from dtf_gui.ui.report_pdf import render_run_pdf  # Qt's PDF writer, loaded when first needed
 
@@ -225,14 +276,15 @@ class ExportDialog(QDialog):
             return
         self._done(target, f"{pages} pages")
 
-    def _junit_page(self, run_id: str, target: Path, rows: list[dict[str, Any]], after: int) -> None:
+    def _junit_page(self, job: int, run_id: str, target: Path, rows: list[dict[str, Any]], after: int) -> None:
         def done(page: Any, error: str | None) -> None:
-            if self._stop(error):
+            if self._stop(job, error):
                 return
             if page:
                 rows.extend(page)
-                self.status.setText(f"Fetched {len(rows)} test rows…")
-                self._junit_page(run_id, target, rows, int(page[-1]["seq"]))
+                self._written = len(rows)
+                self.status.setText(f"Fetched {len(rows):,} test rows…")
+                self._junit_page(job, run_id, target, rows, int(page[-1]["seq"]))
                 return
             final: dict[str, dict[str, Any]] = {}
             for t in rows:
@@ -250,40 +302,46 @@ class ExportDialog(QDialog):
 
         self.bridge.call_async("run_tests", {"run_id": run_id, "after": after}, done, timeout=120.0)
 
-    def _csv_page(self, what: str, run_id: str | None, target: Path, out: Any, after: str,
-                  names: list[str] | None) -> None:
+    def _csv_page(self, job: int, what: str, run_id: str | None, target: Path, after: str,
+                  names: list[str] | None, total: int) -> None:
         args: dict[str, Any] = {"what": what, "after": after, "limit": MAX_ROWS - self._written}
         if run_id:
             args["run_id"] = run_id
 
         def done(page: Any, error: str | None) -> None:
-            if self._stop(error):
-                out.close()
+            if self._stop(job, error):
                 return
-            nonlocal names
+            out = self._partial
+            nonlocal names, total
             first = not after
             if first:
                 names = page.get("metric_names") or []
+                total = int(page.get("total") or 0)
             extra = {"metric_names": names} if what == "results" else {}
             try:
                 self._written += CSV_WRITERS[what](page["rows"], out, header=first, **extra)
             except OSError as exc:
-                out.close()
                 self._fail(f"cannot write {target}: {exc.strerror or exc}")
                 return
-            self.status.setText(f"{self._written} rows written to {target}…")
+            if total:
+                self.progress.setRange(0, max(total, self._written))
+                self.progress.setValue(self._written)
+                self.status.setText(f"{self._written:,} of {total:,} rows written to {target}…")
+            else:
+                self.status.setText(f"{self._written:,} rows written to {target}…")
             if page.get("next") and self._written < MAX_ROWS:
-                self._csv_page(what, run_id, target, out, page["next"], names)
+                self._csv_page(job, what, run_id, target, page["next"], names, total)
                 return
+            self._partial = None
             out.close()
-            self._done(target, f"{self._written} rows")
+            self._done(target, f"{self._written:,} rows")
 
         self.bridge.call_async("export_rows", args, done, timeout=300.0)
 
-    def _stop(self, error: str | None) -> bool:
-        """True when the chain ends here: the dialog was closed, or the coordinator refused."""
-        if self._cancelled:
-            self.busy = False
+    def _stop(self, job: int, error: str | None) -> bool:
+        """True when the chain ends here: the export was cancelled (or the dialog closed), or the
+        coordinator refused."""
+        if job != self._job or self._closed:
             return True
         if error is not None:
             self._fail(error)
@@ -294,13 +352,22 @@ class ExportDialog(QDialog):
         self.busy = False
         self.progress.setRange(0, 1)
         self.progress.setValue(1)
+        self.cancel_button.setVisible(False)
         self.export_button.setEnabled(True)
         self.status.setText(f"Wrote {what} to {target}")
         self.finished_export.emit(str(target))
 
     def _fail(self, why: str) -> None:
+        if self.busy:
+            self._job += 1  # nothing more of this export is taken
+            partial, self._partial = self._partial, None
+            if partial is not None:  # half a CSV would read as a whole one
+                partial.close()
+                if self._target is not None:
+                    self._target.unlink(missing_ok=True)
         self.busy = False
         self.progress.setVisible(False)
+        self.cancel_button.setVisible(False)
         self.export_button.setEnabled(True)
         self.status.setText(f"Export failed: {why}")
         self.failed_export.emit(why)

@@ -5,6 +5,7 @@ agent, and the PDF renderer on its own (pages, an embedded plot image, the run's
 from __future__ import annotations
 
 import csv
+import os
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -12,13 +13,23 @@ from typing import Any
 
 import pytest
 from pypdf import PdfReader
+from PySide6.QtCore import Qt
 
+from dtf_gui.coordinator import reports
 from dtf_gui.ui.export_dialog import KINDS, ExportDialog, default_name
 from dtf_gui.ui.report_pdf import nice_ticks, render_run_pdf, time_ticks
 
 # Writes a metric, as a benchmark would (the results CSV gets a metric column).
 METRIC = ("import json, os; json.dump({'metrics': {'copy_mb_s': 812.5}, 'units': {'copy_mb_s': 'MB/s'}}, "
           "open(os.environ['DTF_RESULT_FILE'], 'w'))")
+
+
+def shot(widget: Any, name: str) -> None:
+    """A screenshot for a person to look at, only when DTF_SHOTS names a folder."""
+    folder = os.environ.get("DTF_SHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        widget.grab().save(str(Path(folder) / name))
 
 
 def pdf_text(path: Path) -> tuple[PdfReader, str]:
@@ -68,11 +79,11 @@ def test_the_dialog_exports_every_kind(qtbot, gui_session: Any, run_id: str, tmp
     qtbot.waitUntil(lambda: any(r["run_id"] == run_id for r in dialog.runs), timeout=10_000)
     dialog.show()
     assert dialog.run.findData(run_id) >= 0
-    dialog.grab().save("/tmp/shots/export_dialog.png")
+    shot(dialog, "export_dialog.png")
 
     pdf = tmp_path / "run.pdf"
     export(qtbot, dialog, "pdf", run_id, pdf)
-    dialog.grab().save("/tmp/shots/export_dialog_done.png")
+    shot(dialog, "export_dialog_done.png")
     reader, text = pdf_text(pdf)
     assert "window export" in text and run_id in text and "2 success, 1 failure" in text
     assert "Pass rate 66.7 %" in text and "broken" in text
@@ -112,6 +123,108 @@ def test_the_dialog_says_why_it_cannot_export(qtbot, gui_session: Any, tmp_path:
         dialog.export("csv:results", None, tmp_path / "missing" / "x.csv")
     assert "existing folder" in got.args[0]
     assert not (tmp_path / "x.pdf").exists()
+
+
+class HeldBridge:
+    """The real bridge, except that export_rows pages after the first wait until ``release``:
+    the test acts while an export is surely half done."""
+
+    def __init__(self, bridge: Any) -> None:
+        self.bridge = bridge
+        self.held: list[tuple[str, dict[str, Any], Any, float]] = []
+
+    def call_async(self, op: str, args: dict[str, Any] | None, done: Any, *, timeout: float = 60.0) -> bool:
+        if op == "export_rows" and (args or {}).get("after"):
+            self.held.append((op, dict(args or {}), done, timeout))
+            return True
+        return bool(self.bridge.call_async(op, args, done, timeout=timeout))
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for op, args, done, timeout in held:
+            self.bridge.call_async(op, args, done, timeout=timeout)
+
+
+def deleted(widget: Any) -> list[bool]:
+    """Becomes [True] when Qt deletes ``widget``."""
+    gone: list[bool] = []
+    widget.destroyed.connect(lambda *_: gone.append(True))
+    return gone
+
+
+def half_done_csv(qtbot, gui_session: Any, run_id: str, tmp_path: Path,
+                  monkeypatch: pytest.MonkeyPatch) -> tuple[ExportDialog, HeldBridge, Path]:
+    """A results CSV of the run, one row a page (the embedded coordinator reads PAGE_ROWS when
+    asked), its first page written, the second held."""
+    monkeypatch.setattr(reports, "PAGE_ROWS", 1)
+    held = HeldBridge(gui_session.bridge)
+    dialog = ExportDialog(held, gui_session.window)
+    dialog.show()
+    qtbot.waitUntil(lambda: any(r["run_id"] == run_id for r in dialog.runs), timeout=10_000)
+    path = tmp_path / "big.csv"
+    dialog.export("csv:results", run_id, path)
+    qtbot.waitUntil(lambda: bool(held.held), timeout=10_000)
+    return dialog, held, path
+
+
+def test_a_csv_export_shows_its_progress_and_can_be_cancelled(qtbot, gui_session: Any, run_id: str,
+                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dialog, held, path = half_done_csv(qtbot, gui_session, run_id, tmp_path, monkeypatch)
+    # The first page announced the total: the bar counts rows against it.
+    assert dialog.busy and dialog.progress.isVisible()
+    assert (dialog.progress.minimum(), dialog.progress.maximum(), dialog.progress.value()) == (0, 3, 1)
+    assert "1 of 3 rows written" in dialog.status.text()
+    assert dialog.cancel_button.isVisible() and not dialog.export_button.isEnabled()
+    shot(dialog, "export_dialog_progress.png")
+    with qtbot.waitSignal(dialog.failed_export, timeout=1_000) as got:
+        qtbot.mouseClick(dialog.cancel_button, Qt.MouseButton.LeftButton)
+    assert got.args == ["cancelled"] and "cancelled" in dialog.status.text()
+    assert not dialog.busy and not path.exists()  # no half file that reads as a whole one
+    assert dialog.export_button.isEnabled() and not dialog.cancel_button.isVisible()
+    # The page that was on its way arrives: dropped.
+    held.release()
+    qtbot.waitUntil(lambda: not held.held, timeout=1_000)
+    dialog.export("csv:tasks", None, tmp_path / "after.csv")  # and the dialog still exports
+    qtbot.waitUntil(lambda: not dialog.busy or bool(held.held), timeout=10_000)
+    assert not path.exists()
+    dialog.cancel()
+    assert dialog.close()
+
+
+def test_closing_during_an_export_asks_and_keeps_it_unless_told(qtbot, gui_session: Any, run_id: str,
+                                                                tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    dialog, held, path = half_done_csv(qtbot, gui_session, run_id, tmp_path, monkeypatch)
+    asked: list[bool] = []
+    monkeypatch.setattr(dialog, "_confirm_cancel", lambda: asked.append(False) or False)
+    assert not dialog.close()  # "keep exporting": the dialog stays, the export goes on
+    assert asked == [False] and dialog.isVisible() and dialog.busy
+    with qtbot.waitSignal(dialog.finished_export, timeout=10_000):
+        while held.held:
+            held.release()
+            qtbot.waitUntil(lambda: not dialog.busy or bool(held.held), timeout=10_000)
+    with open(path, newline="") as f:
+        assert len(list(csv.DictReader(f))) == 3
+    # Finished: it closes without asking, and deletes itself.
+    gone = deleted(dialog)
+    assert dialog.close()
+    qtbot.waitUntil(lambda: bool(gone), timeout=5_000)
+    assert asked == [False]
+
+
+def test_closing_during_an_export_can_cancel_it(qtbot, gui_session: Any, run_id: str, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    dialog, held, path = half_done_csv(qtbot, gui_session, run_id, tmp_path, monkeypatch)
+    monkeypatch.setattr(dialog, "_confirm_cancel", lambda: True)
+    cancelled: list[str] = []
+    dialog.failed_export.connect(cancelled.append)
+    gone = deleted(dialog)
+    assert dialog.close()
+    qtbot.waitUntil(lambda: bool(gone), timeout=5_000)
+    assert cancelled == ["cancelled"] and not path.exists()
+    held.release()  # the late page finds no dialog and writes nothing
+    qtbot.waitUntil(lambda: not held.held, timeout=1_000)
+    assert not path.exists()
 
 
 def test_default_names_and_kinds() -> None:

@@ -189,13 +189,14 @@ def test_export_rows_pages_results_with_a_cursor(lab: Lab, monkeypatch: pytest.M
     assert [r["result_id"] for r in rows] == [*(f"h{i}" for i in range(30)), *(f"r{i}" for i in range(13)),
                                               "r-copy", "r-copy2"]
     assert first["metric_names"] == ["copy_mb_s"]
+    assert first["total"] == len(rows) == 45  # what a progress bar counts to
     mine, first = page_all(lab, what="results", run_id=lab.run)
-    assert len(mine) == 15 and {r["run_id"] for r in mine} == {lab.run}
+    assert len(mine) == 15 and {r["run_id"] for r in mine} == {lab.run} and first["total"] == 15
     assert mine[-1]["metrics"] == {"copy_mb_s": 40.0} and mine[-1]["outcome"] == "failed"
     since, _ = page_all(lab, what="results", since=T0 + 125)
     assert [r["result_id"] for r in since] == ["r-copy2"]
-    limited, _ = page_all(lab, what="results", limit=10)
-    assert len(limited) == 10
+    limited, first = page_all(lab, what="results", limit=10)
+    assert len(limited) == 10 and first["total"] == 10
 
 
 def test_export_rows_tasks_and_findings(lab: Lab) -> None:
@@ -206,8 +207,9 @@ def test_export_rows_tasks_and_findings(lab: Lab) -> None:
     found, _ = page_all(lab, what="findings")
     assert [(f["kind"], f["result_id"]) for f in found] == [("change_point", "h20"), ("anomaly", "r-copy2"),
                                                             ("anomaly", "h3")]
-    mine, _ = page_all(lab, what="findings", run_id=lab.run)
-    assert [f["result_id"] for f in mine] == ["r-copy2"]
+    mine, first = page_all(lab, what="findings", run_id=lab.run)
+    assert [f["result_id"] for f in mine] == ["r-copy2"] and first["total"] == 1
+    assert page_all(lab, what="tasks", run_id=lab.run)[1]["total"] == 1
     with pytest.raises(ValueError, match="no run"):
         reports.export_rows(lab.conn(), reports.ExportRowsArgs(what="tasks", run_id="gone.1"))
     with pytest.raises(ValueError, match="not a cursor"):
