@@ -3,6 +3,7 @@ beforehand (results with metrics, workers with hardware, findings, two runs), of
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import time
@@ -311,6 +312,10 @@ def test_a_completion_of_the_selected_test_reads_only_the_new_points(qtbot, live
     # The reply holds the last point again (no new result was stored): merged, not doubled.
     assert view.point_count() == 300 and len(view.series.result_ids) == 300
     assert requests.of("series_catalog") == []
+    folder = os.environ.get("DTF_SHOTS")  # a screenshot for a person, only when asked
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        view.grab().save(str(Path(folder) / "results_live.png"))
 
 
 def test_a_finding_of_the_selected_series_reads_it_in_full(qtbot, live_view, bridge, lab, clock, monkeypatch):
