@@ -211,10 +211,18 @@ class Coordinator:
         fut: Future[p.Reply] = Future()
         req = p.Request(req_id=0, op=op, args=args or {})
         self.inbox.put(lambda: self._answer(req, fut.set_result, _LOCAL))
-        try:
-            reply = fut.result(timeout)
-        except TimeoutError:
-            raise ApiError(f"the coordinator did not answer {op} within {timeout:g} s") from None
+        deadline = time.monotonic() + timeout
+        while True:
+            # In slices: a loop that stops never answers what is still in its inbox, and the caller
+            # (a closing window's reader) must learn that now, not at its timeout.
+            try:
+                reply = fut.result(max(0.0, min(0.5, deadline - time.monotonic())))
+                break
+            except TimeoutError:
+                if not self.is_running:
+                    raise ApiError(f"the coordinator stopped before answering {op}") from None
+                if time.monotonic() >= deadline:
+                    raise ApiError(f"the coordinator did not answer {op} within {timeout:g} s") from None
         if not reply.ok:
             raise ApiError(reply.error)
         return reply.data

@@ -23,12 +23,13 @@ from typing import Any
 
 import msgspec
 import psutil
+from pyqtgraph.util.garbage_collector import GarbageCollector
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication, QMessageBox, QWidget
 
 from dtf_agent import keys
-from dtf_agent.paths import remove_coordinator_file, write_coordinator_file
+from dtf_agent.paths import dtf_home, remove_coordinator_file, write_coordinator_file
 from dtf_agent.transport import hostname
 from dtf_gui.coordinator.backup import BACKUP_DIR, Backups, check_database
 from dtf_gui.coordinator.config import ServerSettings
@@ -41,6 +42,11 @@ from dtf_gui.ui.main_window import MainWindow
 from dtf_gui.ui.theme import apply_theme
 
 log = logging.getLogger(__name__)
+
+_collector: GarbageCollector | None = None  # see _application
+
+# Where a window remembers its docks and size (QSettings, INI), in the DTF home.
+WINDOW_SETTINGS = "window.ini"
 
 
 class Session:
@@ -74,7 +80,7 @@ class Session:
         if local_agent:
             self.agent = LocalAgent(self.coordinator.endpoint("agents"), f"{hostname()}-local",
                                     slots=local_slots, log_path=home / "local-agent.log").start()
-        self.window = MainWindow(self.bridge)
+        self.window = MainWindow(self.bridge, settings_path=home / WINDOW_SETTINGS)
         self.window.on_close(self.close)
         self._closed = False
 
@@ -106,7 +112,8 @@ class RemoteSession:
             self.bridge = CoordinatorBridge.remote_to(endpoint, key_file)  # RemoteError: address, key file
         self.bridge.start()  # RemoteError: nobody answers this key there
         try:
-            self.window = MainWindow(self.bridge)
+            # The layout of this machine's windows, whichever coordinator they show.
+            self.window = MainWindow(self.bridge, settings_path=dtf_home() / WINDOW_SETTINGS)
         except BaseException:
             self.bridge.stop()
             raise
@@ -128,6 +135,12 @@ def _application() -> QApplication:
     if icon.exists():
         app.setWindowIcon(QIcon(str(icon)))
     apply_theme(app)
+    # Python's cyclic GC runs in whichever thread allocates: the coordinator loop or a bridge reader
+    # could finalize a window's dropped Qt object (a timer, a model) off the GUI thread, which crashes
+    # Qt. Collection moves to a timer in the GUI thread (pyqtgraph's collector, kept by the app).
+    global _collector
+    if _collector is None:
+        _collector = GarbageCollector(interval=1.0)
     return app
 
 

@@ -146,10 +146,15 @@ class CoordinatorBridge(QObject):
         self.refresh_identity()
 
     def stop(self) -> None:
-        if self._reads is not None:
-            self._reads.shutdown(wait=True, cancel_futures=True)
-            self._reads = None
+        """Reads not started are dropped; the ones in flight fail fast once the coordinator is gone
+        (a remote one that stopped answering would otherwise hold the window's close for their whole
+        timeout), and their answers are not delivered."""
+        pool, self._reads = self._reads, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
         self.coordinator.stop()
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     # -- who we are to the coordinator -----------------------------------------------------------
 
@@ -303,8 +308,9 @@ class CoordinatorBridge(QObject):
             return False
         return True
 
-    @staticmethod
-    def _deliver(done: Done, data: Any, error: str | None) -> None:
+    def _deliver(self, done: Done, data: Any, error: str | None) -> None:
+        if self._reads is None:
+            return  # stopped: the views it was for are closing
         try:
             done(data, error)
         except Exception:  # a view's bug must not take the bridge's signal down with it

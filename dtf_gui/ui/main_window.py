@@ -158,9 +158,11 @@ class ThroughputPlot(pg.PlotWidget):
         self.points: collections.deque[tuple[float, float]] = collections.deque(maxlen=HISTORY_POINTS)
         self.peak = 0.0
         self.recolour()
-        theme.notifier.changed.connect(lambda _scheme: self.recolour())
+        # A method, not a lambda: the notifier outlives this plot, and Qt drops a connection to a
+        # destroyed receiver's method but not to a lambda (which would then touch a deleted plot).
+        theme.notifier.changed.connect(self.recolour)
 
-    def recolour(self) -> None:
+    def recolour(self, _scheme: str = "") -> None:
         """The current colour scheme's background and text (the plot may outlive a switch to dark)."""
         colours = theme.plot_colours()
         self.setBackground(colours.background)
@@ -572,11 +574,13 @@ class MainWindow(QMainWindow):
 
     def open_add_machines_dialog(self) -> AddMachinesDialog:
         dlg = AddMachinesDialog(self.bridge.create_token, self.bridge.seen_agents(), self)
+        dlg.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)  # one per opening, gone when closed
         dlg.open()
         return dlg
 
     def open_about_dialog(self) -> AboutDialog:
         dlg = AboutDialog(self.bridge.identity, self.bridge.describe(), self)
+        dlg.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)  # one per opening, gone when closed
         dlg.open()
         return dlg
 
@@ -584,6 +588,7 @@ class MainWindow(QMainWindow):
 
     def open_new_task_dialog(self) -> SubmitDialog:
         dlg = SubmitDialog(self.bridge, self)
+        dlg.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)  # one per opening, gone when closed
         dlg.submitted.connect(lambda ids: self.statusBar().showMessage(f"Submitted {len(ids)} task(s)", 5000))
         dlg.runFinished.connect(
             lambda code, last: self.statusBar().showMessage(f"dtf finished ({code}): {last}", 10_000))
@@ -618,6 +623,8 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:
         self._clock.stop()
         self.save_layout()
-        for hook in self._closing_hooks:
+        # Last registered, first run: what was added later (a dialog's `dtf` processes) may need what
+        # was there before it (the coordinator they talk to), as in any teardown.
+        for hook in reversed(self._closing_hooks):
             hook()
         super().closeEvent(event)

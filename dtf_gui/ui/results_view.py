@@ -352,7 +352,9 @@ class ResultsExplorer(QWidget):
         bridge.tasksChanged.connect(self._on_tasks)
         bridge.findingsChanged.connect(self._on_findings)
         bridge.findingsRetracted.connect(self._on_retracted)
-        theme.notifier.changed.connect(lambda _s: self._render())
+        # A method, not a lambda: the notifier outlives this view; Qt drops a destroyed receiver's
+        # connection, not a lambda's (which would then draw on a deleted plot).
+        theme.notifier.changed.connect(self._on_scheme)
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -629,6 +631,9 @@ class ResultsExplorer(QWidget):
         self.change_labels = []
         self.change_markers = []
         self.anomaly_item.setData([], [])
+
+    def _on_scheme(self, _scheme: str) -> None:
+        self._render()
 
     def _render(self) -> None:
         self._clear_plot()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,3 +29,13 @@ def gui_session(qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
         session.close()
         assert session.agent is None or not session.agent.alive(), "local agent outlived the window"
         assert not session.bridge.coordinator.is_running, "coordinator thread outlived the window"
+
+
+@pytest.fixture(autouse=True)
+def collect_qt_garbage_in_the_gui_thread() -> Iterator[None]:
+    """Qt objects a test dropped (models, timers, views in reference cycles with their callbacks) are
+    collected here, in the GUI thread. Left to Python's cyclic GC they could be collected later in
+    whichever thread happens to allocate (a bridge reader, the coordinator loop): a QTimer destroyed
+    off its thread leaves a dangling timer the GUI thread then fires (a segfault in activateTimers)."""
+    yield
+    gc.collect()

@@ -100,13 +100,15 @@ def fake_bridge(**kwargs: Any) -> tuple[Any, FakeCoordinator]:
     return bridge, made[0]
 
 
-def screenshot(widget: Any, name: str) -> Path:
-    """The widget rendered offscreen to a PNG, for a person to look at ($DTF_SCREENSHOTS, default a
-    temporary folder)."""
-    import tempfile
-
-    folder = Path(os.environ.get("DTF_SCREENSHOTS") or tempfile.gettempdir()) / "dtf-screenshots"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.png"
-    assert widget.grab().save(str(path)), path
+def screenshot(widget: Any, name: str) -> Path | None:
+    """The widget rendered offscreen (the render is checked); saved as a PNG for a person to look at
+    only when $DTF_SHOTS names a folder, so a test run writes nothing outside its temporary paths."""
+    image = widget.grab()
+    assert not image.isNull(), name
+    folder = os.environ.get("DTF_SHOTS")
+    if not folder:
+        return None
+    path = Path(folder) / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert image.save(str(path)), path
     return path

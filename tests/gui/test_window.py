@@ -127,9 +127,9 @@ def test_dragging_a_task_onto_a_worker_pins_it_there(qtbot, gui_session) -> None
 
     _drop_on_worker(win, [task_id], worker_id)
 
+    qtbot.waitUntil(lambda: "Assigned 1 task" in win.statusBar().currentMessage(), timeout=10_000)
     why = bridge.call("get_task", {"task_id": task_id})["why"]
     assert f"pinned to {worker_id}" in why
-    assert "Assigned 1 task" in win.statusBar().currentMessage()
     for b in blockers:
         bridge.cancel_task(b)
     qtbot.waitUntil(lambda: bridge.call("get_task", {"task_id": task_id})["status"] == "completed", timeout=20_000)
@@ -144,8 +144,8 @@ def test_a_refused_drop_says_why(qtbot, gui_session) -> None:
     task_id = bridge.submit_task({"command": "echo needs-a-gpu", "requirements": {"tags": ["gpu"]}})
     qtbot.waitUntil(lambda: shown(win, task_id) is not None, timeout=5000)
     _drop_on_worker(win, [task_id], worker_id)
-    message = win.statusBar().currentMessage()
-    assert "cannot assign" in message and "gpu" in message
+    qtbot.waitUntil(lambda: "cannot assign" in win.statusBar().currentMessage(), timeout=10_000)
+    assert "gpu" in win.statusBar().currentMessage()
     assert bridge.call("get_task", {"task_id": task_id})["status"] == "pending"
 
 
@@ -216,3 +216,50 @@ def test_the_throughput_plot_shows_the_minutes_before_the_window_opened(qtbot, t
         assert plot.viewRange()[1][0] == 0  # a rate axis starts at 0
     finally:
         session.close()
+
+
+def test_the_docks_come_back_as_they_were_left(qtbot, tmp_path, monkeypatch) -> None:
+    from PySide6.QtCore import Qt
+
+    from dtf_gui.coordinator.config import ephemeral_settings
+    from dtf_gui.ui.app import WINDOW_SETTINGS, Session
+
+    monkeypatch.setenv("DTF_HOME", str(tmp_path))
+
+    def open_window() -> Session:
+        session = Session(ephemeral_settings(tmp_path / "dtf.sqlite"), tmp_path, local_agent=False)
+        qtbot.addWidget(session.window)
+        session.window.show()
+        return session
+
+    first = open_window()
+    try:
+        win = first.window
+        assert win.alerts_dock.isVisibleTo(win) or win.detail_dock.isVisibleTo(win)
+        win.throughput_dock.hide()  # the engineer closes a dock and moves another
+        win.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, win.detail_dock)
+    finally:
+        first.window.close()  # saves the layout, then closes the session
+    assert (tmp_path / WINDOW_SETTINGS).exists()
+
+    second = open_window()
+    try:
+        win = second.window
+        assert not win.throughput_dock.isVisibleTo(win)
+        assert win.dockWidgetArea(win.detail_dock) == Qt.DockWidgetArea.LeftDockWidgetArea
+        win.reset_layout()  # View → Reset layout brings back the first arrangement
+        assert win.throughput_dock.isVisibleTo(win)
+        assert win.dockWidgetArea(win.detail_dock) == Qt.DockWidgetArea.RightDockWidgetArea
+    finally:
+        second.close()
+
+
+def test_closing_hooks_run_last_registered_first(qtbot, gui_session) -> None:
+    seen: list[bool] = []
+    win = gui_session.window
+    # Registered after the session's own close (as a dialog's `dtf` processes are): it runs while the
+    # coordinator they talk to is still up.
+    win.on_close(lambda: seen.append(gui_session.bridge.coordinator.is_running))
+    win.close()
+    assert seen == [True]
+    assert not gui_session.bridge.coordinator.is_running
