@@ -19,7 +19,10 @@ from dtf_gui.coordinator.store import WORKER_COLUMNS, Store, worker_row_to_dict
 
 log = logging.getLogger(__name__)
 
-__all__ = ["WorkerTable", "worker_spec"]
+__all__ = ["LOST", "WorkerTable", "worker_spec"]
+
+# A worker's health state once it went silent (health_status["state"]); one that left is plain offline.
+LOST = "lost"
 
 
 def worker_spec(w: WorkerRecord) -> sch.WorkerSpec:
@@ -126,11 +129,12 @@ class WorkerTable:
         """Frames on the worker's connection are no longer its (it was revoked): they must register."""
         self.by_identity.pop(w.identity, None)
 
-    def gone(self, w: WorkerRecord, reason: str) -> list[sch.Event]:
-        """The worker is offline (it said goodbye, or went silent): its tasks go back to the queue."""
+    def gone(self, w: WorkerRecord, reason: str, *, lost: bool = False) -> list[sch.Event]:
+        """The worker is offline (it said goodbye, or went silent: ``lost``, which the window shows
+        as a problem, unlike a machine that left on purpose): its tasks go back to the queue."""
         w.online = False
         w.status = p.OFFLINE
-        w.health_status = {"state": p.OFFLINE, "reason": reason, **_drain_flag(w)}
+        w.health_status = {"state": LOST if lost else p.OFFLINE, "reason": reason, **_drain_flag(w)}
         self.store.put_worker(w)
         self.store.put_event("worker_offline", w.worker_id, {"reason": reason})
         self.hub.worker_changed(w)
@@ -183,7 +187,7 @@ class WorkerTable:
             if w.online and now - w.seen_at > limit:
                 log.warning("agent %s silent for %.0f s: offline, its tasks go back to the queue",
                             w.worker_id, now - w.seen_at)
-                events.extend(self.gone(w, f"no heartbeat for {now - w.seen_at:.0f} s"))
+                events.extend(self.gone(w, f"no heartbeat for {now - w.seen_at:.0f} s", lost=True))
         return events
 
     def mark_stored_offline(self) -> None:

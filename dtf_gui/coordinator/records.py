@@ -189,6 +189,7 @@ class WorkerRecord:
             "gpu_memory_percent": pm.get("gpu_memory_percent"),
             "hardware_id": self.hardware_id, "tags": self.tags, "hardware": hardware_line(self.capabilities),
             "draining": bool(self.health_status.get("draining")),
+            "health": self.health_status.get("state"), "reason": self.health_status.get("reason"),
         }
 
 

@@ -40,7 +40,7 @@ VIEWER_OPS = frozenset({"ping", "whoami", "get_task", "list_tasks", "list_worker
                         "get_status", "wait", "list_agents", "seen_agents", "list_security_events", "get_log",
                         "list_runs", "get_run", "run_tests", "task_progress", "test_durations", "compare_runs",
                         "metric_info", "task_page", "task_positions", "series_catalog", "metric_series",
-                        "run_report", "export_rows", "list_alerts", "throughput_history"})
+                        "run_report", "export_rows", "list_alerts", "throughput_history", "list_findings"})
 OPERATOR_OPS = frozenset({"create_task", "create_tasks", "cancel_task", "assign_task", "unassign_task",
                           "retry_task", "set_priority", "aggregate_results", "get_result_anomalies",
                           "get_comparison_report", "create_run", "finish_run", "mark_flaky", "bundle_missing",

@@ -27,6 +27,10 @@ from dtf_gui.coordinator.store import connect_readonly
 OpTable = dict[str, tuple[type[Any], Callable[[Any], Any]]]
 
 
+class ListFindings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    limit: Annotated[int, msgspec.Meta(ge=1, le=5000)] = 1000
+
+
 class ThroughputArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     seconds: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 300.0
     bucket: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 5.0
@@ -50,6 +54,7 @@ class ViewsApi:
         self._in_flight: dict[str, int] = {}  # by client key; loop thread only
         self.deferred_ops: OpTable = {
             "throughput_history": (ThroughputArgs, self.throughput_history),
+            "list_findings": (ListFindings, self.list_findings),
             **taskview.ops(self.conn), **explore.ops(self.conn), **reports.ops(self.conn),
         }
         # The pure modules read declarations from the database; the coordinator.yaml ones live in the
@@ -116,3 +121,19 @@ class ViewsApi:
         counts = {int(b): n for b, n in rows}
         n_buckets = int(a.seconds // a.bucket)
         return [(start + (i + 1) * a.bucket, counts.get(i, 0) / a.bucket) for i in range(n_buckets)]
+
+    def list_findings(self, a: ListFindings) -> list[dict[str, Any]]:
+        """The newest anomalies and change points still standing (retracted ones are gone from the
+        table), newest first, as the live events carry them: a window opened later shows them too."""
+        rows = self.conn().execute(
+            "SELECT data FROM events WHERE kind IN ('anomaly', 'change_point') ORDER BY id DESC LIMIT ?",
+            (a.limit,)).fetchall()
+        out = []
+        for (data,) in rows:
+            try:
+                finding = msgspec.json.decode(data)
+            except msgspec.DecodeError:
+                continue  # a row no finding could have written: skipped, the others still shown
+            if isinstance(finding, dict):
+                out.append(finding)
+        return out

@@ -367,6 +367,7 @@ class AlertsDock(QDockWidget):
         self.model.dataChanged.connect(lambda *_: self._update_title())
         bridge.alertsChanged.connect(self.on_alerts)
         bridge.findingsChanged.connect(self.on_findings)
+        bridge.findingsLoaded.connect(self.on_stored_findings)
         bridge.findingsRetracted.connect(self.model.remove)
         bridge.identityChanged.connect(lambda _: self._update_actions())
         self._update_title()
@@ -400,11 +401,16 @@ class AlertsDock(QDockWidget):
         self._notify([f"{i['subject']}: {i['what']}" for i in items
                       if i["key"] in new and i["state"] == "raised" and not i["muted"] and not i["acked"]])
 
-    def on_findings(self, findings: list[dict[str, Any]]) -> None:
+    def on_findings(self, findings: list[dict[str, Any]], *, notify: bool = True) -> None:
         items = [finding_item(f, f["finding_id"] in self.acked_findings) for f in findings if wants_finding(f)]
         new = set(self.model.upsert(items))
-        self._notify([f"{i['subject']}: {i['what']}" for i in items
-                      if i["key"] in new and i["severity"] != "info" and not i["acked"]])
+        if notify:
+            self._notify([f"{i['subject']}: {i['what']}" for i in items
+                          if i["key"] in new and i["severity"] != "info" and not i["acked"]])
+
+    def on_stored_findings(self, findings: list[dict[str, Any]]) -> None:
+        """Findings from before the window opened: listed (acknowledged or not), never announced."""
+        self.on_findings(findings, notify=False)
 
     def _update_title(self) -> None:
         n = self.model.attention_count()

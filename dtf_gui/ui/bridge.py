@@ -24,6 +24,7 @@ from PySide6.QtCore import QObject, Signal
 from dtf_agent import protocol as p
 from dtf_gui.coordinator.api import ApiError
 from dtf_gui.coordinator.config import ServerSettings
+from dtf_gui.coordinator.records import hardware_line
 from dtf_gui.coordinator.server import Coordinator
 from dtf_gui.coordinator.trust import role_allows, role_needed
 from dtf_gui.remote import RESYNC, RemoteCoordinator, RemoteError
@@ -73,21 +74,17 @@ def finding_row(f: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def history_task_row(t: dict[str, Any]) -> dict[str, Any]:
-    """A stored task (list_tasks) in the shape of a live task event (TaskRecord.summary)."""
-    command = (t.get("parameters") or {}).get("command")
-    keys = ("task_id", "type", "status", "priority", "worker_id", "create_time", "start_time", "end_time",
-            "attempt", "error", "status_reason", "test_id", "why")
-    return {**{k: t.get(k) for k in keys}, "command": command if isinstance(command, str) else None}
-
-
 def history_worker_row(w: dict[str, Any]) -> dict[str, Any]:
     """A stored worker (list_workers) in the shape of a live worker event (WorkerRecord.summary)."""
     pm = w.get("performance_metrics") or {}
+    hs = w.get("health_status") or {}
     return {"worker_id": w["worker_id"], "hostname": w.get("hostname"), "status": w.get("status"),
             "slots": w.get("slots"), "running": len(w.get("current_task") or ()), "last_seen": w.get("last_seen"),
-            "cpu_percent": pm.get("cpu_percent"), "memory_percent": pm.get("memory_percent"),
-            "hardware_id": w.get("hardware_id"), "tags": w.get("tags") or []}
+            **{k: pm.get(k) for k in ("cpu_percent", "memory_percent", "disk_percent", "gpu_percent",
+                                      "gpu_memory_percent")},
+            "hardware_id": w.get("hardware_id"), "tags": w.get("tags") or [],
+            "hardware": hardware_line(w.get("capabilities") or {}), "draining": bool(hs.get("draining")),
+            "health": hs.get("state"), "reason": hs.get("reason")}
 
 
 def agent_row(a: dict[str, Any]) -> dict[str, Any]:
@@ -105,6 +102,8 @@ class CoordinatorBridge(QObject):
     tasksChanged = Signal(object)
     statsChanged = Signal(object)
     findingsChanged = Signal(object)
+    findingsLoaded = Signal(object)  # the stored ones, at open: the same rows, but not news
+    historyReloaded = Signal()  # events may have been lost (a resync): read the database again
     findingsRetracted = Signal(object)  # finding ids
     agentsChanged = Signal(object)  # enrollment rows (list_agents' shape)
     securityEvents = Signal(object)  # {"seq", "what", "subject", "detail", "time"}
@@ -242,16 +241,16 @@ class CoordinatorBridge(QObject):
         return {"seq": next(self._security_seq), "time": d.get("time") or e.time, "what": d.get("what"),
                 "subject": d.get("subject"), "detail": d.get("detail")}
 
-    def load_history(self, limit: int = 2000) -> None:
-        """The latest ``limit`` tasks and every known worker from the database, as if their events
-        had just arrived (call after connecting the models)."""
-        tasks = self.call("list_tasks", {"limit": limit}) or []
-        if tasks:
-            self.tasksChanged.emit([history_task_row(t) for t in reversed(tasks)])
+    def load_history(self) -> None:
+        """Every known worker, agent, the stored findings and security events from the database, as
+        if their events had just arrived (call after connecting the models); views that read the
+        database in pages (tasks) start over (``historyReloaded``)."""
+        self.historyReloaded.emit()
         workers = self.call("list_workers") or []
         if workers:
             self.workersChanged.emit([history_worker_row(w) for w in workers])
         self.load_agents()
+        self.call_async("list_findings", {"limit": 1000}, self._on_stored_findings)
         security = self.call("list_security_events", {"limit": 500}, quiet=True) or []
         if security:
             self.securityEvents.emit([self._security_row(p.Event(kind="security", data=d, time=d.get("time") or 0.0))
@@ -260,6 +259,10 @@ class CoordinatorBridge(QObject):
         if stats:
             self.last_stats = stats
             self.statsChanged.emit(stats)
+
+    def _on_stored_findings(self, data: Any, error: str | None) -> None:
+        if error is None and data:
+            self.findingsLoaded.emit([finding_row(f) for f in reversed(data)])
 
     def load_agents(self) -> None:
         agents = self.call("list_agents", quiet=True) or []

@@ -57,10 +57,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from dtf_gui.coordinator.records import hardware_line
+from dtf_gui.ui import theme
 from dtf_gui.ui.alerts_dock import plain_tip
 from dtf_gui.ui.bridge import CoordinatorBridge, agent_row, history_worker_row
-from dtf_gui.ui.models import STATUS_COLOURS, TASK_IDS_MIME
+from dtf_gui.ui.models import TASK_IDS_MIME, status_colour
 from dtf_gui.ui.sparkline import SPARK_ROLE, Spark, SparklineDelegate
 
 Index = QModelIndex | QPersistentModelIndex
@@ -80,12 +80,14 @@ WORKER_ROLE = Qt.ItemDataRole.UserRole  # the worker id (an agent's name for a p
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
 KIND_ROLE = Qt.ItemDataRole.UserRole + 2  # "worker" | "pending"
 
-STATE_COLOURS = {"online": STATUS_COLOURS["online"], "busy": STATUS_COLOURS["busy"], "lost": "#c62828",
-                 "draining": "#b26a00", "pending enrollment": "#6a1b9a", "error": STATUS_COLOURS["error"]}
+def state_colour(state: str) -> str:
+    """A worker state's text colour in the current colour scheme (theme.status_colours has them all)."""
+    return status_colour(state) or theme.plot_colours().foreground
 STATE_TIPS = {
     "online": "connected, room for more tasks",
     "busy": "connected, every slot taken",
     "lost": "no heartbeat within the timeout: its tasks went back to the queue",
+    "offline": "not connected: it left, or has not come back since the coordinator started",
     "draining": "finishes what it runs, takes no new task (Resume to take tasks again)",
     "pending enrollment": "an agent asking to join: accept or reject its key under Machines",
     "error": "the agent reported an error",
@@ -141,7 +143,8 @@ def worker_state(row: dict[str, Any]) -> str:
         return "pending enrollment"
     status = str(row.get("status") or "")
     if status == "offline":
-        return "lost"
+        # Lost: it went silent (a problem); offline: it left, or has not come back since a restart.
+        return "lost" if row.get("health") == "lost" else "offline"
     if row.get("draining"):
         return "draining"
     return status or "online"
@@ -161,13 +164,8 @@ def fmt_age(seconds: float | None) -> str:
 
 
 def stored_worker_row(w: dict[str, Any]) -> dict[str, Any]:
-    """A worker from list_workers (the database) in the shape of a live worker event, with what the
-    bridge's history row leaves out: disk, GPU, hardware, draining."""
-    pm = w.get("performance_metrics") or {}
-    hs = w.get("health_status") or {}
-    return {**history_worker_row(w), "disk_percent": pm.get("disk_percent"), "gpu_percent": pm.get("gpu_percent"),
-            "gpu_memory_percent": pm.get("gpu_memory_percent"), "draining": bool(hs.get("draining")),
-            "hardware": hardware_line(w.get("capabilities") or {})}
+    """A worker from list_workers (the database) in the shape of a live worker event."""
+    return history_worker_row(w)
 
 
 class Col:
@@ -240,8 +238,8 @@ class WorkerHealthModel(QAbstractTableModel):
             return plain_tip(tip) if tip else tip
         if role == Qt.ItemDataRole.ForegroundRole:
             if col.key == "state":
-                return QBrush(QColor(STATE_COLOURS.get(worker_state(row), "#000000")))
-            if worker_state(row) in ("lost", "pending enrollment"):
+                return QBrush(QColor(state_colour(worker_state(row))))
+            if worker_state(row) in ("lost", "offline", "pending enrollment"):
                 return QBrush(QColor("#8a8a8a"))  # what a lost machine last said is history, not news
         if role == Qt.ItemDataRole.TextAlignmentRole and col.key in ("load", "heartbeat"):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)

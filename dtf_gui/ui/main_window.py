@@ -305,6 +305,7 @@ class MainWindow(QMainWindow):
         bridge.securityEvents.connect(self._on_security)
         bridge.identityChanged.connect(self._on_identity)
         bridge.findingsChanged.connect(self._on_findings)
+        bridge.findingsLoaded.connect(self._on_findings)
         bridge.findingsRetracted.connect(self._on_retracted)
         bridge.statsChanged.connect(self._on_stats)
         bridge.errorRaised.connect(self._on_error)

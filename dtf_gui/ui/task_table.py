@@ -183,6 +183,7 @@ class TaskTableModel(QAbstractTableModel):
         self._timer.setInterval(refresh_ms)
         self._timer.timeout.connect(self._refresh_due)
         bridge.tasksChanged.connect(self.apply_events)
+        bridge.historyReloaded.connect(self._reload)
         if start:
             self.refresh(full=True)
 
@@ -436,6 +437,10 @@ class TaskTableModel(QAbstractTableModel):
             self.dataChanged.emit(self.index(first, 0), self.index(last, len(COLUMNS) - 1))
 
     # -- filtering and refreshing -----------------------------------------------------------------
+
+    def _reload(self) -> None:
+        """Events were lost on the way (a resync): what is shown may be stale; read it all again."""
+        self.refresh(full=True)
 
     def set_filter(self, f: dict[str, Any]) -> None:
         """Show the tasks matching ``f`` (keys of FILTER_KEYS; empty values match everything)."""

@@ -32,14 +32,14 @@ def shot(widget: Any, name: str) -> Path | None:
 def worker(worker_id: str, *, status: str = "online", cpu: float | None = 20.0, memory: float | None = 40.0,
            disk: float | None = 55.0, gpu: float | None = None, gpu_memory: float | None = None, running: int = 0,
            slots: int = 4, tags: list[str] | None = None, hardware: str = "16 cores, 64 GB, Linux",
-           draining: bool = False, last_seen: float | None = None) -> dict[str, Any]:
+           draining: bool = False, last_seen: float | None = None, health: str | None = None) -> dict[str, Any]:
     """A worker summary (WorkerRecord.summary's shape); ``hardware`` is "N cores, M GB[, K× GPU], OS"
     (what the fake's stored row turns back into capabilities)."""
     return {"worker_id": worker_id, "hostname": f"{worker_id}.lab", "status": status, "slots": slots,
             "running": running, "last_seen": time.time() if last_seen is None else last_seen,
             "cpu_percent": cpu, "memory_percent": memory, "disk_percent": disk, "gpu_percent": gpu,
             "gpu_memory_percent": gpu_memory, "hardware_id": f"hw-{worker_id}", "tags": tags or [],
-            "hardware": hardware, "draining": draining}
+            "hardware": hardware, "draining": draining, "health": health}
 
 
 def _capabilities(line: str) -> dict[str, Any]:
@@ -95,7 +95,8 @@ class FakeHealthCoordinator(FakeCoordinator):
                      "capabilities": _capabilities(w["hardware"]),
                      "performance_metrics": {k: w[k] for k in ("cpu_percent", "memory_percent", "disk_percent",
                                                                 "gpu_percent", "gpu_memory_percent")},
-                     "health_status": {"draining": w["draining"]}} for w in self.workers.values()]
+                     "health_status": {"draining": w["draining"], "state": w.get("health")}}
+                    for w in self.workers.values()]
         if op in ("list_alerts", "ack_alerts", "mute_alert", "drain_worker", "resume_worker", "assign_task",
                   "assign_tasks"):
             self.calls.append((op, args))

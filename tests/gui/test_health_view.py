@@ -42,7 +42,7 @@ def six_workers(now: float) -> list[dict[str, Any]]:
         worker("bench-02", cpu=92, memory=81, disk=30, running=8, slots=8, status="busy", tags=["linux", "x86_64"]),
         worker("bench-03", cpu=12, memory=22, disk=91, tags=["linux"], draining=True, running=1),
         worker("bench-04", status="offline", cpu=5, memory=10, disk=40, last_seen=now - 312, tags=["windows"],
-               hardware="8 cores, 16 GB, Windows"),
+               hardware="8 cores, 16 GB, Windows", health="lost"),
         worker("lab-pc-7", cpu=55, memory=47, disk=66, tags=["linux", "arm64", "big-memory", "nightly"],
                hardware="64 cores, 512 GB, Linux"),
         worker("mac-mini-2", cpu=3, memory=35, disk=20, tags=["macos"], hardware="10 cores, 32 GB, Darwin"),
@@ -435,3 +435,11 @@ def test_drain_and_resume_the_local_worker_with_a_real_coordinator(qtbot, gui_se
     view.buttons["resume"].click()
     assert cell(view, local, "state") in ("online", "busy")
     qtbot.waitUntil(lambda: bridge.call("get_task", {"task_id": task_id})["status"] == "completed", timeout=20_000)
+
+
+def test_a_worker_that_went_silent_is_lost_and_one_that_left_is_offline() -> None:
+    from dtf_gui.ui.health_view import worker_state
+
+    assert worker_state({"status": "offline", "health": "lost"}) == "lost"
+    assert worker_state({"status": "offline", "health": "offline"}) == "offline"  # said goodbye
+    assert worker_state({"status": "offline"}) == "offline"  # not back since the coordinator restarted

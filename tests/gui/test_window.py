@@ -263,3 +263,39 @@ def test_closing_hooks_run_last_registered_first(qtbot, gui_session) -> None:
     win.close()
     assert seen == [True]
     assert not gui_session.bridge.coordinator.is_running
+
+
+def test_findings_stored_before_the_window_opened_are_listed_not_announced(qtbot, tmp_path, monkeypatch) -> None:
+    import time
+
+    from dtf_gui.coordinator.config import ephemeral_settings
+    from dtf_gui.coordinator.store import Store
+    from dtf_gui.ui.app import Session
+
+    db = tmp_path / "dtf.sqlite"
+    store = Store(db)
+    now = time.time()
+    try:
+        store.put_event("change_point", "r-step", {
+            "kind": "change_point", "result_id": "r-step", "metric": "throughput_mb_s", "timestamp": now - 3600,
+            "series": {"test_id": "bench/io", "worker_id": "lab-1"}, "direction": "regression",
+            "rel_change": -0.08, "mean_before": 100.0, "mean_after": 92.0, "p_value": 1e-9})
+        store.put_event("anomaly", "r-spike", {
+            "kind": "anomaly", "result_id": "r-spike", "metric": "throughput_mb_s", "timestamp": now - 7200,
+            "series": {"test_id": "bench/io", "worker_id": "lab-1"}, "value": 130.0, "score": 9.1})
+        store.flush(wait=True)
+    finally:
+        store.close()
+    monkeypatch.setenv("DTF_HOME", str(tmp_path))
+    session = Session(ephemeral_settings(db), tmp_path, local_agent=False)
+    qtbot.addWidget(session.window)
+    try:
+        win = session.window
+        qtbot.waitUntil(lambda: win.findings.rowCount() == 2, timeout=10_000)
+        assert "(2)" in win.tabs.tabText(win.tabs.indexOf(win.findings_view))
+        dock = win.alerts_dock
+        qtbot.waitUntil(lambda: dock.model.rowCount() >= 1, timeout=10_000)  # the regression needs attention
+        assert "Alerts (1)" == dock.windowTitle()
+        assert dock.notifications == []  # history, not news
+    finally:
+        session.close()

@@ -704,3 +704,21 @@ def test_alert_and_drain_events_reach_the_event_stream(tmp_path: Path):
     finally:
         agent.close()
         coord.stop()
+
+
+def test_a_silent_worker_is_lost_and_one_that_left_is_only_offline(tmp_path: Path):
+    from dtf_agent import protocol as p
+
+    store = Store(tmp_path / "w.sqlite")
+    try:
+        table = WorkerTable(store, EventHub(), heartbeat_timeout=30.0)
+        silent, _, _ = table.register(b"id-1", p.Register(protocol_version=p.PROTOCOL_VERSION, worker_id="quiet",
+                                                          hostname="h", slots=1))
+        leaving, _, _ = table.register(b"id-2", p.Register(protocol_version=p.PROTOCOL_VERSION, worker_id="polite",
+                                                           hostname="h", slots=1))
+        table.gone(leaving, "agent left: stopped")
+        table.sweep(silent.seen_at + 60)  # past the heartbeat timeout
+        assert silent.summary()["health"] == "lost" and silent.summary()["status"] == "offline"
+        assert leaving.summary()["health"] == "offline"
+    finally:
+        store.close()
