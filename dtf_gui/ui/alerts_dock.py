@@ -336,13 +336,20 @@ class AlertsDock(QDockWidget):
         self.message = QLabel()
         self.message.setObjectName("alertsMessage")
         self.message.setTextFormat(Qt.TextFormat.PlainText)  # it quotes the coordinator, which quotes agents
-        for w in (self.ack_button, self.ack_all_button, self.mute_button, self.show_cleared_box):
+        for w in (self.ack_button, self.ack_all_button, self.mute_button):
             bar.addWidget(w)
-        bar.addWidget(self.message, 1)
+        bar.addStretch(1)
+        # A second row: the dock shares the window's right side with Task details, so it stays narrow.
+        row2 = QHBoxLayout()
+        row2.setContentsMargins(0, 0, 0, 0)
+        row2.addWidget(self.show_cleared_box)
+        row2.addWidget(self.message, 1)
+        self.message.setWordWrap(True)
         body = QWidget()
         lay = QVBoxLayout(body)
         lay.setContentsMargins(2, 2, 2, 2)
         lay.addLayout(bar)
+        lay.addLayout(row2)
         lay.addWidget(self.view)
         self.setWidget(body)
 

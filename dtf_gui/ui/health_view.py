@@ -523,7 +523,7 @@ class StripChart(pg.PlotWidget):
         # Thirty minutes of samples in a few hundred pixels: draw the peaks per pixel, not every point.
         self.getPlotItem().setDownsampling(auto=True, mode="peak")
         self.getPlotItem().setClipToView(True)
-        self.setMinimumHeight(120)
+        self.setMinimumHeight(110)
         self.fixed_y = y_range
         if y_range:
             self.setYRange(*y_range, padding=0.02)
@@ -636,6 +636,7 @@ class HealthView(QWidget):
         split.addWidget(charts)
         split.setStretchFactor(0, 3)
         split.setStretchFactor(1, 2)
+        split.setSizes([240, 150])  # six or seven workers in sight above the charts
         self.splitter = split
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
@@ -709,7 +710,11 @@ class HealthView(QWidget):
         if sum(need) <= room:
             widths = [*need[:-1], room - sum(need[:-1])]  # what is left goes to the tags
         else:
-            widths = [max(60, int(room * n / sum(need))) for n in need]
+            # The id first (it names the row; "bui…-01" tells no worker apart), up to 40% of the room;
+            # hardware and tags share the rest by need.
+            first = min(need[0], max(90, int(room * 0.4)))
+            rest = max(120, room - first)
+            widths = [first] + [max(60, int(rest * n / sum(need[1:]))) for n in need[1:]]
             widths[-1] = max(60, room - sum(widths[:-1]))
         for c, w in zip(flexible, widths, strict=True):
             t.setColumnWidth(c, w)

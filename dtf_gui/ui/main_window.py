@@ -151,6 +151,8 @@ class ThroughputPlot(pg.PlotWidget):
         self.hideButtons()
         for side in ("left", "bottom"):
             self.getAxis(side).enableAutoSIPrefix(False)
+        # The 0 of the rate axis sits on the plot's edge, where pyqtgraph would hide it as overlapping.
+        self.getAxis("left").setStyle(hideOverlappingLabels=False)
         self.setXRange(-self.WINDOW_S, 0, padding=0)
         self.setYRange(0, 1, padding=0)
         self.curve = self.plot([], [], pen=pg.mkPen("#1565c0", width=2), fillLevel=0,
@@ -271,7 +273,7 @@ class MainWindow(QMainWindow):
                                           Qt.DockWidgetArea.TopDockWidgetArea)
         self.splitDockWidget(self.workers_dock, self.throughput_dock, Qt.Orientation.Horizontal)
         self.resizeDocks([self.workers_dock, self.throughput_dock], [860, 420], Qt.Orientation.Horizontal)
-        self.resizeDocks([self.workers_dock], [300], Qt.Orientation.Vertical)
+        self.resizeDocks([self.workers_dock], [400], Qt.Orientation.Vertical)
         self.detail_dock = self._dock("Task details", "taskDetailDock", self.task_detail,
                                       Qt.DockWidgetArea.RightDockWidgetArea)
         self.alerts_dock = AlertsDock(bridge)
