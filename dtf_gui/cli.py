@@ -412,7 +412,7 @@ def cmd_workers(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from dtf_gui.coordinator.reports import LEGACY_RESULT_COLUMNS, write_results_csv
+    from dtf_gui.exports import LEGACY_RESULT_COLUMNS, write_results_csv
 
     with client_for(args) as c:
         rows = c.call("list_results", {"task_id": args.task, "limit": args.limit})

@@ -539,7 +539,7 @@ def _report(c: Any, args: argparse.Namespace, run: Run, rows: dict[str, dict[str
     except ClientError as exc:
         print(f"dtf pytest: could not record the end of the run: {exc}", file=sys.stderr)
     if args.junitxml:
-        from dtf_gui.coordinator.reports import junit_xml
+        from dtf_gui.exports import junit_xml
 
         Path(args.junitxml).write_bytes(junit_xml(run.run_id, final, duration=seconds,
                                                   timestamp=time.strftime("%Y-%m-%dT%H:%M:%S")))

@@ -71,7 +71,7 @@ def fetch_rows(c: Any, what: str, run_id: str | None, limit: int,
 
 
 def write_csv(c: Any, what: str, run_id: str | None, path: Path, limit: int) -> int:
-    from dtf_gui.coordinator.reports import CSV_WRITERS
+    from dtf_gui.exports import CSV_WRITERS
 
     writer = CSV_WRITERS[what]
     with open(path, "w", newline="", encoding="utf-8") as out:
@@ -91,7 +91,7 @@ def write_csv(c: Any, what: str, run_id: str | None, path: Path, limit: int) -> 
 def run_junit(c: Any, run: dict[str, Any]) -> bytes:
     """JUnit XML of the final row of each test of the run, as `dtf pytest --junitxml` writes it."""
     from dtf_gui.cli_runs import fetch_tests
-    from dtf_gui.coordinator.reports import junit_xml
+    from dtf_gui.exports import junit_xml
 
     final: dict[str, dict[str, Any]] = {}
     for t in fetch_tests(c, run["run_id"]):

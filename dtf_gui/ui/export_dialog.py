@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from dtf_gui.coordinator.reports import CSV_WRITERS, junit_xml
+from dtf_gui.exports import CSV_WRITERS, junit_xml
 
 # What can be exported: (label, file extension, whether a run must be chosen).
 KINDS: dict[str, tuple[str, str, bool]] = {

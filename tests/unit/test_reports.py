@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from dtf_gui import exports
 from dtf_gui.coordinator import reports
 from dtf_gui.coordinator.records import Result, TaskRecord, WorkerRecord
 from dtf_gui.coordinator.runs import Runs
@@ -280,28 +281,28 @@ def test_a_page_ends_past_its_byte_budget(lab: Lab, monkeypatch: pytest.MonkeyPa
 def test_csv_writers_columns_times_and_metrics(lab: Lab) -> None:
     rows, first = page_all(lab, what="results", run_id=lab.run)
     out = io.StringIO()
-    assert reports.write_results_csv(rows, out, metric_names=first["metric_names"]) == 15
+    assert exports.write_results_csv(rows, out, metric_names=first["metric_names"]) == 15
     got = read_csv(out.getvalue())
-    assert list(got[0]) == [*reports.RESULT_CSV_COLUMNS, "metric.copy_mb_s"]
+    assert list(got[0]) == [*exports.RESULT_CSV_COLUMNS, "metric.copy_mb_s"]
     assert got[0]["timestamp"] == "2023-11-14T22:15:00.000Z"  # T0 + 100, in UTC
     assert got[-1]["metric.copy_mb_s"] == "40.0" and got[0]["metric.copy_mb_s"] == ""
     # Pages append without a second header; rows without metric names find them themselves.
     out2 = io.StringIO()
-    reports.write_results_csv(rows[:5], out2, metric_names=["copy_mb_s"])
-    reports.write_results_csv(rows[5:], out2, metric_names=["copy_mb_s"], header=False)
+    exports.write_results_csv(rows[:5], out2, metric_names=["copy_mb_s"])
+    exports.write_results_csv(rows[5:], out2, metric_names=["copy_mb_s"], header=False)
     assert out2.getvalue() == out.getvalue()
     legacy = io.StringIO()
-    reports.write_results_csv(rows, legacy, iso_times=False, columns=reports.LEGACY_RESULT_COLUMNS)
+    exports.write_results_csv(rows, legacy, iso_times=False, columns=exports.LEGACY_RESULT_COLUMNS)
     assert read_csv(legacy.getvalue())[0]["timestamp"] == repr(T0 + 100)
     tasks = io.StringIO()
-    reports.write_tasks_csv(page_all(lab, what="tasks")[0], tasks)
+    exports.write_tasks_csv(page_all(lab, what="tasks")[0], tasks)
     trows = read_csv(tasks.getvalue())
-    assert list(trows[0]) == list(reports.TASK_CSV_COLUMNS) and trows[0]["run_id"] == lab.run
+    assert list(trows[0]) == list(exports.TASK_CSV_COLUMNS) and trows[0]["run_id"] == lab.run
     assert trows[0]["create_time"].endswith("Z")
     findings = io.StringIO()
-    reports.write_findings_csv(page_all(lab, what="findings")[0], findings)
+    exports.write_findings_csv(page_all(lab, what="findings")[0], findings)
     frows = read_csv(findings.getvalue())
-    assert list(frows[0]) == list(reports.FINDING_CSV_COLUMNS)
+    assert list(frows[0]) == list(exports.FINDING_CSV_COLUMNS)
     assert frows[0]["kind"] == "change_point" and frows[0]["rel_change"] == "-0.2" and frows[0]["unit"] == "MB/s"
     assert frows[0]["time"] == "2023-11-14T22:13:40.000Z"
 
@@ -315,5 +316,5 @@ def test_ops_answer_through_their_connection(lab: Lab) -> None:
 
 
 def test_iso_utc() -> None:
-    assert reports.iso_utc(0) == "1970-01-01T00:00:00.000Z"
-    assert reports.iso_utc(None) == "" and reports.iso_utc(1e300) == "1e+300"
+    assert exports.iso_utc(0) == "1970-01-01T00:00:00.000Z"
+    assert exports.iso_utc(None) == "" and exports.iso_utc(1e300) == "1e+300"

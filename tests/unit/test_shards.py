@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dtf_gui.coordinator.reports import junit_xml, split_nodeid
+from dtf_gui.exports import junit_xml, split_nodeid
 from dtf_gui.shards import WHOLE_FILES_SLACK, auto_shards, file_of, lower_bound, plan_shards
 
 
