@@ -73,6 +73,7 @@ class ExportDialog(QDialog):
         self.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         self.runs: list[dict[str, Any]] = []
         self.busy = False
+        self._tried = False  # an export was asked for: its outcome owns the status line
         self._job = 0  # bumped by each export and each cancel: a page of an earlier one is dropped
         self._closed = False
         self._written = 0
@@ -136,8 +137,11 @@ class ExportDialog(QDialog):
             self.runs = list(data or [])
             self._fill_runs()
             n = len(self.runs)
-            self.status.setText(f"{n} run{'' if n == 1 else 's'} to choose from." if n
-                                else "No runs yet: only CSV of everything can be exported.")
+            if not self._tried:
+                # Only while nothing was exported yet: the list may come after an export's outcome,
+                # which must stay in sight.
+                self.status.setText(f"{n} run{'' if n == 1 else 's'} to choose from." if n
+                                    else "No runs yet: only CSV of everything can be exported.")
 
         self.bridge.call_async("list_runs", {"limit": 500}, done)
 
@@ -227,6 +231,7 @@ class ExportDialog(QDialog):
     def export(self, kind: str, run_id: str | None, path: str | Path) -> None:
         """Write ``kind`` (a KINDS key) of ``run_id`` (None: everything, for CSV) to ``path``. Returns at
         once; finished_export(path) or failed_export(why) says how it went."""
+        self._tried = True
         if self.busy:
             self.failed_export.emit("an export is running: cancel it first")  # and that one goes on
             return

@@ -119,6 +119,10 @@ def test_the_dialog_says_why_it_cannot_export(qtbot, gui_session: Any, tmp_path:
     with qtbot.waitSignal(dialog.failed_export, timeout=10_000) as got:
         dialog.export("pdf", "no-such-run.1", tmp_path / "x.pdf")
     assert "no run 'no-such-run.1'" in got.args[0] and "no run" in dialog.status.text()
+    dialog.runs = None  # the list of runs answering after the export's outcome: the outcome stays
+    dialog.load_runs()
+    qtbot.waitUntil(lambda: dialog.runs is not None, timeout=10_000)
+    assert "no run" in dialog.status.text()
     with qtbot.waitSignal(dialog.failed_export, timeout=1_000) as got:
         dialog.export("csv:results", None, tmp_path / "missing" / "x.csv")
     assert "existing folder" in got.args[0]
