@@ -1,4 +1,5 @@
-"""Dialogs: a new command task; adding test machines (a join command); about (the coordinator's key)."""
+"""Adding test machines: a join command to paste on each (the New task dialog is submit_dialog.py,
+About is about.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QFontDatabase, QGuiApplication
 from PySide6.QtWidgets import (
     QDialog,
@@ -21,58 +22,6 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-
-
-class NewTaskDialog(QDialog):
-    submitted = Signal(dict)
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setWindowTitle("New task")
-        self.setObjectName("newTaskDialog")
-        form = QFormLayout(self)
-        self.command = QLineEdit()
-        self.command.setObjectName("commandEdit")
-        self.command.setPlaceholderText("e.g. pytest -q tests/  or  ./bench.sh --size 1G")
-        self.priority = QSpinBox()
-        self.priority.setRange(0, 100)
-        self.priority.setValue(5)
-        self.timeout = QDoubleSpinBox()
-        self.timeout.setRange(0, 7 * 24 * 3600)
-        self.timeout.setDecimals(0)
-        self.timeout.setSpecialValueText("none")
-        self.timeout.setSuffix(" s")
-        self.test_id = QLineEdit()
-        self.test_id.setPlaceholderText("optional: groups results of the same test")
-        self.error = QLabel()
-        self.error.setStyleSheet("color: #c62828")
-        form.addRow("Command", self.command)
-        form.addRow("Priority", self.priority)
-        form.addRow("Timeout", self.timeout)
-        form.addRow("Test id", self.test_id)
-        form.addRow(self.error)
-        self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
-        self.buttons.button(QDialogButtonBox.StandardButton.Ok).setText("Submit")
-        self.buttons.accepted.connect(self._accept)
-        self.buttons.rejected.connect(self.reject)
-        form.addRow(self.buttons)
-
-    def fields(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"type": "command", "command": self.command.text().strip(),
-                               "priority": self.priority.value()}
-        if self.timeout.value() > 0:
-            out["timeout"] = float(self.timeout.value())
-        if self.test_id.text().strip():
-            out["test_id"] = self.test_id.text().strip()
-        return out
-
-    def _accept(self) -> None:
-        if not self.command.text().strip():
-            self.error.setText("Type the command to run.")
-            return
-        self.submitted.emit(self.fields())
-        self.accept()
-
 
 # create_token's arguments -> its answer, or None when refused (the bridge has shown why).
 MakeToken = Callable[[int, float, list[str]], "dict[str, Any] | None"]
@@ -174,30 +123,3 @@ class AddMachinesDialog(QDialog):
         more = f" and {len(seen) - 20} more" if len(seen) > 20 else ""
         self.seen.setText(f"Agents on this network that have not joined: {names}{more}.")
         self.seen.show()
-
-
-class AboutDialog(QDialog):
-    """What this window is connected to, and the key to compare with what agents pin."""
-
-    def __init__(self, identity: dict[str, Any], where: str, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setWindowTitle("About DTF")
-        self.setObjectName("aboutDialog")
-        form = QFormLayout(self)
-        form.addRow(QLabel("<b>DTF</b> — distributed testing"))
-        form.addRow("Coordinator", QLabel(where))
-        form.addRow("Coordinator id", QLabel(str(identity.get("coordinator_id") or "")))
-        self.fingerprint = QLineEdit(str(identity.get("fingerprint") or "none (plain text)"))
-        self.fingerprint.setObjectName("coordinatorFingerprint")
-        self.fingerprint.setReadOnly(True)
-        self.fingerprint.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
-        self.fingerprint.setMinimumWidth(460)
-        form.addRow("Key fingerprint", self.fingerprint)
-        form.addRow("You", QLabel(f"{identity.get('name') or 'this window'} ({identity.get('role') or '?'})"))
-        if identity.get("insecure"):
-            warn = QLabel("INSECURE: plain-text sockets, any agent accepted.")
-            warn.setStyleSheet("color: #c62828; font-weight: bold")
-            form.addRow(warn)
-        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
-        buttons.rejected.connect(self.reject)
-        form.addRow(buttons)
