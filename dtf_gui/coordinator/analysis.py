@@ -54,8 +54,9 @@ class Analysis:
         for stage, paths in (("preprocess", cfg.preprocessors), ("postprocess", cfg.postprocessors)):
             for path in paths:
                 self.detector.add_processor(stage, load_callable(path, f"result_aggregator.{stage}ors"))
-        self._fresh: list[Result] = []
         self._fresh_tests: set[str] = set()
+        # Every committed result reaches the detector once, in commit order, right after its commit.
+        store.on_results_committed = self.committed
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -81,16 +82,19 @@ class Analysis:
         return True
 
     def result_stored(self, result: Result) -> None:
-        """A result was queued for SQLite; it is analysed once the write is handed over."""
-        if result.metrics:
-            self._fresh.append(result)
+        """A result was queued for SQLite: cached answers about its test go stale (after_flush). The
+        detector gets it from :meth:`committed`."""
         self._fresh_tests.add(result.test_id)
 
-    def after_flush(self) -> None:
-        """The store handed the latest results to its writer (in order): analysis may read them."""
-        if self._fresh:
-            batch, self._fresh = self._fresh, []
+    def committed(self, results: list[Result]) -> None:
+        """The store's commit listener, on the committing thread (the loop's or the writer's): the
+        batch's results go to the analysis thread, whose single worker keeps the commit order."""
+        batch = [r for r in results if r.metrics]
+        if batch:
             self.run(lambda: self.detector.ingest(batch), self._on_findings)
+
+    def after_flush(self) -> None:
+        """The store handed the latest results to its writer: cached answers about their tests go."""
         if self._fresh_tests:
             # Cached answers that covered these tests are stale now.
             ids, self._fresh_tests = self._fresh_tests, set()

@@ -328,6 +328,8 @@ class _Batch:
     flaky: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     trust: dict[str, list[tuple[Any, ...]]] = dataclasses.field(default_factory=dict)
     seq: int = 0
+    # The results themselves, handed to on_results_committed once their rows are committed.
+    fresh: list[Result] = dataclasses.field(default_factory=list)
     # The task rows, built once: a retried write must not turn a rolled-back INSERT into an UPDATE.
     task_rows: tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]] | None = None
     # Rows that could not even be built (a value no column can hold): reported with the batch.
@@ -448,6 +450,12 @@ class Store:
         self._tasks: dict[str, TaskRecord] = {}
         self._workers: dict[str, tuple[Any, ...]] = {}
         self._results: list[tuple[Any, ...]] = []
+        self._fresh: list[Result] = []
+        # Called with each batch's results right after its commit, in commit order, whichever path
+        # wrote it (a routine flush, a client's read forcing one, the writer thread): the live
+        # detector must see every committed result once, in order, and nothing not yet committed.
+        # It runs on the committing thread (the loop's or the writer's): hand over, do no work.
+        self.on_results_committed: Callable[[list[Result]], None] | None = None
         self._metrics: list[tuple[str, str, float]] = []
         self._events: list[tuple[float, str, str, str]] = []
         self._retracted: list[tuple[str, str]] = []
@@ -500,6 +508,8 @@ class Store:
         for name, value in metrics.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self._metrics.append((rid, name, float(value)))
+        if self.on_results_committed is not None:
+            self._fresh.append(r)
 
     def put_event(self, kind: str, subject: str, data: dict[str, Any], when: float | None = None) -> None:
         self._events.append((time.time() if when is None else when, kind, subject, json_or_none(data) or "{}"))
@@ -618,6 +628,7 @@ class Store:
         self._events = []
         self._retracted = []
         self._flaky = []
+        batch.fresh, self._fresh = self._fresh, []
         return batch
 
     @staticmethod
@@ -662,6 +673,11 @@ class Store:
             refused: list[tuple[str, str, str]] = []
             self._write(b, self._statements(b), refused)
         self.committed = b.seq
+        if b.fresh and self.on_results_committed is not None:
+            try:
+                self.on_results_committed(b.fresh)
+            except Exception:  # the rows are committed; a failing listener must not undo that
+                log.exception("the results-committed listener failed for %d result(s)", len(b.fresh))
         if self.failing:
             log.warning("writing to %s works again", self.path)
             self.failing = ""

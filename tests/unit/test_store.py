@@ -447,3 +447,37 @@ def test_the_scheduler_memory_of_a_task_round_trips(store: Any, db_path: Path) -
     back = TaskRecord.from_row(row)
     assert (back.spec.cpu_slots, back.spec.retry_limit, back.spec.expected_duration) == (3, 0, 12.5)
     assert (back.failures, back.lost, back.retry_at, back.pinned_to) == (2, 1, 1234.5, "w9")
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_each_committed_result_is_handed_over_once_in_commit_order(tmp_path: Path, background: bool) -> None:
+    """The live detector's feed: right after each commit, whichever flush made it, in order."""
+    s = Store(tmp_path / "c.sqlite", background=background)
+    got: list[list[str]] = []
+    s.on_results_committed = lambda results: got.append([r.result_id for r in results])
+    try:
+        for batch in range(5):
+            for i in range(3):
+                s.put_result(result(f"r{batch}-{i}"))
+            s.flush(wait=batch % 2 == 0)  # routine flushes and ones a reader forces alike
+        s.flush(wait=True)
+        assert [rid for ids in got for rid in ids] == [f"r{b}-{i}" for b in range(5) for i in range(3)]
+        assert s.query("SELECT count(*) FROM results") == [(15,)]
+        assert all(ids for ids in got)  # no empty hand-overs
+    finally:
+        s.close()
+
+
+def test_a_failing_commit_listener_loses_no_row(tmp_path: Path) -> None:
+    s = Store(tmp_path / "c.sqlite")
+
+    def broken(results: list[Any]) -> None:
+        raise RuntimeError("listener bug")
+
+    s.on_results_committed = broken
+    try:
+        s.put_result(result("r1"))
+        s.flush(wait=True)
+        assert s.query("SELECT result_id FROM results") == [("r1",)]
+    finally:
+        s.close()
