@@ -12,7 +12,7 @@ from typing import Any
 
 from dtf_agent import protocol as p
 from dtf_gui.coordinator.api import ApiError
-from tests.gui.fakes import FakeCoordinator
+from tests.gui.fakes import FakeCoordinator, fake_bridge
 
 
 def shot(widget: Any, name: str) -> Path | None:
@@ -173,14 +173,5 @@ class FakeHealthCoordinator(FakeCoordinator):
 
 
 def fake_health_bridge(**kwargs: Any) -> tuple[Any, FakeHealthCoordinator]:
-    from dtf_gui.ui.bridge import CoordinatorBridge
-
-    made: list[FakeHealthCoordinator] = []
-
-    def make(sinks: list[Callable[[list[p.Event]], None]]) -> FakeHealthCoordinator:
-        made.append(FakeHealthCoordinator(sinks, **kwargs))
-        return made[0]
-
-    bridge = CoordinatorBridge(make)
-    bridge.start()
-    return bridge, made[0]
+    bridge, fake = fake_bridge(FakeHealthCoordinator, **kwargs)
+    return bridge, fake

@@ -86,13 +86,14 @@ class FakeCoordinator:
         raise ApiError(f"unknown operation {op!r}")
 
 
-def fake_bridge(**kwargs: Any) -> tuple[Any, FakeCoordinator]:
+def fake_bridge(cls: Any = None, **kwargs: Any) -> tuple[Any, Any]:
+    """A started bridge over a fake coordinator (``cls``, default FakeCoordinator) made with ``kwargs``."""
     from dtf_gui.ui.bridge import CoordinatorBridge
 
-    made: list[FakeCoordinator] = []
+    made: list[Any] = []
 
-    def make(sinks: list[Callable[[list[p.Event]], None]]) -> FakeCoordinator:
-        made.append(FakeCoordinator(sinks, **kwargs))
+    def make(sinks: list[Callable[[list[p.Event]], None]]) -> Any:
+        made.append((cls or FakeCoordinator)(sinks, **kwargs))
         return made[0]
 
     bridge = CoordinatorBridge(make)
