@@ -176,3 +176,33 @@ def test_per_size_caches_stay_bounded() -> None:
         detect_change_points(rng.standard_normal(n), window=n)
     assert len(changepoints._GRIDS) <= changepoints._CACHE_SIZES
     assert len(changepoints._TRIPLES) <= changepoints._CACHE_SIZES
+
+
+def test_slow_benchmark_drift_gives_no_change_point_whole_or_windowed() -> None:
+    """+5 % over 1,000 results in 3 % noise is a trend: no change point in the whole series nor in
+    any window of 100-200 of its values (what the live detector's confirmation stage sees)."""
+    n = 1000
+    for seed in range(5):
+        rng = np.random.default_rng(100 + seed)
+        x = np.linspace(100.0, 105.0, n) * (1 + 0.03 * rng.standard_normal(n))
+        assert detect_change_points(x) == [], seed
+        for w in (100, 150, 200):
+            for start in range(0, n - w + 1, w // 2):
+                assert detect_change_points(x[start:start + w]) == [], (seed, w, start)
+
+
+def test_five_percent_step_found_among_benchmark_spikes() -> None:
+    """A 5 % step in 3 % noise with 1 % single-point spikes of +15..40 % is found near its onset,
+    and the spikes are not reported as changes. A step of 1.7 noise sds is located to within a few
+    points only, hence the tolerance."""
+    n, onset = 300, 150
+    for seed in range(5):
+        rng = np.random.default_rng(200 + seed)
+        level = np.where(np.arange(n) < onset, 100.0, 105.0)
+        x = level * (1 + 0.03 * rng.standard_normal(n))
+        spikes = rng.random(n) < 0.01
+        spikes[[40, 220]] = True  # at least two, on both sides of the step
+        x[spikes] *= 1 + rng.uniform(0.15, 0.40, int(spikes.sum()))
+        cps = detect_change_points(x)
+        assert [abs(cp.index - onset) <= 8 for cp in cps] == [True], (seed, [cp.index for cp in cps])
+        assert cps[0].rel_change == pytest.approx(0.05, abs=0.02)
