@@ -206,3 +206,56 @@ def test_five_percent_step_found_among_benchmark_spikes() -> None:
         cps = detect_change_points(x)
         assert [abs(cp.index - onset) <= 8 for cp in cps] == [True], (seed, [cp.index for cp in cps])
         assert cps[0].rel_change == pytest.approx(0.05, abs=0.02)
+
+
+def _smooth_curves(seed: int) -> dict[str, np.ndarray]:
+    """Series that move in smooth runs, each with small noise: a logistic (population-like) growth,
+    a quadratic, and a count integrated from a slowly varying rate."""
+    rng = np.random.default_rng(300 + seed)
+    t = np.arange(120)
+    return {
+        "logistic": 1000.0 / (1 + np.exp(-(t - 60) / 12)) + 0.5 * rng.standard_normal(t.size),
+        "quadratic": 100.0 + 0.01 * (t - 40) ** 2 + 0.05 * rng.standard_normal(t.size),
+        "integrated": np.cumsum(5.0 + np.sin(t / 15) + 0.1 * rng.standard_normal(t.size)),
+    }
+
+
+def _curve_ratio(x: np.ndarray) -> float:
+    d1 = np.diff(x)
+    return changepoints._robust_sd(np.diff(d1)) / changepoints._robust_sd(d1)
+
+
+def test_smooth_curve_is_not_cut_into_steps() -> None:
+    """Without the guard the t-tests cut these curves at their bends; with it (the default) no change
+    point is left, since no single first difference stands out. (Seed 1 is left out: its integrated
+    curve happens to give no change point even unguarded, which would prove nothing.)"""
+    for seed in (0, 2, 3):
+        for name, x in _smooth_curves(seed).items():
+            assert _curve_ratio(x) < 0.5, (seed, name)
+            assert detect_change_points(x, max_curve_ratio=0) != [], (seed, name)
+            assert detect_change_points(x) == [], (seed, name, [cp.index for cp in detect_change_points(x)])
+
+
+def test_level_step_on_a_smooth_curve_survives_the_guard() -> None:
+    """A real step on such a curve is one outlying first difference, so the guard keeps it."""
+    onset = 70
+    for seed in range(3):
+        curves = _smooth_curves(seed)
+        for name, step in (("logistic", 30.0), ("quadratic", 12.0), ("integrated", 40.0)):
+            x = curves[name].copy()
+            x[onset:] += step
+            assert _curve_ratio(x) < 1.0, (seed, name)  # the guard is active on this series
+            cps = [cp.index for cp in detect_change_points(x)]
+            assert any(abs(i - onset) <= 3 for i in cps), (seed, name, cps)
+
+
+def test_guard_leaves_a_step_in_white_noise_alone() -> None:
+    """Second differences of white noise spread ~1.7x its first differences: far above the ratio of
+    1, so the guard does not act and the step is found exactly as without it."""
+    for seed in range(5):
+        x = noisy(120, seed=400 + seed)
+        x[60:] *= 1.05
+        assert _curve_ratio(x) > 1.4, seed
+        cps = [cp.index for cp in detect_change_points(x)]
+        assert cps == [cp.index for cp in detect_change_points(x, max_curve_ratio=0)], seed
+        assert any(abs(i - 60) <= 2 for i in cps), (seed, cps)

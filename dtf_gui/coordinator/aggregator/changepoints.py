@@ -12,6 +12,11 @@ ICPE 2023), with three differences that matter on real data:
   points on each side. A candidate's strength depends only on its two surviving neighbours, so
   every (left, candidate, right) triple is scored in one batched call up front and the drop loop
   only looks scores up.
+
+A last guard handles series that move in smooth runs (a growing population, a warming cache): there
+every bend looks like a step to the t-tests, so when consecutive first differences are much alike a
+change point is kept only where one first difference stands out, as a real level step on such a
+curve must.
 """
 
 from __future__ import annotations
@@ -438,6 +443,7 @@ DEFAULTS: dict[str, Any] = {
     "min_jump_effect": 1.0,
     "spike_threshold": 5.0,
     "spike_half_window": 3,
+    "max_curve_ratio": 1.0,
 }
 
 
@@ -458,19 +464,24 @@ def detect_change_points(values: Sequence[float] | NDArray[np.float64], *, highe
                          max_pvalue: float | None = None, min_effect: float | None = None,
                          min_magnitude: float | None = None, min_size: int | None = None,
                          spike_threshold: float | None = None, max_trend_pvalue: float | None = None,
-                         min_jump_effect: float | None = None) -> list[ChangePoint]:
+                         min_jump_effect: float | None = None,
+                         max_curve_ratio: float | None = None) -> list[ChangePoint]:
     """Change points of a series in time order; see the module docstring for the method.
 
     ``min_magnitude`` is a minimum relative change (0.05 = 5 %); ``min_effect`` a minimum
     standardised change (|mean difference| / pooled std); ``spike_threshold`` (robust z) controls
-    the spike filter (``0`` disables it)."""
+    the spike filter (``0`` disables it). ``max_curve_ratio`` sets the smooth-curve guard: when the
+    robust spread of second differences is below this multiple of that of first differences, only
+    change points at an outlying first difference survive, since a step on a smooth curve is one
+    jump while the curve's bends are not (``0`` disables it)."""
     x = _as_array(values)
     if not np.all(np.isfinite(x)):
         raise ValueError("detect_change_points: values contain NaN or infinity; drop or fill them first")
     opt = dict(DEFAULTS)
     for k, v in (("window", window), ("max_pvalue", max_pvalue), ("min_effect", min_effect),
                  ("min_magnitude", min_magnitude), ("min_size", min_size), ("spike_threshold", spike_threshold),
-                 ("max_trend_pvalue", max_trend_pvalue), ("min_jump_effect", min_jump_effect)):
+                 ("max_trend_pvalue", max_trend_pvalue), ("min_jump_effect", min_jump_effect),
+                 ("max_curve_ratio", max_curve_ratio)):
         if v is not None:
             opt[k] = v
     ms = int(opt["min_size"])
@@ -490,6 +501,8 @@ def detect_change_points(values: Sequence[float] | NDArray[np.float64], *, highe
                  max_trend_pvalue=float(opt["max_trend_pvalue"]),
                  min_jump_effect=float(opt["min_jump_effect"]), raw=x)
     cps = _refine(x, cps, 1)
+    cps = _curve_guard(x, cps, float(opt["max_curve_ratio"]), float(opt["spike_threshold"]) or 5.0,
+                       int(opt["spike_half_window"]))
     # Report statistics on the raw values (what the user sees).
     return _build(x, cps, higher_is_better)
 
@@ -513,3 +526,27 @@ def _refine(x: NDArray[np.float64], cps: NDArray[np.intp], reach: int) -> NDArra
     score = np.abs(m2 - m1) * np.sqrt(n1 * n2 / (n1 + n2))
     best = t[np.arange(cps.size), np.argmax(score, axis=1)]
     return np.unique(best)
+
+
+def _robust_sd(v: NDArray[np.float64]) -> float:
+    return float(1.4826 * np.median(np.abs(v - np.median(v))))
+
+
+def _curve_guard(x: NDArray[np.float64], cps: NDArray[np.intp], max_ratio: float, threshold: float,
+                 half_window: int) -> NDArray[np.intp]:
+    """On a smooth curve, keep only the change points where the curve itself jumps.
+
+    When consecutive first differences are strongly alike (robust sd of the second differences below
+    ``max_ratio`` times that of the first: 1.73 for white noise, 1.41 for a random walk), the series
+    moves in smooth runs, and every bend of it looks like a step to the t-tests. A level step on such
+    a curve is one outlying first difference, i.e. a spike of the differenced series."""
+    if cps.size == 0 or x.size < 2 * half_window + 3 or max_ratio <= 0:
+        return cps
+    d1 = np.diff(x)
+    s1 = _robust_sd(d1)
+    if s1 <= _EPS or _robust_sd(np.diff(d1)) >= max_ratio * s1:
+        return cps
+    jumps = spike_mask(d1, threshold=threshold, half_window=half_window)
+    # x[c] - x[c-1] is d1[c-1]; one point of slack either side, as _refine moves a change by one.
+    keep = [bool(jumps[max(c - 2, 0):c + 1].any()) for c in cps.tolist()]
+    return cps[np.asarray(keep, dtype=bool)]
