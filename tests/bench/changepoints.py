@@ -1,11 +1,13 @@
 """Change-point accuracy: TCPD (univariate series), a synthetic benchmark-like set, and a second,
-independent synthetic set (held out from tuning; see synthetic_heldout).
+independent synthetic set (held out from tuning; see synthetic_heldout), and a synthetic set of
+series with a load cycle (see synthetic_seasonal).
 
 Scoring as TCPDBench does (../shared/datasets/README.md): F1 with a margin of 5 points, index 0
 added to every annotator's set and to the predictions, precision against the union of the
 annotators' points, recall the mean over annotators. The "zero" baseline (no change points) is
 reported beside the detector for every set; heldout_drift_false_changes counts the change points
-reported on the held-out set's drift-only series (should be 0).
+reported on the held-out set's drift-only series (should be 0), seasonal_trend_false_changes those on
+the seasonal set's cycle-plus-trend series (should be 0).
 
     .venv/bin/python tests/bench/changepoints.py [--data PATH]
 
@@ -138,6 +140,36 @@ def synthetic_heldout(n_series: int = 120, seed: int = 7319) -> list[tuple[str, 
     return out
 
 
+def synthetic_seasonal(n_series: int = 90, seed: int = 4242) -> list[tuple[str, np.ndarray, list[int]]]:
+    """Series with a load cycle (a nightly or weekly pattern): period 7, 12 or 24, sine or square,
+    3-15% of the level, 1-3% Gaussian noise, 150-400 points, the cycle scaling with the level in half
+    of them. A third have no change, a third one step of 5-15%, a third a linear trend of 5-30% over
+    the series and no step (truth: none)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in range(n_series):
+        kind = ("flat", "step", "trend")[s % 3]
+        p = int(rng.choice([7, 12, 24]))
+        n = max(int(rng.integers(8 * p if p < 24 else 6 * p, 401)), 150)
+        ph = np.arange(n) % p
+        amp = rng.uniform(0.03, 0.15)
+        cycle = np.sin(2 * np.pi * ph / p) if s % 2 == 0 else np.where(ph < p // 2, 1.0, -1.0)
+        noise = rng.uniform(0.01, 0.03)
+        level = np.full(n, 100.0)
+        cps: list[int] = []
+        if kind == "step":
+            c = int(rng.integers(2 * p, n - 2 * p))
+            level[c:] *= 1 + rng.choice([-1, 1]) * rng.uniform(0.05, 0.15)
+            cps = [c]
+        elif kind == "trend":
+            level *= np.linspace(1.0, 1.0 + rng.choice([-1, 1]) * rng.uniform(0.05, 0.3), n)
+        scales_with_level = rng.random() < 0.5
+        seasonal = (level if scales_with_level else 100.0) * amp * cycle
+        x = (level + seasonal) * (1 + noise * rng.standard_normal(n))
+        out.append((f"seasonal_{kind}_p{p}_{s}", x, cps))
+    return out
+
+
 def run(detector: Callable[[np.ndarray], list[int]], data_root: Path) -> dict[str, object]:
     tcpd = load_tcpd(data_root)
     t0 = time.perf_counter()
@@ -156,6 +188,10 @@ def run(detector: Callable[[np.ndarray], list[int]], data_root: Path) -> dict[st
     held_f1 = [f_measure({"truth": cps}, detector(x)) for _name, x, cps in held]
     held_zero = [f_measure({"truth": cps}, []) for _name, x, cps in held]
     drift_fp = sum(len(detector(x)) for name, x, _cps in held if "drift" in name)
+    seas = synthetic_seasonal()
+    seas_pred = {name: detector(x) for name, x, _cps in seas}
+    seas_f1 = [f_measure({"truth": cps}, seas_pred[name]) for name, _x, cps in seas]
+    seas_zero = [f_measure({"truth": cps}, []) for _name, _x, cps in seas]
     return {
         "tcpd_series": len(tcpd),
         "tcpd_f1": round(float(np.mean(list(per_series.values()))), 4),
@@ -170,6 +206,11 @@ def run(detector: Callable[[np.ndarray], list[int]], data_root: Path) -> dict[st
         "heldout_zero_f1": round(float(np.mean(held_zero)), 4),
         "heldout_drift_series": sum("drift" in name for name, _x, _c in held),
         "heldout_drift_false_changes": drift_fp,
+        "seasonal_series": len(seas),
+        "seasonal_f1": round(float(np.mean(seas_f1)), 4),
+        "seasonal_zero_f1": round(float(np.mean(seas_zero)), 4),
+        "seasonal_flat_false_changes": sum(len(v) for k, v in seas_pred.items() if "_flat_" in k),
+        "seasonal_trend_false_changes": sum(len(v) for k, v in seas_pred.items() if "_trend_" in k),
         "tcpd_seconds": round(t_tcpd, 3),
         "synthetic_seconds": round(t_syn, 3),
         "per_series": {k: round(v, 3) for k, v in per_series.items()},

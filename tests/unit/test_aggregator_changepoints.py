@@ -259,3 +259,44 @@ def test_guard_leaves_a_step_in_white_noise_alone() -> None:
         cps = [cp.index for cp in detect_change_points(x)]
         assert cps == [cp.index for cp in detect_change_points(x, max_curve_ratio=0)], seed
         assert any(abs(i - 60) <= 2 for i in cps), (seed, cps)
+
+
+def cyclic(n: int, period: int, *, square: bool, amp: float = 0.1, noise: float = 0.01, seed: int = 1,
+           step_at: int | None = None, step: float = 0.1, trend: float = 0.0) -> np.ndarray:
+    """A load cycle (amp of the level) over a level of 100 that may step once or drift linearly."""
+    ph = np.arange(n) % period
+    cycle = np.where(ph < period // 2, 1.0, -1.0) if square else np.sin(2 * np.pi * ph / period)
+    level = 100.0 * np.linspace(1.0, 1.0 + trend, n)
+    if step_at is not None:
+        level[step_at:] *= 1 + step
+    return level * (1 + amp * cycle) * (1 + noise * np.random.default_rng(seed).standard_normal(n))
+
+
+@pytest.mark.parametrize(("period", "square"), [(7, False), (12, False), (24, True)])
+def test_step_under_a_load_cycle_is_found(period: int, square: bool) -> None:
+    x = cyclic(300, period, square=square, amp=0.06, step_at=170, step=-0.1, seed=3)
+    assert [cp.index for cp in detect_change_points(x)] == [170]
+
+
+def test_season_period_finds_cycles_and_only_cycles() -> None:
+    rng = np.random.default_rng(9)
+    for period in (7, 12, 24):
+        for square in (True, False):
+            x = cyclic(200, period, square=square, seed=period)
+            assert changepoints._season_period(x, 24, 0.5) == period
+    # No cycle in white noise, a random walk, a trend, a step; and the check can be switched off.
+    assert changepoints._season_period(noisy(200), 24, 0.5) == 0
+    assert changepoints._season_period(100 + np.cumsum(rng.standard_normal(200)), 24, 0.5) == 0
+    assert changepoints._season_period(cyclic(200, 12, square=False, amp=0.0, trend=0.2), 24, 0.5) == 0
+    assert changepoints._season_period(cyclic(200, 12, square=False, amp=0.0, step_at=90), 24, 0.5) == 0
+    assert changepoints._season_period(cyclic(200, 12, square=True), 24, 0.0) == 0
+
+
+def test_wiggles_left_by_the_cycle_removal_are_not_steps() -> None:
+    # A slow swing (a business cycle under the daily one) looks like steps once the daily cycle is
+    # out; the gate on the values as they are keeps them out of the answer.
+    n = 360
+    x = cyclic(n, 12, square=False, amp=0.15, seed=11) * (1 + 0.04 * np.sin(2 * np.pi * np.arange(n) / 120))
+    adjusted = changepoints._deseason(x, 12)
+    assert changepoints._search(adjusted, dict(changepoints.DEFAULTS)).size > 0
+    assert detect_change_points(x) == []

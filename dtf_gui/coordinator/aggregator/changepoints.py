@@ -17,6 +17,10 @@ A last guard handles series that move in smooth runs (a growing population, a wa
 every bend looks like a step to the t-tests, so when consecutive first differences are much alike a
 change point is kept only where one first difference stands out, as a real level step on such a
 curve must.
+
+Series with a strong cycle (a nightly or weekly load pattern in a lab metric) are searched once the
+cycle is taken out, since the cycle's swings otherwise hide a step or mimic one; see
+:func:`_season_period`.
 """
 
 from __future__ import annotations
@@ -444,6 +448,8 @@ DEFAULTS: dict[str, Any] = {
     "spike_threshold": 5.0,
     "spike_half_window": 3,
     "max_curve_ratio": 1.0,
+    "season_min_corr": 0.5,
+    "max_season": 24,
 }
 
 
@@ -465,7 +471,8 @@ def detect_change_points(values: Sequence[float] | NDArray[np.float64], *, highe
                          min_magnitude: float | None = None, min_size: int | None = None,
                          spike_threshold: float | None = None, max_trend_pvalue: float | None = None,
                          min_jump_effect: float | None = None,
-                         max_curve_ratio: float | None = None) -> list[ChangePoint]:
+                         max_curve_ratio: float | None = None, season_min_corr: float | None = None,
+                         max_season: int | None = None) -> list[ChangePoint]:
     """Change points of a series in time order; see the module docstring for the method.
 
     ``min_magnitude`` is a minimum relative change (0.05 = 5 %); ``min_effect`` a minimum
@@ -473,7 +480,10 @@ def detect_change_points(values: Sequence[float] | NDArray[np.float64], *, highe
     the spike filter (``0`` disables it). ``max_curve_ratio`` sets the smooth-curve guard: when the
     robust spread of second differences is below this multiple of that of first differences, only
     change points at an outlying first difference survive, since a step on a smooth curve is one
-    jump while the curve's bends are not (``0`` disables it)."""
+    jump while the curve's bends are not (``0`` disables it). ``season_min_corr`` and ``max_season``
+    set the cycle check (see :func:`_season_period`; ``0`` disables it): on a series with a cycle of
+    up to ``max_season`` points, change points are searched with the cycle taken out and each must
+    still pass the step-versus-trend gate on the values as they are."""
     x = _as_array(values)
     if not np.all(np.isfinite(x)):
         raise ValueError("detect_change_points: values contain NaN or infinity; drop or fill them first")
@@ -481,12 +491,25 @@ def detect_change_points(values: Sequence[float] | NDArray[np.float64], *, highe
     for k, v in (("window", window), ("max_pvalue", max_pvalue), ("min_effect", min_effect),
                  ("min_magnitude", min_magnitude), ("min_size", min_size), ("spike_threshold", spike_threshold),
                  ("max_trend_pvalue", max_trend_pvalue), ("min_jump_effect", min_jump_effect),
-                 ("max_curve_ratio", max_curve_ratio)):
+                 ("max_curve_ratio", max_curve_ratio), ("season_min_corr", season_min_corr),
+                 ("max_season", max_season)):
         if v is not None:
             opt[k] = v
     ms = int(opt["min_size"])
     if x.size < 2 * ms:
         return []
+    period = _season_period(x, int(opt["max_season"]), float(opt["season_min_corr"]))
+    if period:
+        cps = _season_gate(x, _search(_deseason(x, period), opt), opt)
+    else:
+        cps = _search(x, opt)
+    # Report statistics on the raw values (what the user sees).
+    return _build(x, cps, higher_is_better)
+
+
+def _search(x: NDArray[np.float64], opt: dict[str, Any]) -> NDArray[np.intp]:
+    """Change point indices of ``x``: spike filter, E-Divisive candidates, merge, refine, curve guard."""
+    ms = int(opt["min_size"])
     if opt["spike_threshold"]:
         mask = spike_mask(x, threshold=float(opt["spike_threshold"]), half_window=int(opt["spike_half_window"]))
         xc = _despike(x, mask, int(opt["spike_half_window"]))
@@ -501,10 +524,67 @@ def detect_change_points(values: Sequence[float] | NDArray[np.float64], *, highe
                  max_trend_pvalue=float(opt["max_trend_pvalue"]),
                  min_jump_effect=float(opt["min_jump_effect"]), raw=x)
     cps = _refine(x, cps, 1)
-    cps = _curve_guard(x, cps, float(opt["max_curve_ratio"]), float(opt["spike_threshold"]) or 5.0,
-                       int(opt["spike_half_window"]))
-    # Report statistics on the raw values (what the user sees).
-    return _build(x, cps, higher_is_better)
+    return _curve_guard(x, cps, float(opt["max_curve_ratio"]), float(opt["spike_threshold"]) or 5.0,
+                        int(opt["spike_half_window"]))
+
+
+def _season_period(x: NDArray[np.float64], max_period: int, min_corr: float) -> int:
+    """The length of a strong cycle in ``x`` (4 to ``max_period`` points), or 0 when there is none.
+
+    First differences remove the level and any trend; a cycle of p points then shows as differences
+    that correlate at lag p and move against each other half a cycle apart (a trend's or a random
+    walk's do not). The cycle is the lag with the highest such correlation, at least ``min_corr``."""
+    if min_corr <= 0:
+        return 0
+    d = np.diff(x)
+    d = d - d.mean()
+    hi = min(max_period, d.size // 4)
+    den = float(d @ d)
+    if hi < 4 or den <= _EPS:
+        return 0
+    ac = np.array([float(d[p:] @ d[:-p]) for p in range(1, hi + 1)]) / den
+    lags = np.arange(4, hi + 1)
+    ok = ac[lags // 2 - 1] < 0
+    if not ok.any():
+        return 0
+    best = int(np.argmax(np.where(ok, ac[lags - 1], -np.inf)))
+    return int(lags[best]) if ac[lags[best] - 1] >= min_corr else 0
+
+
+def _deseason(x: NDArray[np.float64], p: int) -> NDArray[np.float64]:
+    """``x`` less its cycle of ``p`` points: the median, per phase, of the departures from a centred
+    moving average over one cycle. On the logarithm when every value is positive, since a load
+    cycle scales with the level (a step moves the night's throughput by the same fraction as the
+    day's)."""
+    positive = bool(np.all(x > 0))
+    z = np.log(x) if positive else x
+    n = z.size
+    k = np.ones(p) / p
+    if p % 2 == 0:
+        k = np.convolve(k, [0.5, 0.5])
+    h = (k.size - 1) // 2
+    resid = z - np.convolve(z, k, mode="same")
+    idx = np.arange(n)
+    valid = (idx >= h) & (idx < n - h)
+    prof = np.array([np.median(resid[ph::p][valid[ph::p]]) for ph in range(p)])
+    prof -= prof.mean()
+    y = z - np.tile(prof, n // p + 1)[:n]
+    return np.exp(y) if positive else y
+
+
+def _season_gate(x: NDArray[np.float64], cps: NDArray[np.intp], opt: dict[str, Any]) -> NDArray[np.intp]:
+    """Keep the change points found with the cycle taken out that pass the step-versus-trend gate on
+    ``x`` itself, between their neighbours. Taking a cycle out leaves slow wiggles that the t-tests
+    read as steps; against the spread of the series around a line, the cycle included, only a step
+    at least comparable with the cycle stands out."""
+    if cps.size == 0:
+        return cps
+    scale = float(np.std(x))
+    segs = _Segs((x - float(np.median(x))) / (scale if scale > _EPS else 1.0))
+    bounds = np.concatenate(([0], cps, [x.size]))
+    tstat, dof, jump = segs.jump_stat(bounds[:-2], bounds[1:-1], bounds[2:])
+    keep = (tstat >= _t_crit(dof, float(opt["max_trend_pvalue"]))) & (jump >= float(opt["min_jump_effect"]))
+    return cps[keep]
 
 
 def _refine(x: NDArray[np.float64], cps: NDArray[np.intp], reach: int) -> NDArray[np.intp]:
