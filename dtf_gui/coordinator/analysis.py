@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from dtf_agent.inbox import Inbox
-from dtf_gui.coordinator.aggregator import Finding, LiveDetector, ResultQueries
+from dtf_gui.coordinator.aggregator import ChangePointFound, Finding, LiveDetector, ResultQueries
 from dtf_gui.coordinator.aggregator.metricmeta import MetricCatalog
 from dtf_gui.coordinator.config import ResultAggregatorSection
 from dtf_gui.coordinator.events import EventHub
@@ -30,7 +30,10 @@ from dtf_gui.coordinator.telemetry import Counters
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Analysis"]
+__all__ = ["SUSPECTED_KIND", "Analysis", "record_finding"]
+
+# The events kind of a change the online stage suspects and the windowed test has not settled.
+SUSPECTED_KIND = "change_suspected"
 
 V = TypeVar("V")
 
@@ -48,7 +51,8 @@ class Analysis:
         # Units and directions of the metrics: the config's, then what tasks and clients declared.
         self.catalog = MetricCatalog(cfg.metric_declarations())
         self.catalog.load(store.load_rows("metric_meta"))
-        self.detector = LiveDetector(db_path, anomaly_threshold=cfg.anomaly_threshold, catalog=self.catalog)
+        self.detector = LiveDetector(db_path, anomaly_threshold=cfg.anomaly_threshold, catalog=self.catalog,
+                                     trend_min_slope=cfg.trend_min_slope)
         self.queries = ResultQueries(db_path, anomaly_threshold=cfg.anomaly_threshold, cache_ttl=cfg.cache_ttl,
                                      comparative_lookback_days=cfg.comparative_lookback_days, catalog=self.catalog)
         for stage, paths in (("preprocess", cfg.preprocessors), ("postprocess", cfg.postprocessors)):
@@ -112,14 +116,36 @@ class Analysis:
             return
         now = time.time()
         for finding in fut.result():
-            data = msgspec.to_builtins(finding)
-            # A change point explains the first values of the new level that were flagged as
-            # anomalies before it could be seen: withdraw those, here and in the window.
+            data = record_finding(self.store, finding)
             superseded = getattr(finding, "supersedes", None)
             if superseded:
-                self.store.retract_events("anomaly", superseded)
                 self.hub.add("retracted", {
                     "kind": "anomaly", "result_ids": list(superseded), "metric": finding.metric,
-                    "reason": f"explained by the change point at {finding.result_id}"}, now)
-            self.store.put_event(data["kind"], finding.result_id, data)
+                    "reason": f"explained by the change at {finding.result_id}"}, now)
+            # One live kind per finding; a change's state travels in its data, so that the window
+            # updates one row (by change_id) from suspected to confirmed or retracted.
             self.hub.add(data["kind"], data, now)
+
+
+def record_finding(store: Store, finding: Finding, when: float | None = None) -> dict[str, Any]:
+    """Store one finding as events (loop thread); returns its plain form (what is published).
+
+    A change explains the first values of its new level that were flagged as anomalies before it
+    could be seen: those anomalies of its metric are withdrawn. A suspected change is stored as
+    kind SUSPECTED_KIND under its change_id; confirming or retracting it withdraws that row
+    (SUSPECTED_KIND + "_retracted"), and a confirmed change is stored as "change_point" under the
+    result where the windowed test located it. Anomalies and trends are stored under their result."""
+    data: dict[str, Any] = msgspec.to_builtins(finding)
+    superseded = getattr(finding, "supersedes", None)
+    if superseded:
+        store.retract_events("anomaly", superseded, finding.metric)
+    if not isinstance(finding, ChangePointFound):
+        store.put_event(data["kind"], finding.result_id, data, when)
+    elif finding.state == "suspected":
+        store.put_event(SUSPECTED_KIND, finding.change_id or finding.result_id, data, when)
+    else:
+        if finding.change_id:
+            store.retract_events(SUSPECTED_KIND, [finding.change_id], finding.metric)
+        if finding.state == "confirmed":
+            store.put_event("change_point", finding.result_id, data, when)
+    return data

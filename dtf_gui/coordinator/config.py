@@ -172,6 +172,9 @@ class ResultAggregatorSection(msgspec.Struct, forbid_unknown_fields=True, kw_onl
         ge=0, description="seconds an aggregate is reused before it is computed again; 0 disables")] = 10.0
     comparative_lookback_days: Annotated[int, Meta(
         ge=1, description="days of history a new result is compared against")] = 7
+    trend_min_slope: Annotated[float, Meta(
+        ge=0, le=1, description="how fast a significant drift of a series must move to be reported as a trend: "
+                                "relative change per 100 results (0.002 = 0.2 % per 100 results)")] = 0.002
     preprocessors: Annotated[list[str], Meta(
         description="custom result processors run before analysis, as package.module:function; "
                     "fn(result) -> result, or None to leave it out")] = msgspec.field(default_factory=list)

@@ -324,7 +324,7 @@ class _Batch:
     results: list[tuple[Any, ...]]
     metrics: list[tuple[str, str, float]]
     events: list[tuple[float, str, str, str]]
-    retracted: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    retracted: list[tuple[str, str, str | None, str | None]] = dataclasses.field(default_factory=list)
     flaky: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     trust: dict[str, list[tuple[Any, ...]]] = dataclasses.field(default_factory=dict)
     seq: int = 0
@@ -346,7 +346,10 @@ class _Batch:
 _ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError, sqlite3.DataError,
                OverflowError, ValueError, TypeError)
 _EVENT_SQL = "INSERT INTO events (time, kind, subject, data) VALUES (?,?,?,?)"
-_RETRACT_SQL = "UPDATE events SET kind = kind || '_retracted' WHERE kind=? AND subject=?"
+# With a metric, only that metric's finding: one result carries several metrics, and a change in
+# one explains nothing about another.
+_RETRACT_SQL = ("UPDATE events SET kind = kind || '_retracted' WHERE kind=? AND subject=? "
+                "AND (? IS NULL OR json_extract(data, '$.metric') = ?)")
 # A test that failed and then passed on a rerun: its passing row of that run says so.
 _FLAKY_SQL = "UPDATE results SET outcome = 'flaky' WHERE run_id=? AND test_id=? AND outcome = 'passed'"
 
@@ -458,7 +461,7 @@ class Store:
         self.on_results_committed: Callable[[list[Result]], None] | None = None
         self._metrics: list[tuple[str, str, float]] = []
         self._events: list[tuple[float, str, str, str]] = []
-        self._retracted: list[tuple[str, str]] = []
+        self._retracted: list[tuple[str, str, str | None, str | None]] = []
         self._flaky: list[tuple[str, str]] = []
         self._trust: dict[str, dict[str, tuple[Any, ...]]] = {}
         self._last_flush = time.monotonic()
@@ -514,10 +517,11 @@ class Store:
     def put_event(self, kind: str, subject: str, data: dict[str, Any], when: float | None = None) -> None:
         self._events.append((time.time() if when is None else when, kind, subject, json_or_none(data) or "{}"))
 
-    def retract_events(self, kind: str, subjects: Iterable[str]) -> None:
+    def retract_events(self, kind: str, subjects: Iterable[str], metric: str | None = None) -> None:
         """Mark earlier events as withdrawn (kind becomes KIND_retracted): kept for the record,
-        out of the way of anyone reading the live findings."""
-        self._retracted.extend((kind, str(s)) for s in subjects)
+        out of the way of anyone reading the live findings. With ``metric``, only the events whose
+        data names that metric. Events put in the same flush are retracted too."""
+        self._retracted.extend((kind, str(s), metric, metric) for s in subjects)
 
     def mark_flaky(self, run_id: str, test_ids: Iterable[str]) -> None:
         """Tests of a run that failed, then passed when run again: their passing rows become "flaky"."""

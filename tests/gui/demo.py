@@ -30,14 +30,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from dtf_agent.hardware import hardware_id  # noqa: E402
 from dtf_gui.coordinator.aggregator import LiveDetector, MetricCatalog  # noqa: E402
+from dtf_gui.coordinator.analysis import record_finding  # noqa: E402
 from dtf_gui.coordinator.config import ResultAggregatorSection  # noqa: E402
 from dtf_gui.coordinator.records import Result, TaskRecord, WorkerRecord  # noqa: E402
 from dtf_gui.coordinator.scheduler import Requirements, TaskSpec  # noqa: E402
@@ -244,12 +243,8 @@ def _bench(b: _Builder, specs: list[tuple[str, dict[str, Any], list[str], int, f
             b.store.put_task(t)
         # Live: a flush's fresh results go to the detector; what it finds becomes events (Analysis._on_findings).
         for finding in detector.ingest(batch):
-            data = msgspec.to_builtins(finding)
-            seen = finding.timestamp + 2.0
-            if getattr(finding, "supersedes", None):
-                b.store.retract_events("anomaly", finding.supersedes)
-                retracted += len(finding.supersedes)
-            b.store.put_event(data["kind"], finding.result_id, data, when=seen)
+            data = record_finding(b.store, finding, when=finding.timestamp + 2.0)
+            retracted += len(getattr(finding, "supersedes", None) or ())
             findings.append(data)
         created = when
         finished = max(r.timestamp for r in batch)
@@ -259,8 +254,10 @@ def _bench(b: _Builder, specs: list[tuple[str, dict[str, Any], list[str], int, f
             b.store.flush()
     retracted_ids = set()
     for f in findings:
-        retracted_ids.update(f.get("supersedes") or ())
-    live = [f for f in findings if not (f["kind"] == "anomaly" and f["result_id"] in retracted_ids)]
+        retracted_ids.update((rid, f["metric"]) for rid in f.get("supersedes") or ())
+    # What stays standing in events: anomalies no change explained, confirmed changes, trends.
+    live = [f for f in findings if (f["kind"] == "anomaly" and (f["result_id"], f["metric"]) not in retracted_ids)
+            or (f["kind"] == "change_point" and f["state"] == "confirmed") or f["kind"] == "trend"]
     return {"runs": run_ids, "findings": findings, "live_findings": live, "retracted": retracted,
             "spike_worker": spike_worker, "regress_worker": regress_worker, "step_at": step_at,
             "series": {BENCH_TEST: {m: [s[0] for s in specs] for m in METRICS}}}

@@ -100,7 +100,8 @@ def test_metrics_are_declared_and_carry_the_planted_changes(demo, coordinator) -
 def _stored_findings(db: Path) -> tuple[list[Any], int]:
     conn = connect_readonly(db)
     try:
-        rows = conn.execute("SELECT kind, subject, data FROM events WHERE kind IN ('anomaly', 'change_point')").fetchall()
+        rows = conn.execute("SELECT kind, subject, data FROM events WHERE kind IN ('anomaly', 'change_point', 'trend')"
+                            ).fetchall()
         retracted = conn.execute("SELECT count(*) FROM events WHERE kind = 'anomaly_retracted'").fetchone()[0]
     finally:
         conn.close()

@@ -1,13 +1,13 @@
 """What the analysis hands out, as msgspec Structs: a renamed field fails loudly, not silently.
 
-:class:`Anomaly` and :class:`ChangePointFound` are the live detector's findings (``Finding`` is
-their tagged union); ``msgspec.to_builtins(finding)`` is a plain dict that names its ``kind``
-("anomaly" or "change_point"), which is what the coordinator stores as an event's data and
-publishes, and ``msgspec.convert(that_dict, Finding)`` gives the Struct back. :class:`AnomalyRow`
+:class:`Anomaly`, :class:`ChangePointFound` and :class:`TrendFound` are the live detector's
+findings (``Finding`` is their tagged union); ``msgspec.to_builtins(finding)`` is a plain dict that
+names its ``kind`` ("anomaly", "change_point" or "trend"), which is what the coordinator stores
+as an event's data and publishes, and ``msgspec.convert(that_dict, Finding)`` gives the Struct back. :class:`AnomalyRow`
 is one row of ``ResultQueries.get_result_anomalies``.
 
-Both findings carry ``notes``, a free dict where a custom postprocessor may annotate one (for
-example ``notes["reviewed_by"]``); the detector itself leaves it empty. Both also carry the
+All three carry ``notes``, a free dict where a custom postprocessor may annotate one (for
+example ``notes["reviewed_by"]``); the detector itself leaves it empty. All also carry the
 metric's ``unit`` ("" when none is declared) and ``direction_source``: "declared" when the
 improvement/regression rests on a declared direction, "guessed from the name" when it rests on
 the name guess (a message should then say so: ``metricmeta.direction_hint``); "" in findings
@@ -22,7 +22,7 @@ import msgspec
 
 from dtf_gui.coordinator.aggregator.changepoints import ChangePoint
 
-__all__ = ["Anomaly", "AnomalyRow", "ChangePointFound", "Finding"]
+__all__ = ["Anomaly", "AnomalyRow", "ChangePointFound", "Finding", "TrendFound"]
 
 
 class Anomaly(msgspec.Struct, kw_only=True, tag_field="kind", tag="anomaly"):
@@ -59,19 +59,55 @@ class ChangePointFound(ChangePoint, kw_only=True, tag_field="kind", tag="change_
     detector's tail of the series: the two levels' means and standard deviations and sizes,
     ``rel_change`` (relative change of the mean), the Welch t-test's ``p_value``, ``effect``
     (|mean difference| / pooled std) and ``direction``. ``supersedes`` lists the result ids of
-    anomalies reported earlier that were really this new level's first values (to be retracted)."""
+    anomalies reported earlier that were really this new level's first values (to be retracted).
+
+    ``state`` is where the change stands: "suspected" (the online stage saw it a few values in;
+    the statistics are then the old level's median and robust sigma against the median of the
+    new level's values so far), "confirmed" (the windowed test agrees: its statistics, and
+    ``index`` may have moved a little), or "retracted" (the windowed test never agreed, or the new
+    level fell back). ``change_id`` is the same in every state of one change (the result id where
+    it was first located), so that a view can update it in place."""
 
     series: dict[str, str]
     metric: str
     result_id: str
     timestamp: float
+    state: str = "confirmed"
+    change_id: str = ""
     supersedes: list[str] = msgspec.field(default_factory=list)
     unit: str = ""
     direction_source: str = ""
     notes: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-Finding = Anomaly | ChangePointFound
+class TrendFound(msgspec.Struct, kw_only=True, tag_field="kind", tag="trend"):
+    """A sustained drift in a series' current level: Mann-Kendall significant at ``p_value`` and
+    a Theil-Sen slope of ``rel_slope_per_100`` (relative change per 100 results, 0.005 = 0.5 %)
+    beyond the detector's minimum. ``slope`` is in the metric's unit per result; ``n`` values
+    from ``start_result_id`` (index ``start_index``) to ``result_id`` (index ``index``, the value
+    at which it was found) were tested. Reported once per drift: again only after a test found the
+    level steady, or drifting the other way."""
+
+    series: dict[str, str]
+    metric: str
+    index: int
+    result_id: str
+    timestamp: float
+    start_index: int
+    start_result_id: str
+    n: int
+    slope: float
+    rel_slope_per_100: float
+    level: float
+    p_value: float
+    mk_z: float
+    direction: str
+    unit: str = ""
+    direction_source: str = ""
+    notes: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+Finding = Anomaly | ChangePointFound | TrendFound
 
 
 class AnomalyRow(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="anomaly"):

@@ -10,39 +10,89 @@ service serves: whoever stores results invalidates that service's cache itself.
 from __future__ import annotations
 
 import inspect
+import math
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import msgspec
 import numpy as np
-from numpy.typing import NDArray
 
 from dtf_gui.coordinator import store
-from dtf_gui.coordinator.aggregator.anomalies import window_stats_unchecked
-from dtf_gui.coordinator.aggregator.changepoints import DEFAULTS as CP_DEFAULTS
 from dtf_gui.coordinator.aggregator.changepoints import ChangePoint, detect_change_points
 from dtf_gui.coordinator.aggregator.compare import higher_is_better
-from dtf_gui.coordinator.aggregator.findings import Anomaly, ChangePointFound, Finding
+from dtf_gui.coordinator.aggregator.findings import Anomaly, ChangePointFound, Finding, TrendFound
 from dtf_gui.coordinator.aggregator.metricmeta import MetricCatalog, MetricInfo, metric_info_for
+from dtf_gui.coordinator.aggregator.online import MIN_REFERENCE, LevelMonitor, Suspicion, Verdict, widen
+from dtf_gui.coordinator.aggregator.trends import trend
 from dtf_gui.coordinator.records import Result
 
-__all__ = ["LiveDetector", "Postprocessor", "Preprocessor"]
+__all__ = ["CONFIRM_DEFAULTS", "LiveDetector", "Postprocessor", "Preprocessor"]
 
 Preprocessor = Callable[[Result], Result | None]
 Postprocessor = Callable[[list[Finding]], list[Finding]]
 SeriesKey = tuple[str, ...]
 
-# Fewest values of a level that anomalies are judged against (median and MAD of fewer are noise).
-_MIN_REFERENCE = 5
-_HALF_PI = 0.5 * np.pi
-_NO_CHANGE_POINTS = np.empty(0, dtype=np.int64)
 # What change_point_options may set: detect_change_points' keyword options, less the polarity
 # (which comes from ``polarity``, per metric).
 _CP_OPTIONS = frozenset(inspect.signature(detect_change_points).parameters) - {"values", "higher_is_better"}
 _SERIES_DIMS = frozenset(Result.__struct_fields__) | {"hardware_id"}
+# The windowed test that confirms a suspicion, as the live detector calls it (change_point_options
+# go over these). It sees the suspected level from its first values on, so it may not wait for a
+# long after-segment (min_size 3), and it is asked again and again about one place, so it must be
+# stricter than the offline default about the step itself (p 1e-4, not 1e-3) and may be looser
+# about a trend (1e-4, not 1e-6: offline, that gate rejects 5 % steps whose t-test p is 1e-8;
+# here the online stage has already said "abrupt"). Tuned on tests/bench/live_detection.py (false
+# confirmations on flat series and on drifts against confirmation delay). No cycle search: a tail
+# of a hundred results is too short to tell a cycle, and results are not evenly spaced in time.
+CONFIRM_DEFAULTS: dict[str, Any] = {"min_size": 3, "max_pvalue": 1e-4, "max_trend_pvalue": 1e-4,
+                                    "season_min_corr": 0.0}
+# A suspicion whose new level stands less than this many standard errors from the old one (in the
+# suspected direction) once it has _RETRACT_AFTER values is retracted: the level fell back.
+_RETRACT_AFTER = 24
+_RETRACT_EVIDENCE = 1.0
+# Past confirm_within values, a suspicion stays only while the new level stands this many standard
+# errors apart (a small shift the windowed test needs more values for), and never past
+# _KEEP_FACTOR times confirm_within.
+_KEEP_EVIDENCE = 3.0
+_KEEP_FACTOR = 4
+# The windowed test is asked after every value of a young suspected level, then every 4th.
+_CONFIRM_EVERY_AFTER = 24
+_CONFIRM_EVERY = 4
+# Trends: tested over at most the latest _TREND_SPAN values of a level (thinned to _TREND_POINTS:
+# both tests are O(n^2)), and only once it has _TREND_MIN.
+_TREND_SPAN = 600
+_TREND_POINTS = 300
+_TREND_MIN = 100
+_TREND_STEADY_P = 0.1
+
+
+def _line_beats_step(values: Sequence[float]) -> bool:
+    """Whether ``values`` drift rather than step: a straight line fits them about as well as the
+    best single step (two flat levels split anywhere), by BIC. The step has one parameter more
+    (its location), so it wins only where it takes more than ln(n) noise variances off the line's
+    residual sum of squares. Mann-Kendall alone calls a step a trend just as readily, and a
+    small step the windowed test has not confirmed would otherwise be reported as a drift."""
+    y = np.asarray(values, dtype=np.float64)
+    n = y.size
+    t = np.arange(n, dtype=np.float64)
+    tc = t - t.mean()
+    yc = y - y.mean()
+    rss_line = float(yc @ yc - (tc @ yc) ** 2 / (tc @ tc))
+    c1 = np.cumsum(y)[:-1]
+    c2 = np.cumsum(y * y)[:-1]
+    k = np.arange(1, n, dtype=np.float64)
+    total1, total2 = float(c1[-1] + y[-1]), float(c2[-1] + y[-1] ** 2)
+    rss_step = float(((c2 - c1**2 / k) + ((total2 - c2) - (total1 - c1) ** 2 / (n - k))).min())
+    noise = min(rss_line, rss_step) / max(n - 3, 1)
+    return rss_line - rss_step <= math.log(n) * noise
+
+
+def _direction(delta: float, higher_is_better: bool) -> str:
+    return "improvement" if (delta > 0) == higher_is_better else "regression"
 
 
 class LiveDetector:
@@ -56,7 +106,10 @@ class LiveDetector:
                  series_dims: Sequence[str] = ("test_id", "worker_id"), max_history: int = 1000,
                  change_point_options: Mapping[str, Any] | None = None,
                  polarity: Callable[[str], bool] | None = None, anomaly_window: int = 100,
-                 catalog: MetricCatalog | None = None) -> None:
+                 catalog: MetricCatalog | None = None, suspect_threshold: float = 6.0, suspect_drift: float = 0.5,
+                 suspect_young: float = 0.3,
+                 trend_min_slope: float = 0.002, trend_pvalue: float = 1e-4, trend_every: int = 50,
+                 confirm_within: int = 64, confirm_slack: int = 12, confirm_context: int = 96) -> None:
         self.db_path = Path(db_path) if db_path is not None else None
         self.anomaly_threshold = float(anomaly_threshold)
         self.series_dims = tuple(series_dims)
@@ -67,7 +120,7 @@ class LiveDetector:
             raise ValueError("LiveDetector: series_dims names 'hardware_id', which needs db_path (the workers table)")
         self.max_history = int(max_history)
         # detect_change_points' keyword options (window, min_size, max_pvalue, ...): ints and floats.
-        self.cp_options: dict[str, Any] = dict(change_point_options or {})
+        self.cp_options: dict[str, Any] = {**CONFIRM_DEFAULTS, **(change_point_options or {})}
         bad = sorted(set(self.cp_options) - _CP_OPTIONS)
         if bad:
             raise ValueError(f"LiveDetector: change_point_options {bad} are not options of detect_change_points "
@@ -75,22 +128,47 @@ class LiveDetector:
         self.catalog = catalog
         self.polarity: Callable[[str], bool] = polarity or (catalog.polarity if catalog else higher_is_better)
         self._info: Callable[[str], MetricInfo] = metric_info_for(polarity, catalog)
-        if anomaly_window < _MIN_REFERENCE:
-            raise ValueError(f"LiveDetector: anomaly_window must be at least {_MIN_REFERENCE}, "
+        if anomaly_window < MIN_REFERENCE:
+            raise ValueError(f"LiveDetector: anomaly_window must be at least {MIN_REFERENCE}, "
                              f"not {anomaly_window}")
         # How many of a level's latest values a new value is judged against.
         self.anomaly_window = int(anomaly_window)
+        # The online stage: a change is suspected when the CUSUM of the standardised values passes
+        # suspect_threshold (h), each value adding its z less suspect_drift (k): k = 0.5 is tuned
+        # to shifts of about one sigma, h = 5 gives a false suspicion every few hundred steady
+        # values on each side, which the windowed test retracts (see tests/bench/live_detection.py).
+        self.suspect_threshold = float(suspect_threshold)
+        self.suspect_drift = float(suspect_drift)
+        self.suspect_young = float(suspect_young)
+        # Trends: relative change per 100 results a significant drift must reach (0.002 = 0.2 %).
+        self.trend_min_slope = float(trend_min_slope)
+        self.trend_pvalue = float(trend_pvalue)
+        self.trend_every = int(trend_every)
+        # Confirmation: within confirm_within values of the onset, locating it within
+        # confirm_slack, looking at confirm_context values before it.
+        self.confirm_within = int(confirm_within)
+        self.confirm_slack = int(confirm_slack)
+        self.confirm_context = int(confirm_context)
+        self.confirm_min = 2 * int(self.cp_options["min_size"])
+        for name in ("suspect_threshold", "suspect_drift", "trend_every", "confirm_within", "confirm_context"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"LiveDetector: {name} must be positive, not {getattr(self, name)}")
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.RLock()
         self._preprocessors: list[Preprocessor] = []
         self._postprocessors: list[Postprocessor] = []
-        # Per series: values, result ids and timestamps (bounded), plus the change points already reported.
+        # Per series: values, result ids and timestamps (bounded; _offset is the absolute index of
+        # the first kept), the online stage, the latest confirmed change (absolute index), the id of
+        # the change being settled, and the drift last reported (+1, -1, 0).
         self._hist: dict[SeriesKey, tuple[list[float], list[str], list[float]]] = {}
         self._offset: dict[SeriesKey, int] = {}
-        self._reported: dict[SeriesKey, list[int]] = {}
-        # Per series: the latest anomalies reported, (absolute index, result id), so that a
-        # change point found later can name those that were really the start of its new level.
-        self._flagged: dict[SeriesKey, list[tuple[int, str]]] = {}
+        self._monitors: dict[SeriesKey, LevelMonitor] = {}
+        self._last_change: dict[SeriesKey, int] = {}
+        self._change_ids: dict[SeriesKey, str] = {}
+        self._trending: dict[SeriesKey, int] = {}
+        # Per series: the latest anomalies reported, (absolute index, result id, value), so that a
+        # change seen later can name those that were really the start of its new level.
+        self._flagged: dict[SeriesKey, deque[tuple[int, str, float]]] = {}
         self._hardware: dict[str, str | None] = {}
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -169,152 +247,226 @@ class LiveDetector:
         for key in touched:
             vals, ids, stamps = self._hist[key]
             extra = len(vals) - self.max_history
-            if extra > 0:
+            # In slices of a tenth: moving a thousand-item list down by one for every value would
+            # be a measurable share of a value's cost.
+            if extra > self.max_history // 10:
                 del vals[:extra], ids[:extra], stamps[:extra]
                 self._offset[key] = self._offset.get(key, 0) + extra
 
     def _examine(self, key: SeriesKey, n_new: int) -> list[Finding]:
-        """Findings for the ``n_new`` newest values of one series.
+        """Findings for the ``n_new`` newest values of one series, value by value in order, each
+        seeing only the values before it: a series gives the same findings whether it arrives one
+        value at a time or in batches.
 
-        Change points first (detection over the tail, each absolute index reported once), then
-        anomalies, each new value judged by :meth:`_judge` against the values before it (earlier
-        values of the same batch included) within its own level. A series therefore gives the same
-        anomalies whether it arrives one value at a time or in batches. One exception is
-        unavoidable: fed one value at a time, the first values of a new level look exactly like
-        spikes until the change point can be seen (``min_size`` values later), so they are reported
-        as anomalies then; the change point, when found, names in ``supersedes`` the result ids of
-        those that a judgement knowing it would not flag, for the window to retract."""
+        Each value goes through the series' :class:`~dtf_gui.coordinator.aggregator.online.LevelMonitor`
+        (anomaly against its level; a suspected change). While a change is suspected, the windowed
+        test (:func:`detect_change_points` over the tail around the onset) is asked after each value
+        whether it confirms it; a suspicion it never confirms, or whose new level falls back to the
+        old one, is retracted. Every ``trend_every`` values of a steady level, the level is tested
+        for a drift."""
+        vals = self._hist[key][0]
+        mon = self._monitors.get(key)
+        if mon is None:
+            mon = self._monitors[key] = LevelMonitor(
+                capacity=self.anomaly_window, anomaly_threshold=self.anomaly_threshold,
+                threshold=self.suspect_threshold, drift=self.suspect_drift, young=self.suspect_young)
+        offset = self._offset.get(key, 0)
+        thr = self.anomaly_threshold
+        out: list[Finding] = []
+        for j in range(len(vals) - n_new, len(vals)):
+            verdict = mon.push(vals[j])
+            young = mon.warming()
+            if mon.pending is None and verdict.suspected is None and (offset + j + 1) % self.trend_every and (
+                    -thr <= verdict.score <= thr) and not young:
+                continue  # the common case: nothing to report, nothing to settle
+            info = self._info(key[-1])
+            if verdict.score > thr or verdict.score < -thr:
+                out.append(self._anomaly(key, info, offset, j, verdict))
+            if verdict.suspected is not None:
+                out.append(self._suspected(key, info, offset, j, verdict.suspected, mon))
+            if mon.pending is not None:
+                out.extend(self._settle(key, info, offset, j, mon))
+            elif young:
+                out.extend(self._scan(key, info, offset, j, mon))
+            elif (offset + j + 1) % self.trend_every == 0:
+                out.extend(self._trend(key, info, offset, j))
+        return out
+
+    # -- findings ---------------------------------------------------------------------------------
+
+    def _anomaly(self, key: SeriesKey, info: MetricInfo, offset: int, j: int, v: Verdict) -> Anomaly:
         vals, ids, stamps = self._hist[key]
-        metric = key[-1]
-        info = self._info(metric)
-        hib = info.higher_is_better
-        n = len(vals)
-        offset = self._offset.get(key, 0)
-        window = int(self.cp_options.get("window", CP_DEFAULTS["window"]))
-        min_size = int(self.cp_options.get("min_size", CP_DEFAULTS["min_size"]))
-        span = 2 * window + n_new
-        # Enough context for the change-point tail and for the reference window of every new value.
-        ctx = min(n, max(span, self.anomaly_window + _MIN_REFERENCE + n_new))
-        x = np.asarray(vals[n - ctx:], dtype=np.float64)
-        base = offset + n - ctx  # absolute index of x[0]
-        reported = self._reported.setdefault(key, [])
-        new_cps: list[tuple[int, ChangePoint]] = []
-        tail_at = max(ctx - span, 0)
-        if ctx - tail_at >= 2 * min_size:
-            for cp in detect_change_points(x[tail_at:], higher_is_better=hib, **self.cp_options):
-                absolute = base + tail_at + cp.index
-                if any(abs(absolute - r) <= min_size for r in reported):
-                    continue
-                reported.append(absolute)
-                new_cps.append((absolute, cp))
-            del reported[:-50]
-        known = np.array(sorted(reported), dtype=np.int64) if reported else _NO_CHANGE_POINTS
-        flagged = self._flagged.setdefault(key, [])
-        supersedes = self._superseded(flagged, x, base, [c for c, _cp in new_cps], known)
-        anomalies = self._anomalies(key, x, base, n_new, known, info)
-        out: list[Finding] = list(anomalies)
-        for absolute, cp in new_cps:
-            i = absolute - offset
-            stats = {**msgspec.structs.asdict(cp), "index": absolute}
-            out.append(ChangePointFound(**stats, series=self._series_dict(key), metric=metric, result_id=ids[i],
-                                        timestamp=stamps[i], supersedes=supersedes.get(absolute, []),
-                                        unit=info.unit, direction_source=info.direction_source))
-        flagged.extend((f.index, f.result_id) for f in anomalies)
-        del flagged[:-100]
-        return out
-
-    def _judge(self, x: NDArray[np.float64], base: int, p: NDArray[np.intp], known: NDArray[np.int64],
-               ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], NDArray[np.intp]]:
-        """(score, reference median, reference sigma, reference size) of the values ``x[p]``, where
-        x[0] has absolute index ``base`` and ``known`` are the series' change points (absolute,
-        sorted); vectorised over ``p``. A value is an anomaly where |score| > the threshold.
-
-        A value's reference is its own level: the values since the last change point at or before
-        it, at most ``anomaly_window`` of them, and at least ``_MIN_REFERENCE`` (fewer: score 0).
-        The first value of a new level is the change point, never an anomaly. While the new level
-        has fewer than ``_MIN_REFERENCE`` values its noise cannot be estimated, so a value there is
-        an anomaly only when it is extreme against both levels: beyond the threshold from the old
-        level's median and from the new level's median so far, both in the old level's robust sigma
-        (the noise is assumed to carry over the step); its score is then against the new level.
-
-        Sigma is widened by sqrt(1 + pi / 2k) for a reference of k values: a new value's distance
-        from the median of k values has that much more spread than from the true level (the
-        sample median's variance is about pi/2 sigma^2 / k), which keeps young series and new
-        levels from flagging ordinary noise; with 100 values it is under 1 %."""
         thr = self.anomaly_threshold
-        a = base + p
-        if known.size:
-            where = np.searchsorted(known, a, side="right") - 1
-            seg = np.where(where >= 0, known[np.maximum(where, 0)], -1)
-            prev = np.where(where >= 1, known[np.maximum(where - 1, 0)], -1)
-            lo = np.maximum(np.maximum(seg, a - self.anomaly_window), base)
-        else:
-            lo = np.maximum(a - self.anomaly_window, base)
-        med, sigma, count = window_stats_unchecked(x, lo - base, p)
-        sigma *= np.sqrt(1.0 + _HALF_PI / np.maximum(count, 1))
-        level = count >= _MIN_REFERENCE
-        forming = (~level & (seg > base) & (a > seg)) if known.size else level[:0]
-        if forming.any():
-            f = np.flatnonzero(forming)
-            olo = np.maximum(np.maximum(prev[f], seg[f] - self.anomaly_window), base)
-            omed, osig, ocount = window_stats_unchecked(x, olo - base, seg[f] - base)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                s_old = osig * np.sqrt(1.0 + _HALF_PI / ocount)
-                s_new = osig * np.sqrt(1.0 + _HALF_PI / count[f])
-                v = x[p[f]]
-                both = (ocount >= _MIN_REFERENCE) & (np.abs(v - omed) > thr * s_old) & (
-                    np.abs(v - med[f]) > thr * s_new)
-            sigma[f] = s_new
-            level[f] = both
-        ok = level & (sigma > 0)
-        score = np.where(ok, (x[p] - med) / np.where(ok, sigma, 1.0), 0.0)
-        return score, med, sigma, count
+        x = vals[j]
+        self._flagged.setdefault(key, deque(maxlen=100)).append((offset + j, ids[j], x))
+        return Anomaly(
+            series=self._series_dict(key), metric=key[-1], index=offset + j, result_id=ids[j], timestamp=stamps[j],
+            value=x, score=v.score, median=v.median, expected_low=v.median - thr * v.sigma,
+            expected_high=v.median + thr * v.sigma, reference_size=v.count,
+            direction="improvement" if (x > v.median) == info.higher_is_better else "regression",
+            unit=info.unit, direction_source=info.direction_source)
 
-    def _anomalies(self, key: SeriesKey, x: NDArray[np.float64], base: int, n_new: int,
-                   known: NDArray[np.int64], info: MetricInfo) -> list[Anomaly]:
-        """Anomaly findings among the last ``n_new`` values of ``x`` (see :meth:`_judge`)."""
-        thr = self.anomaly_threshold
-        hib = info.higher_is_better
-        p = np.arange(x.size - n_new, x.size)
-        score, med, sigma, count = self._judge(x, base, p, known)
+    def _change(self, key: SeriesKey, info: MetricInfo, offset: int, cp: ChangePoint, state: str,
+                change_id: str, supersedes: list[str]) -> ChangePointFound:
         _vals, ids, stamps = self._hist[key]
-        offset = self._offset.get(key, 0)
-        metric = key[-1]
-        out: list[Anomaly] = []
-        for j in np.flatnonzero(np.abs(score) > thr).tolist():
-            a = base + int(p[j])
-            i = a - offset
-            m, s, v = float(med[j]), float(sigma[j]), float(x[p[j]])
-            out.append(Anomaly(
-                series=self._series_dict(key), metric=metric, index=a, result_id=ids[i], timestamp=stamps[i],
-                value=v, score=float(score[j]), median=m, expected_low=m - thr * s, expected_high=m + thr * s,
-                reference_size=int(count[j]), direction="improvement" if (v > m) == hib else "regression",
-                unit=info.unit, direction_source=info.direction_source))
-        return out
+        i = cp.index - offset
+        return ChangePointFound(**msgspec.structs.asdict(cp), series=self._series_dict(key), metric=key[-1],
+                                result_id=ids[i], timestamp=stamps[i], state=state, change_id=change_id,
+                                supersedes=supersedes, unit=info.unit, direction_source=info.direction_source)
 
-    def _superseded(self, flagged: list[tuple[int, str]], x: NDArray[np.float64], base: int,
-                    new_cps: list[int], known: NDArray[np.int64]) -> dict[int, list[str]]:
-        """{change point: result ids} of anomalies reported earlier that a judgement knowing the new
-        change points does not flag (they were the new level's first values, seen before the
-        change could be); they leave ``flagged``."""
-        if not new_cps or not flagged:
-            return {}
-        first = min(new_cps)
-        cand = [f for f in flagged if f[0] >= first and f[0] >= base]
-        if not cand:
-            return {}
-        p = np.array([f[0] - base for f in cand], dtype=np.intp)
-        score, _m, _s, _c = self._judge(x, base, p, known)
-        cps = sorted(new_cps)
-        out: dict[int, list[str]] = {}
-        for f, sc in zip(cand, score.tolist(), strict=True):
-            if abs(sc) <= self.anomaly_threshold:
-                owner = max(c for c in cps if c <= f[0])
-                out.setdefault(owner, []).append(f[1])
-                flagged.remove(f)
-        return out
+    def _online_stats(self, s: Suspicion, mon: LevelMonitor, higher_is_better: bool) -> ChangePoint:
+        """A suspected change's statistics: the old level's median and robust sigma against the new
+        level's values so far (medians: the new level may still hold a spike)."""
+        new = mon.level.median()
+        sig = s.old_sigma
+        ev = mon.evidence()
+        rel = (new - s.old_median) / abs(s.old_median) if s.old_median else math.inf
+        return ChangePoint(index=s.onset, mean_before=s.old_median, std_before=sig, mean_after=new,
+                           std_after=mon.sigma(), rel_change=rel, p_value=math.erfc(abs(ev) / math.sqrt(2.0)),
+                           direction=_direction(new - s.old_median, higher_is_better), n_before=s.old_count,
+                           n_after=len(mon.level), effect=abs(new - s.old_median) / sig if sig > 0 else math.inf)
+
+    def _suspected(self, key: SeriesKey, info: MetricInfo, offset: int, j: int, s: Suspicion,
+                   mon: LevelMonitor) -> ChangePointFound:
+        ids = self._hist[key][1]
+        cid = ids[max(s.onset - offset, 0)]
+        self._change_ids[key] = cid
+        gone = self._supersede(key, s.onset - 2 * self.confirm_slack, mon)
+        return self._change(key, info, offset, self._online_stats(s, mon, info.higher_is_better), "suspected",
+                            cid, gone)
+
+    def _supersede(self, key: SeriesKey, since: int, mon: LevelMonitor) -> list[str]:
+        """Result ids of anomalies flagged from ``since`` on that the new level does not flag (they
+        were its first values, judged against the old level before the change could be seen);
+        they leave the flagged list."""
+        flagged = self._flagged.get(key)
+        if not flagged:
+            return []
+        med, k = mon.level.median(), len(mon.level)
+        w = widen(mon.sigma(), k)
+        if not (k and w > 0):
+            return []
+        keep: list[tuple[int, str, float]] = []
+        gone: list[str] = []
+        for f in flagged:
+            if f[0] >= since and abs(f[2] - med) <= self.anomaly_threshold * w:
+                gone.append(f[1])
+            else:
+                keep.append(f)
+        if gone:
+            flagged.clear()
+            flagged.extend(keep)
+        return gone
+
+    def _scan(self, key: SeriesKey, info: MetricInfo, offset: int, j: int, mon: LevelMonitor) -> list[Finding]:
+        """While the level is too young for the CUSUM (a new series, or the first values after a
+        change), the windowed test looks at the tail after every value: a change it finds there
+        is reported confirmed at once, and the level starts again from it."""
+        vals = self._hist[key][0]
+        a = offset + j
+        last = self._last_change.get(key, 0)
+        lo = max(last, offset, a + 1 - 2 * self.confirm_context)
+        if a + 1 - lo < self.confirm_min:
+            return []
+        tail = np.asarray(vals[lo - offset:j + 1], dtype=np.float64)
+        # A change at or just after the last one is that one again, seen from a shorter tail.
+        least = last + int(self.cp_options["min_size"]) if key in self._last_change else 0
+        found = [cp for cp in detect_change_points(tail, higher_is_better=info.higher_is_better, **self.cp_options)
+                 if lo + cp.index >= least]
+        if not found:
+            return []
+        cp = found[-1]
+        at = lo + cp.index
+        return [self._restart(key, info, offset, j, mon, cp, at, self._hist[key][1][at - offset], None)]
+
+    def _settle(self, key: SeriesKey, info: MetricInfo, offset: int, j: int, mon: LevelMonitor) -> list[Finding]:
+        """Ask the windowed test about the pending suspicion; confirm or retract it when the answer
+        is clear (see :meth:`_examine`)."""
+        s = mon.pending
+        assert s is not None
+        vals = self._hist[key][0]
+        a = offset + j
+        m = a - s.onset + 1  # values of the suspected level so far
+        cid = self._change_ids.get(key, "")
+        if m >= _RETRACT_AFTER:
+            # The level fell back; or the windowed test has had its say and the new level is not
+            # clearly apart; or a small shift stayed unconfirmed for long: retract.
+            ev = mon.evidence()
+            if ev < _RETRACT_EVIDENCE or (m > self.confirm_within and ev < _KEEP_EVIDENCE) or m > _KEEP_FACTOR * self.confirm_within:
+                return [self._retract(key, info, offset, j, mon, s, cid)]
+        if m < self.confirm_min or (m > _CONFIRM_EVERY_AFTER and m % _CONFIRM_EVERY):
+            return []
+        # As much before the onset as after it (at least confirm_context): a small step needs a long
+        # after-segment, and one straight line must not be able to absorb it.
+        lo = max(s.onset - max(self.confirm_context, m), self._last_change.get(key, 0), offset)
+        tail = np.asarray(vals[lo - offset:j + 1], dtype=np.float64)
+        least = self._last_change[key] + int(self.cp_options["min_size"]) if key in self._last_change else 0
+        for cp in detect_change_points(tail, higher_is_better=info.higher_is_better, **self.cp_options):
+            at = lo + cp.index
+            if at < max(s.onset - self.confirm_slack, least):
+                continue  # an earlier change, not this one
+            if (cp.mean_after - cp.mean_before) * s.sign > 0:
+                return [self._restart(key, info, offset, j, mon, cp, at, cid, s)]
+            if at > s.onset:
+                # A step back the other way after the onset: the suspicion was wrong (or was a
+                # spike's doing), and this is the change. Both are said.
+                gone = self._retract(key, info, offset, j, mon, s, cid)
+                ids = self._hist[key][1]
+                return [gone, self._restart(key, info, offset, j, mon, cp, at, ids[at - offset], None)]
+        return []
+
+    def _restart(self, key: SeriesKey, info: MetricInfo, offset: int, j: int, mon: LevelMonitor, cp: ChangePoint,
+                 at: int, cid: str, s: Suspicion | None) -> ChangePointFound:
+        """A confirmed change at absolute index ``at``: the level starts again from it (judged
+        young against ``s``, or the windowed test's before-level), and the anomalies it explains
+        are withdrawn."""
+        vals = self._hist[key][0]
+        if s is None:
+            s = Suspicion(onset=at, sign=1 if cp.mean_after > cp.mean_before else -1, old_median=cp.mean_before,
+                          old_sigma=cp.std_before, old_count=cp.n_before, raised_at=offset + j)
+        mon.restart(vals[at - offset:j + 1], s)
+        self._last_change[key] = at
+        self._trending.pop(key, None)  # a drift before the step is over
+        gone = self._supersede(key, min(at, s.onset) - 2 * self.confirm_slack, mon)
+        return self._change(key, info, offset, msgspec.structs.replace(cp, index=at), "confirmed", cid, gone)
+
+    def _retract(self, key: SeriesKey, info: MetricInfo, offset: int, j: int, mon: LevelMonitor, s: Suspicion,
+                 cid: str) -> ChangePointFound:
+        stats = self._online_stats(s, mon, info.higher_is_better)
+        vals = self._hist[key][0]
+        mon.retract(vals[max(j + 1 - self.anomaly_window, 0):j + 1])
+        return self._change(key, info, offset, stats, "retracted", cid, [])
+
+    def _trend(self, key: SeriesKey, info: MetricInfo, offset: int, j: int) -> list[Finding]:
+        """A drift of the current level (Mann-Kendall and Theil-Sen over its latest values), once
+        per drift."""
+        vals, ids, stamps = self._hist[key]
+        start = max(self._last_change.get(key, 0), offset + j + 1 - _TREND_SPAN, offset)
+        n = offset + j + 1 - start
+        if n < _TREND_MIN:
+            return []
+        y = vals[start - offset:j + 1]
+        tr = trend(y, alpha=self.trend_pvalue, higher_is_better=info.higher_is_better, max_points=_TREND_POINTS)
+        level = tr["intercept"] or 0.0
+        rel100 = 100.0 * tr["slope"] / abs(level) if level else 0.0  # a fraction: 0.005 = 0.5 % per 100
+        drifting = tr["significant"] and abs(rel100) >= self.trend_min_slope and _line_beats_step(y)
+        if not drifting:
+            # Only a clearly steady level ends a drift: one near the threshold would otherwise
+            # report the same drift again each time it crosses back.
+            if tr["p_value"] > _TREND_STEADY_P:
+                self._trending.pop(key, None)
+            return []
+        sign = 1 if rel100 > 0 else -1
+        if sign == self._trending.get(key, 0):
+            return []
+        self._trending[key] = sign
+        return [TrendFound(
+            series=self._series_dict(key), metric=key[-1], index=offset + j, result_id=ids[j], timestamp=stamps[j],
+            start_index=start, start_result_id=ids[start - offset], n=n, slope=tr["slope"], rel_slope_per_100=rel100,
+            level=level, p_value=tr["p_value"], mk_z=tr["mk_z"], direction=tr["direction"] or "",
+            unit=info.unit, direction_source=info.direction_source)]
 
     def series_history(self, key: SeriesKey) -> list[float]:
         """The in-memory history of one series (for tests and the window's sparklines)."""
         with self._lock:
-            return list(self._hist.get(key, ([], [], []))[0])
+            return list(self._hist.get(key, ([], [], []))[0][-self.max_history:])
