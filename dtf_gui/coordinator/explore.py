@@ -10,8 +10,8 @@ hold millions of results, so every query is bounded by an index or a window:
   reads it by name.
 * ``metric_series`` walks the results index (test_id, timestamp) newest first and probes the
   metrics table by result id, so its cost is the series' length, not the table's.
-* Findings are the ``events`` rows (kind "anomaly" / "change_point") stored since the series'
-  first point, found through the events' (kind, id) index and kept when their result is one of
+* Findings are the ``events`` rows (kind "anomaly" / "change_point" / "change_suspected") stored
+  since the series' first point, found through the events' (kind, id) index and kept when their result is one of
   the series' points. Retracted findings have another kind already (``store.retract_events``).
 """
 
@@ -41,7 +41,12 @@ MAX_FINDINGS = 20_000
 # are left out beyond this estimate of the encoded size.
 REPLY_BYTES = 12 * 1024 * 1024
 _POINT_OVERHEAD = 40  # two floats and the framing of five strings, in msgpack
-FINDING_KINDS = ("anomaly", "change_point")
+# analysis.SUSPECTED_KIND (a room above this one): the events kind of a change only suspected.
+SUSPECTED_KIND = "change_suspected"
+# The events kinds of findings still standing: a suspected change (the online stage's, not yet
+# settled; its data's "state" says "suspected") is drawn apart from a confirmed one.
+STANDING_FINDING_KINDS = ("anomaly", SUSPECTED_KIND, "change_point", "trend")
+FINDING_KINDS = ("anomaly", "change_point", SUSPECTED_KIND)
 
 OpTable = dict[str, tuple[type[Any], Callable[[Any], Any]]]
 
@@ -126,16 +131,19 @@ def _fit(rows: list[tuple[Any, ...]]) -> int:
 
 def _findings(conn: sqlite3.Connection, metric: str, first_t: float,
               points: dict[str, tuple[float, float, str]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The anomalies and change points stored for ``points`` ({result_id: (t, v, worker)})."""
+    """The anomalies and changes stored for ``points`` ({result_id: (t, v, worker)}). A change's
+    ``state`` is "confirmed" or "suspected"; a suspected one whose change was confirmed (by its
+    ``change_id``) is left out, so that a plot never draws one step twice."""
     # Through the index on (kind, id): the findings alone are read, not every event since then
     # (``+time`` keeps SQLite off the time index, which would walk all of those).
     rows = conn.execute(
-        "SELECT subject, data FROM events WHERE kind IN (?, ?) AND +time >= ? ORDER BY id DESC LIMIT ?",
+        f"SELECT kind, subject, data FROM events WHERE kind IN ({','.join('?' * len(FINDING_KINDS))}) "
+        "AND +time >= ? ORDER BY id DESC LIMIT ?",
         (*FINDING_KINDS, first_t - CLOCK_SLACK, MAX_FINDINGS)).fetchall()
     anomalies: list[dict[str, Any]] = []
     changes: list[dict[str, Any]] = []
     seen: set[tuple[Any, str]] = set()
-    for subject, raw in reversed(rows):
+    for event_kind, subject, raw in reversed(rows):
         point = points.get(subject)
         if point is None:
             continue
@@ -145,23 +153,26 @@ def _findings(conn: sqlite3.Connection, metric: str, first_t: float,
             continue
         if not isinstance(f, dict) or f.get("metric") != metric:
             continue
-        kind = f.get("kind")
         # A finding stored twice (a result resent across a restart) is shown once.
-        if (kind, subject) in seen:
+        if (event_kind, subject) in seen:
             continue
-        seen.add((kind, subject))
+        seen.add((event_kind, subject))
         t, v, worker = point
         series = f.get("series")
         if not isinstance(series, dict):
             series = {}
-        if kind == "anomaly":
+        if event_kind == "anomaly":
             anomalies.append({"result_id": subject, "t": t, "v": v, "score": _num(f.get("score"))})
-        elif kind == "change_point":
+        else:
             changes.append({
                 "result_id": subject, "t": t, "before": _num(f.get("mean_before")), "after": _num(f.get("mean_after")),
                 "rel_change": _num(f.get("rel_change")), "p_value": _num(f.get("p_value")),
                 "direction": f.get("direction"), "worker": series.get("worker_id", worker),
-                "n_before": f.get("n_before"), "n_after": f.get("n_after")})
+                "n_before": f.get("n_before"), "n_after": f.get("n_after"),
+                "state": "suspected" if event_kind == SUSPECTED_KIND else "confirmed",
+                "change_id": str(f.get("change_id") or subject)})
+    confirmed = {c["change_id"] for c in changes if c["state"] == "confirmed"}
+    changes = [c for c in changes if c["state"] == "confirmed" or c["change_id"] not in confirmed]
     anomalies.sort(key=lambda x: x["t"])
     changes.sort(key=lambda x: x["t"])
     return anomalies, changes

@@ -32,7 +32,10 @@ MAX_FINDINGS = 300
 MAX_WORKERS = 200
 RUN_HISTORY = 20              # earlier runs of the same name in the run trend
 MAX_ERROR_LINE = 300
-_FINDING_KINDS = ("anomaly", "change_point")
+# Findings a report and an export list: anomalies, confirmed changes, trends (a change only
+# suspected is not a finding a report stands by).
+_FINDING_KINDS = ("anomaly", "change_point", "trend")
+_KINDS_SQL = "kind IN (" + ", ".join(f"'{k}'" for k in _FINDING_KINDS) + ")"
 # Findings come from the analysis a little after their results land: a run's findings are looked
 # for up to this long after it finished.
 _FINDING_LAG_S = 3600.0
@@ -177,13 +180,24 @@ def _series(conn: sqlite3.Connection, run_id: str, run_end: float,
 
 # Findings of a run: events whose subject (a finding's result id) is one of the run's results. The
 # filter is SQL's, so neither the run's result ids nor other runs' findings come into Python.
-_RUN_FINDINGS = ("FROM events WHERE kind IN ('anomaly', 'change_point') AND time BETWEEN ? AND ? "
+_RUN_FINDINGS = (f"FROM events WHERE {_KINDS_SQL} AND time BETWEEN ? AND ? "
                  "AND subject IN (SELECT result_id FROM results WHERE run_id = ?)")
 
 
 def _json_field(path: str) -> str:
     # json_extract fails the whole query on one malformed row; such a row reads as NULL instead.
     return f"CASE WHEN json_valid(data) THEN json_extract(data, '{path}') END"
+
+
+def _finding_row(f: Mapping[str, Any]) -> dict[str, Any]:
+    """exports.finding_row, with a trend's own detail (its slope, not a step's levels)."""
+    row = finding_row(f)
+    if f.get("kind") == "trend":
+        rel, n, pv = f.get("rel_slope_per_100"), f.get("n"), f.get("p_value")
+        row["detail"] = (f"{float(rel) * 100 if isinstance(rel, (int, float)) else 0.0:+.2f}% per 100 results"
+                         + (f" over {n} results" if isinstance(n, int) else "")
+                         + (f" (Mann-Kendall p={pv:.2g})" if isinstance(pv, (int, float)) else ""))
+    return row
 
 
 def _finding(found: float, kind: str, subject: str, data: str | None) -> dict[str, Any] | None:
@@ -293,7 +307,7 @@ def run_report(conn: sqlite3.Connection, run_id: str, *, now: float | None = Non
         first = s["points"][0][0] if s["points"] else run_start
         _change_points(conn, s, ids, first - 60.0, run_end + _FINDING_LAG_S)
     workers, workers_more = _workers(conn, run_id)
-    findings = [finding_row(f) for f in mine]
+    findings = [_finding_row(f) for f in mine]
     return {
         "run": run,
         "counts": counts,
@@ -457,7 +471,7 @@ def export_rows(conn: sqlite3.Connection, a: ExportRowsArgs) -> dict[str, Any]:
         def key(r: Sequence[Any]) -> Any:
             return r[-1]
     else:
-        where.append("kind IN ('anomaly', 'change_point')")
+        where.append(_KINDS_SQL)
         if a.run_id is not None:
             _run_row(conn, a.run_id)
             where.append("subject IN (SELECT result_id FROM results WHERE run_id = ?)")
@@ -475,7 +489,7 @@ def export_rows(conn: sqlite3.Connection, a: ExportRowsArgs) -> dict[str, Any]:
         def convert(r: Sequence[Any]) -> dict[str, Any]:
             d = _json(r[4])
             d = d if isinstance(d, dict) else {}
-            row = finding_row({**d, "kind": r[2], "result_id": d.get("result_id") or r[3]})
+            row = _finding_row({**d, "kind": r[2], "result_id": d.get("result_id") or r[3]})
             row["found"] = r[1]
             return row
 

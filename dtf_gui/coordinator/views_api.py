@@ -22,6 +22,7 @@ from typing import Annotated, Any
 import msgspec
 
 from dtf_gui.coordinator import explore, reports, taskview
+from dtf_gui.coordinator.explore import STANDING_FINDING_KINDS
 from dtf_gui.coordinator.store import connect_readonly
 
 OpTable = dict[str, tuple[type[Any], Callable[[Any], Any]]]
@@ -123,11 +124,12 @@ class ViewsApi:
         return [(start + (i + 1) * a.bucket, counts.get(i, 0) / a.bucket) for i in range(n_buckets)]
 
     def list_findings(self, a: ListFindings) -> list[dict[str, Any]]:
-        """The newest anomalies and change points still standing (retracted ones are gone from the
-        table), newest first, as the live events carry them: a window opened later shows them too."""
+        """The newest findings still standing (anomalies, suspected and confirmed changes, trends;
+        withdrawn ones have another kind), newest first, as the live events carry them: a window
+        opened later shows them too. A suspected change's data says ``state`` "suspected"."""
         rows = self.conn().execute(
-            "SELECT data FROM events WHERE kind IN ('anomaly', 'change_point') ORDER BY id DESC LIMIT ?",
-            (a.limit,)).fetchall()
+            f"SELECT data FROM events WHERE kind IN ({','.join('?' * len(STANDING_FINDING_KINDS))}) "
+            "ORDER BY id DESC LIMIT ?", (*STANDING_FINDING_KINDS, a.limit)).fetchall()
         out = []
         for (data,) in rows:
             try:
