@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import statistics
 from pathlib import Path
 
 import msgspec
@@ -14,6 +15,7 @@ import pytest
 
 from dtf_gui.coordinator.aggregator import Anomaly, ChangePointFound, Finding, LiveDetector, robust_z
 from dtf_gui.coordinator.aggregator.anomalies import window_stats
+from dtf_gui.coordinator.aggregator.findings import TrendFound
 from dtf_gui.coordinator.aggregator.metricmeta import DECLARED, GUESSED, MetricCatalog
 from dtf_gui.coordinator.records import Result
 from dtf_gui.coordinator.store import Store
@@ -427,3 +429,110 @@ def test_results_without_numeric_metrics_change_nothing() -> None:
     assert det.ingest([odd, *_results(np.array([], dtype=np.float64))]) == []
     assert det.series_history(("perf", "w1", "flag")) == []
     assert det.series_history(("perf", "w1", "nan")) == []
+
+
+# -- issue 13: suspected, confirmed and retracted changes; trends ------------------------------------
+
+def _bench_like(seed: int, levels: np.ndarray) -> np.ndarray:
+    """Benchmark-like values: 3 % Gaussian noise, 1 % of values spikes of +15..40 %."""
+    rng = np.random.default_rng([13, seed])
+    x = levels * (1 + 0.03 * rng.standard_normal(levels.size))
+    spikes = rng.random(levels.size) < 0.01
+    x[spikes] *= 1 + rng.uniform(0.15, 0.40, int(spikes.sum()))
+    return x
+
+
+def _one_at_a_time(x: np.ndarray, det: LiveDetector | None = None) -> list[tuple[int, Finding]]:
+    det = det or LiveDetector()
+    return [(i, f) for i in range(x.size) for f in det.ingest(_results(x[i:i + 1], i))]
+
+
+def _final_changes(found: list[tuple[int, Finding]]) -> dict[str, ChangePointFound]:
+    return {f.change_id: f for _i, f in found if isinstance(f, ChangePointFound)}
+
+
+def test_a_step_is_suspected_within_a_few_results_then_confirmed_in_place() -> None:
+    delays, confirm_delays = [], []
+    for seed in range(8):
+        x = _bench_like(seed, np.r_[np.full(200, 100.0), np.full(120, 105.0)])
+        found = _one_at_a_time(x)
+        mine = [(i, f) for i, f in found if isinstance(f, ChangePointFound) and i >= 200]
+        assert mine, seed
+        first_i, first = mine[0]
+        assert first.state == "suspected" and first.index >= 190 and first.direction == "improvement", seed
+        assert 0.01 < first.rel_change < 0.15 and first.n_after >= 1  # from the few values seen so far
+        delays.append(first_i - 200)
+        confirmed = [(i, f) for i, f in mine if f.state == "confirmed" and f.change_id == first.change_id]
+        assert confirmed, (seed, [(i, f.state, f.index) for i, f in mine])
+        ci, c = confirmed[0]
+        assert abs(c.index - 200) <= 6 and c.result_id == f"perf-{c.index}", seed  # 1.7 sd: +-6 at worst
+        confirm_delays.append(ci - 200)
+        assert _final_changes(found)[first.change_id].state == "confirmed"
+    # The issue's goals, on these 8 series: suspected median <= 8, confirmed median <= 20.
+    assert statistics.median(delays) <= 8, delays
+    assert statistics.median(confirm_delays) <= 20, confirm_delays
+
+
+def test_suspicions_on_steady_series_are_all_retracted() -> None:
+    raised = 0
+    for seed in range(6):
+        x = _bench_like(100 + seed, np.full(600, 100.0))
+        found = _one_at_a_time(x)
+        final = _final_changes(found)
+        raised += len(final)
+        pending = [f for f in final.values() if f.state != "retracted"]
+        # Only a suspicion raised in the last results may still wait for its verdict.
+        assert all(f.state == "suspected" and f.index > 600 - 70 for f in pending), seed
+    assert raised >= 1  # the online stage does raise false suspicions: this test exercises their retraction
+
+
+def test_values_inside_the_new_level_are_never_left_as_anomalies() -> None:
+    for seed in range(8):
+        levels = np.r_[np.full(200, 100.0), np.full(100, 110.0)]
+        x = _bench_like(200 + seed, levels)
+        found = [f for _i, f in _one_at_a_time(x)]
+        left = {int(rid.split("-")[1]) for rid in _effective_anomalies(found)}
+        inside = [p for p in left if 200 <= p < 220 and abs(x[p] - 110.0) <= 2 * 3.3]
+        assert inside == [], (seed, inside)
+
+
+def test_same_findings_with_states_however_the_series_is_batched() -> None:
+    x = _bench_like(7, np.r_[np.full(150, 100.0), np.full(80, 95.0)])
+    runs = {}
+    for size in (1, 13, x.size):
+        det = LiveDetector()
+        found = [f for s in range(0, x.size, size) for f in det.ingest(_results(x[s:s + size], s))]
+        runs[size] = [(_kind(f), f.index, getattr(f, "state", "")) for f in found]
+    assert ("change_point", 150, "confirmed") in runs[1] or any(
+        k == "change_point" and abs(i - 150) <= 3 and st == "confirmed" for k, i, st in runs[1])
+    assert runs[13] == runs[1] and runs[x.size] == runs[1]
+
+
+def test_a_slow_drift_is_a_trend_finding_not_a_change_point() -> None:
+    for seed in range(3):
+        levels = np.r_[np.full(100, 100.0), 100.0 * (1 + 0.05 * np.arange(1, 1001) / 1000), np.full(100, 105.0)]
+        found = _one_at_a_time(_bench_like(300 + seed, levels))
+        trends = [f for _i, f in found if isinstance(f, TrendFound)]
+        assert trends, seed
+        t = trends[0]
+        assert t.direction == "improvement" and 0.002 <= t.rel_slope_per_100 <= 0.012, (seed, t.rel_slope_per_100)
+        assert t.n >= 100 and t.start_result_id == f"perf-{t.start_index}" and t.p_value <= 1e-4
+        standing = [f for f in _final_changes(found).values() if f.state == "confirmed"]
+        assert standing == [], (seed, [(f.index, f.rel_change) for f in standing])
+        # Reported once per drift, not at every test of it.
+        assert len(trends) <= 2, (seed, [f.index for f in trends])
+
+
+def test_steady_series_and_steps_are_no_trend() -> None:
+    for seed in range(3):
+        flat = _one_at_a_time(_bench_like(400 + seed, np.full(800, 100.0)))
+        step = _one_at_a_time(_bench_like(500 + seed, np.r_[np.full(300, 100.0), np.full(300, 105.0)]))
+        assert not [f for _i, f in flat + step if isinstance(f, TrendFound)], seed
+
+
+def test_trend_threshold_is_the_configured_slope() -> None:
+    levels = np.r_[np.full(100, 100.0), 100.0 * (1 + 0.05 * np.arange(1, 1001) / 1000)]
+    x = _bench_like(600, levels)
+    assert [f for _i, f in _one_at_a_time(x, LiveDetector(trend_min_slope=0.002)) if isinstance(f, TrendFound)]
+    # 0.5 % per 100 results does not reach 2 %.
+    assert not [f for _i, f in _one_at_a_time(x, LiveDetector(trend_min_slope=0.02)) if isinstance(f, TrendFound)]

@@ -367,6 +367,24 @@ def test_retracted_events_are_kept_but_renamed(tmp_path):
     assert rows == [("anomaly", "r1"), ("anomaly_retracted", "r2"), ("change_point", "r2")]
 
 
+def test_retracting_with_a_metric_leaves_the_results_other_metrics_alone(tmp_path):
+    """One result carries several metrics: a change in one explains nothing about another."""
+    from dtf_gui.coordinator.store import Store, connect_readonly
+
+    store = Store(tmp_path / "m.sqlite")
+    store.put_event("anomaly", "r1", {"metric": "latency_ms"})
+    store.put_event("anomaly", "r1", {"metric": "throughput"})
+    store.retract_events("anomaly", ["r1"], "throughput")  # in the same flush as the rows it names
+    store.flush()
+    conn = connect_readonly(tmp_path / "m.sqlite")
+    try:
+        rows = sorted(tuple(r) for r in conn.execute("SELECT kind, json_extract(data, '$.metric') FROM events"))
+    finally:
+        conn.close()
+        store.close()
+    assert rows == [("anomaly", "latency_ms"), ("anomaly_retracted", "throughput")]
+
+
 @pytest.mark.parametrize("background", [False, True])
 def test_a_row_the_database_refuses_is_left_out_alone_and_reported(db_path: Path, background: bool) -> None:
     # A value beyond SQLite's 64-bit integers once made a whole batch of neighbours vanish.

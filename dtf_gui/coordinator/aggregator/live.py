@@ -58,7 +58,7 @@ _RETRACT_EVIDENCE = 1.0
 # errors apart (a small shift the windowed test needs more values for), and never past
 # _KEEP_FACTOR times confirm_within.
 _KEEP_EVIDENCE = 3.0
-_KEEP_FACTOR = 4
+_KEEP_FACTOR = 2
 # The windowed test is asked after every value of a young suspected level, then every 4th.
 _CONFIRM_EVERY_AFTER = 24
 _CONFIRM_EVERY = 4

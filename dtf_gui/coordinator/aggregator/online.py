@@ -31,6 +31,8 @@ MIN_REFERENCE = 5
 OWN_NOISE = 30
 # Before the first level has this many values the CUSUM does not run: no reference yet.
 WARM_UP = 24
+# At most this many values are held out of the level while the CUSUM sums are above zero.
+HOLD = 48
 # The MAD of a level is recomputed every this many values (it moves slowly; sorting each time
 # would be most of a value's cost).
 MAD_EVERY = 8
@@ -237,7 +239,9 @@ class LevelMonitor:
             lvl.add(v)
         else:
             self._hold.append((i, v))
-            if len(self._hold) > self.capacity:
+            if len(self._hold) > HOLD:
+                # The slow pair can stay above zero for long in steady noise: past HOLD values the
+                # oldest held value joins the level anyway, or the level would go stale.
                 lvl.add(self._hold.popleft()[1])
         return verdict
 
@@ -300,7 +304,10 @@ class LevelMonitor:
         s = self.pending
         if s is None or not len(self.level):
             return 0.0
-        se = s.old_sigma * math.sqrt(0.5 * math.pi * (1.0 / len(self.level) + 1.0 / max(s.old_count, 1)))
+        # The larger of the two levels' noise: a young old level's sigma may be far too small
+        # (from a couple of dozen values), and would keep a false suspicion alive for ever.
+        sig = max(s.old_sigma, self.level.sigma()) if len(self.level) >= OWN_NOISE else s.old_sigma
+        se = sig * math.sqrt(0.5 * math.pi * (1.0 / len(self.level) + 1.0 / max(s.old_count, 1)))
         return s.sign * (self.level.median() - s.old_median) / se if se > 0 else 0.0
 
     def retract(self, values: list[float]) -> None:

@@ -1,0 +1,92 @@
+"""How the coordinator stores each state of a live finding (analysis.record_finding, issue 13):
+a suspected change stands as "change_suspected" until it is confirmed ("change_point" under the
+result the windowed test located) or retracted; anomalies a change explains are withdrawn for its
+metric only; trends are stored as they are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from dtf_gui.coordinator.aggregator.findings import Anomaly, ChangePointFound, Finding, TrendFound
+from dtf_gui.coordinator.analysis import SUSPECTED_KIND, record_finding
+from dtf_gui.coordinator.store import Store, connect_readonly
+
+SERIES = {"test_id": "perf", "worker_id": "w1", "metric": "throughput"}
+
+
+def _change(state: str, result_id: str, change_id: str = "r10", supersedes: list[str] | None = None,
+            metric: str = "throughput") -> ChangePointFound:
+    return ChangePointFound(index=int(result_id[1:]), mean_before=100.0, std_before=3.0, mean_after=105.0,
+                            std_after=3.0, rel_change=0.05, p_value=1e-6, direction="improvement",
+                            series={**SERIES, "metric": metric}, metric=metric, result_id=result_id,
+                            timestamp=1.0, state=state, change_id=change_id, supersedes=supersedes or [])
+
+
+def _anomaly(result_id: str, metric: str) -> Anomaly:
+    return Anomaly(series={**SERIES, "metric": metric}, metric=metric, index=int(result_id[1:]), result_id=result_id,
+                   timestamp=1.0, value=120.0, score=4.0, median=100.0, expected_low=92.0, expected_high=108.0,
+                   reference_size=100, direction="improvement")
+
+
+def _events(db: Path) -> list[tuple[str, str, str | None]]:
+    conn = connect_readonly(db)
+    try:
+        return [tuple(r) for r in conn.execute(
+            "SELECT kind, subject, json_extract(data, '$.state') FROM events ORDER BY id")]
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("one_flush", [False, True])
+def test_a_suspected_change_is_replaced_by_its_confirmation(tmp_path: Path, one_flush: bool) -> None:
+    store = Store(tmp_path / "f.sqlite")
+    try:
+        record_finding(store, _anomaly("r10", "throughput"))
+        record_finding(store, _anomaly("r10", "latency_ms"))
+        record_finding(store, _change("suspected", "r10", supersedes=["r10"]))
+        if not one_flush:
+            store.flush()
+        # The windowed test places it one result later than the online stage did.
+        data = record_finding(store, _change("confirmed", "r11"))
+        store.flush()
+        assert data["state"] == "confirmed" and data["change_id"] == "r10"
+        assert msgspec.convert(data, Finding) == _change("confirmed", "r11")
+        assert _events(tmp_path / "f.sqlite") == [
+            ("anomaly_retracted", "r10", None),  # explained by the change, for its metric
+            ("anomaly", "r10", None),  # the latency anomaly of the same result stays
+            (SUSPECTED_KIND + "_retracted", "r10", "suspected"),
+            ("change_point", "r11", "confirmed"),
+        ]
+    finally:
+        store.close()
+
+
+def test_a_retracted_suspicion_leaves_nothing_standing(tmp_path: Path) -> None:
+    store = Store(tmp_path / "f.sqlite")
+    try:
+        record_finding(store, _change("suspected", "r10"))
+        record_finding(store, _change("suspected", "r40", change_id="r40", metric="latency_ms"))
+        store.flush()
+        record_finding(store, _change("retracted", "r10"))
+        store.flush()
+        assert _events(tmp_path / "f.sqlite") == [(SUSPECTED_KIND + "_retracted", "r10", "suspected"),
+                                                  (SUSPECTED_KIND, "r40", "suspected")]
+    finally:
+        store.close()
+
+
+def test_a_trend_is_stored_under_its_result(tmp_path: Path) -> None:
+    store = Store(tmp_path / "f.sqlite")
+    try:
+        t = TrendFound(series=SERIES, metric="throughput", index=500, result_id="r500", timestamp=5.0,
+                       start_index=100, start_result_id="r100", n=400, slope=0.005, rel_slope_per_100=0.005,
+                       level=100.0, p_value=1e-6, mk_z=5.0, direction="improvement")
+        data = record_finding(store, t)
+        store.flush()
+        assert data["kind"] == "trend" and _events(tmp_path / "f.sqlite") == [("trend", "r500", None)]
+        assert msgspec.convert(data, Finding) == t
+    finally:
+        store.close()
