@@ -78,25 +78,47 @@ def alert_item(a: dict[str, Any]) -> dict[str, Any]:
             "raw": dict(a)}
 
 
+# What a finding is, after its direction ("regression (suspected change) in ..."), by kind and state.
+_FINDING_LABELS = {("change_point", "suspected"): "suspected change", ("change_point", "confirmed"): "change point",
+                   ("change_point", "retracted"): "retracted change", ("trend", ""): "trend"}
+SUSPECTED_COLOUR = "#b26a00"
+SUSPECTED_TIP = ("Suspected by the online stage; the windowed test has not confirmed it yet. The row turns "
+                 "into a change point when it is confirmed, or leaves the list (Show cleared) if retracted.")
+
+
+def finding_kind(f: dict[str, Any]) -> str:
+    """A bridge.finding_row row's kind of finding: "anomaly", "change_point" or "trend" (rows from
+    before changes had states carry only the display kind)."""
+    raw = f.get("finding_kind")
+    if raw:
+        return str(raw)
+    return "change_point" if f.get("kind") == "change point" else str(f.get("kind") or "anomaly")
+
+
 def finding_item(f: dict[str, Any], acked: bool = False) -> dict[str, Any]:
-    """A regression or change point (bridge.finding_row) as a row of the dock."""
+    """A regression, change or trend (bridge.finding_row) as a row of the dock. A retracted change
+    is "cleared" (hidden unless Show cleared); its ``finding_state`` says why."""
     regression = f.get("direction") == "regression"
     subject = str(f.get("test_id") or "")
     if f.get("worker_id"):
         subject += f" @ {f['worker_id']}"
+    kind = finding_kind(f)
+    fstate = str(f.get("state") or ("confirmed" if kind == "change_point" else ""))
     label = "regression" if regression else str(f.get("direction") or "change")
-    if f.get("kind") == "change point":
-        label += " (change point)"
+    what = _FINDING_LABELS.get((kind, fstate))
+    if what:
+        label += f" ({what})"
     return {"key": str(f["finding_id"]), "source": "finding", "time": f.get("time"),
             "severity": "warning" if regression else "info", "subject": subject, "worker_id": f.get("worker_id"),
-            "what": f"{label} in {f.get('metric')}: {f.get('detail')}", "state": "raised", "acked": acked,
+            "what": f"{label} in {f.get('metric')}: {f.get('detail')}",
+            "state": "cleared" if fstate == "retracted" else "raised", "finding_state": fstate, "acked": acked,
             "muted": False, "raw": dict(f)}
 
 
 def wants_finding(f: dict[str, Any]) -> bool:
-    """Regressions, and change points whichever way they go (a step is news; an anomaly that is an
-    improvement is not)."""
-    return f.get("direction") == "regression" or f.get("kind") == "change point"
+    """Regressions (anomalies, changes, trends), and changes whichever way they go (a step is
+    news; an anomaly or a drift that is an improvement is not)."""
+    return f.get("direction") == "regression" or finding_kind(f) == "change_point"
 
 
 def needs_attention(item: dict[str, Any]) -> bool:
@@ -140,21 +162,27 @@ class AlertsModel(QAbstractTableModel):
         if role == SORT_ROLE:
             return (float(item["time"] or 0.0) if c == 0 else SEVERITY_RANK.get(item["severity"], 0) if c == 1
                     else self._text(item, c).lower())
-        if role == Qt.ItemDataRole.FontRole and needs_attention(item):
+        suspected = item.get("finding_state") == "suspected"
+        if role == Qt.ItemDataRole.FontRole and (needs_attention(item) or suspected):
             font = QFont()
-            font.setBold(True)
+            font.setBold(needs_attention(item))
+            font.setItalic(suspected)  # not settled yet: it may still be retracted
             return font
         if role == Qt.ItemDataRole.ForegroundRole:
             if c == 1:
                 return QBrush(QColor(SEVERITY_COLOURS.get(item["severity"], "#000000")))
             if item["state"] == "cleared":
                 return QBrush(QColor("#8a8a8a"))
+            if c == 4 and suspected:
+                return QBrush(QColor(SUSPECTED_COLOUR))
         if role == Qt.ItemDataRole.ToolTipRole:
             if c == 0 and item["time"]:
                 return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item["time"]))
             if c == 3 and item["source"] == "health":
                 raw = item["raw"]
                 return plain_tip(f"{item['what']}\nvalue {raw.get('value')}, threshold {raw.get('threshold')}")
+            if c == 4 and suspected:
+                return SUSPECTED_TIP
             return plain_tip(self._text(item, c)) or None
         return None
 
@@ -169,7 +197,12 @@ class AlertsModel(QAbstractTableModel):
         if c == 3:
             return item["what"]
         state = item["state"]
-        if state == "raised" and item["acked"]:
+        fstate = item.get("finding_state")
+        if item["source"] == "finding" and fstate == "retracted":
+            state = "retracted"
+        elif item["source"] == "finding" and fstate == "suspected":
+            state = "suspected · acknowledged" if item["acked"] else "suspected"
+        elif state == "raised" and item["acked"]:
             state = "acknowledged"
         elif state == "raised" and item["source"] == "finding":
             state = "new"  # a finding is not raised and cleared: it is news until acknowledged
@@ -409,11 +442,40 @@ class AlertsDock(QDockWidget):
                       if i["key"] in new and i["state"] == "raised" and not i["muted"] and not i["acked"]])
 
     def on_findings(self, findings: list[dict[str, Any]], *, notify: bool = True) -> None:
-        items = [finding_item(f, f["finding_id"] in self.acked_findings) for f in findings if wants_finding(f)]
-        new = set(self.model.upsert(items))
-        if notify:
-            self._notify([f"{i['subject']}: {i['what']}" for i in items
-                          if i["key"] in new and i["severity"] != "info" and not i["acked"]])
+        """Findings in; a change's later states update its row. A retracted change clears the row
+        of its suspicion (one this dock never listed is not added), and is never announced."""
+        items: list[dict[str, Any]] = []
+        lines: list[str] = []
+        for f in findings:
+            if not wants_finding(f):
+                continue
+            key = str(f["finding_id"])
+            old = next((i for i in reversed(items) if i["key"] == key), None) or self.model.row_for(key)
+            if f.get("state") == "retracted":
+                if old is None:
+                    continue
+                # In the direction it was suspected in: the retraction's statistics say where the
+                # level stands now, which may lean the other way.
+                f = {**f, "direction": old["raw"].get("direction")}
+            item = finding_item(f, old["acked"] if old else key in self.acked_findings)
+            items.append(item)
+            if notify and item["severity"] != "info":
+                lines.extend(self._announcement(item, old))
+        self.model.upsert(items)
+        self._notify(lines)
+
+    def _announcement(self, item: dict[str, Any], old: dict[str, Any] | None) -> list[str]:
+        """The notification a finding's row earns: a new one once (unless acknowledged already); a
+        suspected change once as suspected and once more when confirmed; a retraction never."""
+        fstate, metric = item["finding_state"], item["raw"].get("metric")
+        detail = f"{item['subject']}: {metric} {item['raw'].get('detail')}"
+        if fstate == "suspected":
+            return [f"Suspected {item['raw'].get('direction') or 'change'}: {detail}"] if old is None else []
+        if fstate == "confirmed" and old is not None and old.get("finding_state") == "suspected":
+            return [f"Confirmed {item['raw'].get('direction') or 'change'}: {detail}"]
+        if old is None and not item["acked"] and fstate != "retracted":
+            return [f"{item['subject']}: {item['what']}"]
+        return []
 
     def on_stored_findings(self, findings: list[dict[str, Any]]) -> None:
         """Findings from before the window opened: listed (acknowledged or not), never announced."""

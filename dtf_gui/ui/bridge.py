@@ -54,20 +54,60 @@ class Backend(Protocol):
 log = logging.getLogger(__name__)
 
 
+# A change point's state as the findings table and the alerts dock name it.
+CHANGE_KIND_TEXT = {"suspected": "change (suspected)", "confirmed": "change point", "retracted": "change (retracted)"}
+# The kinds of hub event that are findings (a change point's state travels in its data).
+FINDING_EVENT_KINDS = ("anomaly", "change_point", "trend")
+
+
+def _change_detail(f: dict[str, Any], state: str) -> str:
+    pct = f"{(f.get('rel_change') or 0) * 100:+.1f}%"
+    before, now = f"{f.get('mean_before', 0):.4g}", f"{f.get('mean_after', 0):.4g}"
+    step = f"{pct} ({before} -> {now})"
+    n = f.get("n_after")
+    after = f" after {n} result{'' if n == 1 else 's'}" if isinstance(n, int) else ""
+    if state == "suspected":
+        return f"{step} suspected{after}"
+    if state == "retracted":
+        # The statistics are the level's when it was withdrawn (where it stands now), not the step.
+        return f"not confirmed{after}: {before} -> {now} ({pct})"
+    return f"{step}, p={f.get('p_value', 0):.2g}"
+
+
+def _trend_detail(f: dict[str, Any]) -> str:
+    n = f.get("n")
+    over = f" over {n} results" if isinstance(n, int) else ""
+    return (f"{(f.get('rel_slope_per_100') or 0) * 100:+.2f}% per 100 results{over} "
+            f"(Mann-Kendall p={f.get('p_value', 0):.2g})")
+
+
 def finding_row(f: dict[str, Any]) -> dict[str, Any]:
-    """An anomaly or change point, flattened for the findings table."""
+    """An anomaly, change or trend (an event's data), flattened for the findings table.
+
+    A change is keyed by its ``change_id`` (the result where it was first located; the result id
+    in findings stored before changes had states), so that its suspected, confirmed and retracted
+    events update one row; ``state`` is "suspected", "confirmed" or "retracted" for a change and
+    "" otherwise."""
     series = f.get("series") or {}
-    if f.get("kind") == "anomaly":
+    raw_kind = str(f.get("kind") or "")
+    state = ""
+    if raw_kind == "anomaly":
         detail = f"value {f.get('value', 0):.4g}, robust z {f.get('score', 0):+.1f}"
         lo, hi = f.get("expected_low"), f.get("expected_high")
         if lo is not None and hi is not None:
             detail += f" (expected {lo:.4g} .. {hi:.4g})"
+        key, kind = f.get("result_id"), "anomaly"
+    elif raw_kind == "trend":
+        detail, key, kind = _trend_detail(f), f.get("result_id"), "trend"
     else:
-        detail = (f"{(f.get('rel_change') or 0) * 100:+.1f}% ({f.get('mean_before', 0):.4g} -> "
-                  f"{f.get('mean_after', 0):.4g}), p={f.get('p_value', 0):.2g}")
+        state = str(f.get("state") or "confirmed")
+        if state not in CHANGE_KIND_TEXT:
+            state = "confirmed"
+        raw_kind = "change_point"
+        detail, key, kind = _change_detail(f, state), f.get("change_id") or f.get("result_id"), CHANGE_KIND_TEXT[state]
     return {
-        "finding_id": f"{f.get('kind')}:{f.get('result_id')}:{f.get('metric')}",
-        "kind": "change point" if f.get("kind") == "change_point" else "anomaly",
+        "finding_id": f"{raw_kind}:{key}:{f.get('metric')}",
+        "kind": kind, "finding_kind": raw_kind, "state": state,
         "time": f.get("timestamp"), "test_id": series.get("test_id"), "worker_id": series.get("worker_id"),
         "metric": f.get("metric"), "direction": f.get("direction"), "detail": detail,
         "result_id": f.get("result_id"),
@@ -221,7 +261,7 @@ class CoordinatorBridge(QObject):
         security = [self._security_row(e) for e in events if e.kind == "security"]
         if security:
             self.securityEvents.emit(security)
-        findings = [finding_row(e.data) for e in events if e.kind in ("anomaly", "change_point")]
+        findings = [finding_row(e.data) for e in events if e.kind in FINDING_EVENT_KINDS]
         if findings:
             self.findingsChanged.emit(findings)
         alerts = [e.data for e in events if e.kind == "alert"]

@@ -226,6 +226,12 @@ class MainWindow(QMainWindow):
         self.findings = findings_model()
         self.findings_view, _ = _table(self.findings, "findingsView", QTableView())
         self.findings_view.doubleClicked.connect(lambda index: self.show_finding(self._finding_at(index)))
+        fm = self.findings_view.fontMetrics()
+        # Room for the state in Kind ("change (suspected)"); the rest stays narrow (ids elide in the
+        # middle, the tooltip has them whole) so that the Detail column, last, gets the width.
+        for col, sample in enumerate(("00:00:00", "change (suspected)", "improvement", "bench/test_io",
+                                      "bench-07", "throughput_mb_s", "6619…e05a")):
+            self.findings_view.setColumnWidth(col, fm.horizontalAdvance(sample) + 20)  # italics, the sort arrow
         self.throughput = ThroughputPlot()
 
         # Agents asking to join: only the pending ones, each with Accept / Reject; hidden when none.
@@ -535,7 +541,21 @@ class MainWindow(QMainWindow):
                                  f"Completed: {tasks.get('completed', 0)}  Failed: {tasks.get('failed', 0)}")
 
     def _on_findings(self, rows: list[dict[str, Any]]) -> None:
-        self.findings.apply(rows)
+        # A retracted change updates the row of its suspicion (greyed, kept until the window closes,
+        # so what was withdrawn stays readable) with the direction and result it was suspected at;
+        # one this window never showed is not news.
+        shown: list[dict[str, Any]] = []
+        batch: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            key = str(r.get("finding_id"))
+            if r.get("state") == "retracted":
+                old = batch.get(key) or self.findings.row_for(key)
+                if old is None:
+                    continue
+                r = {**r, "direction": old.get("direction"), "result_id": old.get("result_id")}
+            batch[key] = r
+            shown.append(r)
+        self.findings.apply(shown)
         self.tabs.setTabText(self.tabs.indexOf(self.findings_view),
                              f"Anomalies && regressions ({self.findings.rowCount()})")
 

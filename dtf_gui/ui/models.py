@@ -222,8 +222,40 @@ def tasks_model(max_rows: int = 10_000) -> KeyedTableModel:
     ], max_rows=max_rows, drag_mime=TASK_IDS_MIME)
 
 
-def findings_model(max_rows: int = 5000) -> KeyedTableModel:
-    return KeyedTableModel("finding_id", [
+# Why a change row looks the way it does (the Kind column's tooltip).
+FINDING_STATE_TIPS = {
+    "suspected": "Suspected by the online stage; the windowed test has not confirmed it yet. "
+                 "This row turns into a change point when it is confirmed, or is greyed out if retracted.",
+    "retracted": "Retracted: the windowed test did not confirm this suspected change (the level fell back "
+                 "or stayed too close). Kept greyed out until the window closes.",
+    "confirmed": "A change point confirmed by the windowed test (E-Divisive + t-test).",
+}
+
+
+class FindingsModel(KeyedTableModel):
+    """Findings (bridge.finding_row rows): a suspected change in amber italics, a retracted one
+    greyed out, so the one row a change keeps tells its state at a glance."""
+
+    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid() or index.row() >= len(self._rows):
+            return None
+        state = self._rows[index.row()].get("state") or ""
+        if state in ("suspected", "retracted"):
+            if role == Qt.ItemDataRole.FontRole:
+                font = QFont()
+                font.setItalic(True)
+                return font
+            kind_column = self.columns[index.column()].key == "kind"
+            if role == Qt.ItemDataRole.ForegroundRole and (state == "retracted" or kind_column):
+                colour = theme.state_colours()["revoked" if state == "retracted" else "pending"]
+                return QBrush(QColor(colour))
+        if role == Qt.ItemDataRole.ToolTipRole and state and self.columns[index.column()].key == "kind":
+            return FINDING_STATE_TIPS.get(state)
+        return super().data(index, role)
+
+
+def findings_model(max_rows: int = 5000) -> FindingsModel:
+    return FindingsModel("finding_id", [
         Column("time", "Time", fmt_time), Column("kind", "Kind"), Column("direction", "Direction"),
         Column("test_id", "Test"), Column("worker_id", "Worker"), Column("metric", "Metric"),
         Column("result_id", "Result"), Column("detail", "Detail"),

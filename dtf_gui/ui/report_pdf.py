@@ -50,7 +50,7 @@ OUTCOME_COLORS = {
     "failed": "#cf222e", "failure": "#cf222e", "error": "#a40e26", "crashed": "#82071e",
     "skipped": "#6e7781", "xfailed": "#6e7781", "partial": "#6e7781",
 }
-KIND_NAMES = {"change_point": "change point", "anomaly": "anomaly"}
+KIND_NAMES = {"change_point": "change point", "anomaly": "anomaly", "trend": "trend (drift)"}
 
 
 def _color(outcome: str | None) -> QColor:
@@ -558,7 +558,11 @@ def _summary(d: _Doc, r: dict[str, Any], plots: dict[str, QImage]) -> None:
 def _findings_line(r: dict[str, Any]) -> str:
     rows = r.get("findings") or []
     cps = sum(1 for f in rows if f.get("kind") == "change_point")
-    line = f"{len(rows) - cps} anomal{'y' if len(rows) - cps == 1 else 'ies'}, {cps} change point{'' if cps == 1 else 's'}"
+    trends = sum(1 for f in rows if f.get("kind") == "trend")
+    anomalies = len(rows) - cps - trends
+    line = f"{anomalies} anomal{'y' if anomalies == 1 else 'ies'}, {cps} change point{'' if cps == 1 else 's'}"
+    if trends:
+        line += f", {trends} trend{'' if trends == 1 else 's'}"
     more = int(r.get("findings_more") or 0)
     return line + (f" (and {more} more)" if more else "")
 
@@ -605,9 +609,9 @@ def _plots(d: _Doc, r: dict[str, Any], plots: dict[str, QImage]) -> None:
 
 def _findings(d: _Doc, r: dict[str, Any]) -> None:
     rows = r.get("findings") or []
-    d.heading("Findings", "anomalies and change points found in this run's results")
+    d.heading("Findings", "anomalies, change points and trends found in this run's results")
     if not rows:
-        d.y += d.text(0, d.w, "None: no anomaly or change point in this run's results.", 9, color=MUTED)
+        d.y += d.text(0, d.w, "None: no anomaly, change point or trend in this run's results.", 9, color=MUTED)
         return
     cols = [("Kind", 0.13, Qt.AlignmentFlag.AlignLeft), ("Time", 0.15, Qt.AlignmentFlag.AlignLeft),
             ("Metric", 0.16, Qt.AlignmentFlag.AlignLeft), ("Test", 0.38, Qt.AlignmentFlag.AlignLeft),
