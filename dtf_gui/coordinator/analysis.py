@@ -10,6 +10,7 @@ the loop thread, which owns the store and the events socket).
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,7 +26,7 @@ from dtf_gui.coordinator.config import ResultAggregatorSection
 from dtf_gui.coordinator.events import EventHub
 from dtf_gui.coordinator.plugins import load_callable
 from dtf_gui.coordinator.records import Result
-from dtf_gui.coordinator.store import Store
+from dtf_gui.coordinator.store import Store, connect_readonly
 from dtf_gui.coordinator.telemetry import Counters
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,9 @@ __all__ = ["SUSPECTED_KIND", "Analysis", "record_finding"]
 
 # The events kind of a change the online stage suspects and the windowed test has not settled.
 SUSPECTED_KIND = "change_suspected"
+# How many of the newest stored results the live detector replays at start (bounded: a few seconds
+# on the analysis thread, before any new result; enough for a few hundred series' levels).
+WARM_RESULTS = 20_000
 
 V = TypeVar("V")
 
@@ -59,8 +63,49 @@ class Analysis:
             for path in paths:
                 self.detector.add_processor(stage, load_callable(path, f"result_aggregator.{stage}ors"))
         self._fresh_tests: set[str] = set()
+        # First the results stored before this start (the analysis thread's one worker runs them
+        # before any new batch), so that a restart does not make every series young again.
+        self.db_path = Path(db_path)
+        # Only what is stored now: what is committed from here on reaches the detector by
+        # committed(), and must not come twice.
+        last = store.query("SELECT max(rowid) FROM results")
+        self._warm_upto = int(last[0][0] or 0) if last else 0
+        self.run(self._warm, self._check)
         # Every committed result reaches the detector once, in commit order, right after its commit.
         store.on_results_committed = self.committed
+
+    def _warm(self) -> int:
+        """Analysis thread: replay the newest stored results (at most WARM_RESULTS) into the
+        detector, oldest first, reporting nothing."""
+        if not self._warm_upto:
+            return 0
+        conn = connect_readonly(self.db_path)
+        try:
+            rows = conn.execute(
+                "SELECT result_id, task_id, worker_id, test_id, timestamp, metrics, run_id FROM results "
+                "WHERE rowid <= ? AND metrics IS NOT NULL AND metrics != '{}' ORDER BY rowid DESC LIMIT ?",
+                (self._warm_upto, WARM_RESULTS)).fetchall()
+        except sqlite3.Error as exc:
+            log.warning("the live detector starts cold: stored results could not be read (%s)", exc)
+            return 0
+        finally:
+            conn.close()
+        results = []
+        for rid, tid, wid, test, ts, metrics, run in reversed(rows):
+            try:
+                values = msgspec.json.decode(metrics or "{}", type=dict[str, Any])
+            except msgspec.DecodeError:
+                continue  # a row no coordinator wrote: the others still warm their series
+            nums = {k: float(v) for k, v in values.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if nums:
+                results.append(Result(result_id=str(rid), task_id=str(tid or ""), worker_id=str(wid or ""),
+                                      test_id=str(test or ""), timestamp=float(ts or 0.0), metrics=nums,
+                                      run_id=str(run or "")))
+        n = self.detector.warm(results)
+        if n:
+            log.info("live detector warmed with the %d newest stored results", n)
+        return n
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -74,6 +119,11 @@ class Analysis:
             self.inbox.put(lambda: then(fut))
 
         self._pool.submit(fn).add_done_callback(done)
+
+    def run_now(self, fn: Callable[[], V], timeout: float = 60.0) -> V:
+        """Run ``fn`` on the analysis thread, after everything submitted before it, and wait for
+        its answer (for tests and tools off the loop; never from the loop itself)."""
+        return self._pool.submit(fn).result(timeout)
 
     def declare(self, units: Mapping[str, str], directions: Mapping[str, str | None], source: str) -> bool:
         """Metric declarations (a task's result file, a client, a plan): kept, and the cached

@@ -1,17 +1,20 @@
 """How the coordinator stores each state of a live finding (analysis.record_finding, issue 13):
 a suspected change stands as "change_suspected" until it is confirmed ("change_point" under the
 result the windowed test located) or retracted; anomalies a change explains are withdrawn for its
-metric only; trends are stored as they are."""
+metric only; trends are stored as they are. And a restart keeps the live detector's series."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import msgspec
+import numpy as np
 import pytest
 
 from dtf_gui.coordinator.aggregator.findings import Anomaly, ChangePointFound, Finding, TrendFound
 from dtf_gui.coordinator.analysis import SUSPECTED_KIND, record_finding
+from dtf_gui.coordinator.records import Result
 from dtf_gui.coordinator.store import Store, connect_readonly
 
 SERIES = {"test_id": "perf", "worker_id": "w1", "metric": "throughput"}
@@ -90,3 +93,49 @@ def test_a_trend_is_stored_under_its_result(tmp_path: Path) -> None:
         assert msgspec.convert(data, Finding) == t
     finally:
         store.close()
+
+
+def _live(db: Path) -> tuple[Any, Any, Any]:
+    from dtf_agent.inbox import Inbox
+    from dtf_gui.coordinator.analysis import Analysis
+    from dtf_gui.coordinator.config import ResultAggregatorSection
+    from dtf_gui.coordinator.events import EventHub
+    from dtf_gui.coordinator.telemetry import Counters
+
+    inbox: Inbox[Any] = Inbox()
+    store = Store(db)
+    return inbox, store, Analysis(db, ResultAggregatorSection(), inbox=inbox, store=store, hub=EventHub(),
+                                  counters=Counters())
+
+
+def _results(values: list[float], start: int) -> list[Result]:
+    return [Result(result_id=f"r{start + i}", task_id=f"t{start + i}", worker_id="w1", test_id="perf",
+                   timestamp=float(start + i), metrics={"throughput": v}) for i, v in enumerate(values)]
+
+
+def test_a_restart_keeps_the_series_levels(tmp_path: Path) -> None:
+    """After a restart the detector replays the newest stored results (reporting nothing again):
+    a spike right after the restart is judged against the level, not against an empty history,
+    and nothing stored before is replayed twice."""
+    db = tmp_path / "w.sqlite"
+    rng = np.random.default_rng(3)
+    values = (100 * (1 + 0.01 * rng.standard_normal(120))).tolist()
+    inbox, store, analysis = _live(db)
+    try:
+        for r in _results(values, 0):
+            store.put_result(r)
+        store.flush()
+    finally:
+        analysis.close()
+        store.close()
+        inbox.close()
+    inbox, store, analysis = _live(db)  # the restart
+    try:
+        key = ("perf", "w1", "throughput")
+        assert analysis.run_now(lambda: analysis.detector.series_history(key)) == pytest.approx(values)
+        found = analysis.run_now(lambda: analysis.detector.ingest(_results([150.0], 120)))
+        assert [(type(f).__name__, f.result_id) for f in found] == [("Anomaly", "r120")]
+    finally:
+        analysis.close()
+        store.close()
+        inbox.close()

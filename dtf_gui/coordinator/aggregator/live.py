@@ -218,9 +218,9 @@ class LiveDetector:
 
     # -- live ingestion --------------------------------------------------------------------------
 
-    def ingest(self, results: Sequence[Result]) -> list[Finding]:
-        """Feed newly stored results; returns the new findings, anomalies and change points. Only
-        the touched series' tails are examined."""
+    def ingest(self, results: Sequence[Result], *, report: bool = True) -> list[Finding]:
+        """Feed newly stored results; returns the new findings (anomalies, changes in their states,
+        trends), or none with ``report=False`` (see :meth:`warm`)."""
         for pre in self._preprocessors:
             results = [r2 for r2 in (pre(r) for r in results) if r2 is not None]
         touched: dict[SeriesKey, int] = {}
@@ -239,9 +239,20 @@ class LiveDetector:
             for key, n_new in touched.items():
                 findings.extend(self._examine(key, n_new))
             self._trim(touched)
+        if not report:
+            self._flagged.clear()  # what was flagged then is stored already, or was retracted
+            return []
         for post in self._postprocessors:
             findings = post(findings)
         return findings
+
+    def warm(self, results: Sequence[Result]) -> int:
+        """Replay results that were judged before (stored before a restart, oldest first): the
+        series' levels, CUSUMs, pending suspicions and trends come back as they were, and nothing
+        is reported again. A suspicion still pending is derived again with the same change_id, so
+        its confirmation or retraction later names the stored one. Returns how many were replayed."""
+        self.ingest(results, report=False)
+        return len(results)
 
     def _trim(self, touched: dict[SeriesKey, int]) -> None:
         for key in touched:
