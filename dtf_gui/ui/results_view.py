@@ -81,6 +81,13 @@ def change_label(before: float | None, after: float | None, rel: float | None) -
     return f"{pct}({fmt(before)} → {fmt(after)})"
 
 
+def settled(changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Changes without a suspected one whose change was confirmed since (same ``change_id``): one
+    step is drawn once, confirmed."""
+    confirmed = {c.get("change_id") for c in changes if c.get("state") != "suspected" and c.get("change_id")}
+    return [c for c in changes if c.get("state") != "suspected" or c.get("change_id") not in confirmed]
+
+
 def plural(n: int, one: str, many: str = "") -> str:
     return f"{n:,} {one if n == 1 else (many or one + 's')}"
 
@@ -218,9 +225,11 @@ class _Series:
             data["truncated"] = True
         first = float(t[0]) if t.size else math.inf
         for key in ("anomalies", "change_points"):
-            have = {f.get("result_id") for f in data.get(key) or []}
-            found = [*(data.get(key) or []), *(f for f in reply.data.get(key) or [] if f.get("result_id") not in have)]
+            have = {(f.get("result_id"), f.get("state")) for f in data.get(key) or []}
+            found = [*(data.get(key) or []),
+                     *(f for f in reply.data.get(key) or [] if (f.get("result_id"), f.get("state")) not in have)]
             data[key] = sorted((f for f in found if float(f.get("t") or 0.0) >= first), key=lambda f: f["t"])
+        data["change_points"] = settled(data["change_points"])
         return _Series(data, t, v, cols)
 
 
@@ -683,23 +692,28 @@ class ResultsExplorer(QWidget):
             item.setData(s.t[idx], s.v[idx])
         anomalies = data.get("anomalies") or []
         self.anomaly_item.setData([a["t"] for a in anomalies], [a["v"] for a in anomalies])
-        self._draw_changes(s, data.get("change_points") or [], colours.foreground)
-        cps = len(data.get("change_points") or [])
+        changes = data.get("change_points") or []
+        self._draw_changes(s, changes, colours.foreground)
+        suspected = sum(1 for c in changes if c.get("state") == "suspected")
         note = " (the newest; older ones left out)" if data.get("truncated") else ""
         self.status.setText(f"{len(s.t):,} results{note} · {plural(len(anomalies), 'anomaly', 'anomalies')}"
-                            f" · {plural(cps, 'change point')}"
+                            f" · {plural(len(changes) - suspected, 'change point')}"
+                            + (f" · {suspected:,} suspected (not confirmed yet)" if suspected else "") +
                             f" · {plural(len(names), 'hardware id' if by_hardware else 'worker')}"
                             " · click a point to open its task")
 
     def _draw_changes(self, s: _Series, changes: list[dict[str, Any]], colour: str) -> None:
         """Each change point as a step: its before level up to it (from the previous change of its
-        series, or the first point), its after level from it (to the next change, or the last point)."""
+        series, or the first point), its after level from it (to the next change, or the last point).
+        A suspected change (not confirmed yet) is a thinner dotted step in amber, labelled so."""
         pi = self.plot.getPlotItem()
         first, last = float(s.t[0]), float(s.t[-1])
         by_series: dict[str, list[dict[str, Any]]] = {}
         for cp in changes:
             by_series.setdefault(str(cp.get("worker") or ""), []).append(cp)
-        pen = pg.mkPen(colour, width=2, style=Qt.PenStyle.DashLine)
+        confirmed_pen = pg.mkPen(colour, width=2, style=Qt.PenStyle.DashLine)
+        suspected_colour = theme.state_colours()["pending"]
+        suspected_pen = pg.mkPen(suspected_colour, width=1.5, style=Qt.PenStyle.DotLine)
         for cps in by_series.values():
             cps.sort(key=lambda c: c["t"])
             for i, cp in enumerate(cps):
@@ -709,16 +723,22 @@ class ResultsExplorer(QWidget):
                 t = float(cp["t"])
                 start = float(cps[i - 1]["t"]) if i else first
                 end = float(cps[i + 1]["t"]) if i + 1 < len(cps) else last
+                suspected = cp.get("state") == "suspected"
+                pen = suspected_pen if suspected else confirmed_pen
                 item = pg.PlotDataItem([start, t, t, end], [before, before, after, after], pen=pen)
+                item.suspected = suspected  # type: ignore[attr-defined]
                 item.setZValue(10)
                 item.levels = (before, after)  # type: ignore[attr-defined]
                 item.change_time = t  # type: ignore[attr-defined]
                 pi.addItem(item)
                 self.change_items.append(item)
                 # The label rides a faint vertical line at the top of the view, clear of the points.
-                marker = pg.InfiniteLine(t, angle=90, pen=pg.mkPen(colour, width=1, style=Qt.PenStyle.DotLine),
-                                         label=change_label(before, after, cp.get("rel_change")),
-                                         labelOpts={"position": 0.96, "color": colour, "anchors": [(0, 0), (0, 0)],
+                text = change_label(before, after, cp.get("rel_change"))
+                marker_colour = suspected_colour if suspected else colour
+                marker = pg.InfiniteLine(t, angle=90, pen=pg.mkPen(marker_colour, width=1, style=Qt.PenStyle.DotLine),
+                                         label=f"suspected {text}" if suspected else text,
+                                         labelOpts={"position": 0.96, "color": marker_colour,
+                                                    "anchors": [(0, 0), (0, 0)],
                                                     "fill": pg.mkBrush(QColor(theme.plot_colours().background))})
                 marker.setZValue(5)
                 pi.addItem(marker)
@@ -732,7 +752,9 @@ class ResultsExplorer(QWidget):
         if not finite.size:
             return
         lo, hi = float(finite.min()), float(finite.max())
-        pad = (hi - lo) * 0.12 or abs(hi) * 0.05 or 1.0
+        # A fifth of the span above the points: a change's label (about 20 px at the top) must not
+        # cover the highest ones, which after a step are the new level's.
+        pad = (hi - lo) * 0.2 or abs(hi) * 0.05 or 1.0
         self.plot.setXRange(float(s.t[0]), float(s.t[-1]), padding=0.02)
         self.plot.setYRange(lo - pad * 0.3, hi + pad, padding=0)
 

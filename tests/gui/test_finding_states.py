@@ -291,3 +291,68 @@ def test_window_shows_a_change_suspected_then_confirmed_in_one_row_and_a_retract
     shot(win, "window_findings")
     dock.show_cleared_box.setChecked(True)
     shot(dock, "alerts_dock")
+
+
+# -- the results explorer's plot --------------------------------------------------------------------
+
+
+def test_the_plot_draws_a_suspected_change_apart_then_only_its_confirmation(qtbot, tmp_path, monkeypatch) -> None:
+    import msgspec
+
+    from dtf_gui.coordinator.analysis import record_finding
+    from dtf_gui.coordinator.config import ephemeral_settings
+    from dtf_gui.coordinator.records import Result
+    from dtf_gui.coordinator.store import Store
+    from dtf_gui.ui.bridge import CoordinatorBridge
+    from dtf_gui.ui.results_view import ResultsExplorer
+
+    db = tmp_path / "dtf.sqlite"
+    t0 = time.time() - 3600
+    store = Store(db)
+    try:
+        for i in range(60):
+            store.put_result(Result(result_id=f"r-{i}", task_id=f"t-{i}", worker_id="lab-1", test_id="bench/io",
+                                    timestamp=t0 + i * 60, metrics={"latency_ms": 100.0 if i < 40 else 105.1}))
+        store.flush(wait=True)
+        record_finding(store, msgspec.convert(change("suspected", "r-40", "r-40"), Finding), when=t0 + 2400)
+        store.flush(wait=True)
+    finally:
+        store.close()
+    monkeypatch.setenv("DTF_HOME", str(tmp_path))
+    bridge = CoordinatorBridge.embedded(ephemeral_settings(db))
+    bridge.start()
+    try:
+        view = ResultsExplorer(bridge)
+        qtbot.addWidget(view)
+        view.resize(1000, 600)
+        view.show()
+        view.select("bench/io", "latency_ms")
+        qtbot.waitUntil(lambda: len(view.change_items) == 1, timeout=10_000)
+        [step] = view.change_items
+        assert step.suspected and step.levels == (100.0, 105.1)
+        assert step.opts["pen"].style() == Qt.PenStyle.DotLine
+        assert view.change_labels[0].textItem.toPlainText() == "suspected +5.1% (100 → 105.1)"
+        assert "1 suspected (not confirmed yet)" in view.status.text()
+        shot(view, "results_suspected")
+
+        analysis = bridge.coordinator.analysis
+        confirmed = msgspec.convert(change("confirmed", "r-41", "r-40", after=105.3, n_after=19), Finding)
+
+        def confirm() -> None:
+            fut: Future[list[Finding]] = Future()
+            fut.set_result([confirmed])
+            analysis._on_findings(fut)
+
+        bridge.coordinator.inbox.put(confirm)
+        # The live event asks for a full read; the store commits on its own schedule, so read again
+        # until the withdrawal of the suspicion is in.
+        qtbot.waitUntil(lambda: any(f.get("state") == "confirmed" for f in bridge.call("list_findings") or []),
+                        timeout=10_000)
+        view.select("bench/io", "latency_ms")
+        qtbot.waitUntil(lambda: [getattr(s, "suspected", None) for s in view.change_items] == [False],
+                        timeout=10_000)
+        assert view.change_items[0].levels == (100.0, 105.3)  # one step, the confirmed one
+        assert "suspected" not in view.status.text()
+        shot(view, "results_confirmed")
+    finally:
+        bridge.stop()
