@@ -179,7 +179,7 @@ CSV_WRITERS: dict[str, Callable[..., int]] = {"tasks": write_tasks_csv, "results
 
 
 def finding_row(f: Mapping[str, Any]) -> dict[str, Any]:
-    """An anomaly or change point (an event's data) flattened for a table: its numbers in columns of
+    """An anomaly, change point or trend (an event's data) flattened for a table: its numbers in columns of
     their own, and a one-line ``detail`` for a reader."""
     series = f.get("series") or {}
     kind = str(f.get("kind") or "")
@@ -188,6 +188,12 @@ def finding_row(f: Mapping[str, Any]) -> dict[str, Any]:
         lo, hi = f.get("expected_low"), f.get("expected_high")
         if lo is not None and hi is not None:
             detail += f" (expected {_num(lo)} .. {_num(hi)})"
+    elif kind == "trend":
+        # A drift has a slope, not two levels.
+        rel, n, pv = f.get("rel_slope_per_100"), f.get("n"), f.get("p_value")
+        detail = (f"{float(rel) * 100 if isinstance(rel, (int, float)) else 0.0:+.2f}% per 100 results"
+                  + (f" over {n} results" if isinstance(n, int) else "")
+                  + (f" (Mann-Kendall p={pv:.2g})" if isinstance(pv, (int, float)) else ""))
     else:
         detail = (f"{float(f.get('rel_change') or 0) * 100:+.1f}% ({_num(f.get('mean_before'))} -> "
                   f"{_num(f.get('mean_after'))}), p={float(f.get('p_value') or 0):.2g}")

@@ -189,17 +189,6 @@ def _json_field(path: str) -> str:
     return f"CASE WHEN json_valid(data) THEN json_extract(data, '{path}') END"
 
 
-def _finding_row(f: Mapping[str, Any]) -> dict[str, Any]:
-    """exports.finding_row, with a trend's own detail (its slope, not a step's levels)."""
-    row = finding_row(f)
-    if f.get("kind") == "trend":
-        rel, n, pv = f.get("rel_slope_per_100"), f.get("n"), f.get("p_value")
-        row["detail"] = (f"{float(rel) * 100 if isinstance(rel, (int, float)) else 0.0:+.2f}% per 100 results"
-                         + (f" over {n} results" if isinstance(n, int) else "")
-                         + (f" (Mann-Kendall p={pv:.2g})" if isinstance(pv, (int, float)) else ""))
-    return row
-
-
 def _finding(found: float, kind: str, subject: str, data: str | None) -> dict[str, Any] | None:
     d = _json(data)
     if not isinstance(d, dict):
@@ -307,7 +296,7 @@ def run_report(conn: sqlite3.Connection, run_id: str, *, now: float | None = Non
         first = s["points"][0][0] if s["points"] else run_start
         _change_points(conn, s, ids, first - 60.0, run_end + _FINDING_LAG_S)
     workers, workers_more = _workers(conn, run_id)
-    findings = [_finding_row(f) for f in mine]
+    findings = [finding_row(f) for f in mine]
     return {
         "run": run,
         "counts": counts,
@@ -489,7 +478,7 @@ def export_rows(conn: sqlite3.Connection, a: ExportRowsArgs) -> dict[str, Any]:
         def convert(r: Sequence[Any]) -> dict[str, Any]:
             d = _json(r[4])
             d = d if isinstance(d, dict) else {}
-            row = _finding_row({**d, "kind": r[2], "result_id": d.get("result_id") or r[3]})
+            row = finding_row({**d, "kind": r[2], "result_id": d.get("result_id") or r[3]})
             row["found"] = r[1]
             return row
 
