@@ -320,7 +320,11 @@ def test_an_agent_joins_with_a_token_and_pins_the_key(coordinator: Callable[...,
     procs.start("agent", [*dtf_command("dtf-agent"), "--join", token, "--worker-id", "joined"], env=env)
     wait_until(lambda: any(w["worker_id"] == "joined" and w["status"] != "offline"
                            for w in coord.request("list_workers")), 30)
-    pin = keys.read_pin(home / "agent" / "joined" / "coordinator.pin")
+    # The agent pins the key when it reads the coordinator's Welcome, which the coordinator sent
+    # as it listed the worker online: a moment later, on the agent's side.
+    pin_path = home / "agent" / "joined" / "coordinator.pin"
+    wait_until(lambda: keys.read_pin(pin_path) is not None, 10)
+    pin = keys.read_pin(pin_path)
     assert pin is not None and pin.how == "token"
     assert pin.fingerprint == coord.info()["fingerprint"]
     tid = coord.request("create_task", {"command": "echo hello"})["task_id"]
