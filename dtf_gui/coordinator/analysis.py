@@ -35,9 +35,20 @@ __all__ = ["SUSPECTED_KIND", "Analysis", "record_finding"]
 
 # The events kind of a change the online stage suspects and the windowed test has not settled.
 SUSPECTED_KIND = "change_suspected"
-# How many of the newest stored results the live detector replays at start (bounded: a few seconds
-# on the analysis thread, before any new result; enough for a few hundred series' levels).
-WARM_RESULTS = 20_000
+# What the live detector replays at start, before any new result (bounded: a few seconds on the
+# analysis thread): the newest results of each test on each worker, enough for its level and the
+# values the CUSUM holds out of it; at most WARM_RESULTS in all, from the newest WARM_SCAN rows.
+WARM_PER_SERIES = 160
+WARM_RESULTS = 50_000
+WARM_SCAN = 500_000
+
+
+def _decode(data: str | None) -> dict[str, Any] | None:
+    try:
+        d = msgspec.json.decode(data or "null")
+    except msgspec.DecodeError:
+        return None
+    return d if isinstance(d, dict) else None
 
 V = TypeVar("V")
 
@@ -70,24 +81,33 @@ class Analysis:
         # committed(), and must not come twice.
         last = store.query("SELECT max(rowid) FROM results")
         self._warm_upto = int(last[0][0] or 0) if last else 0
-        self.run(self._warm, self._check)
+        self.run(self._warm, self._on_findings)
         # Every committed result reaches the detector once, in commit order, right after its commit.
         store.on_results_committed = self.committed
 
-    def _warm(self) -> int:
-        """Analysis thread: replay the newest stored results (at most WARM_RESULTS) into the
-        detector, oldest first, reporting nothing."""
+    def _warm(self) -> list[Finding]:
+        """Analysis thread: replay the newest stored results into the detector (at most
+        WARM_PER_SERIES per test and worker, WARM_RESULTS in all), oldest first, reporting
+        nothing; then withdraw the suspicions stored before the restart that the replay did not
+        find pending again (their verdict was lost with the old process, or their values are no
+        longer among the replayed), so that none stands for ever."""
         if not self._warm_upto:
-            return 0
+            return []
         conn = connect_readonly(self.db_path)
         try:
             rows = conn.execute(
-                "SELECT result_id, task_id, worker_id, test_id, timestamp, metrics, run_id FROM results "
-                "WHERE rowid <= ? AND metrics IS NOT NULL AND metrics != '{}' ORDER BY rowid DESC LIMIT ?",
-                (self._warm_upto, WARM_RESULTS)).fetchall()
+                "SELECT result_id, task_id, worker_id, test_id, timestamp, metrics, run_id FROM ("
+                " SELECT rowid AS r, result_id, task_id, worker_id, test_id, timestamp, metrics, run_id,"
+                " ROW_NUMBER() OVER (PARTITION BY test_id, worker_id ORDER BY rowid DESC) AS k FROM results"
+                " WHERE rowid <= ? AND rowid > ? AND metrics IS NOT NULL AND metrics != '{}')"
+                " WHERE k <= ? ORDER BY r DESC LIMIT ?",
+                (self._warm_upto, self._warm_upto - WARM_SCAN, WARM_PER_SERIES, WARM_RESULTS)).fetchall()
+            suspected = conn.execute(f"SELECT data FROM events WHERE kind = '{SUSPECTED_KIND}'").fetchall()
+            trends = conn.execute("SELECT data FROM events WHERE kind = 'trend' ORDER BY id DESC LIMIT ?",
+                                  (WARM_RESULTS,)).fetchall()
         except sqlite3.Error as exc:
             log.warning("the live detector starts cold: stored results could not be read (%s)", exc)
-            return 0
+            return []
         finally:
             conn.close()
         results = []
@@ -102,10 +122,27 @@ class Analysis:
                 results.append(Result(result_id=str(rid), task_id=str(tid or ""), worker_id=str(wid or ""),
                                       test_id=str(test or ""), timestamp=float(ts or 0.0), metrics=nums,
                                       run_id=str(run or "")))
-        n = self.detector.warm(results)
-        if n:
-            log.info("live detector warmed with the %d newest stored results", n)
-        return n
+        self.detector.restore_trends([d for d in (_decode(r[0]) for r in trends) if d is not None])
+        replayed = {f.change_id: f for f in self.detector.warm(results)}
+        pending = self.detector.pending_changes()
+        settled: list[Finding] = []
+        for (data,) in suspected:
+            d = _decode(data)
+            try:
+                f = msgspec.convert(d, ChangePointFound) if d is not None else None
+            except msgspec.ValidationError:
+                f = None
+            if f is None or f.change_id in pending:
+                continue
+            last = replayed.get(f.change_id)
+            if last is not None and last.state in ("confirmed", "retracted"):
+                settled.append(msgspec.structs.replace(last, supersedes=[]))  # its verdict, lost with the old process
+            else:
+                settled.append(msgspec.structs.replace(f, state="retracted", supersedes=[]))
+        if results or settled:
+            log.info("live detector warmed with %d stored results; %d stored suspicion(s) settled", len(results),
+                     len(settled))
+        return settled
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -466,11 +466,13 @@ class AlertsDock(QDockWidget):
 
     def _announcement(self, item: dict[str, Any], old: dict[str, Any] | None) -> list[str]:
         """The notification a finding's row earns: a new one once (unless acknowledged already); a
-        suspected change once as suspected and once more when confirmed; a retraction never."""
+        change only once confirmed, never while suspected nor when retracted. The online stage
+        raises a false suspicion every few hundred steady results of a series (the windowed test
+        retracts it), and a desktop notification cannot be taken back: the row says "suspected"."""
         fstate, metric = item["finding_state"], item["raw"].get("metric")
         detail = f"{item['subject']}: {metric} {item['raw'].get('detail')}"
         if fstate == "suspected":
-            return [f"Suspected {item['raw'].get('direction') or 'change'}: {detail}"] if old is None else []
+            return []
         if fstate == "confirmed" and old is not None and old.get("finding_state") == "suspected":
             return [f"Confirmed {item['raw'].get('direction') or 'change'}: {detail}"]
         if old is None and not item["acked"] and fstate != "retracted":

@@ -138,7 +138,7 @@ def test_dock_model_with_change_states_passes_the_model_tester(qtmodeltester) ->
     qtmodeltester.check(m, force_py=True)
 
 
-def test_dock_suspected_then_confirmed_is_one_row_announced_twice(qtbot, dock) -> None:
+def test_dock_suspected_then_confirmed_is_one_row_announced_once_confirmed(qtbot, dock) -> None:
     d, _win = dock
     key = "change_point:r-40:latency_ms"
     d.bridge.findingsChanged.emit([finding_row(change("suspected", "r-40", "r-40"))])
@@ -148,7 +148,6 @@ def test_dock_suspected_then_confirmed_is_one_row_announced_twice(qtbot, dock) -
     state = next(d.proxy.index(r, 4) for r in range(d.proxy.rowCount()) if d.proxy.index(r, 0).data(KEY_ROLE) == key)
     assert state.data(Qt.ItemDataRole.FontRole).italic()
     assert "not confirmed it yet" in state.data(Qt.ItemDataRole.ToolTipRole)
-    qtbot.waitUntil(lambda: "Suspected regression" in said(d), timeout=2000)
     assert d.windowTitle() == "Alerts (1)"
 
     # The same suspicion again (a resend) is not news; its confirmation is, once.
@@ -158,14 +157,15 @@ def test_dock_suspected_then_confirmed_is_one_row_announced_twice(qtbot, dock) -
     qtbot.waitUntil(lambda: "Confirmed regression" in said(d), timeout=2000)
     assert list(shown(d)) == [key] and shown(d)[key][4] == "new"
     assert "(change point)" in shown(d)[key][3]
-    assert said(d).count("Suspected regression") == 1 and said(d).count("Confirmed regression") == 1
+    # A suspicion is not announced (it may be retracted; a notification cannot): its confirmation is.
+    assert "Suspected" not in said(d) and said(d).count("Confirmed regression") == 1
 
 
 def test_dock_retracted_change_leaves_the_list_unannounced(qtbot, dock) -> None:
     d, _win = dock
     key = "change_point:r-70:latency_ms"
     d.bridge.findingsChanged.emit([finding_row(change("suspected", "r-70", "r-70"))])
-    qtbot.waitUntil(lambda: "Suspected regression" in said(d), timeout=2000)
+    assert key in shown(d)
     before = said(d)
     # Where the level went back to: not a regression any more, yet the row keeps what it was.
     d.bridge.findingsChanged.emit([finding_row(change("retracted", "r-90", "r-70", after=100.2,
@@ -286,7 +286,7 @@ def test_window_shows_a_change_suspected_then_confirmed_in_one_row_and_a_retract
     qtbot.waitUntil(lambda: stored() == want, timeout=10_000)
 
     qtbot.waitUntil(lambda: "Confirmed regression" in said(dock), timeout=5000)
-    assert said(dock).count("Suspected regression") == 2  # r-40 and r-80 (r-70 is an improvement)
+    assert "Suspected" not in said(dock)  # suspicions are listed, not announced
     assert "retract" not in said(dock).lower()
     shot(win, "window_findings")
     dock.show_cleared_box.setChecked(True)
@@ -319,6 +319,10 @@ def test_the_plot_draws_a_suspected_change_apart_then_only_its_confirmation(qtbo
     finally:
         store.close()
     monkeypatch.setenv("DTF_HOME", str(tmp_path))
+    # This test places the findings by hand: the start's replay of stored results would settle the
+    # stored suspicion on its own, racing the view (tests/unit/test_findings_events.py covers it).
+    from dtf_gui.coordinator.analysis import Analysis
+    monkeypatch.setattr(Analysis, "_warm", lambda self: [])
     bridge = CoordinatorBridge.embedded(ephemeral_settings(db))
     bridge.start()
     try:

@@ -536,3 +536,33 @@ def test_trend_threshold_is_the_configured_slope() -> None:
     assert [f for _i, f in _one_at_a_time(x, LiveDetector(trend_min_slope=0.002)) if isinstance(f, TrendFound)]
     # 0.5 % per 100 results does not reach 2 %.
     assert not [f for _i, f in _one_at_a_time(x, LiveDetector(trend_min_slope=0.02)) if isinstance(f, TrendFound)]
+
+
+def test_non_finite_values_and_results_seen_before_are_left_out() -> None:
+    det = LiveDetector()
+    x = _bench_like(700, np.full(120, 100.0))
+    det.ingest(_results(x))
+    odd = [Result(result_id=f"inf-{i}", task_id="t", worker_id="w1", test_id="perf", timestamp=float(200 + i),
+                  metrics={"throughput": v}) for i, v in enumerate([float("inf")] * 8 + [float("-inf")] * 4)]
+    assert det.ingest(odd) == []
+    again = det.ingest(_results(x[:10]))  # the same result ids: handed over twice
+    assert again == [] and len(det.series_history(("perf", "w1", "throughput"))) == 120
+
+
+def test_a_confirmed_change_meets_the_windowed_tests_own_bar() -> None:
+    """Whatever the series, a confirmation has the test's significance and an after-segment of at
+    least min_size values: drifts, steps and steady series alike."""
+    det_opts = LiveDetector().cp_options
+    for seed in range(6):
+        for levels in (np.r_[np.full(100, 100.0), 100.0 * (1 + 0.05 * np.arange(1, 801) / 800)],
+                       np.r_[np.full(200, 100.0), np.full(150, 104.0)], np.full(500, 100.0)):
+            for _i, f in _one_at_a_time(_bench_like(800 + seed, levels)):
+                if isinstance(f, ChangePointFound) and f.state == "confirmed":
+                    assert f.p_value <= det_opts["max_pvalue"] and f.n_after >= det_opts["min_size"], f
+
+
+def test_a_step_of_a_constant_metric_is_found() -> None:
+    """A level with no noise at all (sigma 0): a step is still suspected and confirmed."""
+    x = np.r_[np.full(60, 100.0), np.full(12, 105.0)]
+    final = _final_changes(_one_at_a_time(x))
+    assert [(f.state, f.index) for f in final.values()] == [("confirmed", 60)]

@@ -16,6 +16,7 @@ from dtf_gui.coordinator.aggregator.findings import Anomaly, ChangePointFound, F
 from dtf_gui.coordinator.analysis import SUSPECTED_KIND, record_finding
 from dtf_gui.coordinator.records import Result
 from dtf_gui.coordinator.store import Store, connect_readonly
+from tests.helpers import wait_until
 
 SERIES = {"test_id": "perf", "worker_id": "w1", "metric": "throughput"}
 
@@ -135,6 +136,69 @@ def test_a_restart_keeps_the_series_levels(tmp_path: Path) -> None:
         assert analysis.run_now(lambda: analysis.detector.series_history(key)) == pytest.approx(values)
         found = analysis.run_now(lambda: analysis.detector.ingest(_results([150.0], 120)))
         assert [(type(f).__name__, f.result_id) for f in found] == [("Anomaly", "r120")]
+    finally:
+        analysis.close()
+        store.close()
+        inbox.close()
+
+
+def test_a_suspicion_stored_before_a_restart_is_not_left_standing(tmp_path: Path) -> None:
+    """A suspected change whose verdict was lost with the old process (or whose values are no
+    longer replayed) is withdrawn at start; one the replay finds pending again stays."""
+    db = tmp_path / "s.sqlite"
+    inbox, store, analysis = _live(db)
+    try:
+        record_finding(store, _change("suspected", "r5", change_id="r5"))  # no such pending change after the replay
+        for r in _results([100.0] * 60, 0):
+            store.put_result(r)
+        store.flush()
+    finally:
+        analysis.close()
+        store.close()
+        inbox.close()
+    inbox, store, analysis = _live(db)
+    try:
+        analysis.run_now(lambda: None)  # the replay ran first
+
+        def settled() -> bool:
+            for call in inbox.take():
+                call()
+            store.flush()
+            return (SUSPECTED_KIND + "_retracted", "r5", "suspected") in _events(db)
+
+        wait_until(settled, 10)
+        assert (SUSPECTED_KIND, "r5", "suspected") not in _events(db)
+    finally:
+        analysis.close()
+        store.close()
+        inbox.close()
+
+
+def test_a_suspicion_the_replay_confirms_is_stored_confirmed(tmp_path: Path) -> None:
+    """The old process stored a suspicion and stopped before its verdict: the replay at start
+    reaches the verdict and stores it (the suspicion withdrawn, the change point stored)."""
+    db = tmp_path / "c.sqlite"
+    rng = np.random.default_rng(5)
+    values = (np.r_[np.full(100, 100.0), np.full(30, 110.0)] * (1 + 0.01 * rng.standard_normal(130))).tolist()
+    store = Store(db)  # what the old process left: the results, and the suspicion it had stored
+    try:
+        for r in _results(values, 0):
+            store.put_result(r)
+        record_finding(store, _change("suspected", "r100", change_id="r100"))
+        store.flush()
+    finally:
+        store.close()
+    inbox, store, analysis = _live(db)
+    try:
+        def settled() -> bool:
+            for call in inbox.take():
+                call()
+            store.flush()
+            return any(k == "change_point" and st == "confirmed" for k, _s, st in _events(db))
+
+        wait_until(settled, 10)
+        assert (SUSPECTED_KIND + "_retracted", "r100", "suspected") in _events(db)
+        assert ("change_point", "r100", "confirmed") in _events(db)
     finally:
         analysis.close()
         store.close()

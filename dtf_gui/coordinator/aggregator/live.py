@@ -10,10 +10,11 @@ service serves: whoever stores results invalidates that service's cache itself.
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import sqlite3
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -22,15 +23,18 @@ import msgspec
 import numpy as np
 
 from dtf_gui.coordinator import store
+from dtf_gui.coordinator.aggregator.changepoints import DEFAULTS as CP_DEFAULTS
 from dtf_gui.coordinator.aggregator.changepoints import ChangePoint, detect_change_points
 from dtf_gui.coordinator.aggregator.compare import higher_is_better
 from dtf_gui.coordinator.aggregator.findings import Anomaly, ChangePointFound, Finding, TrendFound
 from dtf_gui.coordinator.aggregator.metricmeta import MetricCatalog, MetricInfo, metric_info_for
 from dtf_gui.coordinator.aggregator.online import MIN_REFERENCE, LevelMonitor, Suspicion, Verdict, widen
-from dtf_gui.coordinator.aggregator.trends import trend
+from dtf_gui.coordinator.aggregator.trends import mann_kendall, trend
 from dtf_gui.coordinator.records import Result
 
 __all__ = ["CONFIRM_DEFAULTS", "LiveDetector", "Postprocessor", "Preprocessor"]
+
+log = logging.getLogger(__name__)
 
 Preprocessor = Callable[[Result], Result | None]
 Postprocessor = Callable[[list[Finding]], list[Finding]]
@@ -68,6 +72,8 @@ _TREND_SPAN = 600
 _TREND_POINTS = 300
 _TREND_MIN = 100
 _TREND_STEADY_P = 0.1
+# Result ids remembered to judge each result once.
+_SEEN = 200_000
 
 
 def _line_beats_step(values: Sequence[float]) -> bool:
@@ -150,6 +156,7 @@ class LiveDetector:
         self.confirm_slack = int(confirm_slack)
         self.confirm_context = int(confirm_context)
         self.confirm_min = 2 * int(self.cp_options["min_size"])
+        self.confirm_pvalue = float(self.cp_options.get("max_pvalue", CP_DEFAULTS["max_pvalue"]))
         for name in ("suspect_threshold", "suspect_drift", "trend_every", "confirm_within", "confirm_context"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"LiveDetector: {name} must be positive, not {getattr(self, name)}")
@@ -170,6 +177,8 @@ class LiveDetector:
         # change seen later can name those that were really the start of its new level.
         self._flagged: dict[SeriesKey, deque[tuple[int, str, float]]] = {}
         self._hardware: dict[str, str | None] = {}
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._warming = False
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -227,8 +236,15 @@ class LiveDetector:
         findings: list[Finding] = []
         with self._lock:
             for res in results:
+                # A result handed over twice (resent by an agent, or stored before a restart and
+                # replayed) is judged once.
+                if res.result_id in self._seen:
+                    continue
+                self._seen[res.result_id] = None
+                if len(self._seen) > _SEEN:
+                    self._seen.popitem(last=False)
                 for name, value in res.metrics.items():
-                    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                         continue
                     key = self._series_key(res, name)
                     vals, ids, stamps = self._hist.setdefault(key, ([], [], []))
@@ -241,18 +257,37 @@ class LiveDetector:
             self._trim(touched)
         if not report:
             self._flagged.clear()  # what was flagged then is stored already, or was retracted
-            return []
+            return [f for f in findings if isinstance(f, ChangePointFound)]
         for post in self._postprocessors:
             findings = post(findings)
         return findings
 
-    def warm(self, results: Sequence[Result]) -> int:
+    def warm(self, results: Sequence[Result]) -> list[ChangePointFound]:
         """Replay results that were judged before (stored before a restart, oldest first): the
-        series' levels, CUSUMs, pending suspicions and trends come back as they were, and nothing
-        is reported again. A suspicion still pending is derived again with the same change_id, so
-        its confirmation or retraction later names the stored one. Returns how many were replayed."""
-        self.ingest(results, report=False)
-        return len(results)
+        series' levels, CUSUMs and pending suspicions come back, and nothing is reported. Returns
+        the changes' states the replay went through, for the caller to settle what was stored as
+        suspected (a suspicion derived again has the same change_id: the result at its onset)."""
+        self._warming = True  # the scan of young levels and the trend tests wait for live values
+        try:
+            return cast(list[ChangePointFound], self.ingest(results, report=False))
+        finally:
+            self._warming = False
+
+    def pending_changes(self) -> set[str]:
+        """The change_ids of the suspicions pending now."""
+        with self._lock:
+            return {self._change_ids.get(k, "") for k, mon in self._monitors.items() if mon.pending is not None}
+
+    def restore_trends(self, trends: Sequence[Mapping[str, Any]]) -> None:
+        """Trend findings stored before a restart (newest first): their series count as drifting
+        that way, so a drift still going on is not reported again."""
+        with self._lock:
+            for t in trends:
+                series, rel = t.get("series"), t.get("rel_slope_per_100")
+                if not isinstance(series, dict) or not isinstance(rel, (int, float)) or not rel:
+                    continue
+                key = (*(str(series.get(d)) for d in self.series_dims), str(t.get("metric")))
+                self._trending.setdefault(key, 1 if rel > 0 else -1)
 
     def _trim(self, touched: dict[SeriesKey, int]) -> None:
         for key in touched:
@@ -295,12 +330,15 @@ class LiveDetector:
                 out.append(self._anomaly(key, info, offset, j, verdict))
             if verdict.suspected is not None:
                 out.append(self._suspected(key, info, offset, j, verdict.suspected, mon))
-            if mon.pending is not None:
-                out.extend(self._settle(key, info, offset, j, mon))
-            elif young:
-                out.extend(self._scan(key, info, offset, j, mon))
-            elif (offset + j + 1) % self.trend_every == 0:
-                out.extend(self._trend(key, info, offset, j))
+            try:
+                if mon.pending is not None:
+                    out.extend(self._settle(key, info, offset, j, mon))
+                elif young and not self._warming:
+                    out.extend(self._scan(key, info, offset, j, mon))
+                elif (offset + j + 1) % self.trend_every == 0 and not self._warming:
+                    out.extend(self._trend(key, info, offset, j))
+            except Exception:  # this value's windowed tests only: the series and the batch go on
+                log.exception("live detector: a windowed test failed on series %s at value %d", key, offset + j)
         return out
 
     # -- findings ---------------------------------------------------------------------------------
@@ -321,8 +359,12 @@ class LiveDetector:
                 change_id: str, supersedes: list[str]) -> ChangePointFound:
         _vals, ids, stamps = self._hist[key]
         i = cp.index - offset
+        if 0 <= i < len(ids):
+            rid, when = ids[i], stamps[i]
+        else:  # trimmed from the history since (a long suspicion, a short max_history)
+            rid, when = change_id or ids[0], stamps[0]
         return ChangePointFound(**msgspec.structs.asdict(cp), series=self._series_dict(key), metric=key[-1],
-                                result_id=ids[i], timestamp=stamps[i], state=state, change_id=change_id,
+                                result_id=rid, timestamp=when, state=state, change_id=change_id,
                                 supersedes=supersedes, unit=info.unit, direction_source=info.direction_source)
 
     def _online_stats(self, s: Suspicion, mon: LevelMonitor, higher_is_better: bool) -> ChangePoint:
@@ -399,6 +441,9 @@ class LiveDetector:
         a = offset + j
         m = a - s.onset + 1  # values of the suspected level so far
         cid = self._change_ids.get(key, "")
+        if s.onset < offset:
+            # Its onset left the kept history: it can no more be tested.
+            return [self._retract(key, info, offset, j, mon, s, cid)]
         if m >= _RETRACT_AFTER:
             # The level fell back; or the windowed test has had its say and the new level is not
             # clearly apart; or a small shift stayed unconfirmed for long: retract.
@@ -416,11 +461,14 @@ class LiveDetector:
             at = lo + cp.index
             if at < max(s.onset - self.confirm_slack, least):
                 continue  # an earlier change, not this one
-            if (cp.mean_after - cp.mean_before) * s.sign > 0:
+            if cp.n_after < self.confirm_min // 2 or cp.p_value > self.confirm_pvalue:
+                continue  # placed at the tail's very end, or weaker than the test's own bar (after refinement)
+            same = (cp.mean_after - cp.mean_before) * s.sign > 0
+            if same and at <= s.onset + 2 * self.confirm_slack:
                 return [self._restart(key, info, offset, j, mon, cp, at, cid, s)]
             if at > s.onset:
-                # A step back the other way after the onset: the suspicion was wrong (or was a
-                # spike's doing), and this is the change. Both are said.
+                # A step the other way after the onset, or one the same way long after it: the
+                # suspicion was wrong (a spike's doing, or noise), and this is the change. Both are said.
                 gone = self._retract(key, info, offset, j, mon, s, cid)
                 ids = self._hist[key][1]
                 return [gone, self._restart(key, info, offset, j, mon, cp, at, ids[at - offset], None)]
@@ -435,7 +483,7 @@ class LiveDetector:
         if s is None:
             s = Suspicion(onset=at, sign=1 if cp.mean_after > cp.mean_before else -1, old_median=cp.mean_before,
                           old_sigma=cp.std_before, old_count=cp.n_before, raised_at=offset + j)
-        mon.restart(vals[at - offset:j + 1], s)
+        mon.restart(vals[max(at - offset, 0):j + 1], s)
         self._last_change[key] = at
         self._trending.pop(key, None)  # a drift before the step is over
         gone = self._supersede(key, min(at, s.onset) - 2 * self.confirm_slack, mon)
@@ -457,6 +505,13 @@ class LiveDetector:
         if n < _TREND_MIN:
             return []
         y = vals[start - offset:j + 1]
+        # Mann-Kendall first (cheap); the Theil-Sen slope (a few ms) only for a significant one.
+        thin = y if len(y) <= _TREND_POINTS else [y[int(q)] for q in np.linspace(0, len(y) - 1, _TREND_POINTS)]
+        _s, _z, p_mk = mann_kendall(thin)
+        if p_mk > self.trend_pvalue:
+            if p_mk > _TREND_STEADY_P:
+                self._trending.pop(key, None)
+            return []
         tr = trend(y, alpha=self.trend_pvalue, higher_is_better=info.higher_is_better, max_points=_TREND_POINTS)
         level = tr["intercept"] or 0.0
         rel100 = 100.0 * tr["slope"] / abs(level) if level else 0.0  # a fraction: 0.005 = 0.5 % per 100

@@ -202,12 +202,14 @@ class LevelMonitor:
             return verdict
         if self.before is not None and k >= OWN_NOISE:
             self.before = None
-        if k < WARM_UP or not sig > 0:
+        if k < WARM_UP or not sig >= 0:
             lvl.add(v)
             return verdict
         # CUSUM on the standardised, clipped value. The drift grows by a share of the median's
         # standard error: a young level's median is off by a constant, which would accumulate.
-        raw = (v - med) / sig
+        # A constant level (sigma 0): any other value is infinitely far, so a step of such a
+        # metric is suspected on its fourth value (the first one waits, as a spike would).
+        raw = (v - med) / sig if sig > 0 else (0.0 if v == med else math.copysign(math.inf, v - med))
         prev, self._prev = self._prev, raw
         if (raw > self.spike and prev < _SPIKE_COMPANION) or (raw < -self.spike and prev > -_SPIKE_COMPANION):
             # A lone extreme value is a spike: it adds nothing either way (clipped, it would
