@@ -31,7 +31,7 @@ from dtf_gui.coordinator.records import Result, TaskRecord, WorkerRecord, requir
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Column order used by the coalesced task upsert. Kept in one place because the loader and the
 # writer must agree on it.
@@ -194,9 +194,15 @@ def _migration_5(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_events_kind ON events (kind, id)")
 
 
+def _migration_6(db: sqlite_utils.Database) -> None:
+    # A change withdraws the anomalies it explains, and a settled suspicion its own row, by kind
+    # and subject: without it each withdrawal is a scan of every finding of that kind.
+    db.execute("CREATE INDEX idx_events_subject ON events (kind, subject)")
+
+
 # Each entry upgrades the schema from version i to i+1. Append, never edit a released one.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2, _migration_3, _migration_4,
-                                                             _migration_5]
+                                                             _migration_5, _migration_6]
 
 # Tables written whole row by row, keyed by their first column (INSERT OR REPLACE): the trust
 # tables, runs and metric declarations. The columns in the order put_row takes them (the first is the key).

@@ -443,7 +443,17 @@ def test_a_version_1_database_is_migrated_and_keeps_its_tasks(db_path: Path) -> 
         s.close()
     assert row["task_id"] == "old" and row["attempt"] == 2
     assert (row["cpu_slots"], row["failures"], row["lost"], row["retry_at"], row["pinned_to"]) == (1, 0, 0, None, None)
-    assert SCHEMA_VERSION == 5
+    assert SCHEMA_VERSION == 6
+
+
+def test_version_6_withdraws_findings_through_an_index(db_path: Path) -> None:
+    s = Store(db_path)
+    try:
+        plan = s.query("EXPLAIN QUERY PLAN UPDATE events SET kind = kind || '_retracted' WHERE kind=? AND subject=?",
+                       ("anomaly", "r1"))
+    finally:
+        s.close()
+    assert any("idx_events_subject" in str(row) for row in plan), plan
 
 
 def test_version_5_pages_tasks_by_submit_time_through_an_index(db_path: Path) -> None:
