@@ -196,7 +196,7 @@ def run(detector: Callable[[np.ndarray], list[int]], data_root: Path) -> dict[st
         "tcpd_series": len(tcpd),
         "tcpd_f1": round(float(np.mean(list(per_series.values()))), 4),
         "tcpd_zero_f1": round(float(np.mean(list(zero.values()))), 4),
-        "tcpd_goal": 0.75,
+        "tcpd_goal": 0.80,
         "synthetic_series": len(syn),
         "synthetic_f1": round(float(np.mean(syn_f1)), 4),
         "synthetic_zero_f1": round(float(np.mean(syn_zero)), 4),
