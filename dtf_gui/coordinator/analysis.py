@@ -145,7 +145,12 @@ class Analysis:
         return settled
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Stop the analysis thread once it has done what was handed to it (the results committed
+        before the stop are judged; the loop stores their findings by running its inbox once more,
+        see Coordinator._close). Loop thread."""
+        if self.store.on_results_committed == self.committed:
+            self.store.on_results_committed = None  # the store's last flush comes after this
+        self._pool.shutdown(wait=True)
         self.detector.close()
         self.queries.close()
 

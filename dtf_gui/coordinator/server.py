@@ -351,6 +351,7 @@ class Coordinator:
             self.views.close()
         if "analysis" in made:
             self.analysis.close()
+            self._run_inbox()  # the findings of the last results judged: stored before the store closes
         if "outputs" in made:
             self.outputs.stop()
         if "alerts" in made:

@@ -5,6 +5,7 @@ metric only; trends are stored as they are. And a restart keeps the live detecto
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +201,35 @@ def test_a_suspicion_the_replay_confirms_is_stored_confirmed(tmp_path: Path) -> 
         assert (SUSPECTED_KIND + "_retracted", "r100", "suspected") in _events(db)
         assert ("change_point", "r100", "confirmed") in _events(db)
     finally:
+        analysis.close()
+        store.close()
+        inbox.close()
+
+
+def test_results_handed_over_before_a_stop_are_judged_and_their_findings_kept(tmp_path: Path) -> None:
+    """Closing the analysis waits for the batches already handed to it (they used to be dropped,
+    their findings lost); the loop then stores what they found."""
+    db = tmp_path / "c.sqlite"
+    rng = np.random.default_rng(9)
+    values = (100 * (1 + 0.01 * rng.standard_normal(120))).tolist() + [150.0]
+    inbox, store, analysis = _live(db)
+    gate = threading.Event()
+    timer = threading.Timer(0.3, gate.set)  # lets the busy analysis thread go once close() waits on it
+    try:
+        analysis.run(lambda: gate.wait(10), lambda fut: None)
+        for r in _results(values, 0):
+            store.put_result(r)
+        store.flush()  # committed: handed to the analysis thread, queued behind the busy job
+        timer.start()
+        analysis.close()
+        for call in inbox.take():  # what Coordinator._close does after analysis.close()
+            call()
+        store.flush()
+        assert ("anomaly", "r120", None) in _events(db)
+    finally:
+        timer.cancel()
+        timer.join()
+        gate.set()
         analysis.close()
         store.close()
         inbox.close()
