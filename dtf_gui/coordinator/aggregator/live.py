@@ -450,8 +450,8 @@ class LiveDetector:
             ev = mon.evidence()
             if ev < _RETRACT_EVIDENCE or (m > self.confirm_within and ev < _KEEP_EVIDENCE) or m > _KEEP_FACTOR * self.confirm_within:
                 return [self._retract(key, info, offset, j, mon, s, cid)]
-        if m < self.confirm_min or (m > _CONFIRM_EVERY_AFTER and m % _CONFIRM_EVERY):
-            return []
+        if m < self.confirm_min or ((m > _CONFIRM_EVERY_AFTER or self._warming) and m % _CONFIRM_EVERY):
+            return []  # (a replay asks less often: it is the start's cost, and no one waits for its verdicts)
         # As much before the onset as after it (at least confirm_context): a small step needs a long
         # after-segment, and one straight line must not be able to absorb it.
         lo = max(s.onset - max(self.confirm_context, m), self._last_change.get(key, 0), offset)
