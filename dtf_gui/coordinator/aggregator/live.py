@@ -1,7 +1,10 @@
-"""LiveDetector: anomalies and change points in results as they are stored.
+"""LiveDetector: anomalies, changes and trends in results as they are stored.
 
 It keeps a bounded in-memory history per series (by default a series is a test on a worker, one
-metric) and examines only the tails of the series a batch touched. Findings are Structs
+metric) and judges each new value in order: the per-value stage (:mod:`.online`: the level, its
+anomalies, a suspected change) on every value, the windowed test (:func:`detect_change_points`)
+only to settle a suspicion or while a level is young, and a trend test every ``trend_every``
+values. So a value costs microseconds in the common case (issue 13). Findings are Structs
 (:mod:`~dtf_gui.coordinator.aggregator.findings`). The database is read only to learn a worker's
 hardware id, and only when ``series_dims`` names "hardware_id". It caches nothing that the query
 service serves: whoever stores results invalidates that service's cache itself.
