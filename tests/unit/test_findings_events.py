@@ -6,6 +6,8 @@ metric only; trends are stored as they are. And a restart keeps the live detecto
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +99,9 @@ def test_a_trend_is_stored_under_its_result(tmp_path: Path) -> None:
         store.close()
 
 
-def _live(db: Path) -> tuple[Any, Any, Any]:
+@contextmanager
+def _live(db: Path) -> Iterator[tuple[Any, Store, Any]]:
+    """The inbox, store and Analysis as the coordinator wires them; closed in the coordinator's order."""
     from dtf_agent.inbox import Inbox
     from dtf_gui.coordinator.analysis import Analysis
     from dtf_gui.coordinator.config import ResultAggregatorSection
@@ -106,8 +110,20 @@ def _live(db: Path) -> tuple[Any, Any, Any]:
 
     inbox: Inbox[Any] = Inbox()
     store = Store(db)
-    return inbox, store, Analysis(db, ResultAggregatorSection(), inbox=inbox, store=store, hub=EventHub(),
-                                  counters=Counters())
+    analysis = Analysis(db, ResultAggregatorSection(), inbox=inbox, store=store, hub=EventHub(), counters=Counters())
+    try:
+        yield inbox, store, analysis
+    finally:
+        analysis.close()
+        store.close()
+        inbox.close()
+
+
+def _hand_over(inbox: Any, store: Store) -> None:
+    """What the loop does with the analysis thread's answers: run them (findings become events), then flush."""
+    for call in inbox.take():
+        call()
+    store.flush()
 
 
 def _results(values: list[float], start: int) -> list[Result]:
@@ -122,57 +138,35 @@ def test_a_restart_keeps_the_series_levels(tmp_path: Path) -> None:
     db = tmp_path / "w.sqlite"
     rng = np.random.default_rng(3)
     values = (100 * (1 + 0.01 * rng.standard_normal(120))).tolist()
-    inbox, store, analysis = _live(db)
-    try:
+    with _live(db) as (_inbox, store, _analysis):
         for r in _results(values, 0):
             store.put_result(r)
         store.flush()
-    finally:
-        analysis.close()
-        store.close()
-        inbox.close()
-    inbox, store, analysis = _live(db)  # the restart
-    try:
+    with _live(db) as (_inbox, store, analysis):  # the restart
         key = ("perf", "w1", "throughput")
         assert analysis.run_now(lambda: analysis.detector.series_history(key)) == pytest.approx(values)
         found = analysis.run_now(lambda: analysis.detector.ingest(_results([150.0], 120)))
         assert [(type(f).__name__, f.result_id) for f in found] == [("Anomaly", "r120")]
-    finally:
-        analysis.close()
-        store.close()
-        inbox.close()
 
 
 def test_a_suspicion_stored_before_a_restart_is_not_left_standing(tmp_path: Path) -> None:
     """A suspected change whose verdict was lost with the old process (or whose values are no
     longer replayed) is withdrawn at start; one the replay finds pending again stays."""
     db = tmp_path / "s.sqlite"
-    inbox, store, analysis = _live(db)
-    try:
+    with _live(db) as (_inbox, store, _analysis):
         record_finding(store, _change("suspected", "r5", change_id="r5"))  # no such pending change after the replay
         for r in _results([100.0] * 60, 0):
             store.put_result(r)
         store.flush()
-    finally:
-        analysis.close()
-        store.close()
-        inbox.close()
-    inbox, store, analysis = _live(db)
-    try:
+    with _live(db) as (inbox, store, analysis):
         analysis.run_now(lambda: None)  # the replay ran first
 
         def settled() -> bool:
-            for call in inbox.take():
-                call()
-            store.flush()
+            _hand_over(inbox, store)
             return (SUSPECTED_KIND + "_retracted", "r5", "suspected") in _events(db)
 
         wait_until(settled, 10)
         assert (SUSPECTED_KIND, "r5", "suspected") not in _events(db)
-    finally:
-        analysis.close()
-        store.close()
-        inbox.close()
 
 
 def test_a_suspicion_the_replay_confirms_is_stored_confirmed(tmp_path: Path) -> None:
@@ -189,21 +183,14 @@ def test_a_suspicion_the_replay_confirms_is_stored_confirmed(tmp_path: Path) -> 
         store.flush()
     finally:
         store.close()
-    inbox, store, analysis = _live(db)
-    try:
+    with _live(db) as (inbox, store, _analysis):
         def settled() -> bool:
-            for call in inbox.take():
-                call()
-            store.flush()
+            _hand_over(inbox, store)
             return any(k == "change_point" and st == "confirmed" for k, _s, st in _events(db))
 
         wait_until(settled, 10)
         assert (SUSPECTED_KIND + "_retracted", "r100", "suspected") in _events(db)
         assert ("change_point", "r100", "confirmed") in _events(db)
-    finally:
-        analysis.close()
-        store.close()
-        inbox.close()
 
 
 def test_results_handed_over_before_a_stop_are_judged_and_their_findings_kept(tmp_path: Path) -> None:
@@ -212,24 +199,20 @@ def test_results_handed_over_before_a_stop_are_judged_and_their_findings_kept(tm
     db = tmp_path / "c.sqlite"
     rng = np.random.default_rng(9)
     values = (100 * (1 + 0.01 * rng.standard_normal(120))).tolist() + [150.0]
-    inbox, store, analysis = _live(db)
     gate = threading.Event()
     timer = threading.Timer(0.3, gate.set)  # lets the busy analysis thread go once close() waits on it
-    try:
-        analysis.run(lambda: gate.wait(10), lambda fut: None)
-        for r in _results(values, 0):
-            store.put_result(r)
-        store.flush()  # committed: handed to the analysis thread, queued behind the busy job
-        timer.start()
-        analysis.close()
-        for call in inbox.take():  # what Coordinator._close does after analysis.close()
-            call()
-        store.flush()
-        assert ("anomaly", "r120", None) in _events(db)
-    finally:
-        timer.cancel()
-        timer.join()
-        gate.set()
-        analysis.close()
-        store.close()
-        inbox.close()
+    with _live(db) as (inbox, store, analysis):
+        try:
+            analysis.run(lambda: gate.wait(10), lambda fut: None)
+            for r in _results(values, 0):
+                store.put_result(r)
+            store.flush()  # committed: handed to the analysis thread, queued behind the busy job
+            timer.start()
+            analysis.close()
+            _hand_over(inbox, store)  # what Coordinator._close does after analysis.close()
+            assert ("anomaly", "r120", None) in _events(db)
+        finally:
+            timer.cancel()
+            if timer.ident is not None:  # started
+                timer.join()
+            gate.set()
