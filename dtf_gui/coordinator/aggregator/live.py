@@ -309,8 +309,8 @@ class LiveDetector:
 
         Each value goes through the series' :class:`~dtf_gui.coordinator.aggregator.online.LevelMonitor`
         (anomaly against its level; a suspected change). While a change is suspected, the windowed
-        test (:func:`detect_change_points` over the tail around the onset) is asked after each value
-        whether it confirms it; a suspicion it never confirms, or whose new level falls back to the
+        test (:func:`detect_change_points` over the tail around the onset) is asked whether it
+        confirms it, after each of the new level's first 24 values and then every 4th; a suspicion it never confirms, or whose new level falls back to the
         old one, is retracted. Every ``trend_every`` values of a steady level, the level is tested
         for a drift."""
         vals = self._hist[key][0]
