@@ -45,6 +45,19 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 
 
+def _with_versions(msg: p.Refused) -> str:
+    """A refusal's reason, with both protocol versions when it is about them.
+
+    Coordinators since protocol 3 name both; an older one names only this agent's and says
+    "upgrade the older side": that side is the coordinator, since it does not send its version."""
+    if "protocol" not in msg.reason or f"speaks protocol {p.PROTOCOL_VERSION}" in msg.reason:
+        return msg.reason
+    if msg.protocol_version:
+        return f"{msg.reason} (this agent speaks protocol {p.PROTOCOL_VERSION}, the coordinator {msg.protocol_version})"
+    return (f"{msg.reason} (this agent speaks protocol {p.PROTOCOL_VERSION}; the coordinator is of an older "
+            f"release: upgrade the coordinator, or run an agent of its release)")
+
+
 @dataclass
 class AgentSettings:
     address: str
@@ -404,6 +417,14 @@ class Agent:
     # -- handlers: one per message type ------------------------------------------------------
 
     def _on_welcome(self, msg: p.Welcome) -> None:
+        problem = p.version_problem(msg.protocol_version, peer="coordinator", this="agent")
+        if problem:
+            # A coordinator older than this agent still speaks: refuse it here, named, rather
+            # than fail later on a message one side cannot read.
+            log.error("%s", problem)
+            self.fatal_error = problem
+            self.stop()
+            return
         now = time.monotonic()
         self.registered = True
         if self._pending_said:
@@ -455,9 +476,10 @@ class Agent:
             if self.registered:
                 self._lose_contact(time.monotonic())
             return
-        log.error("coordinator refused this agent: %s", msg.reason)
+        reason = _with_versions(msg)
+        log.error("coordinator refused this agent: %s", reason)
         if msg.fatal:
-            self.fatal_error = msg.reason
+            self.fatal_error = reason
             self.stop()
 
     def _on_assign(self, msg: p.Assign) -> None:

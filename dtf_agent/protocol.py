@@ -95,6 +95,10 @@ class RunSpec(msgspec.Struct, omit_defaults=True, kw_only=True):
     parameters: dict[str, Any] = msgspec.field(default_factory=dict)
     timeout: Timeout | None = None
     attempt: Attempt = 1
+    # W3C trace context (``traceparent``, ``tracestate``) of the task's trace, when the coordinator
+    # traces (dtf[otel]): the agent's run span joins the same trace. Older agents ignore it.
+    trace: Annotated[dict[Annotated[str, msgspec.Meta(max_length=64)], Annotated[str, msgspec.Meta(max_length=512)]],
+                     msgspec.Meta(max_length=8)] = msgspec.field(default_factory=dict)
 
 
 # What one test of a pytest shard came to. "crashed": the pytest process died while it ran;
@@ -250,6 +254,9 @@ class Refused(_Msg, tag="refused"):
     fatal: bool = True
     # Set when the coordinator simply does not know this peer (e.g. after a restart): register again.
     reregister: bool = False
+    # The refusing coordinator's own protocol version (0 from coordinators before it was sent), so the
+    # agent can say both versions even when the reason came from an older release.
+    protocol_version: int = 0
 
 
 class Pending(_Msg, tag="pending"):
@@ -358,11 +365,15 @@ def decode(frame: bytes | memoryview) -> Message:
         raise ProtocolError(str(exc)) from None
 
 
-def version_problem(peer_version: int) -> str | None:
-    """Why a peer speaking ``peer_version`` cannot talk to us, or None when it can."""
-    if peer_version < MIN_COMPATIBLE_VERSION or peer_version > PROTOCOL_VERSION:
-        return (
-            f"protocol version {peer_version} is not supported: this side speaks "
-            f"{MIN_COMPATIBLE_VERSION}..{PROTOCOL_VERSION}; upgrade the older side"
-        )
-    return None
+def version_problem(peer_version: int, *, peer: str = "agent", this: str = "coordinator") -> str | None:
+    """Why a ``peer`` speaking ``peer_version`` cannot talk to ``this`` side, or None when it can.
+
+    The reason names both versions and which side to upgrade: the operator reading it on the
+    refused side may not know which of the two is the old one."""
+    if MIN_COMPATIBLE_VERSION <= peer_version <= PROTOCOL_VERSION:
+        return None
+    both = (f"protocol version {peer_version} is not supported: the {peer} speaks protocol {peer_version}, "
+            f"this {this} speaks {PROTOCOL_VERSION} and accepts {MIN_COMPATIBLE_VERSION}..{PROTOCOL_VERSION}")
+    if peer_version > PROTOCOL_VERSION:
+        return f"{both}; upgrade the {this} to a release that speaks protocol {peer_version}, or run an older {peer}"
+    return f"{both}; upgrade the {peer} to this {this}'s release"

@@ -268,7 +268,7 @@ class ClientApi:
     def handle(self, req: p.Request, caller: ClientKey | None = None) -> p.Reply | Deferred | Waiting:
         if caller is not None:
             self.caller = caller
-        problem = p.version_problem(req.protocol_version)
+        problem = p.version_problem(req.protocol_version, peer="client")
         if problem:
             return p.Reply(req_id=req.req_id, ok=False, error=problem)
         entry = self.ops.get(req.op) or self.deferred_ops.get(req.op)

@@ -588,7 +588,7 @@ class Coordinator:
     def _refuse(self, identity: bytes, msg: p.Register, problem: str, fatal: bool = True) -> None:
         # Throttled: a peer that registers in a loop must not write a row per try.
         self.trust.security("agent_refused", msg.worker_id, f"{msg.hostname}: {problem}", throttle=True)
-        self._send_agent(identity, p.Refused(reason=problem, fatal=fatal))
+        self._send_agent(identity, p.Refused(reason=problem, fatal=fatal, protocol_version=p.PROTOCOL_VERSION))
 
     def _peer_address(self) -> str:
         frame = self._frame
