@@ -48,12 +48,11 @@ _POLLIN = int(zmq.POLLIN)
 def _with_versions(msg: p.Refused) -> str:
     """A refusal's reason, with both protocol versions when it is about them.
 
-    Coordinators since protocol 3 name both; an older one names only this agent's and says
-    "upgrade the older side": that side is the coordinator, since it does not send its version."""
-    if "protocol" not in msg.reason or f"speaks protocol {p.PROTOCOL_VERSION}" in msg.reason:
+    A coordinator that sends its version (since protocol 3) names both in the reason already. One
+    that does not is of an older release, and its reason names only this agent's version and says
+    "upgrade the older side": that side is the coordinator."""
+    if msg.protocol_version or "protocol" not in msg.reason:
         return msg.reason
-    if msg.protocol_version:
-        return f"{msg.reason} (this agent speaks protocol {p.PROTOCOL_VERSION}, the coordinator {msg.protocol_version})"
     return (f"{msg.reason} (this agent speaks protocol {p.PROTOCOL_VERSION}; the coordinator is of an older "
             f"release: upgrade the coordinator, or run an agent of its release)")
 

@@ -134,11 +134,38 @@ def test_wrong_field_types_are_refused_naming_the_field(fields: dict[str, Any], 
 
 
 def test_version_problem():
-    assert p.version_problem(p.PROTOCOL_VERSION) is None
-    for bad in (p.MIN_COMPATIBLE_VERSION - 1, p.PROTOCOL_VERSION + 1):
+    for good in range(p.MIN_COMPATIBLE_VERSION, p.PROTOCOL_VERSION + 1):
+        assert p.version_problem(good) is None
+    for bad, upgrade in ((p.MIN_COMPATIBLE_VERSION - 1, "upgrade the agent"),
+                         (p.PROTOCOL_VERSION + 1, "upgrade the coordinator")):
         reason = p.version_problem(bad)
         assert reason is not None
-        assert f"protocol version {bad}" in reason and "upgrade" in reason
+        # Both versions, and which side is the old one: the reader may be on either side.
+        assert f"the agent speaks protocol {bad}" in reason
+        assert f"this coordinator speaks {p.PROTOCOL_VERSION}" in reason
+        assert upgrade in reason
+    newer = p.version_problem(p.PROTOCOL_VERSION + 1, peer="coordinator", this="agent")
+    assert newer is not None and "upgrade the agent" in newer
+
+
+@pytest.mark.parametrize(("reason", "version", "says"), [
+    # A coordinator that names both versions: the reason stands as it is.
+    (p.version_problem(p.PROTOCOL_VERSION + 1) or "", p.PROTOCOL_VERSION, None),
+    # A release before Refused carried a version: the coordinator is the older side.
+    ("protocol version 9 is not supported: this side speaks 1..2; upgrade the older side", 0,
+     "upgrade the coordinator"),
+    # Not about versions at all.
+    ("this agent's key was revoked", 0, None),
+])
+def test_an_agent_names_both_versions_when_refused_for_its_protocol(reason: str, version: int, says: str | None):
+    from dtf_agent.agent import _with_versions
+
+    shown = _with_versions(p.Refused(reason=reason, protocol_version=version))
+    assert shown.startswith(reason)
+    if says is None:
+        assert shown == reason
+    else:
+        assert says in shown
 
 
 # ------------------------------------------------------------------------------ a real coordinator
