@@ -130,11 +130,12 @@ class ProcessTracker:
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.extra: list[psutil.Process] = []
 
-    def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> subprocess.Popen[bytes]:
         # The child keeps its own copy of the descriptor; ours closes at once.
         with open(self.log_dir / f"{name}.log", "wb") as out:
             proc = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=env, start_new_session=True)
+                                    env=env, start_new_session=True, cwd=cwd)
         self.procs.append((name, proc))
         return proc
 
@@ -214,13 +215,16 @@ def read_coordinator_json(home: Path) -> dict[str, Any] | None:
 class Serve:
     """A `dtf serve` subprocess on free ports, found through $DTF_HOME/coordinator.json."""
 
-    def __init__(self, tracker: ProcessTracker, home: Path, env: dict[str, str], *extra: str) -> None:
+    def __init__(self, tracker: ProcessTracker, home: Path, env: dict[str, str], *extra: str,
+                 command: Sequence[str] = (), cwd: Path | None = None) -> None:
+        """``command``: how to run `dtf` (default: this checkout's); ``cwd``: where it runs (``python -m``
+        imports from there first)."""
         self.tracker = tracker
         self.home = home
         self.env = env
         # Secure, as the product's default; a test that wants plain text passes "--insecure".
-        argv = dtf_command("dtf") + ["serve", "--port", "0", "--agent-port", "0", "--events-port", "0", *extra]
-        self.proc = tracker.start("serve", argv, env)
+        argv = list(command or dtf_command("dtf")) + ["serve", "--port", "0", "--agent-port", "0", "--events-port", "0", *extra]
+        self.proc = tracker.start("serve", argv, env, cwd=cwd)
 
         def coordinator_json_written() -> dict[str, Any] | None:
             if self.proc.poll() is not None:
