@@ -4,9 +4,17 @@ Frames are msgpack-encoded msgspec Structs of one tagged union (the tag field is
 There is exactly one decode entry point, :func:`decode`; it either returns a typed message or
 raises :class:`ProtocolError`, so a loop can drop and count a bad frame and carry on.
 
-Versioning: ``PROTOCOL_VERSION`` is an integer carried by ``Register`` (agents) and ``Request``
-(clients). A peer whose major protocol differs is refused at first contact with a readable reason
-instead of failing later on some message it cannot parse.
+Versioning: ``PROTOCOL_VERSION`` is an integer carried by ``Register`` (agents), ``Request``
+(clients), ``Welcome`` and ``Refused`` (the coordinator). A peer outside
+``MIN_COMPATIBLE_VERSION..PROTOCOL_VERSION`` is refused at first contact with a reason that names
+both versions and the side to upgrade, instead of failing later on a message it cannot parse.
+The rules for a change:
+- a new optional field, with a default, that an older peer may ignore keeps the version (msgspec
+  ignores fields it does not know, and a missing one takes its default);
+- a new message, or a field a peer must understand, raises ``PROTOCOL_VERSION``, and the
+  coordinator keeps serving agents of the version before it (tests/integration/
+  test_protocol_versions.py runs the previous version's agent, its own code from the history);
+- ``MIN_COMPATIBLE_VERSION`` rises only when an old peer can no longer be served at all.
 """
 
 from __future__ import annotations
