@@ -84,12 +84,11 @@ def test_the_previous_protocol_versions_agent_runs_tasks_for_this_coordinator(
     tracker, home, env = lab
     serve = Serve(tracker, home, env, "--no-mdns")
     try:
-        tracker.start("old-agent", [sys.executable, "-m", "dtf_agent.cli", "--coordinator", serve.agent_endpoint,
-                                    "--worker-id", "old-agent", "--slots", "1"], previous(env, previous_release),
-                      cwd=previous_release)
+        old = tracker.start("old-agent", [sys.executable, "-m", "dtf_agent.cli", "--coordinator", serve.agent_endpoint,
+                                          "--worker-id", "old-agent", "--slots", "1"],
+                            previous(env, previous_release), cwd=previous_release)
         if p.MIN_COMPATIBLE_VERSION > p.PROTOCOL_VERSION - 1:
             # Served no more: refused, told to upgrade, and it stops instead of retrying.
-            old = tracker.procs[-1][1]
             wait_until(lambda: old.poll() is not None, 30, message=tracker.logs)
             assert "upgrade the agent" in tracker.log("old-agent")
             return
