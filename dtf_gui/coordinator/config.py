@@ -81,9 +81,15 @@ class ServerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_bundles_bytes: Annotated[int, Meta(
         ge=1024, description="bytes of bundles kept under DTF home's bundles/; the least recently used go "
                              "first")] = 10 * 1024**3
+    # None, not 0, is "off": 0 means "a free port" for every port of this section.
+    metrics_port: Annotated[Port | None, Meta(
+        description="Prometheus metrics over HTTP (GET /metrics), bound to host like the other ports; null: "
+                    "off; 0 picks a free port (coordinator.json's metrics_endpoint names it); needs "
+                    "prometheus-client (pip install 'dtf[server]')")] = None
 
     def __post_init__(self) -> None:
-        ports = {"port": self.port, "agent_port": self.agent_port, "events_port": self.events_port}
+        ports = {"port": self.port, "agent_port": self.agent_port, "events_port": self.events_port,
+                 "metrics_port": self.metrics_port or 0}
         taken: dict[int, str] = {}
         for name, value in ports.items():
             if value and value in taken:

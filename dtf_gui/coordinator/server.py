@@ -27,7 +27,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 import zmq
@@ -44,7 +44,7 @@ from dtf_gui.coordinator.analysis import Analysis
 from dtf_gui.coordinator.api import READ_ONLY_OPS, ApiError, ClientApi, Waiting
 from dtf_gui.coordinator.config import ServerSettings
 from dtf_gui.coordinator.events import EventHub, EventSink
-from dtf_gui.coordinator.health import WorkerTable, worker_spec
+from dtf_gui.coordinator.health import LOST, WorkerTable, worker_spec
 from dtf_gui.coordinator.outputs import TaskOutputs
 from dtf_gui.coordinator.records import Result, TaskRecord, WorkerRecord
 from dtf_gui.coordinator.runs import Runs
@@ -52,10 +52,13 @@ from dtf_gui.coordinator.runs_api import RunsApi
 from dtf_gui.coordinator.state import TaskTable, recover
 from dtf_gui.coordinator.store import Store
 from dtf_gui.coordinator.telemetry import Counters, DispatchLatency, Throttled
-from dtf_gui.coordinator.trust import ClientKey, Trust, role_allows, role_needed
+from dtf_gui.coordinator.trust import REFUSALS, ClientKey, Trust, role_allows, role_needed
 from dtf_gui.coordinator.trust_api import ApiRefusal
 from dtf_gui.coordinator.views_api import ViewsApi
 from dtf_gui.coordinator.waiters import Waiters
+
+if TYPE_CHECKING:  # imported when server.metrics_port is set (prometheus-client is the [server] extra's)
+    from dtf_gui.coordinator.metrics import LoopFigures, Metrics, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +119,10 @@ class Coordinator:
         self.startup_error: BaseException | None = None
         self.ports: dict[str, int] = {}
         self.started_at = time.time()
+        # The Prometheus endpoint (server.metrics_port), and the figures the loop keeps for it: None
+        # while metrics are off, which is all the hot paths test.
+        self.metrics: Metrics | None = None
+        self._figures: LoopFigures | None = None
         # Everything below belongs to the loop thread.
         self.tasks = TaskTable()
         self.sched = sch.Scheduler(settings.scheduler)
@@ -192,7 +199,16 @@ class Coordinator:
             "db": str(self.s.db_path),
             "coordinator_id": self.s.coordinator_id,
             "started": self.started_at,
+            # Where Prometheus scrapes (the port picked when server.metrics_port is 0); null: off.
+            "metrics_endpoint": self.metrics_endpoint(),
         }
+
+    def metrics_endpoint(self) -> str | None:
+        if "metrics" not in self.ports:
+            return None
+        bound = self.cfg.server.host
+        h = bound if bound not in ("0.0.0.0", "*", "") else "127.0.0.1"
+        return f"http://{f'[{h}]' if ':' in h else h}:{self.ports['metrics']}/metrics"
 
     @property
     def is_running(self) -> bool:
@@ -292,6 +308,8 @@ class Coordinator:
             "clients": bind(self.clients, srv.host, srv.port),
             "events": bind(pub, srv.host, srv.events_port),
         }
+        if srv.metrics_port is not None:
+            self._start_metrics(srv.host, srv.metrics_port)
         self.analysis = Analysis(self.s.db_path, cfg.result_aggregator, inbox=self.inbox, store=self.store,
                                  hub=self.hub, counters=self.counters)
         self.outputs = TaskOutputs(self.home, self.tasks, max_log_bytes=srv.max_log_bytes,
@@ -333,6 +351,8 @@ class Coordinator:
                             "connect", ", ".join(interfaces) or "all interfaces", exc)
         log.info("coordinator %s listening: agents %s, clients %s, events %s", self.s.coordinator_id,
                  self.ports["agents"], self.ports["clients"], self.ports["events"])
+        if self.metrics is not None:
+            log.info("Prometheus metrics on %s", self.metrics_endpoint())
         if self.insecure:
             log.warning("INSECURE: plain-text sockets, every agent accepted, every client an admin. Anyone who "
                         "reaches ports %s can run commands on the agents. For a quick local try only.",
@@ -341,9 +361,49 @@ class Coordinator:
             log.info("coordinator key %s (agents pin it; `dtf token create` makes join tokens)",
                      self.trust.fingerprint)
 
+    def _start_metrics(self, host: str, port: int) -> None:
+        try:
+            from dtf_gui.coordinator.metrics import Metrics
+        except ImportError as exc:
+            raise RuntimeError(f"server.metrics_port is {port}, but the metrics need prometheus-client ({exc}): "
+                               "pip install 'dtf[server]', or set server.metrics_port: null") from exc
+        m = Metrics(ask_loop=self.inbox.put, build=self._metrics_snapshot, db_path=self.s.db_path,
+                    coordinator_id=self.s.coordinator_id, started=self.started_at, refusal_kinds=sorted(REFUSALS))
+        self.ports["metrics"] = m.serve(host, port)
+        self.metrics = m
+        self._figures = m.loop
+        self.store.on_commit_timed = m.committed
+        self.trust.on_refusal = m.refused
+
+    def _metrics_snapshot(self) -> Snapshot:
+        """The loop's state for a scrape (loop thread; see metrics.py): copies, never references."""
+        from dtf_gui.coordinator.metrics import Snapshot, WorkerFigures
+
+        assert self._figures is not None
+        mono = time.monotonic()
+        workers = []
+        for w in self.workers.workers.values():
+            ws = self.sched.worker(w.worker_id)
+            used = ws.used_slots if ws is not None and w.online else 0
+            if w.online:
+                state = p.BUSY if used else p.ONLINE
+            else:
+                state = LOST if w.health_status.get("state") == LOST else p.OFFLINE
+            workers.append(WorkerFigures(w.worker_id, state, bool(w.health_status.get("draining")), w.slots, used,
+                                         mono - w.seen_at if w.online else None))
+        store = self.store
+        return Snapshot(made=mono, tasks=tuple(self.tasks.status_counts().items()),
+                        queue_depth=self.sched.pending_count(), workers=tuple(workers),
+                        counters=tuple(dataclasses.asdict(self.counters).items()),
+                        histograms=self._figures.histograms(), db_commits=store.committed,
+                        db_rows_written=store.rows_written, db_write_errors=store.write_errors,
+                        db_refused_rows=store.refused_rows, db_pending_rows=store.pending_rows())
+
     def _close(self) -> None:
         """Close what :meth:`_open` made, in reverse; after a failed start only part of it exists."""
         made = self.__dict__
+        if self.metrics is not None:
+            self.metrics.close()  # first: no scrape asks the loop for anything while it closes
         for mdns in (made.get("advertiser"), made.get("agent_browser")):
             if mdns is not None:
                 mdns.close()
@@ -715,6 +775,7 @@ class Coordinator:
         acks = self._out.acks.setdefault(identity, [])
         events: list[sch.Event] = []
         store = self.store
+        figures = self._figures
         # The scheduler hears of this frame's results only after the loop, so a task's status
         # still reads "running" for a second copy of its result within the same frame.
         finished_here: set[str] = set()
@@ -746,6 +807,8 @@ class Coordinator:
             self.counters.results_stored += 1
             if task.sent is not None:
                 self.latency.add(held - task.sent)
+                if figures is not None:
+                    figures.dispatch_latency.observe(held - task.sent)
             task.results = rec.result_id
             task.start_time = task.start_time or rec.start_time
             task.end_time = rec.end_time or now
@@ -819,7 +882,11 @@ class Coordinator:
                 self.sched.handle([sch.Remember(now, tuple(found.items()))])
         ins = self.sched.handle([sch.SubmitBatch(now, tuple(t.spec for t in tasks))])
         refused = {i.task_id: i.reason for i in ins if type(i) is sch.Rejected}
-        if not refused:
+        if refused:
+            self.counters.submissions_refused += 1
+        else:
+            self.counters.submissions += 1
+            self.counters.tasks_submitted += len(tasks)
             for t in tasks:
                 self.tasks.add(t)
                 self.store.put_task(t)
@@ -905,9 +972,13 @@ class Coordinator:
                       attempt=ins.attempt))
         out.assigned.append(task)
         self.counters.tasks_dispatched += 1
+        figures = self._figures
+        if figures is not None:
+            figures.dispatched(task.task_id, task.create_time, time.time())
 
     def _do_status(self, ins: sch.StatusChanged) -> None:
-        task = self.tasks.apply_status(ins, time.time())
+        now = time.time()
+        task = self.tasks.apply_status(ins, now)
         if task is None:
             return
         # The scheduler's counts and deadlines go into the row too: a restart resumes from them.
@@ -919,6 +990,12 @@ class Coordinator:
             task.retry_at = ts.until if ts.until and not ts.held_for else None
             task.pinned_to = ts.pin.worker_id if ts.pin is not None else None
         status = ins.status
+        figures = self._figures
+        if figures is not None:
+            if status == p.PENDING:
+                figures.queued(task.task_id, now)
+            elif status in p.TERMINAL_STATUSES:
+                figures.ended(task.task_id, status, task.create_time, now)
         if (status in p.TERMINAL_STATUSES or status == p.PENDING) and task.attempt:
             # The attempt is over (finished, or requeued after its worker was lost): its logs are
             # complete, whatever of its output arrived.

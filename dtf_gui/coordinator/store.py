@@ -465,6 +465,8 @@ class Store:
         # detector must see every committed result once, in order, and nothing not yet committed.
         # It runs on the committing thread (the loop's or the writer's): hand over, do no work.
         self.on_results_committed: Callable[[list[Result]], None] | None = None
+        # Called with (seconds, rows) of each committed batch, on the committing thread (metrics).
+        self.on_commit_timed: Callable[[float, int], None] | None = None
         self._metrics: list[tuple[str, str, float]] = []
         self._events: list[tuple[float, str, str, str]] = []
         self._retracted: list[tuple[str, str, str | None, str | None]] = []
@@ -674,6 +676,8 @@ class Store:
         """Write one batch as one transaction. A row the database refuses is left out alone (the
         rest is written, the refusal recorded as an event); an error of the database itself
         (disk full, I/O) raises sqlite3.Error with nothing written, for the caller to retry."""
+        timed = self.on_commit_timed
+        t0 = time.perf_counter() if timed is not None else 0.0
         if b.task_rows is None:
             b.task_rows = self._task_rows(b)
         try:
@@ -683,6 +687,11 @@ class Store:
             refused: list[tuple[str, str, str]] = []
             self._write(b, self._statements(b), refused)
         self.committed = b.seq
+        if timed is not None:
+            try:
+                timed(time.perf_counter() - t0, len(b))
+            except Exception:  # committed: a failing listener must not make the batch look failed
+                log.exception("the commit-timing listener failed")
         if b.fresh and self.on_results_committed is not None:
             try:
                 self.on_results_committed(b.fresh)

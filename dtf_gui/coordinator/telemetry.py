@@ -27,6 +27,9 @@ class Counters:
     loop_errors: int = 0
     oversize: int = 0
     reregister_asked: int = 0
+    submissions: int = 0  # batches of tasks the scheduler accepted (create_task, create_tasks, a plan)
+    tasks_submitted: int = 0
+    submissions_refused: int = 0
 
 
 class Throttled:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,10 @@ MAX_PENDING = 1000  # pending keys kept at once: strangers knocking must not gro
 MAX_TOKEN_USES = 10_000
 MAX_TOKEN_TTL = 366 * 86400.0
 _THROTTLE = 5.0  # seconds between two log lines of a throttled kind
+# The security events that turn someone away (the others record a decision that let someone in,
+# or an admin's change): what monitoring counts as refusals, throttled or not.
+REFUSALS = frozenset({"handshake_refused", "handshake_failed", "name_refused", "join_refused", "pending_full",
+                      "agent_refused", "result_refused", "rate_limited", "refused"})
 
 
 def role_needed(op: str) -> str:
@@ -140,6 +144,8 @@ class Trust:
         self.insecure = insecure
         self.config_token = config_token or None
         self._quiet_until: dict[str, tuple[float, int]] = {}  # what -> (until, held back)
+        # Told of every refusal (a kind of REFUSALS), before throttling: the metrics count them.
+        self.on_refusal: Callable[[str], None] | None = None
         self._announced: set[str] = set()  # pending keys already logged as waiting (this run)
         self.agents: dict[str, AgentKey] = {}
         self.names: dict[str, str] = {}  # name -> key of the agent accepted under it
@@ -436,6 +442,8 @@ class Trust:
     def security(self, what: str, subject: str, detail: str, *, throttle: bool = False) -> None:
         """One security decision: logged, stored as an event (kind security_WHAT), shown live. A
         stream of the same kind (a stranger knocking in a loop) is throttled in all three."""
+        if self.on_refusal is not None and what in REFUSALS:
+            self.on_refusal(what)
         if throttle:
             mono = time.monotonic()
             until, held = self._quiet_until.get(what, (0.0, 0))
@@ -469,5 +477,5 @@ def token_args_problem(uses: int, ttl: float) -> str | None:
     return None
 
 
-__all__ = ["ACCEPTED", "PENDING", "REJECTED", "REVOKED", "AgentKey", "ClientKey", "Trust", "Verdict",
+__all__ = ["ACCEPTED", "PENDING", "REFUSALS", "REJECTED", "REVOKED", "AgentKey", "ClientKey", "Trust", "Verdict",
            "role_allows", "role_needed"]
