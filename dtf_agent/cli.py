@@ -1,4 +1,4 @@
-"""`dtf-agent`: run the agent on a test machine."""
+"""`dtf-agent`: run the agent on a test machine; `dtf-agent install-service`: as a systemd service."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 import threading
 from types import FrameType
 
-from dtf_agent import enroll
+from dtf_agent import enroll, logsetup
 from dtf_agent.agent import Agent, AgentSettings
 from dtf_agent.config import ConfigError, load_worker_config
 from dtf_agent.keys import KeyFileError
@@ -21,7 +21,9 @@ from dtf_agent.transport import hostname
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="dtf-agent", description="Run tasks for a DTF coordinator.")
+    ap = argparse.ArgumentParser(
+        prog="dtf-agent", description="Run tasks for a DTF coordinator.",
+        epilog="`dtf-agent install-service --help`: run it as a systemd service (hardened, restarted on failure).")
     ap.add_argument("--coordinator", metavar="tcp://HOST:PORT",
                     help="the coordinator's agent endpoint (default: worker.yaml, then the local coordinator)")
     ap.add_argument("--config", metavar="FILE", help="worker.yaml (default: $DTF_HOME/worker.yaml if present)")
@@ -40,19 +42,48 @@ def _parser() -> argparse.ArgumentParser:
                     help="with several coordinators on the LAN, the one to join (its mDNS name)")
     ap.add_argument("--insecure", action="store_true",
                     help="plain-text connection, for a coordinator started with --insecure")
-    ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    logsetup.add_log_args(ap)
     return ap
 
 
+def _install_service(argv: list[str]) -> int:
+    from dtf_agent import service  # systemd, pwd: only for this command
+
+    ap = argparse.ArgumentParser(
+        prog="dtf-agent install-service",
+        description="Write a hardened systemd unit that runs this agent (dtf-agent.service), then enable and "
+                    "start it. Run as root for a system unit (user dtf, DTF_HOME /var/lib/dtf), or with --user.")
+    service.add_install_args(ap, "agent")
+    args = ap.parse_args(argv)
+
+    def check_flags(flags: list[str]) -> None:
+        _parser().parse_args(flags)  # a bad flag exits 2 here, not at the service's first start
+
+    # Only a user unit names your home (dtf_home() makes the directory; a system unit uses /var/lib/dtf).
+    return service.main("agent", args, home_for_user=str(dtf_home()) if args.user else "", check_flags=check_flags)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["install-service"]:
+        return _install_service(argv[1:])
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s dtf-agent %(levelname)s %(message)s")
+    logsetup.configure("dtf-agent", logsetup.options_from_args(args))
     log = logging.getLogger("dtf_agent")
+    json_lines = args.log_format == "json"
+
+    def fail(message: str) -> None:
+        # A JSON stderr stays JSON: the reason is a record like the others.
+        if json_lines:
+            log.error("%s", message)
+        else:
+            print(f"dtf-agent: {message}", file=sys.stderr)
+
     home = dtf_home()
     try:
         cfg = load_worker_config(args.config, default_path=home / "worker.yaml")
     except ConfigError as exc:
-        print(f"dtf-agent: {exc}", file=sys.stderr)
+        fail(str(exc))
         return 2
     stopping = threading.Event()
     agent: Agent | None = None
@@ -67,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _stop)
     worker_id = args.worker_id or cfg.worker.worker_id or (
         f"{hostname()}-{hashlib.sha1(str(home).encode()).hexdigest()[:6]}")
+    # From here every record names this worker, and the file is this worker's own (agents may share a home).
+    logsetup.set_context(worker_id=worker_id)
+    logsetup.open_log_file(home, worker_id)
     # Where the coordinator is and which key to trust (see enroll.py for the order).
     try:
         how = enroll.plan(home=home, worker_id=worker_id, cfg=cfg, address=args.coordinator,
@@ -75,13 +109,13 @@ def main(argv: list[str] | None = None) -> int:
                           interfaces=args.mdns_interface or list(cfg.coordinator.interfaces),
                           insecure=args.insecure, stop=stopping)
     except (enroll.EnrollError, KeyFileError) as exc:
-        print(f"dtf-agent: {exc}", file=sys.stderr)
+        fail(str(exc))
         return 2
     if how is None:
         return 0
     slots = args.slots if args.slots is not None else cfg.execution.slots()
     if slots < 1:
-        print(f"dtf-agent: --slots must be at least 1, got {slots}", file=sys.stderr)
+        fail(f"--slots must be at least 1, got {slots}")
         return 2
     tags = [t.strip() for t in args.tags.split(",") if t.strip()] if args.tags else list(cfg.worker.tags)
     settings = AgentSettings(
@@ -97,18 +131,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         agent = Agent(settings)
     except SpoolLocked as exc:
-        print(f"dtf-agent: {exc}", file=sys.stderr)
+        fail(str(exc))
         return 2
     except OSError as exc:
         # The spool or work directory cannot be made or written (permissions, a read-only home);
         # the error names the path.
-        print(f"dtf-agent: cannot start: {exc}", file=sys.stderr)
+        fail(f"cannot start: {exc}")
         return 2
     if stopping.is_set():
         return 0
     code = agent.run()
     if agent.fatal_error:
-        print(f"dtf-agent: the coordinator refused this agent: {agent.fatal_error}", file=sys.stderr)
+        fail(f"the coordinator refused this agent: {agent.fatal_error}")
     return code
 
 

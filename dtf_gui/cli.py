@@ -93,17 +93,31 @@ def tune_interpreter() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
-def configure_logging(level: str, name: str) -> None:
-    import logging
+def configure_logging(args: argparse.Namespace, program: str) -> None:
+    """stderr in --log-format (text or JSON lines), and a rotated copy in $DTF_HOME/logs/PROGRAM.log
+    unless stderr is the journal (see dtf_agent/logsetup.py for why)."""
+    from dtf_agent import logsetup
+    from dtf_agent.paths import dtf_home
 
-    logging.basicConfig(level=level, format=f"%(asctime)s {name} %(levelname)s %(message)s")
+    logsetup.configure(program, logsetup.options_from_args(args))
+    logsetup.open_log_file(dtf_home())
+
+
+def cmd_install_service(args: argparse.Namespace) -> int:
+    from dtf_agent import service  # systemd: only for this command
+    from dtf_agent.paths import dtf_home
+
+    def check_flags(flags: list[str]) -> None:
+        dtf_parser("serve").parse_args(["serve", *flags])  # a bad flag exits 2 now, not at the first start
+
+    return service.main("serve", args, home_for_user=str(dtf_home()) if args.user else "", check_flags=check_flags)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    configure_logging(args.log_level, "dtf")  # only here: the client commands log nothing
+    configure_logging(args, "dtf-serve")  # only here: the client commands log nothing
     from dtf_agent.paths import remove_coordinator_file, write_coordinator_file
     from dtf_gui.coordinator.backup import BACKUP_DIR, Backups
     from dtf_gui.coordinator.homelock import HomeLock
@@ -515,7 +529,21 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _serve_args(sp: argparse.ArgumentParser) -> None:
+    from dtf_agent import logsetup
+
     add_server_flags(sp)
+    # Also after the command (`dtf serve --log-level DEBUG`, as a unit's ExecStart reads best); SUPPRESS
+    # keeps the value given before it (`dtf --log-level DEBUG serve`) when this one is absent.
+    sp.add_argument("--log-level", default=argparse.SUPPRESS, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    logsetup.add_log_args(sp, level=False)
+
+
+def _install_service_args(sp: argparse.ArgumentParser) -> None:
+    from dtf_agent import service
+
+    sp.description = ("Write a hardened systemd unit that runs `dtf serve` (dtf-serve.service), then enable and "
+                      "start it. Run as root for a system unit (user dtf, DTF_HOME /var/lib/dtf), or with --user.")
+    service.add_install_args(sp, "serve")
 
 
 def _backup_args(sp: argparse.ArgumentParser) -> None:
@@ -604,6 +632,8 @@ class Command(NamedTuple):
 
 COMMANDS: dict[str, Command] = {
     "serve": Command("run the coordinator without a window", cmd_serve, _serve_args, client=False),
+    "install-service": Command("run `dtf serve` as a systemd service (hardened, restarted on failure; --user "
+                               "for your own)", cmd_install_service, _install_service_args, client=False),
     "backup": Command("copy the database while the coordinator runs", cmd_backup, _backup_args, client=False),
     "submit": Command("submit a task", cmd_submit, _submit_args),
     "status": Command("coordinator summary", cmd_status, _json_args),
@@ -749,19 +779,20 @@ def dtf_main(argv: list[str] | None = None) -> int:
 
 
 def gui_main(argv: list[str] | None = None) -> int:
+    from dtf_agent import logsetup
     from dtf_agent.config import ConfigError
 
     ap = argparse.ArgumentParser(prog="dtf-gui", description="DTF window with an embedded coordinator.")
     add_server_flags(ap)
     ap.add_argument("--no-local-agent", action="store_true", help="do not start an agent on this machine")
     ap.add_argument("--local-slots", type=int, default=None, help="slots of the local agent")
-    ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    logsetup.add_log_args(ap)
     ap.add_argument("--connect", metavar="tcp://HOST:PORT",
                     help="open the window on a coordinator elsewhere (`dtf serve`); nothing is embedded")
     ap.add_argument("--key", metavar="FILE",
                     help="client key file for --connect (default: $DTF_CLIENT_KEY, else this home's admin key)")
     args = ap.parse_args(argv)
-    configure_logging(args.log_level, "dtf-gui")
+    configure_logging(args, "dtf-gui")
     # Before Qt is imported: without a display Qt aborts with a plugin message that does not say so.
     problem = _mod("display").display_problem()
     if problem:
