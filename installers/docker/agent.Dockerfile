@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The DTF agent (dtf-agent): runs tasks for a coordinator. Build from the repository root:
 #   docker build -f installers/docker/agent.Dockerfile -t dtf-agent:0.1.0 .
 # Run (see installers/docker/README.md for the token):

@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The DTF coordinator without a window (`dtf serve`). Build from the repository root:
 #   docker build -f installers/docker/coordinator.Dockerfile -t dtf-coordinator:0.1.0 .
 # Run:
