@@ -7,9 +7,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 AGENT_VENV ?= .venv-agent
 CORE_VENV ?= .venv-core
+DIST_VENV ?= .venv-dist
+DIST_STAMP := $(DIST_VENV)/.installed
 QT_LIB := $(VENV)/lib/python*/site-packages/PySide6/Qt
 
-.PHONY: install run test lint unit agent-only core-only bench clean sysdeps sysdeps-run sysdeps-netns
+.PHONY: install run test lint unit agent-only core-only bench clean sysdeps sysdeps-run sysdeps-netns \
+	dist dist-agent dist-gui
 
 # Reinstalls only when pyproject.toml changed, so a second `make test` starts at once.
 $(STAMP): pyproject.toml
@@ -91,5 +94,41 @@ test: install lint agent-only core-only sysdeps-netns
 bench: install
 	$(PY) tests/bench/dispatch.py
 
+# Bundles (installers/pyinstaller/README.md): dist/dtf-agent, one file that needs no Python on the test
+# machine, and dist/dtf-gui/, the window in one folder. The agent is built from a venv of its own
+# holding only the agent's dependencies, so Qt, numpy and scipy cannot get into it. Each bundle is
+# rebuilt only when its sources, its spec or its venv changed.
+PYINSTALLER_FLAGS := --noconfirm --log-level WARN --distpath dist --workpath build/pyinstaller
+AGENT_SOURCES := $(shell find dtf_agent -name '*.py' 2>/dev/null) installers/pyinstaller/dtf-agent.spec \
+	installers/pyinstaller/dtf_agent_main.py installers/pyinstaller/frozen_python.py
+GUI_SOURCES := $(AGENT_SOURCES) $(shell find dtf_gui -name '*.py' 2>/dev/null) resources/dtf.svg \
+	installers/pyinstaller/dtf-gui.spec installers/pyinstaller/dtf_gui_main.py
+
+$(DIST_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(DIST_VENV)
+	$(DIST_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e . 'pyinstaller>=6.10'
+	@touch $(DIST_STAMP)
+
+# PYTHONHASHSEED fixed: the same sources give the same archive order (PyInstaller's advice for
+# reproducible builds).
+dist/dtf-agent: $(DIST_STAMP) $(AGENT_SOURCES)
+	PYTHONHASHSEED=0 $(DIST_VENV)/bin/pyinstaller $(PYINSTALLER_FLAGS) installers/pyinstaller/dtf-agent.spec
+	@touch $@
+
+dist/dtf-gui/dtf-gui: $(STAMP) $(GUI_SOURCES)
+	@$(PY) -c 'import PyInstaller' 2>/dev/null || \
+	    $(PY) -m pip install --quiet --disable-pip-version-check -e '.[gui,dist]'
+	PYTHONHASHSEED=0 $(VENV)/bin/pyinstaller $(PYINSTALLER_FLAGS) installers/pyinstaller/dtf-gui.spec
+	@touch $@
+
+dist-agent: dist/dtf-agent
+	@ls -l dist/dtf-agent
+
+dist-gui: dist/dtf-gui/dtf-gui
+	@du -sh dist/dtf-gui
+
+dist: dist-agent dist-gui
+
 clean:
-	rm -rf $(VENV) $(AGENT_VENV) $(CORE_VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(AGENT_VENV) $(CORE_VENV) $(DIST_VENV) .pytest_cache .ruff_cache \
+	    build/pyinstaller dist/dtf-agent dist/dtf-gui

@@ -1,0 +1,106 @@
+"""The one-file agent bundle (`make dist-agent`, installers/pyinstaller/) on a machine with no Python.
+
+Built by the Makefile's own recipe (rebuilt only when the agent's sources changed), then started
+against a real `dtf serve` on loopback with an environment in which no Python can be found: an
+empty PATH directory, no PYTHONPATH, a working directory and home of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ProcessTracker, Serve
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLE = ROOT / "dist" / "dtf-agent"
+ARCHIVE_VIEWER = ROOT / ".venv-dist" / "bin" / "pyi-archive_viewer"
+MAX_BUNDLE_BYTES = 40 * 1024 * 1024
+# Never in the agent's bundle: the window's and the coordinator's weight, and the suite's own pytest.
+FORBIDDEN = ("numpy", "scipy", "PySide6", "shiboken6", "pyqtgraph", "sqlite_utils", "dtf_gui", "pytest", "_pytest")
+
+
+def _build() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
+    done = subprocess.run(["make", "--no-print-directory", "dist-agent"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=540, check=False)
+    assert done.returncode == 0, f"make dist-agent failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+
+
+def _archive_names(bundle: Path) -> set[str]:
+    """Every name in the bundle: the files it unpacks and the modules in its PYZ archive."""
+    listing = subprocess.run([str(ARCHIVE_VIEWER), "--recursive", "--brief", str(bundle)], capture_output=True,
+                             text=True, timeout=60, check=True).stdout
+    return {line.strip() for line in listing.splitlines() if line.strip()}
+
+
+def _roots(names: set[str]) -> set[str]:
+    """The top-level package of each name: 'zmq' for zmq.backend and for zmq/backend/x.so."""
+    return {re.split(r"[./]", n, maxsplit=1)[0] for n in names}
+
+
+@pytest.mark.slow  # builds the bundle when the agent changed (about a minute on two cores)
+@pytest.mark.timeout(600)
+def test_the_agent_bundle_runs_tasks_without_python(tmp_path: Path, serve: Callable[..., Serve],
+                                                    procs: ProcessTracker) -> None:
+    _build()
+    size = BUNDLE.stat().st_size
+    assert size <= MAX_BUNDLE_BYTES, f"dist/dtf-agent is {size / 2**20:.1f} MB, over the 40 MB goal"
+    names = _archive_names(BUNDLE)
+    roots = _roots(names)
+    assert {"dtf_agent", "zmq", "zeroconf", "msgspec", "psutil", "yaml"} <= roots, sorted(roots)
+    assert "dtf_agent.runners.command" in names and "dtf_agent/runners/pytest_plugin.py" in names
+    assert not roots & set(FORBIDDEN), f"in the agent bundle: {sorted(roots & set(FORBIDDEN))}"
+
+    s = serve(None, "--no-mdns")
+    token = s.call("create_token", {"uses": 1})["token"]
+    machine = tmp_path / "machine"  # the test machine: its own home, nothing of the venv's
+    no_python = machine / "bin"
+    no_python.mkdir(parents=True)
+    env = {"PATH": str(no_python), "HOME": str(machine), "DTF_HOME": str(machine / "dtf"), "LANG": "C.UTF-8"}
+    argv = [str(BUNDLE), "--coordinator", s.agent_endpoint, "--join", token, "--worker-id", "bundled", "--slots", "2"]
+    with open(procs.log_dir / "bundled.log", "wb") as out:  # the child keeps its own copy
+        agent = subprocess.Popen(argv, cwd=machine, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+    procs.procs.append(("bundled", agent))  # stopped with its whole tree at teardown, pass or fail
+    s.wait_workers_online("bundled", timeout=30)
+
+    # A command task through the bundle's runner: output and a metric from $DTF_RESULT_FILE. Its
+    # programs load the machine's libraries: the linker path the bootloader set for the bundle's
+    # own is not passed on (the agent was started without one).
+    metric = ("""echo "bundled-output lib=[$LD_LIBRARY_PATH]"; """
+              """echo '{"ops": 12, "latency_ms": 2.5}' > "$DTF_RESULT_FILE" """)
+    command = s.call("create_task", {"command": metric, "test_id": "bundle"})["task_id"]
+
+    # pytest shards: the bundle is no interpreter. Without one it says so; with one named (here
+    # $DTF_PYTHON in the task's environment) the shard runs there, with the plugin the bundle carries.
+    suite = machine / "suite"
+    suite.mkdir()
+    (suite / "test_it.py").write_text("def test_one():\n    assert 1 + 1 == 2\n", encoding="utf-8")
+    shard = {"tests": ["test_it.py::test_one"], "cwd": str(suite)}
+    refused = s.call("create_task", {"type": "pytest", "parameters": shard, "retry_limit": 0})["task_id"]
+    ran = s.call("create_task", {"type": "pytest", "retry_limit": 0,
+                                     "parameters": {**shard, "env": {"DTF_PYTHON": sys.executable}}})["task_id"]
+
+    done = s.wait_task_status(command, "completed", "failed", timeout=30)
+    assert done["status"] == "completed", done
+    (result,) = done["result_list"]
+    assert result["worker_id"] == "bundled" and result["exit_code"] == 0
+    assert "bundled-output lib=[]" in result["raw_data"]["stdout_tail"]
+    assert result["metrics"] == {"ops": 12.0, "latency_ms": 2.5}
+
+    failed = s.wait_task_status(refused, "completed", "failed", timeout=30)
+    assert failed["status"] == "failed", failed
+    why = failed["error"] + "".join((r["raw_data"] or {}).get("stderr_tail", "") for r in failed["result_list"])
+    assert "no Python interpreter" in why and "DTF_PYTHON" in why, why
+
+    passed = s.wait_task_status(ran, "completed", "failed", timeout=60)
+    assert passed["status"] == "completed", passed
+
+    assert procs.stop(agent) == 0, procs.log("bundled")
