@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,7 +56,7 @@ def test_image_config_and_entrypoint_enroll_an_agent_with_a_token(procs: Process
     # The coordinator image's CMD with its coordinator.yaml; loopback and free ports by environment
     # (the image's default, 0.0.0.0, is for the container's own network namespace only).
     coord_env = {**os.environ, "DTF_HOME": str(coord_home), "PYTHONUNBUFFERED": "1", "DTF_HOST": "127.0.0.1",
-                 "DTF_PORT": "0", "DTF_AGENT_PORT": "0", "DTF_EVENTS_PORT": "0"}
+                 "DTF_PORT": "0", "DTF_AGENT_PORT": "0", "DTF_EVENTS_PORT": "0", "DTF_METRICS_PORT": "0"}
     serve = procs.start("coordinator", dtf_command("dtf") + ["serve", "--config", str(DOCKER / "coordinator.yaml")],
                         coord_env)
 
@@ -94,6 +95,10 @@ def test_image_config_and_entrypoint_enroll_an_agent_with_a_token(procs: Process
     assert ran.returncode == 0, ran.stdout + ran.stderr + procs.logs()
     (task,) = json.loads(ran.stdout)
     assert task["status"] == "completed" and task["worker_id"] == "pod-agent"
+    # DTF_METRICS_PORT turned the metrics endpoint on (the Kubernetes ConfigMap sets 9090).
+    metrics = read_coordinator_json(coord_home)["metrics_endpoint"]
+    with urllib.request.urlopen(metrics, timeout=10) as reply:
+        assert "dtf_tasks" in reply.read().decode()
 
     # A restarted container keeps its volume: no token needed any more (the pin is in the home).
     assert procs.stop(agent) == 0

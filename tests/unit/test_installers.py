@@ -175,15 +175,17 @@ def test_coordinator_image_exposes_the_ports_its_config_binds() -> None:
     assert (s.port, s.agent_port, s.events_port) == (defaults.port, defaults.agent_port, defaults.events_port)
     exposed = Dockerfile(DOCKERFILES["coordinator"]).last("EXPOSE").split()
     assert exposed == [str(s.port), str(s.agent_port), str(s.events_port)]
+    assert s.metrics_port is None, "metrics off unless asked for (DTF_METRICS_PORT), as outside containers"
     assert cfg.security.enrollment_token == "" and not cfg.security.is_insecure
 
 
 def test_coordinator_image_config_takes_its_settings_from_the_environment() -> None:
     env = {"DTF_HOST": "127.0.0.1", "DTF_PORT": "9000", "DTF_AGENT_PORT": "9001", "DTF_EVENTS_PORT": "9002",
-           "DTF_ADVERTISE": "true", "DTF_ENROLLMENT_TOKEN": "s3cret-s3cret-s3cret", "DTF_BACKUP_INTERVAL": "3600"}
+           "DTF_ADVERTISE": "true", "DTF_ENROLLMENT_TOKEN": "s3cret-s3cret-s3cret", "DTF_BACKUP_INTERVAL": "3600",
+           "DTF_METRICS_PORT": "9090"}
     cfg = load_coordinator_config(DOCKER / "coordinator.yaml", env=env)
-    assert (cfg.server.host, cfg.server.port, cfg.server.agent_port, cfg.server.events_port) == (
-        "127.0.0.1", 9000, 9001, 9002)
+    assert (cfg.server.host, cfg.server.port, cfg.server.agent_port, cfg.server.events_port,
+            cfg.server.metrics_port) == ("127.0.0.1", 9000, 9001, 9002, 9090)
     assert cfg.server.advertise is True
     assert cfg.security.enrollment_token == "s3cret-s3cret-s3cret"
     assert cfg.database.backup_interval == 3600.0
@@ -447,6 +449,10 @@ def test_services_carry_the_ports_coordinator_yaml_binds(rendered: tuple[str, li
     s = cfg.server
     assert s.host == "0.0.0.0" and s.advertise is False, "in a pod: every interface, no mDNS"
     want = {"clients": s.port, "agents": s.agent_port, "events": s.events_port}
+    if s.metrics_port is not None:
+        want["metrics"] = s.metrics_port
+        annotations = sts["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(s.metrics_port) and annotations["prometheus.io/scrape"] == "true"
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == want
     for svc in (d for d in docs if d["kind"] == "Service"):
         assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == want, svc["metadata"]["name"]
