@@ -119,7 +119,8 @@ def add_log_args(ap: argparse.ArgumentParser, *, level: bool = True,
                          "worker ids where known (default: $DTF_LOG_FORMAT, else text)")
     ap.add_argument("--log-file", metavar="PATH", default=None,
                     help="also write the log here, rotated by size (default: $DTF_LOG_FILE, else "
-                         "$DTF_HOME/logs/<program>.log, except under systemd, whose journal keeps stderr)")
+                         "$DTF_HOME/logs/dtf-serve.log, dtf-agent-WORKER.log or dtf-gui.log, except under "
+                         "systemd, whose journal keeps stderr)")
     ap.add_argument("--no-log-file", action="store_true", help="log to stderr only (DTF_LOG_FILE=off)")
     ap.add_argument("--log-max-size", metavar="SIZE", type=_size_arg, default=DEFAULT_MAX_BYTES,
                     help="rotate the log file at this size (default 10M)")

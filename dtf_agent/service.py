@@ -298,9 +298,10 @@ def ensure_user(user: str, home: str, *, root: Path | None = None) -> bool:
     return True
 
 
-def access_problem(path: str, user: str) -> str | None:
-    """Why ``user`` could not run ``path`` (a directory on the way it may not enter, a file it may
-    not read and execute), or None. Mode bits only: an ACL may allow more."""
+def access_problem(path: str, user: str, *, run: bool = True) -> str | None:
+    """Why ``user`` could not run ``path`` (or, with ``run=False``, read it): a directory on the way
+    it may not enter, a file it may not read (and execute); or None. Mode bits only: an ACL may
+    allow more."""
     try:
         pw = pwd.getpwnam(user)
     except KeyError:
@@ -313,9 +314,9 @@ def access_problem(path: str, user: str) -> str | None:
         why = _denied(d, pw.pw_uid, groups, stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH)
         if why:
             return f"{user} cannot enter {d} ({why})"
-    why = _denied(p, pw.pw_uid, groups, stat.S_IXUSR | stat.S_IRUSR, stat.S_IXGRP | stat.S_IRGRP,
-                  stat.S_IXOTH | stat.S_IROTH)
-    return f"{user} cannot read and run {p} ({why})" if why else None
+    x = (stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH) if run else (0, 0, 0)
+    why = _denied(p, pw.pw_uid, groups, stat.S_IRUSR | x[0], stat.S_IRGRP | x[1], stat.S_IROTH | x[2])
+    return f"{user} cannot {'read and run' if run else 'read'} {p} ({why})" if why else None
 
 
 def _all_groups() -> list[grp.struct_group]:
@@ -426,8 +427,11 @@ def add_install_args(ap: argparse.ArgumentParser, kind: str) -> None:
     ap.add_argument("--run-as", metavar="USER", default=SERVICE_USER,
                     help=f"system units: the user it runs as (default {SERVICE_USER}, created with useradd "
                          "--system when missing)")
-    ap.add_argument("--config", metavar="FILE", help=f"the {what}'s YAML (default: $DTF_HOME's, "
-                                                     f"{STATE_DIR} for a system unit)")
+    yaml = "worker.yaml" if kind == "agent" else "coordinator.yaml"
+    ap.add_argument("--config", metavar="FILE", help=f"{yaml} for {'the agent' if kind == 'agent' else what}, "
+                                                     "checked now and passed by its absolute path (default: "
+                                                     f"$DTF_HOME/{yaml}, which is {STATE_DIR}/{yaml} for a "
+                                                     "system unit)")
     if kind == "agent":
         ap.add_argument("--join", metavar="TOKEN", default=os.environ.get("DTF_JOIN_TOKEN") or None,
                         help="a join token from `dtf token create`, kept in the unit's EnvironmentFile (mode "
@@ -517,6 +521,11 @@ def main(kind: str, args: argparse.Namespace, *, home_for_user: str, check_flags
                 print(f"{prog}: warning: {why}; the service would fail to start (status 203/EXEC). Install "
                       f"DTF where every user can read it (a venv under /opt, a bundle in /usr/local/bin), give "
                       f"its path with --exec, or use --user", file=err)
+            why = access_problem(str(Path(args.config).expanduser().absolute()), spec.run_as,
+                                 run=False) if args.config else None
+            if why:
+                print(f"{prog}: warning: {why}; the service would stop at its start (a configuration error). "
+                      f"Put the file in /etc/dtf (mode 0640, group {spec.run_as})", file=err)
         if secrets:
             write_private(Path(spec.env_file), secrets)
         write_unit(path, text)

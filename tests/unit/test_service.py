@@ -313,10 +313,14 @@ def check_private_executable(base: Path, tmp_path: Path) -> None:
     exe.chmod(0o755)
     assert service.access_problem(str(exe), "nobody") == (
         f"nobody cannot enter {private} (mode drwx------, owner uid {os.geteuid()})")
+    cfg = private / "worker.yaml"
+    cfg.write_text("worker:\n  tags: [a]\n")
     out = install("dtf-agent", "--no-enable", "--unit-dir", str(tmp_path / "u"), "--run-as", "nobody",
-                  "--exec", str(exe), "--env-file", str(tmp_path / "e"))
+                  "--exec", str(exe), "--env-file", str(tmp_path / "e"), "--config", str(cfg))
     assert out.returncode == 0, out.stderr
     assert "warning: nobody cannot enter" in out.stderr and "203/EXEC" in out.stderr
+    assert f"warning: nobody cannot enter {private}" in out.stderr.split("203/EXEC", 1)[1], out.stderr
+    assert "configuration error" in out.stderr
     assert service.access_problem(dtf_command("dtf-agent")[0], "root") is None
 
 
