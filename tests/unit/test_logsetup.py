@@ -244,3 +244,15 @@ def test_the_task_log_store_neither_sweeps_nor_is_confused_by_the_program_logs(t
         writer.stop()
     # And the program's file was not touched by the task of the same name.
     assert path.read_text(encoding="utf-8").splitlines()[-1].endswith("coordinator line 59")
+
+
+@pytest.mark.parametrize(("argv", "level"), [
+    (["--log-level", "DEBUG", "serve"], "DEBUG"), (["serve", "--log-level", "WARNING"], "WARNING"),
+    (["serve"], "INFO"), (["--log-level", "DEBUG", "serve", "--log-level", "ERROR"], "ERROR"),
+])
+def test_dtf_serve_takes_the_level_before_or_after_the_command(argv: list[str], level: str) -> None:
+    from dtf_gui.cli import dtf_parser
+
+    args = dtf_parser("serve").parse_args([*argv, "--log-format", "json", "--no-log-file"])
+    opts = logsetup.options_from_args(args, env={})
+    assert (opts.level, opts.format, opts.file) == (level, "json", "")
