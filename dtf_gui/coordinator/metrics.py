@@ -11,8 +11,8 @@ of figure reach a scrape:
   loop for one through its inbox and waits for it a moment; a loop that does not answer in time
   (busy with a long request, or stopping) gets the last snapshot served, and
   ``dtf_metrics_snapshot_age_seconds`` says how old it is;
-- what other threads see happen (commit timing on the SQLite writer thread, security refusals):
-  prometheus-client's own thread-safe Counter and Histogram.
+- what other threads may see happen (commit timing, on the SQLite writer thread or the loop's;
+  security refusals): the same plain histograms and counts, behind a lock of their own.
 The database's size and its standing findings are read at scrape time from the files, through
 a read-only connection of the scrape's own (readers open their own connections).
 
@@ -37,7 +37,7 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, PlatformCollector, ProcessCollector
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -128,8 +128,9 @@ class _Buckets:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.total += value
 
-    def frozen(self) -> tuple[tuple[int, ...], float]:
-        return tuple(self.counts), self.total
+    def frozen(self) -> tuple[tuple[float, ...], tuple[int, ...], float]:
+        """(bounds, counts per bucket, sum), copied."""
+        return tuple(self.bounds), tuple(self.counts), self.total
 
 
 class LoopFigures:
@@ -156,13 +157,17 @@ class LoopFigures:
         if hist is not None:
             hist.observe(max(0.0, now - create_time))
 
-    def histograms(self) -> tuple[tuple[str, tuple[str, ...], tuple[int, ...], float], ...]:
-        """(metric, label values, bucket counts, sum) of each histogram, as they are now."""
-        out: list[tuple[str, tuple[str, ...], tuple[int, ...], float]] = [
+    def histograms(self) -> tuple[HistogramFigures, ...]:
+        """Each histogram as it is now."""
+        out: list[HistogramFigures] = [
             ("dtf_dispatch_latency_seconds", (), *self.dispatch_latency.frozen()),
             ("dtf_queue_wait_seconds", (), *self.queue_wait.frozen())]
         out.extend(("dtf_task_latency_seconds", (s,), *h.frozen()) for s, h in self.task_latency.items())
         return tuple(out)
+
+
+# (metric, label values, bucket bounds, counts per bucket with +Inf last, sum)
+HistogramFigures = tuple[str, tuple[str, ...], tuple[float, ...], tuple[int, ...], float]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -184,7 +189,7 @@ class Snapshot:
     queue_depth: int
     workers: tuple[WorkerFigures, ...]
     counters: tuple[tuple[str, int], ...]
-    histograms: tuple[tuple[str, tuple[str, ...], tuple[int, ...], float], ...]
+    histograms: tuple[HistogramFigures, ...]
     db_commits: int
     db_rows_written: int
     db_write_errors: int
@@ -233,15 +238,12 @@ class Metrics:
         self._thread: threading.Thread | None = None
         self.port = 0
         self.registry = CollectorRegistry(auto_describe=False)
-        self.commit_seconds = Histogram("dtf_db_commit_seconds", "seconds each SQLite transaction (a batch) took",
-                                        buckets=COMMIT_BUCKETS, registry=self.registry)
-        self.commit_rows = Histogram("dtf_db_commit_rows", "rows each SQLite transaction (a batch) wrote",
-                                     buckets=COMMIT_ROW_BUCKETS, registry=self.registry)
-        self.refusals = Counter("dtf_security_refusals", "security refusals by kind (keys, names, roles, rate "
-                                "limits, handshakes), counted before the log's throttling", ["kind"],
-                                registry=self.registry)
-        for kind in sorted(refusal_kinds):  # each kind shows from the start, at 0: rate() needs a first sample
-            self.refusals.labels(kind)
+        # Filled by whichever thread commits or refuses, read by scrapes: under this lock.
+        self._lock = threading.Lock()
+        self._commit_seconds = _Buckets(COMMIT_BUCKETS)
+        self._commit_rows = _Buckets(COMMIT_ROW_BUCKETS)
+        # Each kind shows from the start, at 0: rate() and increase() need a first sample.
+        self._refusals = dict.fromkeys(sorted(refusal_kinds), 0)
         self.registry.register(_Collector(self))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -250,12 +252,21 @@ class Metrics:
 
     def committed(self, seconds: float, rows: int) -> None:
         """Store.on_commit_timed: the writer thread or the loop's."""
-        self.commit_seconds.observe(seconds)
-        self.commit_rows.observe(rows)
+        with self._lock:
+            self._commit_seconds.observe(seconds)
+            self._commit_rows.observe(rows)
 
     def refused(self, kind: str) -> None:
         """Trust.on_refusal (the loop thread)."""
-        self.refusals.labels(kind).inc()
+        with self._lock:
+            self._refusals[kind] = self._refusals.get(kind, 0) + 1
+
+    def shared_figures(self) -> tuple[tuple[HistogramFigures, ...], tuple[tuple[str, int], ...]]:
+        """(commit histograms, refusals by kind), copied under the lock (a scrape's thread)."""
+        with self._lock:
+            return ((("dtf_db_commit_seconds", (), *self._commit_seconds.frozen()),
+                     ("dtf_db_commit_rows", (), *self._commit_rows.frozen())),
+                    tuple(self._refusals.items()))
 
     # -- the endpoint ------------------------------------------------------------------------------
 
@@ -344,7 +355,7 @@ class Metrics:
 
 
 class _Collector(Collector):
-    """Everything that is not a prometheus-client object of :class:`Metrics`: one snapshot per scrape."""
+    """Every dtf_ metric: the loop's snapshot, the shared figures and the stored ones, per scrape."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.m = metrics
@@ -368,6 +379,13 @@ class _Collector(Collector):
             retracted.add_metric([kind], findings.get(f"{kind}_retracted", 0))
         yield standing
         yield retracted
+        commits, refusals = m.shared_figures()
+        yield from _histogram_families(commits)
+        refused = CounterMetricFamily("dtf_security_refusals", "security refusals by kind (keys, names, roles, "
+                                      "rate limits, handshakes), counted before the log's throttling", labels=["kind"])
+        for kind, n in refusals:
+            refused.add_metric([kind], n)
+        yield refused
         snap = m.snapshot()
         if snap is None:
             return
@@ -414,18 +432,30 @@ def _loop_families(snap: Snapshot) -> Iterator[Metric]:
     for w in online:
         age.add_metric([w.worker_id], w.heartbeat_age or 0.0)
     yield age
+    yield from _histogram_families(snap.histograms)
+
+
+_HISTOGRAM_DOCS = {
+    "dtf_dispatch_latency_seconds": "a task attempt sent to a worker until its result is back (the coordinator's "
+                                    "clock)",
+    "dtf_queue_wait_seconds": "submitted (or sent back to the queue) until dispatched",
+    "dtf_task_latency_seconds": "submitted until final (completed, failed or cancelled), end to end",
+    "dtf_db_commit_seconds": "seconds each SQLite transaction (a batch) took",
+    "dtf_db_commit_rows": "rows each SQLite transaction (a batch) wrote",
+}
+# The label of the histograms that have one.
+_HISTOGRAM_LABELS = {"dtf_task_latency_seconds": ["status"]}
+
+
+def _histogram_families(figures: Sequence[HistogramFigures]) -> Iterator[Metric]:
     families: dict[str, HistogramMetricFamily] = {}
-    docs = {"dtf_dispatch_latency_seconds": "a task attempt sent to a worker until its result is back (the "
-                                            "coordinator's clock)",
-            "dtf_queue_wait_seconds": "submitted (or sent back to the queue) until dispatched",
-            "dtf_task_latency_seconds": "submitted until final (completed, failed or cancelled), end to end"}
-    for metric, labels, bucket_counts, total in snap.histograms:
+    for metric, labels, bounds, counts, total in figures:
         fam = families.get(metric)
         if fam is None:
-            fam = families[metric] = HistogramMetricFamily(metric, docs[metric],
-                                                           labels=["status"] if labels else None)
+            fam = families[metric] = HistogramMetricFamily(metric, _HISTOGRAM_DOCS[metric],
+                                                           labels=_HISTOGRAM_LABELS.get(metric))
         cumulative, buckets = 0, []
-        for bound, n in zip((*LATENCY_BUCKETS, float("inf")), bucket_counts, strict=True):
+        for bound, n in zip((*bounds, float("inf")), counts, strict=True):
             cumulative += n
             buckets.append((floatToGoString(bound), cumulative))
         fam.add_metric(list(labels), buckets, sum_value=total)

@@ -79,8 +79,8 @@ def test_buckets_put_a_value_on_a_bound_in_that_bounds_bucket_and_the_rest_in_in
     b = metrics._Buckets((0.1, 1.0))
     for v in (0.05, 0.1, 0.5, 1.0, 7.0):
         b.observe(v)
-    counts, total = b.frozen()
-    assert counts == (2, 2, 1)
+    bounds, counts, total = b.frozen()
+    assert bounds == (0.1, 1.0) and counts == (2, 2, 1)
     assert total == pytest.approx(8.65)
 
 
@@ -92,7 +92,7 @@ def test_queue_wait_counts_from_submission_or_from_the_requeue() -> None:
     f.queued("b", now=10.0)
     f.ended("b", p.CANCELLED, create_time=5.0, now=12.0)
     assert f.requeued == {}, "nothing is kept for a task once it is dispatched or final"
-    hists = {(name, labels): (counts, total) for name, labels, counts, total in f.histograms()}
+    hists = {(name, labels): (counts, total) for name, labels, _, counts, total in f.histograms()}
     counts, total = hists[("dtf_queue_wait_seconds", ())]
     assert sum(counts) == 2 and total == pytest.approx(3.5)
     assert hists[("dtf_task_latency_seconds", (p.CANCELLED,))][1] == pytest.approx(7.0)
@@ -198,10 +198,8 @@ def test_scrape_of_an_embedded_coordinator_and_nothing_left_after_stop(
     info = f'coordinator_id="{c.s.coordinator_id}",protocol="{p.PROTOCOL_VERSION}",version="{__version__}"'
     assert got[f"dtf_coordinator_info{{{info}}}"] == 1
     names = family_names(url)
-    # Besides ours: the process's own (CPU, memory, file descriptors) and prometheus-client's
-    # _created series of its counters and histograms.
-    assert names - metrics.METRIC_NAMES == {n for n in names if n.startswith(("process_", "python_"))
-                                             or n.endswith("_created")}
+    # Besides ours: the process's own (CPU, memory, file descriptors, Python's version).
+    assert names - metrics.METRIC_NAMES == {n for n in names if n.startswith(("process_", "python_"))}
     assert metrics.METRIC_NAMES - {"dtf_worker_heartbeat_age_seconds"} <= names | {
         n.removesuffix("_total") for n in names}, "every name the dashboard may use shows in a scrape"
     c.stop()
