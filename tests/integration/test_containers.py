@@ -74,20 +74,22 @@ def test_image_config_and_entrypoint_enroll_an_agent_with_a_token(procs: Process
     assert made.returncode == 0, made.stderr
     token = made.stdout.splitlines()[0]
 
-    # The agent image's entrypoint, its worker.yaml and the variables the manifests set.
+    # The agent image's entrypoint, its worker.yaml and the variables the manifests set; the
+    # coordinator by a host name, as agents in a cluster name its Service.
+    by_name = info["agent_endpoint"].replace("tcp://127.0.0.1:", "tcp://localhost:")
     wrapper = tmp_path / "dtf-agent"
     wrapper.write_text("#!/bin/sh\nexec " + " ".join(f"'{w}'" for w in dtf_command("dtf-agent")) + ' "$@"\n')
     wrapper.chmod(0o755)
     agent_env = {"PATH": os.environ["PATH"], "DTF_HOME": str(agent_home), "PYTHONUNBUFFERED": "1",
                  "DTF_AGENT": str(wrapper), "DTF_CONFIG": str(DOCKER / "worker.yaml"),
-                 "DTF_COORDINATOR": info["agent_endpoint"], "DTF_JOIN_TOKEN": token, "DTF_WORKER_ID": "pod-agent",
+                 "DTF_COORDINATOR": by_name, "DTF_JOIN_TOKEN": token, "DTF_WORKER_ID": "pod-agent",
                  "DTF_SLOTS": "2", "DTF_TAGS": "kubernetes", "DTF_TAG_NODE": "node-a", "DTF_TAG_ZONE": ""}
     entrypoint = ["/bin/sh", str(DOCKER / "agent-entrypoint.sh")]
     agent = procs.start("agent", entrypoint, agent_env)
     worker = wait_until(lambda: _online(coord_env, "pod-agent"), 30, message=procs.logs)
     assert sorted(worker["tags"]) == ["kubernetes", "node=node-a"] and worker["slots"] == 2
     assert (agent_home / "agent" / "pod-agent" / "coordinator.pin").exists(), "the token's key is pinned"
-    assert wait_until(lambda: _healthcheck(info["agent_endpoint"]) == 0, 15), "the agent's health check"
+    assert wait_until(lambda: _healthcheck(by_name) == 0, 15), "the agent's health check"
 
     # A task on that node, as `dtf submit --tag node=...` in the README.
     ran = cli(coord_env, "submit", "--command", "echo ran-in-the-agent", "--tag", "node=node-a", "--wait", "--json",
@@ -103,7 +105,7 @@ def test_image_config_and_entrypoint_enroll_an_agent_with_a_token(procs: Process
     # A restarted container keeps its volume: no token needed any more (the pin is in the home).
     assert procs.stop(agent) == 0
     wait_until(lambda: not _online(coord_env, "pod-agent"), 60, message=procs.logs)
-    wait_until(lambda: _healthcheck(info["agent_endpoint"]) == 1, 15)
+    wait_until(lambda: _healthcheck(by_name) == 1, 15)
     again = {k: v for k, v in agent_env.items() if k != "DTF_JOIN_TOKEN"}
     procs.start("agent-again", entrypoint, again)
     wait_until(lambda: _online(coord_env, "pod-agent"), 30, message=procs.logs)

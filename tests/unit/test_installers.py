@@ -349,6 +349,10 @@ def pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
         "Deployment", "DaemonSet", "StatefulSet") else {}
 
 
+def pod_spec_labels(doc: dict[str, Any]) -> dict[str, str]:
+    return dict(doc["spec"]["template"]["metadata"]["labels"])
+
+
 def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
     found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
     assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
@@ -408,6 +412,11 @@ def test_the_two_variants_differ_in_their_agents_only() -> None:
     assert "Deployment" in kinds["d"] and "DaemonSet" not in kinds["d"]
     assert "DaemonSet" in kinds["p"] and "Deployment" not in kinds["p"]
     assert [d for d in deployment if d["kind"] != "Deployment"] == [d for d in per_node if d["kind"] != "DaemonSet"]
+    # Applied one after the other, neither selects the other's pods.
+    selectors = [one(docs, kind)["spec"]["selector"]["matchLabels"] for docs, kind in (
+        (deployment, "Deployment"), (per_node, "DaemonSet"))]
+    labels = [pod_spec_labels(one(docs, kind)) for docs, kind in ((deployment, "Deployment"), (per_node, "DaemonSet"))]
+    assert not selectors[0].items() <= labels[1].items() and not selectors[1].items() <= labels[0].items()
 
 
 def test_every_pod_runs_as_the_images_user_with_nothing_more(rendered: tuple[str, list[dict[str, Any]]]) -> None:
