@@ -114,6 +114,10 @@ def add_log_args(ap: argparse.ArgumentParser, *, level: bool = True,
     if level:
         ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     fmt = (env.get("DTF_LOG_FORMAT") or "text").strip().lower()
+    if fmt not in FORMATS:
+        # argparse checks choices only on the command line, never a default: say it here.
+        print(f"{ap.prog}: DTF_LOG_FORMAT={env.get('DTF_LOG_FORMAT')!r} is not one of {', '.join(FORMATS)}: "
+              "logging as text", file=sys.stderr)
     ap.add_argument("--log-format", choices=FORMATS, default=fmt if fmt in FORMATS else "text",
                     help="text, or json: one object a line with time, level, logger, message and the task and "
                          "worker ids where known (default: $DTF_LOG_FORMAT, else text)")

@@ -132,7 +132,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         problem = _database_problem(settings.db_path, home)
         if problem:
-            print(f"dtf serve: {problem}", file=sys.stderr)
+            _serve_says(args, problem)
             return 1
         try:
             coord = Coordinator(settings).start()
@@ -140,7 +140,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # A file that passed the check but fails when opened (damaged past what quick_check reads).
             problem = _database_problem(settings.db_path, home, exc.__cause__)
             if problem:
-                print(f"dtf serve: {problem}", file=sys.stderr)
+                _serve_says(args, problem)
                 return 1
             raise
         info = coord.info()
@@ -150,15 +150,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         write_coordinator_file(info, home)  # only the lock's owner writes it
         db = settings.config.database
         backups = Backups(settings.db_path, home / BACKUP_DIR, db.backup_interval, db.backups_kept).start()
-        print(f"DTF coordinator {settings.coordinator_id}")
-        print(f"  clients: {info['client_endpoint']}")
-        print(f"  agents:  {info['agent_endpoint']}")
-        print(f"  events:  {info['events_endpoint']}")
-        print(f"  db:      {info['db']}")
-        if info["insecure"]:
-            print("  INSECURE: plain-text sockets, every agent accepted, every client an admin", flush=True)
-        else:
-            print(f"  key:     {info['fingerprint']}", flush=True)
+        if args.log_format != "json":
+            # With JSON lines the coordinator's own log says the same, and a plain banner would break
+            # the stream a collector reads (journald mixes stdout into it).
+            print(f"DTF coordinator {settings.coordinator_id}")
+            print(f"  clients: {info['client_endpoint']}")
+            print(f"  agents:  {info['agent_endpoint']}")
+            print(f"  events:  {info['events_endpoint']}")
+            print(f"  db:      {info['db']}")
+            if info["insecure"]:
+                print("  INSECURE: plain-text sockets, every agent accepted, every client an admin", flush=True)
+            else:
+                print(f"  key:     {info['fingerprint']}", flush=True)
         done = threading.Event()
 
         def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -169,7 +172,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             while not done.wait(1.0):
                 if not coord.is_running:
-                    print("dtf serve: the coordinator loop stopped unexpectedly; see the log", file=sys.stderr)
+                    _serve_says(args, "the coordinator loop stopped unexpectedly; see the log")
                     return 1
         finally:
             backups.stop()  # before the coordinator: no copy is left reading a closing database
@@ -178,6 +181,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         lock.release()  # last: the home is ours until everything above has let go of it
     return 0
+
+
+def _serve_says(args: argparse.Namespace, problem: str) -> None:
+    """Why `dtf serve` stops: a log record when the log is JSON lines (one stream for a collector),
+    else a plain line on stderr."""
+    if args.log_format == "json":
+        import logging
+
+        logging.getLogger("dtf_gui.cli").error("dtf serve: %s", problem)
+    else:
+        print(f"dtf serve: {problem}", file=sys.stderr)
 
 
 def _database_problem(db_path: str, home: Path, exc: BaseException | None = None) -> str | None:

@@ -24,8 +24,8 @@ TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 
 
 class StderrApartTracker(ProcessTracker):
-    """As ProcessTracker, but stderr goes to NAME.stderr, apart from stdout (`dtf serve` prints its
-    banner on stdout: only stderr carries log records)."""
+    """As ProcessTracker, but stderr goes to NAME.stderr, apart from stdout (where `dtf serve` prints
+    its banner, except with JSON logs)."""
 
     def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None,
               cwd: Path | None = None) -> subprocess.Popen[bytes]:
@@ -49,6 +49,7 @@ class StderrApartTracker(ProcessTracker):
 class Lab:
     home: Path
     task_id: str
+    serve_stdout: str
     serve_stderr: str
     agent_stderr: str
     serve_code: int | None
@@ -80,7 +81,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         # SIGTERM, as systemd stops them: the goodbye and shutdown lines are written too.
         agent_code = tracker.stop(agent)
         serve_code = tracker.stop(serve.proc)
-        yield Lab(home=home, task_id=task_id,
+        yield Lab(home=home, task_id=task_id, serve_stdout=(logs / "serve.log").read_text(encoding="utf-8"),
                   serve_stderr=(logs / "serve.stderr").read_text(encoding="utf-8"),
                   agent_stderr=(logs / f"{AGENT}.stderr").read_text(encoding="utf-8"),
                   serve_code=serve_code, agent_code=agent_code, task_output=shown.stdout)
@@ -119,6 +120,8 @@ def files(home: Path, name: str) -> list[Path]:
 
 def test_every_line_on_stderr_and_in_the_files_is_a_json_record(lab: Lab) -> None:
     assert (lab.serve_code, lab.agent_code) == (0, 0)
+    # No plain banner either: under systemd, journald mixes stdout into the same stream.
+    assert lab.serve_stdout == ""
     serve = records(lab.serve_stderr, "dtf serve stderr")
     agent = records(lab.agent_stderr, "dtf-agent stderr")
     check_fields(serve, "dtf-serve", "dtf serve stderr")

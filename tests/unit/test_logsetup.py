@@ -189,6 +189,12 @@ def test_environment_defaults_for_containers() -> None:
     assert parse([]) == logsetup.LogOptions(level="INFO", format="text", file=None, max_bytes=10 * 1024**2, backups=5)
 
 
+def test_a_misspelt_log_format_in_the_environment_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse([], {"DTF_LOG_FORMAT": "jsno"}).format == "text"
+    said = capsys.readouterr().err
+    assert "DTF_LOG_FORMAT='jsno'" in said and "json" in said
+
+
 @pytest.mark.parametrize("argv", [["--log-backups", "0"], ["--log-max-size", "10X"], ["--log-max-size", "100"],
                                   ["--log-format", "xml"]])
 def test_bad_log_flags_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
