@@ -555,6 +555,11 @@ class CoordinatorSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
         description="with several coordinators on the LAN, the mDNS name of the one to join")] = None
 
     def __post_init__(self) -> None:
+        # `${DTF_COORDINATOR:-}` in a container's worker.yaml expands to "" when the variable is unset:
+        # the same as leaving the key out.
+        for name in ("address", "enrollment_token", "fingerprint", "service_name"):
+            if not (getattr(self, name) or "").strip():
+                setattr(self, name, None)
         if self.address is not None and not re.match(r"(tcp|ipc|inproc)://\S+\Z", self.address):
             raise ValueError(f"address: expected tcp://HOST:PORT, got {self.address!r}")
 

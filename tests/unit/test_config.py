@@ -285,6 +285,18 @@ def test_env_var_with_default_uses_the_variable_when_set_and_the_default_otherwi
     assert load_coordinator_config(path, env={"DTF_HOST": "10.1.2.3"}).server.host == "10.1.2.3"
 
 
+def test_an_empty_coordinator_key_from_env_is_the_key_left_out(tmp_path):
+    # A container's worker.yaml: each key from an optional variable.
+    path = write(tmp_path, "worker.yaml", "coordinator:\n  address: ${DTF_COORDINATOR:-}\n"
+                 "  enrollment_token: ${DTF_JOIN_TOKEN:-}\n  fingerprint: ${DTF_COORDINATOR_KEY:-}\n")
+    unset = load_worker_config(path, env={}).coordinator
+    assert (unset.address, unset.enrollment_token, unset.fingerprint) == (None, None, None)
+    given = load_worker_config(path, env={"DTF_COORDINATOR": "tcp://lab:8081"}).coordinator
+    assert given.address == "tcp://lab:8081"
+    with pytest.raises(ConfigError, match="address"):
+        load_worker_config(path, env={"DTF_COORDINATOR": "lab:8081"})
+
+
 def test_string_port_from_env_becomes_an_int(tmp_path):
     path = write(tmp_path, "coordinator.yaml", "server:\n  port: ${DTF_PORT}\n  event_interval: ${EVT:-0.05}\n")
     server = load_coordinator_config(path, env={"DTF_PORT": "9123"}).server
