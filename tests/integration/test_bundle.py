@@ -1,8 +1,9 @@
 """The one-file agent bundle (`make dist-agent`, installers/pyinstaller/) on a machine with no Python.
 
 Built by the Makefile's own recipe (rebuilt only when the agent's sources changed), then started
-against a real `dtf serve` on loopback with an environment in which no Python can be found: an
-empty PATH directory, no PYTHONPATH, a working directory and home of its own.
+twice against a real `dtf serve` on loopback (one agent joining with a token, one finding it by
+mDNS), each with an environment in which no Python can be found: an empty PATH directory, no
+PYTHONPATH, a working directory and home of its own.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ProcessTracker, Serve
+from tests.helpers import ProcessTracker, Serve, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "dist" / "dtf-agent"
@@ -45,6 +46,24 @@ def _roots(names: set[str]) -> set[str]:
     return {re.split(r"[./]", n, maxsplit=1)[0] for n in names}
 
 
+def _start_bundle(procs: ProcessTracker, machine: Path, worker_id: str, args: list[str], *,
+                  worker_yaml: str = "") -> subprocess.Popen[bytes]:
+    """The bundled agent on a "machine" of its own: a home and a working directory under ``machine``,
+    PATH an empty directory (no Python to be found), no PYTHONPATH, nothing of the venv's."""
+    no_python = machine / "bin"
+    no_python.mkdir(parents=True)
+    home = machine / "dtf"
+    home.mkdir()
+    if worker_yaml:
+        (home / "worker.yaml").write_text(worker_yaml, encoding="utf-8")
+    env = {"PATH": str(no_python), "HOME": str(machine), "DTF_HOME": str(home), "LANG": "C.UTF-8"}
+    with open(procs.log_dir / f"{worker_id}.log", "wb") as out:  # the child keeps its own copy
+        proc = subprocess.Popen([str(BUNDLE), "--worker-id", worker_id, *args], cwd=machine, env=env,
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    procs.procs.append((worker_id, proc))  # stopped with its whole tree at teardown, pass or fail
+    return proc
+
+
 @pytest.mark.slow  # builds the bundle when the agent changed (about a minute on two cores)
 @pytest.mark.timeout(600)
 def test_the_agent_bundle_runs_tasks_without_python(tmp_path: Path, serve: Callable[..., Serve],
@@ -58,18 +77,20 @@ def test_the_agent_bundle_runs_tasks_without_python(tmp_path: Path, serve: Calla
     assert "dtf_agent.runners.command" in names and "dtf_agent/runners/pytest_plugin.py" in names
     assert not roots & set(FORBIDDEN), f"in the agent bundle: {sorted(roots & set(FORBIDDEN))}"
 
-    s = serve(None, "--no-mdns")
+    # mDNS on (loopback only, below) under a name of this test's own: zeroconf is what a bundle
+    # most easily loses (compiled modules imported from compiled modules).
+    name = f"dtf-bundle-{os.getpid()}-{tmp_path.name[-12:]}"
+    s = serve(f"server:\n  service_name: {name}\n")
     token = s.call("create_token", {"uses": 1})["token"]
-    machine = tmp_path / "machine"  # the test machine: its own home, nothing of the venv's
-    no_python = machine / "bin"
-    no_python.mkdir(parents=True)
-    env = {"PATH": str(no_python), "HOME": str(machine), "DTF_HOME": str(machine / "dtf"), "LANG": "C.UTF-8"}
-    argv = [str(BUNDLE), "--coordinator", s.agent_endpoint, "--join", token, "--worker-id", "bundled", "--slots", "2"]
-    with open(procs.log_dir / "bundled.log", "wb") as out:  # the child keeps its own copy
-        agent = subprocess.Popen(argv, cwd=machine, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
-    procs.procs.append(("bundled", agent))  # stopped with its whole tree at teardown, pass or fail
-    s.wait_workers_online("bundled", timeout=30)
+    bundled = _start_bundle(procs, tmp_path / "machine", "bundled",
+                            ["--coordinator", s.agent_endpoint, "--join", token, "--slots", "2"])
+    # Another machine that knows no address: it finds the coordinator by mDNS and waits to be accepted.
+    found = _start_bundle(procs, tmp_path / "other", "found-me", ["--mdns-interface", "127.0.0.1"],
+                          worker_yaml=f"coordinator:\n  service_name: {name}\n")
+    pending = wait_until(lambda: [a for a in s.call("list_agents") if a["name"] == "found-me"
+                                  and a["state"] == "pending"], 30, message=procs.logs)
+    assert s.call("accept_agents", {"agents": [pending[0]["fingerprint"]]}) == {"accepted": ["found-me"]}
+    s.wait_workers_online("bundled", "found-me", timeout=30)
 
     # A command task through the bundle's runner: output and a metric from $DTF_RESULT_FILE. Its
     # programs load the machine's libraries: the linker path the bootloader set for the bundle's
@@ -80,18 +101,18 @@ def test_the_agent_bundle_runs_tasks_without_python(tmp_path: Path, serve: Calla
 
     # pytest shards: the bundle is no interpreter. Without one it says so; with one named (here
     # $DTF_PYTHON in the task's environment) the shard runs there, with the plugin the bundle carries.
-    suite = machine / "suite"
+    suite = tmp_path / "suite"
     suite.mkdir()
     (suite / "test_it.py").write_text("def test_one():\n    assert 1 + 1 == 2\n", encoding="utf-8")
     shard = {"tests": ["test_it.py::test_one"], "cwd": str(suite)}
     refused = s.call("create_task", {"type": "pytest", "parameters": shard, "retry_limit": 0})["task_id"]
     ran = s.call("create_task", {"type": "pytest", "retry_limit": 0,
-                                     "parameters": {**shard, "env": {"DTF_PYTHON": sys.executable}}})["task_id"]
+                                 "parameters": {**shard, "env": {"DTF_PYTHON": sys.executable}}})["task_id"]
 
     done = s.wait_task_status(command, "completed", "failed", timeout=30)
     assert done["status"] == "completed", done
     (result,) = done["result_list"]
-    assert result["worker_id"] == "bundled" and result["exit_code"] == 0
+    assert result["worker_id"] in ("bundled", "found-me") and result["exit_code"] == 0
     assert "bundled-output lib=[]" in result["raw_data"]["stdout_tail"]
     assert result["metrics"] == {"ops": 12.0, "latency_ms": 2.5}
 
@@ -103,4 +124,5 @@ def test_the_agent_bundle_runs_tasks_without_python(tmp_path: Path, serve: Calla
     passed = s.wait_task_status(ran, "completed", "failed", timeout=60)
     assert passed["status"] == "completed", passed
 
-    assert procs.stop(agent) == 0, procs.log("bundled")
+    for agent, worker_id in ((bundled, "bundled"), (found, "found-me")):
+        assert procs.stop(agent) == 0, procs.log(worker_id)
