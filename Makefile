@@ -96,8 +96,9 @@ bench: install
 
 # Bundles (installers/pyinstaller/README.md): dist/dtf-agent, one file that needs no Python on the test
 # machine, and dist/dtf-gui/, the window in one folder. The agent is built from a venv of its own
-# holding only the agent's dependencies, so Qt, numpy and scipy cannot get into it. Each bundle is
-# rebuilt only when its sources, its spec or its venv changed.
+# holding only the agent's dependencies (with the gpu extra: nothing can be added to a bundle later),
+# so Qt, numpy and scipy cannot get into it. Each bundle is rebuilt only when its sources, its spec or
+# its venv changed.
 PYINSTALLER_FLAGS := --noconfirm --log-level WARN --distpath dist --workpath build/pyinstaller
 AGENT_SOURCES := $(shell find dtf_agent -name '*.py' 2>/dev/null) installers/pyinstaller/dtf-agent.spec \
 	installers/pyinstaller/dtf_agent_main.py installers/pyinstaller/frozen_python.py
@@ -106,7 +107,7 @@ GUI_SOURCES := $(AGENT_SOURCES) $(shell find dtf_gui -name '*.py' 2>/dev/null) r
 
 $(DIST_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(DIST_VENV)
-	$(DIST_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e . 'pyinstaller>=6.10'
+	$(DIST_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[gpu]' 'pyinstaller>=6.10'
 	@touch $(DIST_STAMP)
 
 # PYTHONHASHSEED fixed: the same sources give the same archive order (PyInstaller's advice for
