@@ -22,17 +22,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import msgspec
 import zmq
 
-from dtf_agent import __version__, hardware
+from dtf_agent import __version__, hardware, tracing
 from dtf_agent import protocol as p
 from dtf_agent.inbox import Inbox
 from dtf_agent.runners.command import DEFAULT_SHELL, CommandRun, Outcome
 from dtf_agent.spool import Spool, default_spool_dir
 from dtf_agent.transport import CurveClient, hostname, make_socket
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +137,12 @@ class Agent:
         self.unacked: dict[str, tuple[p.ResultRecord, float]] = {}
         # task_id -> result_id of the unacknowledged result: such a task is never run again.
         self._held: dict[str, str] = {}
+        # Tracing (dtf[otel] and OTEL_* set; see tracing.py), None when off: each task's run span
+        # (task id -> span, from its start to its outcome) and each result's (result id -> span,
+        # journalled and sent until acknowledged). Every span is ended, at the latest at stop.
+        self._tracer = tracing.setup("dtf-agent")
+        self._run_spans: dict[str, Span] = {}
+        self._result_spans: dict[str, Span] = {}
         for rec in self.spool.pending():
             self._hold(rec, float("-inf"))  # sent after the Welcome
         if self.unacked:
@@ -515,6 +524,8 @@ class Agent:
                     self._started.append(spec.task_id)
                 continue
             runner = self._runners.get(spec.type)
+            if self._tracer is not None:
+                self._trace_run(spec)
             if runner is None:
                 self._report(spec, Outcome(spec.task_id, "failure", time.time(), time.time(),
                                            error=f"this agent cannot run task type {spec.type!r}"))
@@ -539,11 +550,62 @@ class Agent:
 
     # -- results and the spool ----------------------------------------------------------------
 
+    # -- tracing (only while self._tracer is set) ----------------------------------------------
+
+    def _trace_run(self, spec: p.RunSpec) -> None:
+        assert self._tracer is not None
+        old = self._run_spans.pop(spec.task_id, None)
+        if old is not None:  # not expected: a task runs once at a time here
+            tracing.end_span(old, "superseded by a new run of the task")
+        self._run_spans[spec.task_id] = tracing.start_span(
+            self._tracer, "dtf.run", spec.trace or None, kind="consumer",
+            attributes={"dtf.task_id": spec.task_id, "dtf.task_type": spec.type, "dtf.attempt": spec.attempt,
+                        "dtf.worker_id": self.s.worker_id})
+
+    def _end_run(self, task_id: str, why: str) -> None:
+        span = self._run_spans.pop(task_id, None)
+        if span is not None:
+            tracing.end_span(span, why)
+
+    def _trace_result(self, spec: p.RunSpec, result_id: str, status: str, error: str,
+                      exit_code: int | None) -> dict[str, str]:
+        """The run span ends with the outcome; the result span starts (ended by its ack). Returns
+        the result span's context, which the result carries to the coordinator."""
+        assert self._tracer is not None
+        run = self._run_spans.pop(spec.task_id, None)
+        if run is not None:
+            tracing.end_span(run, None if status == "success" else (error or status),
+                             {"dtf.status": status, "dtf.exit_code": exit_code})
+        elif not spec.trace:
+            return {}  # a task this process never saw start (nothing to hang a span from)
+        span = tracing.start_span(self._tracer, "dtf.result", run if run is not None else (spec.trace or None),
+                                  kind="producer", attributes={"dtf.task_id": spec.task_id, "dtf.result_id": result_id,
+                                                               "dtf.attempt": spec.attempt, "dtf.status": status})
+        old = self._result_spans.pop(result_id, None)
+        if old is not None:
+            tracing.end_span(old)
+        self._result_spans[result_id] = span
+        return tracing.context_of(span)
+
+    def _end_traces(self) -> None:
+        """At stop: what is still open ends, saying why (a result stays in the spool for the next start)."""
+        for task_id in list(self._run_spans):
+            self._end_run(task_id, "the agent stopped before the task ended")
+        spans, self._result_spans = self._result_spans, {}
+        for span in spans.values():
+            tracing.end_span(span, attributes={"dtf.acknowledged": False})
+        tracing.flush()
+
     def _hold(self, rec: p.ResultRecord, sent: float) -> None:
         self.unacked[rec.result_id] = (rec, sent)
         self._held[rec.task_id] = rec.result_id
 
     def _acked(self, result_ids: list[str]) -> None:
+        if self._result_spans:
+            for rid in result_ids:
+                span = self._result_spans.pop(rid, None)
+                if span is not None:
+                    tracing.end_span(span, attributes={"dtf.acknowledged": True})
         for rid in result_ids:
             entry = self.unacked.pop(rid, None)
             if entry is not None and self._held.get(entry[0].task_id) == rid:
@@ -576,10 +638,12 @@ class Agent:
         # is not journalled (no fsync): running a no-op again after a crash costs nothing and
         # gives the same result, so the spool's promise is kept without paying for it.
         now = time.time()
+        rid = f"{self._rid_prefix}{next(self._rid_counter)}"
+        trace = self._trace_result(spec, rid, "success", "", 0) if self._tracer is not None else {}
         self._volatile.append(p.ResultRecord(
-            result_id=f"{self._rid_prefix}{next(self._rid_counter)}", task_id=spec.task_id, status="success",
+            result_id=rid, task_id=spec.task_id, status="success",
             start_time=now, end_time=now, exit_code=0, attempt=spec.attempt,
-            test_id=str(spec.parameters.get("test_id", "")) if spec.parameters else ""))
+            test_id=str(spec.parameters.get("test_id", "")) if spec.parameters else "", trace=trace))
         self.completed += 1
 
     def _run_command(self, spec: p.RunSpec) -> None:
@@ -809,18 +873,23 @@ class Agent:
                 else:
                     self._unsent_logs.append(run)
             if outcome.task_id in self._stopping_ids and outcome.error == "cancelled":
+                if self._tracer is not None:
+                    self._end_run(outcome.task_id, "cancelled: the agent is stopping (the task runs elsewhere)")
                 continue
             spec = run.spec if run else p.RunSpec(task_id=outcome.task_id)
             self._report(spec, outcome)
 
     def _report(self, spec: p.RunSpec, o: Outcome) -> None:
+        rid = f"{self._rid_prefix}{next(self._rid_counter)}"
+        trace = self._trace_result(spec, rid, o.status, o.error, o.exit_code) if self._tracer is not None else {}
         rec = p.ResultRecord(
-            result_id=f"{self._rid_prefix}{next(self._rid_counter)}", task_id=o.task_id, status=o.status,
+            result_id=rid, task_id=o.task_id, status=o.status,
             start_time=o.start_time, end_time=o.end_time, execution_time=max(0.0, o.end_time - o.start_time),
             exit_code=o.exit_code, error=o.error, metrics=o.metrics, stdout_tail=o.stdout_tail,
             stderr_tail=o.stderr_tail, test_id=str(spec.parameters.get("test_id", "")), attempt=spec.attempt,
             tests=[msgspec.convert(t, p.TestOutcome) for t in o.tests], units=o.units,
             directions=o.directions,  # type: ignore[arg-type]
+            trace=trace,
         )
         self._outbox.append(rec)
         self.completed += 1
@@ -875,6 +944,8 @@ class Agent:
         self._flush(send=self.registered)
         if self.registered:
             self._send(p.Goodbye(reason="agent stopping"))
+        if self._tracer is not None:
+            self._end_traces()
 
 
 class Run(Protocol):

@@ -95,6 +95,13 @@ class _Msg(msgspec.Struct, tag_field="type", omit_defaults=True, kw_only=True):
 # Payload records (not messages on their own)
 
 
+# W3C trace context (``traceparent``, ``tracestate``) of a task's trace when the sender traces
+# (dtf[otel], see tracing.py); a receiver that does not trace, or an older one, ignores it.
+TraceContext = Annotated[
+    dict[Annotated[str, msgspec.Meta(max_length=64)], Annotated[str, msgspec.Meta(max_length=512)]],
+    msgspec.Meta(max_length=8)]
+
+
 class RunSpec(msgspec.Struct, omit_defaults=True, kw_only=True):
     """What an agent needs to run one task (the scheduler's TaskSpec is what it needs to place one)."""
 
@@ -103,10 +110,9 @@ class RunSpec(msgspec.Struct, omit_defaults=True, kw_only=True):
     parameters: dict[str, Any] = msgspec.field(default_factory=dict)
     timeout: Timeout | None = None
     attempt: Attempt = 1
-    # W3C trace context (``traceparent``, ``tracestate``) of the task's trace, when the coordinator
-    # traces (dtf[otel]): the agent's run span joins the same trace. Older agents ignore it.
-    trace: Annotated[dict[Annotated[str, msgspec.Meta(max_length=64)], Annotated[str, msgspec.Meta(max_length=512)]],
-                     msgspec.Meta(max_length=8)] = msgspec.field(default_factory=dict)
+    # The task's trace, when the coordinator traces: the agent's run span joins it (its dispatch
+    # span is the parent). Older agents ignore it.
+    trace: TraceContext = msgspec.field(default_factory=dict)
 
 
 # What one test of a pytest shard came to. "crashed": the pytest process died while it ran;
@@ -153,6 +159,10 @@ class ResultRecord(msgspec.Struct, omit_defaults=True, kw_only=True):
     units: Annotated[dict[Name, Name], msgspec.Meta(max_length=MAX_METRICS)] = msgspec.field(default_factory=dict)
     directions: Annotated[dict[Name, Direction], msgspec.Meta(max_length=MAX_METRICS)] = msgspec.field(
         default_factory=dict)
+    # The agent's result span, when it traces: the coordinator's stored span is its child. An older
+    # coordinator ignores it (unknown fields are), an older agent sends none (stored then hangs
+    # from the task's own trace context).
+    trace: TraceContext = msgspec.field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------

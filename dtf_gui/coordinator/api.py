@@ -15,11 +15,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import msgspec
 
 from dtf_agent import protocol as p
+from dtf_agent import tracing
 from dtf_gui.coordinator import scheduler as sch
 from dtf_gui.coordinator.aggregator.queries import ResultQueries
 from dtf_gui.coordinator.alerts_api import AlertsApi
@@ -31,6 +32,9 @@ from dtf_gui.coordinator.store import RESULT_COLUMNS, Store, result_row_to_dict
 from dtf_gui.coordinator.trust import ClientKey, Trust
 from dtf_gui.coordinator.trust_api import ApiRefusal, TrustApi, TrustCommands
 from dtf_gui.coordinator.views_api import ViewsApi
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span, Tracer
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +230,8 @@ class ClientApi:
         self.commands = commands
         self.coordinator_id = coordinator_id
         self._submissions = 0
+        # Each submitted task's submit span, the root of its trace (dtf_agent/tracing.py); None: off.
+        self.tracer: Tracer | None = None
         # Who sent the request being handled (set by handle; the loop runs one at a time).
         self.caller = ClientKey("", "nobody", "viewer", "", 0.0)
         self.trust_api = TrustApi(trust, commands, lambda: self.caller, self._security_events, coordinator_id)
@@ -342,6 +348,23 @@ class ClientApi:
         return TaskRecord(spec, type=a.type, parameters=params, timeout=a.timeout, metadata=metadata,
                           create_time=now)
 
+    def _trace_submit(self, tasks: list[TaskRecord]) -> list[tuple[str, Span]]:
+        """A submit span per task, each the root of the task's trace (or the child of the context a
+        client put in the task's metadata "trace", to join a trace of its own: a CI pipeline's). Its
+        context replaces that entry: stored with the task, it is what every attempt's dispatch span
+        hangs from, across coordinator restarts too."""
+        assert self.tracer is not None
+        spans = []
+        for t in tasks:
+            meta = t.metadata or {}
+            span = tracing.start_span(self.tracer, "dtf.submit", tracing.parent_from(meta.get("trace")), kind="server",
+                                      attributes={"dtf.task_id": t.task_id, "dtf.task_type": t.type,
+                                                  "dtf.test_id": t.test_id or None, "dtf.client": self.caller.name,
+                                                  "dtf.submission": meta.get("submission"), "dtf.run_id": meta.get("run")})
+            t.metadata = {**meta, "trace": tracing.context_of(span)}
+            spans.append((t.task_id, span))
+        return spans
+
     def _check_given_ids(self, ids: list[str]) -> None:
         """Ids the engineer chose must be new. The scheduler knows the live and recently finished
         ones; older ones are only in SQLite. Ids we generate are unique by construction, so a bulk
@@ -359,7 +382,10 @@ class ClientApi:
         self._writable()
         self._check_given_ids([a.task_id] if a.task_id else [])
         task = self._new_task(a, time.time())
+        spans = self._trace_submit([task]) if self.tracer is not None else None
         refused = self.commands.submit([task])
+        if spans:
+            _end_submit(spans, refused)
         if refused:
             raise ApiError(f"task {task.task_id} refused: {refused[task.task_id]}")
         return task.public()
@@ -373,7 +399,10 @@ class ClientApi:
         submission = f"{self.coordinator_id}-{self._submissions}"
         now = time.time()
         tasks = [self._new_task(t, now, submission, a.run_id) for t in a.tasks]
+        spans = self._trace_submit(tasks) if self.tracer is not None else None
         refused = self.commands.submit(tasks)
+        if spans:
+            _end_submit(spans, refused)
         if refused:
             detail = "; ".join(f"{k}: {v}" for k, v in list(refused.items())[:20])
             raise ApiError(f"submission refused, no task was added: {len(refused)} of {len(tasks)} task(s) "
@@ -514,3 +543,10 @@ class ClientApi:
     def get_comparison_report(self, a: Analysis) -> dict[str, Any]:
         return self.queries.get_comparison_report(a.result_type, a.aggregation_level, a.filter_params,
                                                   a.time_range, lookback_days=a.lookback_days)
+
+
+def _end_submit(spans: list[tuple[str, Span]], refused: dict[str, str]) -> None:
+    """A submission is accepted or refused whole: each span ends with its task's fate."""
+    whole = f"the submission was refused ({len(refused)} task(s) with problems)" if refused else None
+    for task_id, span in spans:
+        tracing.end_span(span, refused.get(task_id) or whole)

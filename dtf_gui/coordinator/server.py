@@ -33,7 +33,7 @@ import msgspec
 import zmq
 from zmq.utils import z85
 
-from dtf_agent import discovery, keys
+from dtf_agent import discovery, keys, tracing
 from dtf_agent import protocol as p
 from dtf_agent.inbox import Inbox
 from dtf_agent.paths import dtf_home
@@ -58,6 +58,8 @@ from dtf_gui.coordinator.views_api import ViewsApi
 from dtf_gui.coordinator.waiters import Waiters
 
 if TYPE_CHECKING:  # imported when server.metrics_port is set (prometheus-client is the [server] extra's)
+    from opentelemetry.trace import Span, Tracer
+
     from dtf_gui.coordinator.metrics import LoopFigures, Metrics, Snapshot
 
 log = logging.getLogger(__name__)
@@ -123,6 +125,12 @@ class Coordinator:
         # while metrics are off, which is all the hot paths test.
         self.metrics: Metrics | None = None
         self._figures: LoopFigures | None = None
+        # Tracing (dtf_agent/tracing.py), None when off: the dispatch span of each task whose
+        # assignment has not left yet, and the stored spans waiting for their batch's commit
+        # (batch number, span), in batch order.
+        self._tracer: Tracer | None = None
+        self._dispatch_spans: dict[str, Span] = {}
+        self._stored_spans: collections.deque[tuple[int, Span]] = collections.deque()
         # Everything below belongs to the loop thread.
         self.tasks = TaskTable()
         self.sched = sch.Scheduler(settings.scheduler)
@@ -271,6 +279,7 @@ class Coordinator:
         srv, db = cfg.server, cfg.database
         # First: a handler path that does not load is a start error naming the key, with nothing to undo.
         handlers = AlertHandlers(cfg.health_monitor.alert_handlers)
+        self._tracer = tracing.setup("dtf-coordinator")
         self.store = Store(self.s.db_path, batch_size=db.batch_size, flush_interval=db.flush_interval,
                            background=True, durability=db.durability, on_commit=self.inbox.wake)
         self.workers = WorkerTable(self.store, self.hub, cfg.health_monitor.heartbeat_timeout)
@@ -325,6 +334,7 @@ class Coordinator:
                              queries=self.analysis.queries, commands=self, coordinator_id=self.s.coordinator_id,
                              trust=self.trust, runs_api=runs_api, views_api=self.views,
                              alerts_api=self.alerts)
+        self.api.tracer = self._tracer
         self.workers.mark_stored_offline()
         self.alerts.restore()
         self._recover()
@@ -416,6 +426,8 @@ class Coordinator:
             self.outputs.stop()
         if "alerts" in made:
             self.alerts.close()
+        if self._tracer is not None:
+            self._end_traces()
         self.inbox.close()
         try:
             if "workers" in made:
@@ -429,6 +441,54 @@ class Coordinator:
                 if sock is not None:
                     sock.close(linger=0)
             self.ctx.term()
+
+    # -- tracing (only while self._tracer is set) ----------------------------------------------------
+
+    def _trace_dispatch(self, task: TaskRecord, ins: sch.Dispatch) -> dict[str, str]:
+        """The attempt's dispatch span (a child of the task's submit span, whose context its metadata
+        keeps); returns its context, which the assignment carries to the agent's run span."""
+        assert self._tracer is not None
+        old = self._dispatch_spans.pop(task.task_id, None)
+        if old is not None:
+            tracing.end_span(old, "dispatched again before the assignment left")
+        span = tracing.start_span(self._tracer, "dtf.dispatch", (task.metadata or {}).get("trace"), kind="producer",
+                                  attributes={"dtf.task_id": task.task_id, "dtf.worker_id": ins.worker_id,
+                                              "dtf.attempt": ins.attempt})
+        self._dispatch_spans[task.task_id] = span
+        return tracing.context_of(span)
+
+    def _trace_sent(self, out: _Outgoing, sent_to: set[str]) -> None:
+        for task in out.assigned:
+            span = self._dispatch_spans.pop(task.task_id, None)
+            if span is not None:
+                tracing.end_span(span, None if task.worker_id in sent_to else "the worker was gone before the "
+                                 "assignment left; the task went back to the queue")
+
+    def _trace_stored(self, rec: p.ResultRecord, task: TaskRecord, worker_id: str) -> None:
+        """The stored span: the agent's result span's child (the task's own trace for an agent that
+        sends none), ended once the batch holding the result commits (_end_stored)."""
+        assert self._tracer is not None
+        parent = rec.trace or (task.metadata or {}).get("trace")
+        span = tracing.start_span(self._tracer, "dtf.stored", parent, kind="consumer", attributes={
+            "dtf.task_id": rec.task_id, "dtf.result_id": rec.result_id, "dtf.worker_id": worker_id,
+            "dtf.attempt": rec.attempt, "dtf.status": rec.status})
+        self._stored_spans.append((self.store.taken + 1, span))
+
+    def _end_stored(self) -> None:
+        spans, committed = self._stored_spans, self.store.committed
+        while spans and spans[0][0] <= committed:
+            tracing.end_span(spans.popleft()[1])
+
+    def _end_traces(self) -> None:
+        """At stop: every span still open ends, saying why."""
+        self._end_stored()
+        for span in self._dispatch_spans.values():
+            tracing.end_span(span, "the coordinator stopped before the assignment left")
+        self._dispatch_spans.clear()
+        while self._stored_spans:
+            tracing.end_span(self._stored_spans.popleft()[1], "the coordinator stopped before the result was "
+                             "committed (the agent sends it again)")
+        tracing.flush()
 
     def _recover(self) -> None:
         ins, self._held_for = recover(self.store, self.sched, self.tasks,
@@ -776,6 +836,7 @@ class Coordinator:
         events: list[sch.Event] = []
         store = self.store
         figures = self._figures
+        tracer = self._tracer
         # The scheduler hears of this frame's results only after the loop, so a task's status
         # still reads "running" for a second copy of its result within the same frame.
         finished_here: set[str] = set()
@@ -802,6 +863,8 @@ class Coordinator:
                 if test.metrics:
                     self.analysis.result_stored(test)
             self._owed[rec.task_id] = store.taken + 1
+            if tracer is not None:
+                self._trace_stored(rec, task, w.worker_id)
             finished_here.add(rec.task_id)
             self.analysis.result_stored(result)
             self.counters.results_stored += 1
@@ -967,9 +1030,10 @@ class Coordinator:
             else:
                 del self._owed[task.task_id]
         self.outputs.dispatched(ins.worker_id, task.parameters)
+        trace = self._trace_dispatch(task, ins) if self._tracer is not None else {}
         out.assigns.setdefault(ins.worker_id, []).append(
             p.RunSpec(task_id=task.task_id, type=task.type, parameters=task.parameters, timeout=task.timeout,
-                      attempt=ins.attempt))
+                      attempt=ins.attempt, trace=trace))
         out.assigned.append(task)
         self.counters.tasks_dispatched += 1
         figures = self._figures
@@ -1061,8 +1125,11 @@ class Coordinator:
         committed = self.store.committed
         while held and held[0].seq <= committed:
             self._send(held.popleft())
+        if self._stored_spans:
+            self._end_stored()
 
     def _send(self, out: _Outgoing) -> None:
+        sent_to: set[str] = set()
         for wid, specs in out.assigns.items():
             w = self.workers.get(wid)
             # A worker found lost after this batch was queued has had its tasks requeued by the
@@ -1070,6 +1137,9 @@ class Coordinator:
             if w is not None and w.online:
                 acks = out.acks.pop(w.identity, [])
                 self._send_agent(w.identity, p.Assign(tasks=specs, acks=acks))
+                sent_to.add(wid)
+        if self._dispatch_spans:
+            self._trace_sent(out, sent_to)
         if out.assigned:
             sent = time.perf_counter()
             for task in out.assigned:

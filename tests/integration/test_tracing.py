@@ -1,0 +1,242 @@
+"""OpenTelemetry traces of a task's life across the coordinator (in this process, spans kept in
+memory) and real agent processes (spans written by OTEL_TRACES_EXPORTER=console as JSON lines to
+their stderr): one trace per task, submit -> dispatch -> run -> result -> stored, each span the
+child of the one before, and every span ended whatever became of the task (completed, failed,
+cancelled, its worker lost).
+
+Also: with tracing off, or the extra missing, neither side imports opentelemetry."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from dtf_agent import protocol as p
+from dtf_agent import tracing
+from dtf_gui.coordinator.config import ephemeral_settings
+from dtf_gui.coordinator.server import Coordinator
+from tests.helpers import FakeAgent, ProcessTracker, dtf_command, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """The coordinator's spans, kept in memory (tracing.install: the process's own provider)."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.install(provider)
+    try:
+        yield exporter
+    finally:
+        tracing.reset()
+        provider.shutdown()
+
+
+def start_agent(procs: ProcessTracker, coord: Coordinator, name: str, slots: int = 2) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(PYTHONUNBUFFERED="1", OTEL_TRACES_EXPORTER="console", OTEL_SERVICE_NAME=f"agent-{name}")
+    return procs.start(name, dtf_command("dtf-agent") + ["--coordinator", coord.endpoint("agents"), "--worker-id",
+                                                          name, "--slots", str(slots)], env)
+
+
+def agent_spans(procs: ProcessTracker, name: str) -> list[dict[str, Any]]:
+    """The spans an agent wrote (one JSON object a line among its log lines)."""
+    out = []
+    for line in (procs.log_dir / f"{name}.log").read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith('{"name": "dtf.'):
+            out.append(json.loads(line))
+    return out
+
+
+def hexid(n: int, width: int) -> str:
+    return f"0x{n:0{width}x}"
+
+
+def as_dict(s: ReadableSpan) -> dict[str, Any]:
+    """A coordinator span in the console exporter's shape, to compare the two sides alike."""
+    ctx = s.get_span_context()
+    assert ctx is not None
+    return {"name": s.name, "context": {"trace_id": hexid(ctx.trace_id, 32), "span_id": hexid(ctx.span_id, 16)},
+            "parent_id": hexid(s.parent.span_id, 16) if s.parent is not None else None,
+            "status": {"status_code": s.status.status_code.name, "description": s.status.description},
+            "attributes": dict(s.attributes or {}), "ended": s.end_time is not None}
+
+
+def chain(all_spans: list[dict[str, Any]], task_id: str) -> dict[str, list[dict[str, Any]]]:
+    """One task's spans by name."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for s in all_spans:
+        if s["attributes"].get("dtf.task_id") == task_id:
+            out.setdefault(s["name"], []).append(s)
+    return out
+
+
+def parent_of(child: dict[str, Any], parent: dict[str, Any]) -> bool:
+    return (child["parent_id"] == parent["context"]["span_id"]
+            and child["context"]["trace_id"] == parent["context"]["trace_id"])
+
+
+def test_one_trace_per_task_across_coordinator_and_agent(spans: InMemorySpanExporter, procs: ProcessTracker,
+                                                         coordinator: Callable[..., Coordinator]) -> None:
+    c = coordinator(task_scheduler={"retry_limit": 0})
+    assert c._tracer is not None, "the installed provider traces"
+    start_agent(procs, c, "tr-a", slots=4)
+    wait_until(lambda: c.request("get_status")["workers_online"] == 1, 30, message=procs.logs)
+    ok = c.request("create_task", {"command": "true"})["task_id"]
+    noop = c.request("create_task", {"type": "noop"})["task_id"]
+    bad = c.request("create_task", {"command": "exit 3"})["task_id"]
+    slow = c.request("create_task", {"command": "sleep 30"})["task_id"]
+    wait_until(lambda: c.request("get_task", {"task_id": slow})["status"] == "running", 20, message=procs.logs)
+    c.request("cancel_task", {"task_id": slow})
+    done = c.request("wait", {"task_ids": [ok, noop, bad, slow], "timeout": 30})["finished"]
+    assert done == {ok: "completed", noop: "completed", bad: "failed", slow: "cancelled"}
+    wait_until(lambda: not c._dispatch_spans and not c._stored_spans, 10)
+    # Each result span ends when its ack arrives (the cancelled run's result is acknowledged, not
+    # stored); the console exporter writes a span as it ends.
+    wait_until(lambda: sum(s["name"] == "dtf.result" for s in agent_spans(procs, "tr-a")) == 4, 10,
+               message=procs.logs)
+    assert procs.stop(procs.procs[0][1]) == 0
+    theirs = agent_spans(procs, "tr-a")
+    ours = [as_dict(s) for s in spans.get_finished_spans()]
+    everything = ours + theirs
+
+    for tid in (ok, noop, bad):
+        got = chain(everything, tid)
+        assert {k: len(v) for k, v in got.items()} == {"dtf.submit": 1, "dtf.dispatch": 1, "dtf.run": 1,
+                                                       "dtf.result": 1, "dtf.stored": 1}, (tid, got)
+        submit, dispatch, run = got["dtf.submit"][0], got["dtf.dispatch"][0], got["dtf.run"][0]
+        result, stored = got["dtf.result"][0], got["dtf.stored"][0]
+        assert submit["parent_id"] is None, "the submission starts the task's trace"
+        assert parent_of(dispatch, submit) and parent_of(run, dispatch) and parent_of(result, run)
+        assert parent_of(stored, result), "stored hangs from the agent's result span"
+        assert len({s["context"]["trace_id"] for s in got_all(got)}) == 1
+        assert run["resource"]["attributes"]["service.name"] == "agent-tr-a"
+        assert result["attributes"]["dtf.acknowledged"] is True
+    assert chain(everything, bad)["dtf.run"][0]["status"]["status_code"] == "ERROR"
+    assert chain(everything, ok)["dtf.run"][0]["status"]["status_code"] == "UNSET"
+    assert chain(everything, ok)["dtf.run"][0]["attributes"]["dtf.exit_code"] == 0
+
+    cancelled = chain(everything, slow)
+    assert set(cancelled) == {"dtf.submit", "dtf.dispatch", "dtf.run", "dtf.result"}, "a result not stored"
+    assert parent_of(cancelled["dtf.run"][0], cancelled["dtf.dispatch"][0])
+    assert cancelled["dtf.run"][0]["status"]["status_code"] == "ERROR"
+    assert "cancel" in cancelled["dtf.run"][0]["status"]["description"]
+    # Every coordinator span ended (the in-memory exporter only sees ended ones: compare counts).
+    assert all(s["ended"] for s in ours)
+    assert len([s for s in ours if s["name"] == "dtf.submit"]) == 4
+
+
+def got_all(got: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    return [s for v in got.values() for s in v]
+
+
+def test_a_lost_worker_leaves_no_open_span_and_the_retry_joins_the_trace(
+        spans: InMemorySpanExporter, procs: ProcessTracker, coordinator: Callable[..., Coordinator]) -> None:
+    c = coordinator(health_monitor={"heartbeat_interval": 0.5, "heartbeat_timeout": 2.0})
+    doomed = start_agent(procs, c, "tr-doomed", slots=1)
+    wait_until(lambda: c.request("get_status")["workers_online"] == 1, 30, message=procs.logs)
+    tid = c.request("create_task", {"command": "sleep 2"})["task_id"]
+    wait_until(lambda: c.request("get_task", {"task_id": tid})["status"] == "running", 20, message=procs.logs)
+    doomed.kill()  # SIGKILL: its spans die with it; the coordinator's must not stay open
+    doomed.wait(10)
+    wait_until(lambda: c.request("get_task", {"task_id": tid})["status"] == "pending", 20)
+    start_agent(procs, c, "tr-heir", slots=1)
+    assert c.request("wait", {"task_ids": [tid], "timeout": 40})["finished"] == {tid: "completed"}
+    wait_until(lambda: not c._dispatch_spans and not c._stored_spans, 10)
+    assert procs.stop(procs.procs[1][1]) == 0
+    got = chain([as_dict(s) for s in spans.get_finished_spans()] + agent_spans(procs, "tr-heir"), tid)
+    submit = got["dtf.submit"][0]
+    dispatches = sorted(got["dtf.dispatch"], key=lambda s: s["attributes"]["dtf.attempt"])
+    assert [d["attributes"]["dtf.worker_id"] for d in dispatches] == ["tr-doomed", "tr-heir"]
+    assert all(parent_of(d, submit) for d in dispatches), "every attempt hangs from the submission"
+    (run,) = got["dtf.run"]
+    assert parent_of(run, dispatches[1]) and parent_of(got["dtf.result"][0], run)
+    assert parent_of(got["dtf.stored"][0], got["dtf.result"][0])
+
+
+def test_a_restarted_coordinator_continues_the_tasks_trace(spans: InMemorySpanExporter, tmp_path: Path) -> None:
+    """The submit span's context is kept in the task's row (its metadata): a recovered task's
+    next dispatch span hangs from it."""
+    settings = ephemeral_settings(tmp_path / "restart.sqlite")
+    first = Coordinator(settings).start()
+    try:
+        tid = first.request("create_task", {"command": "true", "requirements": {"tags": ["nobody"]}})["task_id"]
+        kept = first.request("get_task", {"task_id": tid})["metadata"]["trace"]
+    finally:
+        first.stop()
+    (submit,) = [as_dict(s) for s in spans.get_finished_spans() if s.name == "dtf.submit"]
+    assert kept["traceparent"].split("-")[1] == submit["context"]["trace_id"][2:]
+    second = Coordinator(settings).start()
+    try:
+        fake = FakeAgent(second.endpoint("agents"), "tagged")
+        try:
+            fake.register_until_welcomed(p.Register(protocol_version=p.PROTOCOL_VERSION, worker_id="tagged",
+                                                    hostname="h", slots=1, tags=["nobody"]))
+            assign = fake.recv(p.Assign)
+        finally:
+            fake.close()
+    finally:
+        second.stop()
+    (spec,) = assign.tasks
+    assert spec.task_id == tid and spec.trace["traceparent"].split("-")[1] == kept["traceparent"].split("-")[1]
+    dispatch = [as_dict(s) for s in spans.get_finished_spans() if s.name == "dtf.dispatch"]
+    assert len(dispatch) == 1 and parent_of(dispatch[0], submit)
+
+
+def test_a_client_can_hang_the_task_from_a_trace_of_its_own(spans: InMemorySpanExporter,
+                                                             coordinator: Callable[..., Coordinator]) -> None:
+    c = coordinator()
+    theirs = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    tid = c.request("create_task", {"type": "noop", "metadata": {"trace": {"traceparent": theirs}},
+                                    "requirements": {"tags": ["nobody"]}})["task_id"]
+    (submit,) = [as_dict(s) for s in spans.get_finished_spans() if s.name == "dtf.submit"]
+    assert submit["context"]["trace_id"] == "0x0af7651916cd43dd8448eb211c80319c"
+    assert submit["parent_id"] == "0xb7ad6b7169203331"
+    assert submit["attributes"]["dtf.task_id"] == tid
+
+
+# ---------------------------------------------------------------------------------------- off
+
+
+_PROBE = """
+import sys
+from dtf_agent import tracing
+import dtf_agent.agent, dtf_agent.cli, dtf_gui.coordinator.server
+assert tracing.setup("probe") is None, "tracing should be off"
+print(sorted({m for m, mod in sys.modules.items() if m.startswith("opentelemetry") and mod is not None}))
+"""
+
+
+@pytest.mark.parametrize("env, blocked", [({}, False), ({"OTEL_TRACES_EXPORTER": "console"}, True)],
+                         ids=["not-configured", "configured-without-the-extra"])
+def test_off_imports_no_opentelemetry(env: dict[str, str], blocked: bool) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    # Without the extra: opentelemetry cannot be imported (None in sys.modules makes import fail).
+    code = ("import sys; sys.modules['opentelemetry'] = None\n" if blocked else "") + _PROBE
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, cwd=ROOT, capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
+    if blocked:
+        assert "pip install 'dtf[otel]'" in out.stderr and "Tracing is off" in out.stderr
+
+
+def test_wanted_follows_the_standard_variables() -> None:
+    assert not tracing.wanted({})
+    assert tracing.wanted({"OTEL_TRACES_EXPORTER": "console"})
+    assert tracing.wanted({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"})
+    assert tracing.wanted({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"})
+    assert not tracing.wanted({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"})
+    assert not tracing.wanted({"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "console"})
