@@ -11,7 +11,7 @@ DIST_VENV ?= .venv-dist
 DIST_STAMP := $(DIST_VENV)/.installed
 QT_LIB := $(VENV)/lib/python*/site-packages/PySide6/Qt
 
-.PHONY: install run test lint unit agent-only core-only bench clean sysdeps sysdeps-run sysdeps-netns \
+.PHONY: install run test lint unit agent-only core-only bench clean sysdeps sysdeps-run sysdeps-netns sysdeps-systemd images \
 	dist dist-agent dist-gui
 
 # Reinstalls only when pyproject.toml changed, so a second `make test` starts at once.
@@ -58,6 +58,18 @@ sysdeps-netns:
 	    else echo "no ip tool (Debian package iproute2): the network-namespace tests will be skipped"; fi; \
 	fi
 
+# The systemd units that install-service writes are checked with `systemd-analyze verify` (Debian
+# package systemd); installed like iproute2 above, only when missing, and those tests say why they
+# are skipped without it.
+sysdeps-systemd:
+	@if ! command -v systemd-analyze >/dev/null 2>&1; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	        echo "the systemd unit tests need systemd-analyze: installing systemd"; \
+	        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	            systemd >/dev/null; \
+	    else echo "no systemd-analyze (Debian package systemd): the unit checks will be skipped"; fi; \
+	fi
+
 install: $(STAMP) sysdeps
 
 run: install sysdeps-run
@@ -88,7 +100,7 @@ core-only:
 unit: install
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q tests/unit
 
-test: install lint agent-only core-only sysdeps-netns
+test: install lint agent-only core-only sysdeps-netns sysdeps-systemd
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -ra --durations=15
 
 bench: install
@@ -107,7 +119,7 @@ GUI_SOURCES := $(AGENT_SOURCES) $(shell find dtf_gui -name '*.py' 2>/dev/null) r
 
 $(DIST_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(DIST_VENV)
-	$(DIST_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[gpu]' 'pyinstaller>=6.10'
+	$(DIST_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[gpu,dist]'
 	@touch $(DIST_STAMP)
 
 # PYTHONHASHSEED fixed: the same sources give the same archive order (PyInstaller's advice for
@@ -129,6 +141,12 @@ dist-gui: dist/dtf-gui/dtf-gui
 	@du -sh dist/dtf-gui
 
 dist: dist-agent dist-gui
+
+# Container images (installers/docker/README.md): needs a Docker engine.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+images:
+	docker build -f installers/docker/agent.Dockerfile -t dtf-agent:$(VERSION) .
+	docker build -f installers/docker/coordinator.Dockerfile -t dtf-coordinator:$(VERSION) .
 
 clean:
 	rm -rf $(VENV) $(AGENT_VENV) $(CORE_VENV) $(DIST_VENV) .pytest_cache .ruff_cache \
