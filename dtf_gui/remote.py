@@ -91,10 +91,15 @@ class RemoteCoordinator:
             creds = find_credentials(key_file)
         except keys.KeyFileError as exc:
             raise RemoteError(str(exc)) from None
+        typed = endpoint
         endpoint = endpoint or (creds.endpoint if creds else "")
         if not endpoint:
             raise RemoteError("no coordinator address: give tcp://HOST:PORT (the key file names none)")
-        return cls(endpoint, credentials=creds, events_endpoint=creds.events_endpoint if creds else "",
+        # The key file's events address goes with its own client address. One typed over it (a
+        # port-forward, a NAT, a pod's address the desk cannot reach) is how this desk reaches the
+        # coordinator: events come the same way, on the port the coordinator reports (start()).
+        events = creds.events_endpoint if creds and (not typed or typed == creds.endpoint) else ""
+        return cls(endpoint, credentials=creds, events_endpoint=events,
                    event_sinks=event_sinks, connect_timeout=connect_timeout)
 
     # -- lifecycle (any thread) -------------------------------------------------------------------

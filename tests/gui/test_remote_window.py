@@ -62,6 +62,20 @@ def test_nobody_answering_is_a_clear_error(tmp_path: Path) -> None:
         RemoteCoordinator.open("tcp://127.0.0.1:8080", str(tmp_path / "missing.key"))
 
 
+def test_an_address_typed_over_the_key_files_takes_the_events_the_same_way(tmp_path: Path) -> None:
+    from dtf_agent import keys
+
+    kf = keys.generate("client", "desk", coordinator_key=keys.generate("coordinator", "c").public,
+                       endpoint="tcp://10.42.0.7:8080", events_endpoint="tcp://10.42.0.7:8082")
+    path = tmp_path / "desk.key"
+    keys.write_key_file(path, kf)
+    # As the key file says: both its addresses.
+    assert RemoteCoordinator.open(None, str(path)).endpoint("events") == "tcp://10.42.0.7:8082"
+    # Through a port-forward: not the pod's address for events, which start() asks the coordinator for.
+    forwarded = RemoteCoordinator.open("tcp://127.0.0.1:8080", str(path))
+    assert forwarded.client_endpoint == "tcp://127.0.0.1:8080" and forwarded.events_endpoint == ""
+
+
 def test_a_gap_in_the_event_sequence_asks_for_a_reload() -> None:
     got: list[list[p.Event]] = []
     r = RemoteCoordinator("tcp://127.0.0.1:1", event_sinks=[got.append])
