@@ -12,7 +12,7 @@ DIST_STAMP := $(DIST_VENV)/.installed
 QT_LIB := $(VENV)/lib/python*/site-packages/PySide6/Qt
 
 .PHONY: install run test lint unit agent-only core-only bench clean sysdeps sysdeps-run sysdeps-netns sysdeps-systemd images \
-	dist dist-agent dist-gui
+	dist dist-agent dist-gui dist-wheel
 
 # Reinstalls only when pyproject.toml changed, so a second `make test` starts at once.
 $(STAMP): pyproject.toml
@@ -140,7 +140,12 @@ dist-agent: dist/dtf-agent
 dist-gui: dist/dtf-gui/dtf-gui
 	@du -sh dist/dtf-gui
 
-dist: dist-agent dist-gui
+# The package itself, for test machines that have Python: `pip install dist/dtf-VERSION-py3-none-any.whl`.
+dist-wheel: $(STAMP)
+	$(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps -w dist .
+	@ls -l dist/*.whl
+
+dist: dist-agent dist-gui dist-wheel
 
 # Container images (installers/docker/README.md): needs a Docker engine.
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
@@ -150,4 +155,4 @@ images:
 
 clean:
 	rm -rf $(VENV) $(AGENT_VENV) $(CORE_VENV) $(DIST_VENV) .pytest_cache .ruff_cache \
-	    build/pyinstaller dist/dtf-agent dist/dtf-gui
+	    build/pyinstaller dist/dtf-agent dist/dtf-gui dist/dtf-*.whl
