@@ -315,9 +315,11 @@ class ServerSettings:
 
 def server_settings(cfg: CoordinatorConfig, home: Path, *, db: str | None = None, host: str | None = None,
                     port: int | None = None, agent_port: int | None = None, events_port: int | None = None,
-                    mdns: bool = True) -> ServerSettings:
-    """coordinator.yaml, then command-line flags on top (a flag left at None keeps the file's value)."""
-    flags = {"host": host, "port": port, "agent_port": agent_port, "events_port": events_port}
+                    mdns: bool = True, metrics_port: int | None = None) -> ServerSettings:
+    """coordinator.yaml, then command-line flags on top (a flag left at None keeps the file's value;
+    ``metrics_port`` given switches metrics on, 0 on a free port)."""
+    flags = {"host": host, "port": port, "agent_port": agent_port, "events_port": events_port,
+             "metrics_port": metrics_port}
     server = msgspec.structs.replace(cfg.server, **{k: v for k, v in flags.items() if v is not None})
     if not mdns:
         server = msgspec.structs.replace(server, advertise=False)

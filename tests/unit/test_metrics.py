@@ -21,7 +21,13 @@ from dtf_agent import __version__
 from dtf_agent import protocol as p
 from dtf_gui.coordinator import analysis, metrics
 from dtf_gui.coordinator.aggregator import findings
-from dtf_gui.coordinator.config import ConfigError, ServerSection, load_coordinator_config
+from dtf_gui.coordinator.config import (
+    ConfigError,
+    CoordinatorConfig,
+    ServerSection,
+    load_coordinator_config,
+    server_settings,
+)
 from dtf_gui.coordinator.server import Coordinator
 from dtf_gui.coordinator.store import Store
 from dtf_gui.coordinator.telemetry import Counters
@@ -70,6 +76,13 @@ def test_metrics_port_clashing_with_another_port_is_a_config_error(tmp_path: Pat
         load_coordinator_config(f)
     f.write_text("server:\n  metrics_port: null\n")
     assert load_coordinator_config(f).server.metrics_port is None
+
+
+def test_a_metrics_port_flag_switches_metrics_on_over_the_file(tmp_path: Path) -> None:
+    cfg = msgspec.convert({"server": {"metrics_port": 9464}}, CoordinatorConfig)
+    assert server_settings(cfg, tmp_path).config.server.metrics_port == 9464
+    assert server_settings(cfg, tmp_path, metrics_port=0).config.server.metrics_port == 0
+    assert server_settings(CoordinatorConfig(), tmp_path).config.server.metrics_port is None
 
 
 # ---------------------------------------------------------------------------------------- pieces
