@@ -26,6 +26,7 @@ import bisect
 import dataclasses
 import logging
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -273,11 +274,14 @@ class Metrics:
     def serve(self, host: str, port: int) -> int:
         """Bind and start answering; returns the port (the one picked when ``port`` is 0)."""
         try:
-            httpd = make_server(host, port, make_wsgi_app(self.registry), server_class=_Server,
+            # The address family of the host (an IPv6 host needs AF_INET6; the base class is IPv4).
+            family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+            server_class = type("_MetricsServer", (_Server,), {"address_family": family})
+            httpd: _Server = make_server(host, port, make_wsgi_app(self.registry), server_class=server_class,
                                 handler_class=_Handler)
         except OSError as exc:
-            raise MetricsError(f"server.metrics_port: cannot listen on {host}:{port} for Prometheus metrics "
-                               f"({exc.strerror or exc}); choose a free port, 0 for any, or null to switch "
+            raise MetricsError(f"server.metrics_port: cannot listen on {host}:{port} (server.host) for Prometheus "
+                               f"metrics ({exc.strerror or exc}); choose a free port, 0 for any, or null to switch "
                                "metrics off") from exc
         self._httpd = httpd
         self.port = int(httpd.server_address[1])
