@@ -51,6 +51,8 @@ def add_server_flags(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--port", type=int, help="client API port (default 8080; 0 = any free port)")
     ap.add_argument("--agent-port", type=int, help="agent port (default 8081; 0 = any free port)")
     ap.add_argument("--events-port", type=int, help="live events port (default 8082; 0 = any free port)")
+    ap.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (default: server.metrics_port, "
+                                                     "off; 0 = any free port, named in coordinator.json)")
     ap.add_argument("--db", metavar="PATH", help="SQLite database (default: $DTF_HOME/dtf.sqlite)")
     ap.add_argument("--no-mdns", action="store_true", help="do not advertise this coordinator on the LAN")
     ap.add_argument("--insecure", action="store_true",
@@ -70,7 +72,8 @@ def load_server(args: argparse.Namespace) -> tuple[ServerSettings, Path]:
     if args.insecure:
         cfg = msgspec.structs.replace(cfg, security=msgspec.structs.replace(cfg.security, insecure=True))
     settings = server_settings(cfg, home, db=args.db, host=args.host, port=args.port, agent_port=args.agent_port,
-                               events_port=args.events_port, mdns=not args.no_mdns)
+                               events_port=args.events_port, mdns=not args.no_mdns,
+                               metrics_port=args.metrics_port)
     return settings, home
 
 
@@ -157,6 +160,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"  clients: {info['client_endpoint']}")
             print(f"  agents:  {info['agent_endpoint']}")
             print(f"  events:  {info['events_endpoint']}")
+            if info.get("metrics_endpoint"):
+                print(f"  metrics: {info['metrics_endpoint']}")
             print(f"  db:      {info['db']}")
             if info["insecure"]:
                 print("  INSECURE: plain-text sockets, every agent accepted, every client an admin", flush=True)

@@ -97,7 +97,7 @@ def test_image_config_and_entrypoint_enroll_an_agent_with_a_token(procs: Process
     assert ran.returncode == 0, ran.stdout + ran.stderr + procs.logs()
     (task,) = json.loads(ran.stdout)
     assert task["status"] == "completed" and task["worker_id"] == "pod-agent"
-    # DTF_METRICS_PORT turned the metrics endpoint on (the Kubernetes ConfigMap sets 9090).
+    # DTF_METRICS_PORT turned the metrics endpoint on (the Kubernetes ConfigMap sets 9464).
     metrics = read_coordinator_json(coord_home)["metrics_endpoint"]
     with urllib.request.urlopen(metrics, timeout=10) as reply:
         assert "dtf_tasks" in reply.read().decode()

@@ -126,8 +126,10 @@ def test_a_scrape_during_a_run_and_after_it_agrees_with_the_database(serve: Any)
 
 
 def test_the_endpoint_closes_with_the_coordinator(serve: Any) -> None:
-    s = serve(CONFIG, "--insecure")
+    # Switched on by the flag this time (coordinator.yaml leaves it off), and named in the banner.
+    s = serve(CONFIG.replace("  metrics_port: 0\n", ""), "--insecure", "--metrics-port", "0")
     url = s.info["metrics_endpoint"]
+    assert url and f"  metrics: {url}" in s.tracker.log("serve")
     assert scrape(url)["dtf_tasks_submitted_total"] == 0
     s.proc.send_signal(signal.SIGTERM)
     assert s.proc.wait(20) == 0

@@ -182,10 +182,10 @@ def test_coordinator_image_exposes_the_ports_its_config_binds() -> None:
 def test_coordinator_image_config_takes_its_settings_from_the_environment() -> None:
     env = {"DTF_HOST": "127.0.0.1", "DTF_PORT": "9000", "DTF_AGENT_PORT": "9001", "DTF_EVENTS_PORT": "9002",
            "DTF_ADVERTISE": "true", "DTF_ENROLLMENT_TOKEN": "s3cret-s3cret-s3cret", "DTF_BACKUP_INTERVAL": "3600",
-           "DTF_METRICS_PORT": "9090"}
+           "DTF_METRICS_PORT": "9464"}
     cfg = load_coordinator_config(DOCKER / "coordinator.yaml", env=env)
     assert (cfg.server.host, cfg.server.port, cfg.server.agent_port, cfg.server.events_port,
-            cfg.server.metrics_port) == ("127.0.0.1", 9000, 9001, 9002, 9090)
+            cfg.server.metrics_port) == ("127.0.0.1", 9000, 9001, 9002, 9464)
     assert cfg.server.advertise is True
     assert cfg.security.enrollment_token == "s3cret-s3cret-s3cret"
     assert cfg.database.backup_interval == 3600.0
