@@ -534,6 +534,7 @@ class Agent:
 
     def _on_cancel(self, msg: p.Cancel) -> None:
         for task_id in msg.task_ids:
+            log.info("task %s: cancelled by the coordinator", task_id, extra={"task_id": task_id})
             run = self.running.get(task_id)
             if run is not None:
                 run.cancel()
@@ -684,6 +685,9 @@ class Agent:
         if spec.task_id not in self._started:
             self._started.append(spec.task_id)
         run.start()
+        if log.isEnabledFor(logging.DEBUG):  # per task: the hot path stays quiet at INFO
+            log.debug("task %s (attempt %d): started", spec.task_id, spec.attempt,
+                      extra={"task_id": spec.task_id, "attempt": spec.attempt})
 
     def _waiting_spec(self, task_id: str) -> tuple[str, int] | None:
         """(digest, index) of a task that waits for its bundle, or None."""
@@ -893,6 +897,12 @@ class Agent:
         )
         self._outbox.append(rec)
         self.completed += 1
+        # A failure at INFO, with its ids; a success only at DEBUG (the hot path).
+        level = logging.DEBUG if o.status == "success" else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(level, "task %s (attempt %d): %s in %.2f s%s", o.task_id, spec.attempt, o.status,
+                    rec.execution_time, f" ({o.error})" if o.error else "",
+                    extra={"task_id": o.task_id, "attempt": spec.attempt})
 
     def _flush(self, *, send: bool = True) -> None:
         """One frame per loop turn for everything that happened in it, and one fsync."""

@@ -232,7 +232,7 @@ class CommandRun:
             if outcome is None:
                 outcome = self._execute()
         except Exception as exc:
-            log.exception("task %s: runner failed", self.spec.task_id)
+            log.exception("task %s: runner failed", self.spec.task_id, extra={"task_id": self.spec.task_id})
             outcome = Outcome(self.spec.task_id, "failure", self.start_time, time.time(),
                               error=f"runner error: {type(exc).__name__}: {exc}")
         if self._escalate is not None:
@@ -249,7 +249,7 @@ class CommandRun:
             with self.spec_lock:
                 self.spec = msgspec.structs.replace(self.spec, parameters=prepared.parameters)
         except Exception as exc:  # noqa: BLE001 - a bundle that cannot be had, a venv pip cannot make: the task's failure
-            log.warning("task %s: cannot prepare it: %s", self.spec.task_id, exc)
+            log.warning("task %s: cannot prepare it: %s", self.spec.task_id, exc, extra={"task_id": self.spec.task_id})
             return Outcome(self.spec.task_id, "failure", self.start_time, time.time(),
                            error=f"cannot prepare the task: {exc}")
         return None

@@ -270,7 +270,7 @@ class PytestRun:
         try:
             outcome = self._execute()
         except Exception as exc:
-            log.exception("task %s: pytest runner failed", self.spec.task_id)
+            log.exception("task %s: pytest runner failed", self.spec.task_id, extra={"task_id": self.spec.task_id})
             outcome = Outcome(self.spec.task_id, "failure", self.start_time, time.time(),
                               error=f"runner error: {type(exc).__name__}: {exc}",
                               stdout_tail=_tail(self._stdout, self.tail_bytes),
@@ -293,7 +293,7 @@ class PytestRun:
                 with self.spec_lock:
                     self.spec = msgspec.structs.replace(self.spec, parameters=prepared.parameters)
             except Exception as exc:  # noqa: BLE001 - a bundle or venv that cannot be had: the task's failure
-                log.warning("task %s: cannot prepare it: %s", self.spec.task_id, exc)
+                log.warning("task %s: cannot prepare it: %s", self.spec.task_id, exc, extra={"task_id": self.spec.task_id})
                 return self._fail(f"cannot prepare the task: {exc}")
         spec = self.spec  # the agent may have replaced it (cwd set after unpacking the bundle)
         params: dict[str, Any] = spec.parameters
@@ -543,7 +543,8 @@ class PytestRun:
             try:
                 event = json.loads(line)
             except ValueError:
-                log.warning("task %s: bad line in the pytest report: %r", self.spec.task_id, line[:200])
+                log.warning("task %s: bad line in the pytest report: %r", self.spec.task_id, line[:200],
+                            extra={"task_id": self.spec.task_id})
                 continue
             if isinstance(event, dict):
                 self._apply(session, event)

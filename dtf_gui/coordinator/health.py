@@ -148,7 +148,8 @@ class WorkerTable:
             self.store.put_worker(w)
             self.store.put_event("worker_drained" if draining else "worker_resumed", w.worker_id, {})
             self.hub.worker_changed(w)
-            log.info("worker %s %s", w.worker_id, "drained: no new tasks until resumed" if draining else "resumed")
+            log.info("worker %s %s", w.worker_id, "drained: no new tasks until resumed" if draining else "resumed",
+                     extra={"worker_id": w.worker_id})
         if draining:
             self._drained.add(w.worker_id)
         else:
@@ -186,7 +187,7 @@ class WorkerTable:
         for w in list(self.workers.values()):
             if w.online and now - w.seen_at > limit:
                 log.warning("agent %s silent for %.0f s: offline, its tasks go back to the queue",
-                            w.worker_id, now - w.seen_at)
+                            w.worker_id, now - w.seen_at, extra={"worker_id": w.worker_id})
                 events.extend(self.gone(w, f"no heartbeat for {now - w.seen_at:.0f} s", lost=True))
         return events
 

@@ -105,7 +105,8 @@ class LogWriter:
             except Exception:  # one bad stream (a full disk) must not stop the others being written
                 self.errors += 1
                 if self.errors <= 10 or self.errors % 1000 == 0:
-                    log.exception("cannot write the output of task %s (%d error(s) so far)", item[0], self.errors)
+                    log.exception("cannot write the output of task %s (%d error(s) so far)", item[0], self.errors,
+                                  extra={"task_id": item[0]})
 
     def _sweep(self) -> None:
         """Logs untouched for longer than server.log_retention_days go (0 keeps them for ever)."""

@@ -808,7 +808,7 @@ class Coordinator:
                 missing.append(tid)
         if missing:
             log.warning("agent %s no longer lists %d task(s) it was given (%s): back to the queue", w.worker_id,
-                        len(missing), ", ".join(missing[:5]))
+                        len(missing), ", ".join(missing[:5]), extra={"worker_id": w.worker_id})
             self._sched([sch.Reconcile(time.time(), w.worker_id, frozenset(ours) - set(missing), False)])
 
     def _on_task_started(self, identity: bytes, key: str, msg: p.TaskStarted) -> None:
@@ -911,7 +911,7 @@ class Coordinator:
     def _on_goodbye(self, identity: bytes, key: str, msg: p.Goodbye) -> None:
         w = self._known_agent(identity, key)
         if w is not None:
-            log.info("agent %s said goodbye: %s", w.worker_id, msg.reason)
+            log.info("agent %s said goodbye: %s", w.worker_id, msg.reason, extra={"worker_id": w.worker_id})
             self.alerts.worker_left(w.worker_id, "left (its agent stopped)")
             self._sched(self.workers.gone(w, f"agent left: {msg.reason}"))
 
@@ -1036,6 +1036,9 @@ class Coordinator:
                       attempt=ins.attempt, trace=trace))
         out.assigned.append(task)
         self.counters.tasks_dispatched += 1
+        if log.isEnabledFor(logging.DEBUG):  # the hot path: no record, nor its dict, unless wanted
+            log.debug("task %s (attempt %d) assigned to %s", task.task_id, ins.attempt, ins.worker_id,
+                      extra={"task_id": task.task_id, "worker_id": ins.worker_id, "attempt": ins.attempt})
         figures = self._figures
         if figures is not None:
             figures.dispatched(task.task_id, task.create_time, time.time())
@@ -1054,6 +1057,16 @@ class Coordinator:
             task.retry_at = ts.until if ts.until and not ts.held_for else None
             task.pinned_to = ts.pin.worker_id if ts.pin is not None else None
         status = ins.status
+        # A task that failed, was cancelled or went back to the queue gets a line at INFO, with its ids
+        # (`jq 'select(.task_id == "T")'` follows it); the rest, the hot path, only at DEBUG.
+        if status in (p.FAILED, p.CANCELLED) or (status == p.PENDING and task.attempt):
+            log.info("task %s (attempt %d) %s%s%s", ins.task_id, task.attempt,
+                     "back to the queue" if status == p.PENDING else status,
+                     f" on {task.worker_id}" if task.worker_id else "", f": {ins.reason}" if ins.reason else "",
+                     extra={"task_id": ins.task_id, "worker_id": task.worker_id, "attempt": task.attempt})
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug("task %s %s", ins.task_id, status,
+                      extra={"task_id": ins.task_id, "worker_id": task.worker_id, "attempt": task.attempt})
         figures = self._figures
         if figures is not None:
             if status == p.PENDING:

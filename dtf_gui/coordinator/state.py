@@ -144,7 +144,7 @@ def recover(store: Store, sched: sch.Scheduler, tasks: TaskTable, hold: float) -
     for r in records:
         why = refused.get(r.task_id)
         if why is not None:
-            log.warning("task %s cannot be recovered: %s", r.task_id, why)
+            log.warning("task %s cannot be recovered: %s", r.task_id, why, extra={"task_id": r.task_id})
             r.status = FAILED
             r.error = r.status_reason = f"not recovered after a coordinator restart: {why}"
             r.end_time = now
