@@ -94,6 +94,9 @@ def token_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--ttl", type=duration, default=3600.0, help="how long it is valid: 90s, 15m, 1h (default), 7d")
     sp.add_argument("--tag", action="append", default=[], metavar="TAG",
                     help="tags the agents that join with it get (repeat for several)")
+    sp.add_argument("--from-config", action="store_true",
+                    help="create: the token of security.enrollment_token in coordinator.yaml, which never expires "
+                         "and has no use limit (for agents that come and go, as in a cluster)")
     sp.add_argument("--json", action="store_true")
 
 
@@ -116,14 +119,21 @@ def cmd_token(args: argparse.Namespace) -> int:
             c.call("revoke_token", {"id": args.id})
             print(f"revoked: {args.id}")
             return 0
-        t = c.call("create_token", {"uses": args.uses, "ttl": args.ttl, "tags": args.tag})
+        ask: dict[str, object] = {"from_config": True} if args.from_config else {
+            "uses": args.uses, "ttl": args.ttl, "tags": args.tag}
+        t = c.call("create_token", ask)
     if args.json:
         print(json.dumps(t))
         return 0
     # The token alone on the first line, so that scripts can take it with `head -1`.
     print(t["token"])
     print(f"# on each test machine: {t['command']}", file=sys.stderr)
-    print(f"# {t['uses']} use(s), valid for {args.ttl:.0f} s; coordinator key {t['fingerprint']}", file=sys.stderr)
+    if args.from_config:
+        print(f"# from security.enrollment_token: no expiry, no use limit (change the secret to end it); "
+              f"coordinator key {t['fingerprint']}", file=sys.stderr)
+    else:
+        print(f"# {t['uses']} use(s), valid for {args.ttl:.0f} s; coordinator key {t['fingerprint']}",
+              file=sys.stderr)
     return 0
 
 

@@ -123,8 +123,9 @@ class SecuritySection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         description="plain-text sockets, any agent accepted, every client an admin (like --insecure); for a "
                     "quick local try only")] = False
     enrollment_token: Annotated[str | None, Meta(
-        description="agents presenting this secret (dtf-agent --join-secret, or worker.yaml) get their key "
-                    "accepted without a click; prefer `dtf token create`, whose tokens expire")] = None
+        description="agents presenting this secret get their key accepted without a click: `dtf token create "
+                    "--from-config` makes a join token of it that never expires (for agents that come and go, as "
+                    "in a cluster); otherwise prefer `dtf token create`, whose tokens expire")] = None
     requests_per_s: Annotated[float, Meta(
         gt=0, description="each client key's requests per second (a burst of 2 s worth is allowed)")] = 2000.0
     tasks_per_s: Annotated[float, Meta(

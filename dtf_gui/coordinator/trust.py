@@ -381,6 +381,21 @@ class Trust:
         return {"token": text, "command": f"dtf-agent --join {text}", "expires": t.expires, "uses": uses,
                 "id": t.id, "fingerprint": self.fingerprint}
 
+    def config_join_token(self, addresses: list[str]) -> dict[str, Any]:
+        """A join token whose secret is security.enrollment_token: for agents that come and go by the
+        dozen (a Kubernetes Deployment), it never expires and has no use limit; changing the secret
+        in coordinator.yaml (and restarting) ends it. It still names this coordinator's key, so an
+        agent joining with it pins that key instead of trusting the first coordinator it meets."""
+        if not self.config_token or len(self.config_token) < MIN_CONFIG_TOKEN:
+            raise ValueError("security.enrollment_token is " + ("not set" if not self.config_token else
+                             f"shorter than {MIN_CONFIG_TOKEN} characters") + " in coordinator.yaml: set it to a "
+                             "long random secret (e.g. `openssl rand -hex 24`), restart, and ask again")
+        text = keys.encode_token(keys.Token(key=self.server.public, addresses=addresses, secret=self.config_token,
+                                            name=self.server.name))
+        self.security("token_created", "config", "from security.enrollment_token: no expiry, no use limit")
+        return {"token": text, "command": f"dtf-agent --join {text}", "expires": None, "uses": None,
+                "id": "config", "fingerprint": self.fingerprint}
+
     def list_tokens(self) -> list[dict[str, Any]]:
         now = time.time()
         return [{"id": t.id, "uses_left": t.uses_left, "expires": t.expires, "tags": t.tags, "created": t.created,
@@ -467,6 +482,10 @@ def _fp(key: str) -> str:
         return keys.short(keys.fingerprint(key))
     except ValueError:
         return repr(key[:40])
+
+
+# A shared secret that never expires must not be guessable.
+MIN_CONFIG_TOKEN = 16
 
 
 def token_args_problem(uses: int, ttl: float) -> str | None:

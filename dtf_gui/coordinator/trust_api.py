@@ -39,6 +39,8 @@ class TokenArgs(_Args):
     uses: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1
     ttl: Annotated[float, msgspec.Meta(gt=0, le=366 * 86400.0)] = 3600.0
     tags: p.NameList = msgspec.field(default_factory=list)
+    # The token of security.enrollment_token instead of a new one (uses, ttl and tags do not apply).
+    from_config: bool = False
 
 
 class TokenRef(_Args):
@@ -154,6 +156,11 @@ class TrustApi:
 
     def create_token(self, a: TokenArgs) -> dict[str, Any]:
         self._secure("token create")
+        if a.from_config:
+            try:
+                return self.trust.config_join_token(self.commands.agent_endpoints())
+            except ValueError as exc:
+                raise ApiRefusal(str(exc)) from None
         problem = token_args_problem(a.uses, a.ttl)
         if problem:
             raise ApiRefusal(problem)

@@ -253,6 +253,29 @@ def test_tokens_enroll_once_and_expire(coordinator: Callable[..., Coordinator]) 
         second.close()
 
 
+def test_the_config_secrets_token_never_runs_out(coordinator: Callable[..., Coordinator]) -> None:
+    with pytest.raises(ApiError, match="security.enrollment_token is not set"):
+        coordinator().request("create_token", {"from_config": True})
+    with pytest.raises(ApiError, match="shorter than 16"):
+        coordinator(security={"enrollment_token": "short"}).request("create_token", {"from_config": True})
+    coord = coordinator(security={"enrollment_token": "a-long-shared-secret-of-the-lab"})
+    t = coord.request("create_token", {"from_config": True})
+    token = keys.decode_token(t["token"])
+    assert token.key == keys.read_key_file(coord.home / keys.COORDINATOR_KEY).public
+    assert token.secret == "a-long-shared-secret-of-the-lab" and t["expires"] is None
+    # More agents than any made token allows (uses=1 here would refuse the second): all let in.
+    agents = [FakeAgent(coord.endpoint("agents"), f"pod-{i}", stranger=True) for i in range(3)]
+    try:
+        for a in agents:
+            a.join = token.secret
+            _answer(a, _register(a), (p.Welcome,))
+        states = {r["name"]: r["state"] for r in coord.request("list_agents")}
+        assert all(states[f"pod-{i}"] == "accepted" for i in range(3))
+    finally:
+        for a in agents:
+            a.close()
+
+
 def test_insecure_mode_accepts_everyone_and_says_so(coordinator: Callable[..., Coordinator]) -> None:
     coord = coordinator(security={"insecure": True})
     agent = FakeAgent(coord.endpoint("agents"), "plain", insecure=True)

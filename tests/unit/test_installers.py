@@ -516,6 +516,23 @@ def test_agents_take_the_token_from_the_secret_and_only_variables_that_are_read(
     assert "livenessProbe" not in container, "a coordinator that is down must not restart every agent"
 
 
+def test_the_coordinator_takes_its_enrollment_secret_from_the_optional_secret(
+        rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = rendered
+    sts = one(docs, "StatefulSet", "dtf-coordinator")
+    ref = env_of(pod_spec(sts)["containers"][0])["DTF_ENROLLMENT_TOKEN"]["valueFrom"]["secretKeyRef"]
+    # Optional: the coordinator starts without it (the made tokens need none).
+    assert ref["optional"] is True
+    readme = (KUBE / "README.md").read_text(encoding="utf-8")
+    assert f"create secret generic {ref['name']} --from-literal={ref['key']}=" in readme
+    assert "dtf token create --from-config" in readme
+    config_map = one(docs, "ConfigMap", "dtf-coordinator")
+    text = config_map["data"]["coordinator.yaml"]
+    given = load_config_text(text, CoordinatorConfig, label="ConfigMap", env={"DTF_ENROLLMENT_TOKEN": "s" * 48})
+    assert given.security.enrollment_token == "s" * 48
+    assert not load_config_text(text, CoordinatorConfig, label="ConfigMap", env={}).security.enrollment_token
+
+
 def test_kubectl_kustomize_renders_what_this_test_validates() -> None:
     """kubectl's own kustomize, when this machine has kubectl (it runs offline): the same resources."""
     kubectl = shutil.which("kubectl")
