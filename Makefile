@@ -119,7 +119,7 @@ GUI_SOURCES := $(AGENT_SOURCES) $(shell find dtf_gui -name '*.py' 2>/dev/null) r
 
 $(DIST_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(DIST_VENV)
-	$(DIST_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[gpu,dist]'
+	$(DIST_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[gpu,otel,dist]'
 	@touch $(DIST_STAMP)
 
 # PYTHONHASHSEED fixed: the same sources give the same archive order (PyInstaller's advice for

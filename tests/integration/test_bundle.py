@@ -8,6 +8,7 @@ PYTHONPATH, a working directory and home of its own.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -56,7 +57,9 @@ def _start_bundle(procs: ProcessTracker, machine: Path, worker_id: str, args: li
     home.mkdir()
     if worker_yaml:
         (home / "worker.yaml").write_text(worker_yaml, encoding="utf-8")
-    env = {"PATH": str(no_python), "HOME": str(machine), "DTF_HOME": str(home), "LANG": "C.UTF-8"}
+    # Spans as JSON lines on stderr: the bundle carries OpenTelemetry (dtf[otel]) for the agent's part of a trace.
+    env = {"PATH": str(no_python), "HOME": str(machine), "DTF_HOME": str(home), "LANG": "C.UTF-8",
+           "OTEL_TRACES_EXPORTER": "console"}
     with open(procs.log_dir / f"{worker_id}.log", "wb") as out:  # the child keeps its own copy
         proc = subprocess.Popen([str(BUNDLE), "--worker-id", worker_id, *args], cwd=machine, env=env,
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -74,7 +77,8 @@ def test_the_agent_bundle_runs_tasks_without_python(tmp_path: Path, serve: Calla
     names = _archive_names(BUNDLE)
     roots = _roots(names)
     # pynvml: the gpu extra, for the GPU inventory (a bundle cannot be given it later).
-    assert {"dtf_agent", "zmq", "zeroconf", "msgspec", "psutil", "yaml", "pynvml"} <= roots, sorted(roots)
+    assert {"dtf_agent", "zmq", "zeroconf", "msgspec", "psutil", "yaml", "pynvml", "opentelemetry"} <= roots, sorted(
+        roots)
     assert "dtf_agent.runners.command" in names and "dtf_agent/runners/pytest_plugin.py" in names
     assert not roots & set(FORBIDDEN), f"in the agent bundle: {sorted(roots & set(FORBIDDEN))}"
 
@@ -116,6 +120,11 @@ def test_the_agent_bundle_runs_tasks_without_python(tmp_path: Path, serve: Calla
     assert result["worker_id"] in ("bundled", "found-me") and result["exit_code"] == 0
     assert "bundled-output lib=[]" in result["raw_data"]["stdout_tail"]
     assert result["metrics"] == {"ops": 12.0, "latency_ms": 2.5}
+    # The agent's spans of the task (this coordinator does not trace: the run span is their root).
+    spans = [json.loads(line) for line in procs.log(result["worker_id"], tail=10**6).splitlines()
+             if line.startswith('{"name": ')]
+    [run] = [sp for sp in spans if sp["name"] == "dtf.run" and sp["attributes"].get("dtf.task_id") == command]
+    assert any(sp["name"] == "dtf.result" and sp["parent_id"] == run["context"]["span_id"] for sp in spans), spans
 
     failed = s.wait_task_status(refused, "completed", "failed", timeout=30)
     assert failed["status"] == "failed", failed
