@@ -1057,15 +1057,13 @@ class Coordinator:
             task.retry_at = ts.until if ts.until and not ts.held_for else None
             task.pinned_to = ts.pin.worker_id if ts.pin is not None else None
         status = ins.status
-        # A task that failed, was cancelled or went back to the queue gets a line at INFO, with its ids
-        # (`jq 'select(.task_id == "T")'` follows it); the rest, the hot path, only at DEBUG.
-        if status in (p.FAILED, p.CANCELLED) or (status == p.PENDING and task.attempt):
-            log.info("task %s (attempt %d) %s%s%s", ins.task_id, task.attempt,
-                     "back to the queue" if status == p.PENDING else status,
-                     f" on {task.worker_id}" if task.worker_id else "", f": {ins.reason}" if ins.reason else "",
-                     extra={"task_id": ins.task_id, "worker_id": task.worker_id, "attempt": task.attempt})
-        elif log.isEnabledFor(logging.DEBUG):
-            log.debug("task %s %s", ins.task_id, status,
+        # Each task's changes at DEBUG, with its ids (`jq 'select(.task_id == "T")'` follows one). Not at
+        # INFO: a cancelled run, a lost worker's requeue or a suite that fails throughout is thousands
+        # of them on the loop thread (~80 µs a record with stderr and the rotated file).
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("task %s (attempt %d) %s%s%s", ins.task_id, task.attempt,
+                      "back to the queue" if status == p.PENDING and task.attempt else status,
+                      f" on {task.worker_id}" if task.worker_id else "", f": {ins.reason}" if ins.reason else "",
                       extra={"task_id": ins.task_id, "worker_id": task.worker_id, "attempt": task.attempt})
         figures = self._figures
         if figures is not None:
