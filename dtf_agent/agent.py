@@ -425,10 +425,11 @@ class Agent:
     # -- handlers: one per message type ------------------------------------------------------
 
     def _on_welcome(self, msg: p.Welcome) -> None:
-        problem = p.version_problem(msg.protocol_version, peer="coordinator", this="agent")
+        # Only a coordinator too old for this agent is refused here. A newer one that welcomes it has
+        # checked this agent's version already: it serves the versions before its own.
+        problem = (p.version_problem(msg.protocol_version, peer="coordinator", this="agent")
+                   if msg.protocol_version < p.MIN_COMPATIBLE_VERSION else None)
         if problem:
-            # A coordinator older than this agent still speaks: refuse it here, named, rather
-            # than fail later on a message one side cannot read.
             log.error("%s", problem)
             self.fatal_error = problem
             self.stop()
@@ -534,7 +535,8 @@ class Agent:
 
     def _on_cancel(self, msg: p.Cancel) -> None:
         for task_id in msg.task_ids:
-            log.info("task %s: cancelled by the coordinator", task_id, extra={"task_id": task_id})
+            if log.isEnabledFor(logging.DEBUG):  # a cancelled run is thousands of these
+                log.debug("task %s: cancelled by the coordinator", task_id, extra={"task_id": task_id})
             run = self.running.get(task_id)
             if run is not None:
                 run.cancel()

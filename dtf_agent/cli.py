@@ -63,11 +63,20 @@ def _install_service(argv: list[str]) -> int:
     return service.main("agent", args, home_for_user=str(dtf_home()) if args.user else "", check_flags=check_flags)
 
 
+# Enrollment secrets an agent may be started with (the container images and units pass them in the
+# environment) and that its tasks must never see.
+SECRET_VARIABLES = ("DTF_JOIN_TOKEN", "DTF_ENROLLMENT_TOKEN")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["install-service"]:
         return _install_service(argv[1:])
     args = _parser().parse_args(argv)
+    # Read (above) and forgotten: tasks inherit this process's environment, and a test must not
+    # be able to enroll agents of its own with this one's token.
+    for secret in SECRET_VARIABLES:
+        os.environ.pop(secret, None)
     logsetup.configure("dtf-agent", logsetup.options_from_args(args))
     log = logging.getLogger("dtf_agent")
     json_lines = args.log_format == "json"
