@@ -117,7 +117,8 @@ AGENT_SOURCES := $(shell find dtf_agent -name '*.py' 2>/dev/null) installers/pyi
 GUI_SOURCES := $(AGENT_SOURCES) $(shell find dtf_gui -name '*.py' 2>/dev/null) resources/dtf.svg \
 	installers/pyinstaller/dtf-gui.spec installers/pyinstaller/dtf_gui_main.py
 
-$(DIST_STAMP): pyproject.toml
+# The Makefile too: the extras it installs are named below.
+$(DIST_STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(DIST_VENV)
 	$(DIST_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[gpu,otel,dist]'
 	@touch $(DIST_STAMP)

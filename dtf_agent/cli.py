@@ -55,6 +55,15 @@ def _install_service(argv: list[str]) -> int:
                     "start it. Run as root for a system unit (user dtf, DTF_HOME /var/lib/dtf), or with --user.")
     service.add_install_args(ap, "agent")
     args = ap.parse_args(argv)
+    if args.join:
+        # Checked now: a bad token would stop the service at its first start, never restarted (exit 2).
+        from dtf_agent import keys
+
+        try:
+            keys.decode_token(args.join)
+        except ValueError as exc:
+            print(f"dtf-agent install-service: --join: {exc}", file=sys.stderr)
+            return 2
 
     def check_flags(flags: list[str]) -> None:
         _parser().parse_args(flags)  # a bad flag exits 2 here, not at the service's first start

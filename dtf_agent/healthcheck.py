@@ -10,7 +10,9 @@ What it cannot tell: an agent that is connected but waits for the coordinator's 
 its key is "healthy" too (its log says it waits). An agent whose key is refused exits, so its
 container stops or restarts instead. A coordinator that is down makes every agent unhealthy,
 which is why the Kubernetes manifests use this for readiness, never for liveness: restarting the
-agents would not bring the coordinator back, and would kill their running tasks.
+agents would not bring the coordinator back, and would kill their running tasks. And a task of the
+agent's own that holds a connection to some other service on the same port number counts too:
+the check reads ports, not processes.
 
 The port is the one of ``--coordinator`` (default ``$DTF_COORDINATOR``, as the image's entrypoint
 reads it), else the coordinator's default agent port, 8081.
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None, *, tables: Iterable[Path] = PROC_TCP) ->
         port = agent_port(args.coordinator)
     except ValueError as exc:
         print(f"healthcheck: --coordinator / $DTF_COORDINATOR: {exc}", file=sys.stderr)
-        return 2
+        return 1  # Docker reserves 2 ("do not use"): unhealthy, with the reason
     read = _read_tables(tables)
     if not read:
         print("unhealthy: cannot read /proc/net/tcp (not Linux, or /proc is not mounted): the connection "

@@ -225,7 +225,10 @@ def test_no_enable_writes_and_says_how(tmp_path: Path) -> None:
 
 
 def test_the_join_token_goes_to_a_file_only_its_owner_reads(tmp_path: Path) -> None:
-    token = "dtf1-secret-token-for-the-test"
+    from dtf_agent import keys as dtf_keys
+
+    token = dtf_keys.encode_token(dtf_keys.Token(key=dtf_keys.generate("coordinator", "c").public,
+                                                 addresses=["tcp://lab:8081"], secret=dtf_keys.new_secret(), name="c"))
     env_file = tmp_path / "etc" / "dtf-agent.env"
     out = install("dtf-agent", "--no-enable", "--unit-dir", str(tmp_path), "--run-as", ME, "--join", token,
                   "--env-file", str(env_file))
@@ -237,6 +240,9 @@ def test_the_join_token_goes_to_a_file_only_its_owner_reads(tmp_path: Path) -> N
     # After --, where it would land in the unit, it is refused.
     out = install("dtf-agent", "--dry-run", "--", "--join", token)
     assert out.returncode == 2 and "--join TOKEN" in out.stderr and token not in out.stdout
+    # A token cut short in the copy is refused now, not at the service's first start (exit 2, no restart).
+    out = install("dtf-agent", "--no-enable", "--unit-dir", str(tmp_path / "bad"), "--join", token[:-8])
+    assert out.returncode == 2 and "--join" in out.stderr and not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize("program", ["dtf-agent", "dtf"])
