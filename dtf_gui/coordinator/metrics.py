@@ -16,6 +16,13 @@ of figure reach a scrape:
 The database's size and its standing findings are read at scrape time from the files, through
 a read-only connection of the scrape's own (readers open their own connections).
 
+The endpoint is not authenticated and listens on server.host (every interface in a container),
+so whoever reaches it is a stranger: a request thread each, at most MAX_REQUESTS at once (a
+connection over that is answered 503 and closed, without a thread); a connection silent for
+REQUEST_TIMEOUT is dropped; and :meth:`Metrics.close` shuts every open connection down before it
+joins their threads, so a client that trickles its request a byte at a time cannot keep the
+coordinator's stop waiting.
+
 Nothing here runs while metrics are off: the coordinator imports this module only when
 ``server.metrics_port`` is set, and its hot paths test one attribute for None.
 """
@@ -27,6 +34,7 @@ import dataclasses
 import logging
 import os
 import socket
+import socketserver
 import sqlite3
 import threading
 import time
@@ -73,9 +81,15 @@ FINDING_KINDS = ("anomaly", "change_suspected", "change_point", "trend")
 WORKER_STATES = ("online", "busy", "offline", "lost")
 # How long a scrape waits for the loop's snapshot before it serves the last one.
 SNAPSHOT_WAIT = 2.0
-# A scrape's HTTP connection is dropped after this many seconds of silence: a client that holds
-# one open cannot keep a request thread (which stop() joins) alive.
+# A scrape's HTTP connection is dropped after this many seconds of silence (a client that sends
+# now and then is not silent: close() shuts such connections down itself).
 REQUEST_TIMEOUT = 10.0
+# Requests answered at once (a thread each). Prometheus scrapes one at a time; the rest is for a
+# person with curl, a second Prometheus, and strangers who must not make threads without limit.
+MAX_REQUESTS = 8
+# What a connection over MAX_REQUESTS gets before it is closed.
+_BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 1\r\n"
+         b"Connection: close\r\n\r\ntoo many metrics requests at once\n")
 
 # Every name a scrape may show (the Grafana dashboard's test checks its queries against these).
 # Counters are listed with their _total, histograms by their base name.
@@ -208,11 +222,66 @@ class _Handler(WSGIRequestHandler):
 
 
 class _Server(ThreadingMixIn, WSGIServer):
-    """One thread a request (a slow scraper does not hold up the others), each joined by
-    server_close(): the coordinator's stop leaves no thread of this server behind."""
+    """One thread a request (a slow scraper does not hold up the others), MAX_REQUESTS at most,
+    each joined by server_close() once :meth:`drop_connections` has cut its client off: the
+    coordinator's stop leaves no thread of this server behind, and waits for no client."""
 
     daemon_threads = False
     block_on_close = True
+
+    def __init__(self, server_address: tuple[str, int], handler: type[WSGIRequestHandler],
+                 bind_and_activate: bool = True) -> None:
+        # Before the base class's, which binds and listens.
+        self._open: set[socket.socket] = set()  # connections with a request thread, under _open_lock
+        self._open_lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(MAX_REQUESTS)
+        super().__init__(server_address, handler, bind_and_activate)
+
+    def server_bind(self) -> None:
+        # HTTPServer's asks DNS for the host's full name (socket.getfqdn: a reverse lookup that
+        # stalls for seconds where DNS is broken, as in some containers) for the WSGI
+        # environment's SERVER_NAME; the address does as well.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+        self.setup_environ()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.debug("metrics: %d requests already; %s answered 503", MAX_REQUESTS, client_address)
+            try:
+                request.setblocking(False)  # a client that does not read must not hold the serving thread
+                request.send(_BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)  # not one of ours: no slot to give back
+            return
+        with self._open_lock:
+            self._open.add(request)
+        # A thread that cannot start: the base class calls shutdown_request, which frees the slot.
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        # Out of the set before the socket closes: drop_connections never touches a closed one.
+        with self._open_lock:
+            ours = request in self._open
+            self._open.discard(request)
+        try:
+            super().shutdown_request(request)
+        finally:
+            if ours:
+                self._slots.release()
+
+    def drop_connections(self) -> None:
+        """Cut every client off (their request threads then see the end of their input, or fail
+        to write, and end)."""
+        with self._open_lock:
+            for conn in self._open:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # the client is gone already
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that went away mid-answer is no error of ours; the rest is for the debug log.
@@ -237,6 +306,7 @@ class Metrics:
         self._last: Snapshot | None = None
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._closing = False
         self.port = 0
         self.registry = CollectorRegistry(auto_describe=False)
         # Filled by whichever thread commits or refuses, read by scrapes: under this lock.
@@ -274,11 +344,12 @@ class Metrics:
     def serve(self, host: str, port: int) -> int:
         """Bind and start answering; returns the port (the one picked when ``port`` is 0)."""
         try:
+            address = listen_host(host)
             # The address family of the host (an IPv6 host needs AF_INET6; the base class is IPv4).
-            family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+            family = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
             server_class = type("_MetricsServer", (_Server,), {"address_family": family})
-            httpd: _Server = make_server(host, port, make_wsgi_app(self.registry), server_class=server_class,
-                                handler_class=_Handler)
+            httpd: _Server = make_server(address, port, make_wsgi_app(self.registry), server_class=server_class,
+                                         handler_class=_Handler)
         except OSError as exc:
             raise MetricsError(f"server.metrics_port: cannot listen on {host}:{port} (server.host) for Prometheus "
                                f"metrics ({exc.strerror or exc}); choose a free port, 0 for any, or null to switch "
@@ -301,8 +372,10 @@ class Metrics:
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
-        httpd.shutdown()  # returns once serve_forever has
-        httpd.server_close()  # joins the request threads
+        self._closing = True  # a scrape still being answered does not wait for the loop now
+        httpd.shutdown()  # returns once serve_forever has: no connection is accepted after this
+        httpd.drop_connections()
+        httpd.server_close()  # joins the request threads, which the clients no longer hold up
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
@@ -311,7 +384,10 @@ class Metrics:
     # -- a scrape (its request thread) -------------------------------------------------------------
 
     def snapshot(self) -> Snapshot | None:
-        """The loop's state now, or the last one when the loop does not answer within SNAPSHOT_WAIT."""
+        """The loop's state now, or the last one when the loop does not answer within SNAPSHOT_WAIT
+        (or is closing the endpoint: it answers nothing more)."""
+        if self._closing:
+            return self._last
         fut: Future[Snapshot] = Future()
 
         def build() -> None:  # on the loop thread
@@ -356,6 +432,11 @@ class Metrics:
         except sqlite3.Error as exc:
             log.debug("metrics: cannot count findings in %s: %s", self.db_path, exc)
         return size, found
+
+
+def listen_host(host: str) -> str:
+    """server.host as bind() takes it: ZeroMQ's "*" (and an empty host) mean every IPv4 interface."""
+    return "0.0.0.0" if host in ("*", "") else host
 
 
 class _Collector(Collector):

@@ -4,6 +4,7 @@ binds and stops, and the pieces it is made of (histograms, the loop's snapshot, 
 from __future__ import annotations
 
 import dataclasses
+import re
 import socket
 import threading
 import time
@@ -56,6 +57,31 @@ def family_names(url: str) -> set[str]:
         # The parser names a counter family without its _total; the exported sample has it.
         names.add(f"{fam.name}_total" if fam.type == "counter" else fam.name)
     return names
+
+
+def snapshot(completed: int = 0) -> metrics.Snapshot:
+    """A loop's snapshot with ``completed`` tasks and nothing else."""
+    return metrics.Snapshot(made=time.monotonic(), tasks=(("completed", completed),), queue_depth=0, workers=(),
+                            counters=(), histograms=(), db_commits=0, db_rows_written=0, db_write_errors=0,
+                            db_refused_rows=0, db_pending_rows=0)
+
+
+def answering_metrics(tmp_path: Path) -> metrics.Metrics:
+    """An endpoint whose "loop" answers at once (runs the snapshot's builder on the asking thread)."""
+    return metrics.Metrics(ask_loop=lambda fn: fn(), build=snapshot, db_path=tmp_path / "none.sqlite",
+                           coordinator_id="c", started=0.0)
+
+
+def request_threads() -> list[threading.Thread]:
+    """The endpoint's request threads (ThreadingMixIn names each after its target)."""
+    return [t for t in threading.enumerate() if "process_request_thread" in t.name]
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    got = b""
+    while chunk := sock.recv(4096):
+        got += chunk
+    return got
 
 
 # ---------------------------------------------------------------------------------------- config
@@ -150,9 +176,7 @@ def test_a_loop_that_does_not_answer_gets_its_last_snapshot_served(monkeypatch: 
     def build() -> metrics.Snapshot:
         nonlocal built
         built += 1
-        return metrics.Snapshot(made=time.monotonic(), tasks=(("completed", built),), queue_depth=0, workers=(),
-                                counters=(), histograms=(), db_commits=0, db_rows_written=0, db_write_errors=0,
-                                db_refused_rows=0, db_pending_rows=0)
+        return snapshot(completed=built)
 
     m = metrics.Metrics(ask_loop=ask_loop, build=build, db_path=tmp_path / "none.sqlite", coordinator_id="c",
                         started=0.0)
@@ -168,6 +192,108 @@ def test_a_loop_that_does_not_answer_gets_its_last_snapshot_served(monkeypatch: 
     finally:
         m.close()
     assert set(threading.enumerate()) == before
+
+
+# ---------------------------------------------------------------------------------------- the endpoint
+
+
+def test_a_client_trickling_its_request_does_not_hold_up_close(tmp_path: Path) -> None:
+    """The port is open to anyone who reaches it: a client that sends a byte every little while
+    (never idle for the handler's timeout) must not keep close(), and the coordinator's stop, waiting."""
+    m = answering_metrics(tmp_path)
+    before = set(threading.enumerate())
+    port = m.serve("127.0.0.1", 0)
+    stop = threading.Event()
+    client = socket.create_connection(("127.0.0.1", port), timeout=5)
+    client.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+
+    def trickle() -> None:
+        try:
+            while not stop.wait(0.2):
+                client.sendall(b"x")  # a header line that never ends
+        except OSError:
+            pass  # the endpoint dropped the connection
+
+    trickler = threading.Thread(target=trickle, name="test-trickler")
+    closer = threading.Thread(target=m.close, name="test-closer")
+    trickler.start()
+    try:
+        wait_until(lambda: len(request_threads()) == 1, 10)
+        started = time.monotonic()
+        closer.start()
+        closer.join(3)
+        assert not closer.is_alive(), "close() waits for a client that keeps trickling"
+        assert time.monotonic() - started < 3
+        assert set(threading.enumerate()) - {trickler, closer} <= before, "a thread of the endpoint remains"
+    finally:
+        stop.set()
+        trickler.join(10)
+        client.close()
+        if closer.ident is not None:
+            closer.join(30)
+        else:
+            m.close()
+    assert not trickler.is_alive() and not closer.is_alive()
+
+
+def test_concurrent_requests_are_capped_and_the_one_over_the_cap_is_answered_503(tmp_path: Path) -> None:
+    m = answering_metrics(tmp_path)
+    before = set(threading.enumerate())
+    port = m.serve("127.0.0.1", 0)
+    cap = metrics.MAX_REQUESTS
+    slow: list[socket.socket] = []
+    try:
+        for _ in range(cap):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"GET /metrics HTTP/1.1\r\n")  # and nothing more: its thread waits for the headers
+            slow.append(s)
+        wait_until(lambda: len(request_threads()) == cap, 10)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as extra:
+            answer = read_to_end(extra)  # sends nothing: the answer comes without a request
+        assert answer.startswith(b"HTTP/1.0 503 "), answer[:100]
+        assert len(request_threads()) == cap, "no thread for a connection over the cap"
+        # A slot that frees lets the next scrape in.
+        slow.pop().close()
+        wait_until(lambda: len(request_threads()) < cap, 10)
+        assert scrape(f"http://127.0.0.1:{port}/metrics")['dtf_tasks{state="completed"}'] == 0
+    finally:
+        for s in slow:
+            s.close()
+        m.close()
+    assert set(threading.enumerate()) <= before
+
+
+def test_a_star_host_listens_on_every_ipv4_interface(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """server.host "*" (ZeroMQ's word for every interface) or "" is 0.0.0.0 to bind(). Checked
+    without binding it (tests never listen beyond 127.0.0.1): the address lookup sees 0.0.0.0."""
+    asked: list[object] = []
+
+    def getaddrinfo(host: object, *args: Any, **kwargs: Any) -> Any:
+        asked.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "stop here")
+
+    monkeypatch.setattr(metrics.socket, "getaddrinfo", getaddrinfo)
+    m = answering_metrics(tmp_path)
+    for host in ("*", ""):
+        with pytest.raises(metrics.MetricsError, match=rf"cannot listen on {re.escape(host)}:9464 \(server\.host\)"):
+            m.serve(host, 9464)
+    assert asked == ["0.0.0.0", "0.0.0.0"]
+
+
+def test_binding_asks_no_dns(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """HTTPServer looks its host's full name up (socket.getfqdn: reverse DNS, seconds where DNS is
+    broken, as in some containers); the endpoint needs no name."""
+
+    def getfqdn(name: str = "") -> str:
+        raise AssertionError(f"socket.getfqdn({name!r}) called")
+
+    monkeypatch.setattr(socket, "getfqdn", getfqdn)
+    m = answering_metrics(tmp_path)
+    port = m.serve("127.0.0.1", 0)
+    try:
+        assert scrape(f"http://127.0.0.1:{port}/metrics")['dtf_tasks{state="completed"}'] == 0
+    finally:
+        m.close()
 
 
 # ---------------------------------------------------------------------------------------- a coordinator
