@@ -4,8 +4,11 @@ binds and stops, and the pieces it is made of (histograms, the loop's snapshot, 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -34,6 +37,8 @@ from dtf_gui.coordinator.store import Store
 from dtf_gui.coordinator.telemetry import Counters
 from dtf_gui.coordinator.trust import REFUSALS
 from tests.helpers import FakeAgent, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -304,6 +309,31 @@ def test_metrics_off_means_no_endpoint_no_module_work(coordinator: Callable[...,
     assert c.metrics is None and c._figures is None
     assert c.info()["metrics_endpoint"] is None
     assert "metrics" not in c.ports
+
+
+# A coordinator started and stopped in a fresh interpreter (this one imported metrics itself):
+# prints which of the metrics modules it imported. argv[1]: the database, argv[2]: the metrics
+# port, "off" for none.
+_PROBE = """
+import sys
+from dtf_gui.coordinator.config import ephemeral_settings
+from dtf_gui.coordinator.server import Coordinator
+server = {} if sys.argv[2] == "off" else {"metrics_port": int(sys.argv[2])}
+Coordinator(ephemeral_settings(sys.argv[1], server=server)).start().stop()
+print(sorted(m for m in ("dtf_gui.coordinator.metrics", "prometheus_client") if sys.modules.get(m) is not None))
+"""
+
+
+@pytest.mark.parametrize("port, imported", [("off", "[]"),
+                                            ("0", "['dtf_gui.coordinator.metrics', 'prometheus_client']")],
+                         ids=["off", "on"])
+def test_metrics_off_imports_neither_the_module_nor_prometheus_client(tmp_path: Path, port: str,
+                                                                      imported: str) -> None:
+    # "on" shows the probe sees the imports it looks for.
+    out = subprocess.run([sys.executable, "-c", _PROBE, str(tmp_path / "probe.sqlite"), port], cwd=ROOT,
+                         env=dict(os.environ), capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == imported, out.stdout + out.stderr
 
 
 def test_scrape_of_an_embedded_coordinator_and_nothing_left_after_stop(
