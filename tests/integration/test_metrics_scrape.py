@@ -4,9 +4,12 @@ coordinator.json, scraped during a run, and its figures agree with the database 
 from __future__ import annotations
 
 import os
+import shlex
 import signal
+import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -50,7 +53,7 @@ def by_label(got: dict[str, float], metric: str) -> dict[str, float]:
     return {k.split('"')[1]: v for k, v in got.items() if k.startswith(metric + "{")}
 
 
-def test_a_scrape_during_a_run_and_after_it_agrees_with_the_database(serve: Any) -> None:
+def test_a_scrape_during_a_run_and_after_it_agrees_with_the_database(serve: Any, tmp_path: Path) -> None:
     s = serve(CONFIG)
     url = s.info["metrics_endpoint"]
     assert url and url.startswith("http://127.0.0.1:") and not url.endswith(":0/metrics")
@@ -67,23 +70,37 @@ def test_a_scrape_during_a_run_and_after_it_agrees_with_the_database(serve: Any)
     finally:
         fake.close()
 
-    slow = s.call("create_tasks", {"tasks": [{"command": "sleep 0.3"} for _ in range(16)]})["task_ids"]
+    # Held until the test opens the gate: the scrape "during" the run is one, however slow the machine.
+    gate = tmp_path / "gate"
+    held = f"while [ ! -e {shlex.quote(str(gate))} ]; do sleep 0.05; done"
+    slow = s.call("create_tasks", {"tasks": [{"command": held} for _ in range(16)]})["task_ids"]
     failing = s.call("create_tasks", {"tasks": [{"command": "exit 3"} for _ in range(3)]})["task_ids"]
     stuck = s.call("create_tasks", {"tasks": [{"command": "true", "requirements": {"tags": ["nobody"]}}] * 2})
     stuck_ids = stuck["task_ids"]
     s.call("cancel_task", {"task_id": stuck_ids[0]})
     submitted = len(slow) + len(failing) + len(stuck_ids)
 
-    # During the run: 16 tasks of 0.3 s on 4 slots take 1.2 s at least.
-    during = scrape(url)
+    submitted_by = time.time()
+
+    # During the run: every slot holds a task waiting at the gate, the rest of them wait in the queue.
+    def all_slots_running() -> dict[str, float] | None:
+        got = scrape(url)
+        return got if by_label(got, "dtf_tasks")["running"] == 4 else None
+
+    during = wait_until(all_slots_running, 30, message=s.tracker.logs)
     tasks = by_label(during, "dtf_tasks")
     assert during["dtf_tasks_submitted_total"] == submitted and sum(tasks.values()) == submitted
-    assert tasks["completed"] < len(slow), f"not scraped during the run: {tasks}"
+    assert tasks["completed"] == 0 and tasks["failed"] == 0, f"not scraped during the run: {tasks}"
+    assert tasks["pending"] == submitted - 4 - 1 and tasks["cancelled"] == 1, tasks
+    assert during["dtf_queue_depth"] == tasks["pending"]
+    assert during["dtf_worker_slots"] == 4 and during["dtf_worker_slots_used"] == 4
     workers = by_label(during, "dtf_workers")
-    assert workers["online"] + workers["busy"] == 2 and workers["busy"] >= 1, workers
+    assert workers["busy"] == 2 and workers["online"] == 0, workers
     ages = by_label(during, "dtf_worker_heartbeat_age_seconds")
     assert set(ages) == {"m-a", "m-b"} and all(0 <= a < 5 for a in ages.values()), ages
 
+    gate.touch()
+    opened = time.time()
     finished = s.call("wait", {"task_ids": slow + failing, "timeout": 60})["finished"]
     assert set(finished.values()) <= {"completed", "failed"} and len(finished) == len(slow) + len(failing)
 
@@ -102,8 +119,8 @@ def test_a_scrape_during_a_run_and_after_it_agrees_with_the_database(serve: Any)
     assert after["dtf_submissions_total"] == 3
     for status in p.TERMINAL_STATUSES:
         assert after[f'dtf_task_latency_seconds_count{{status="{status}"}}'] == in_db.get(status, 0), status
-    # Every slow task waited at least its run time between submission and its end.
-    assert after['dtf_task_latency_seconds_sum{status="completed"}'] >= 16 * 0.3
+    # Every held task lasted from its submission to the gate's opening at least.
+    assert after['dtf_task_latency_seconds_sum{status="completed"}'] >= 16 * (opened - submitted_by)
     refused = db_rows(s, "SELECT count(*) FROM events WHERE kind = 'security_agent_refused'")[0][0]
     assert after['dtf_security_refusals_total{kind="agent_refused"}'] == refused == 1
     findings = dict(db_rows(s, "SELECT kind, count(*) FROM events WHERE kind IN "
