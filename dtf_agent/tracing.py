@@ -29,7 +29,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dtf_agent import __version__
@@ -37,12 +37,12 @@ from dtf_agent import __version__
 if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.trace import Span, Tracer
+    from opentelemetry.trace import Link, Span, Tracer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_TRACESTATE", "context_of", "end_span", "flush", "install", "parent_from", "reset", "setup",
-           "start_span", "wanted"]
+__all__ = ["MAX_TRACESTATE", "context_of", "end_span", "flush", "install", "parent_from", "reported_parent",
+           "reset", "setup", "start_span", "wanted"]
 
 # What the wire carries of a trace context (protocol.TraceContext's bounds): a longer tracestate
 # is dropped, the trace goes on without it.
@@ -179,8 +179,33 @@ def parent_from(carrier: object) -> Context | None:
     return ctx if trace.get_current_span(ctx).get_span_context().is_valid else None
 
 
+def reported_parent(own: object, reported: object) -> tuple[Context | None, list[Link]]:
+    """(parent, links) of a span that follows what a peer reported (a result's trace context, the
+    agent's word) in a task whose own trace context is ``own`` (the carrier in its metadata).
+
+    The peer's context counts only within the task's own trace, and only for its span id: the
+    span keeps the trace flags and state of the task's context, so a peer can neither move the
+    span into another trace nor unsample it. A context of another trace hangs the span from
+    ``own`` and is kept as a link."""
+    from opentelemetry import trace
+
+    mine = parent_from(own)
+    theirs = parent_from(reported)
+    if theirs is None:
+        return mine, []
+    their_sc = trace.get_current_span(theirs).get_span_context()
+    if mine is not None:
+        my_sc = trace.get_current_span(mine).get_span_context()
+        if their_sc.trace_id == my_sc.trace_id:
+            joined = trace.SpanContext(my_sc.trace_id, their_sc.span_id, is_remote=True,
+                                       trace_flags=my_sc.trace_flags, trace_state=my_sc.trace_state)
+            return trace.set_span_in_context(trace.NonRecordingSpan(joined)), []
+    return mine, [trace.Link(their_sc)]
+
+
 def start_span(tracer: Tracer, name: str, parent: Span | Context | Mapping[str, str] | None = None, *,
-               kind: str = "internal", attributes: Mapping[str, Any] | None = None) -> Span:
+               kind: str = "internal", attributes: Mapping[str, Any] | None = None,
+               links: Sequence[Link] = ()) -> Span:
     """A span (not made current: DTF's spans outlive the call that starts them, and are ended
     explicitly by :func:`end_span`). ``parent``: a span, a context, or a carrier as
     :func:`parent_from` takes; None starts a trace."""
@@ -194,7 +219,7 @@ def start_span(tracer: Tracer, name: str, parent: Span | Context | Mapping[str, 
     else:
         ctx = parent_from(parent)
     span_kind = SpanKind[kind.upper()] if kind in _KINDS else SpanKind.INTERNAL
-    return tracer.start_span(name, context=ctx, kind=span_kind,
+    return tracer.start_span(name, context=ctx, kind=span_kind, links=links or None,
                              attributes={k: v for k, v in (attributes or {}).items() if v is not None})
 
 

@@ -365,6 +365,20 @@ class ClientApi:
             spans.append((t.task_id, span))
         return spans
 
+    def _submit(self, tasks: list[TaskRecord]) -> dict[str, str]:
+        """commands.submit, with each task's submit span when tracing: ended whatever the outcome,
+        an exception's included (its text is the spans' error)."""
+        if self.tracer is None:
+            return self.commands.submit(tasks)
+        spans = self._trace_submit(tasks)
+        try:
+            refused = self.commands.submit(tasks)
+        except BaseException as exc:
+            _end_submit(spans, {}, f"the submission failed: {type(exc).__name__}: {exc}")
+            raise
+        _end_submit(spans, refused)
+        return refused
+
     def _check_given_ids(self, ids: list[str]) -> None:
         """Ids the engineer chose must be new. The scheduler knows the live and recently finished
         ones; older ones are only in SQLite. Ids we generate are unique by construction, so a bulk
@@ -382,10 +396,7 @@ class ClientApi:
         self._writable()
         self._check_given_ids([a.task_id] if a.task_id else [])
         task = self._new_task(a, time.time())
-        spans = self._trace_submit([task]) if self.tracer is not None else None
-        refused = self.commands.submit([task])
-        if spans:
-            _end_submit(spans, refused)
+        refused = self._submit([task])
         if refused:
             raise ApiError(f"task {task.task_id} refused: {refused[task.task_id]}")
         return task.public()
@@ -399,10 +410,7 @@ class ClientApi:
         submission = f"{self.coordinator_id}-{self._submissions}"
         now = time.time()
         tasks = [self._new_task(t, now, submission, a.run_id) for t in a.tasks]
-        spans = self._trace_submit(tasks) if self.tracer is not None else None
-        refused = self.commands.submit(tasks)
-        if spans:
-            _end_submit(spans, refused)
+        refused = self._submit(tasks)
         if refused:
             detail = "; ".join(f"{k}: {v}" for k, v in list(refused.items())[:20])
             raise ApiError(f"submission refused, no task was added: {len(refused)} of {len(tasks)} task(s) "
@@ -545,8 +553,9 @@ class ClientApi:
                                                   a.time_range, lookback_days=a.lookback_days)
 
 
-def _end_submit(spans: list[tuple[str, Span]], refused: dict[str, str]) -> None:
-    """A submission is accepted or refused whole: each span ends with its task's fate."""
-    whole = f"the submission was refused ({len(refused)} task(s) with problems)" if refused else None
+def _end_submit(spans: list[tuple[str, Span]], refused: dict[str, str], failed: str | None = None) -> None:
+    """A submission is accepted or refused whole: each span ends with its task's fate (``failed``:
+    the submission raised, and this is why)."""
+    whole = failed or (f"the submission was refused ({len(refused)} task(s) with problems)" if refused else None)
     for task_id, span in spans:
         tracing.end_span(span, refused.get(task_id) or whole)

@@ -457,7 +457,11 @@ class Coordinator:
         self._dispatch_spans[task.task_id] = span
         return tracing.context_of(span)
 
-    def _trace_sent(self, out: _Outgoing, sent_to: set[str]) -> None:
+    def _trace_sent(self, out: _Outgoing) -> None:
+        """Each assignment that left ends its dispatch span; one whose worker was gone, with why.
+        Which left is worked out here, as _send decided it (nothing changed since), so that _send
+        builds nothing for tracing while it is off."""
+        sent_to = {wid for wid in out.assigns if (w := self.workers.get(wid)) is not None and w.online}
         for task in out.assigned:
             span = self._dispatch_spans.pop(task.task_id, None)
             if span is not None:
@@ -465,11 +469,12 @@ class Coordinator:
                                  "assignment left; the task went back to the queue")
 
     def _trace_stored(self, rec: p.ResultRecord, task: TaskRecord, worker_id: str) -> None:
-        """The stored span: the agent's result span's child (the task's own trace for an agent that
-        sends none), ended once the batch holding the result commits (_end_stored)."""
+        """The stored span: the agent's result span's child when that span is in the task's own
+        trace (else, or for an agent that sends none, the child of the task's own context, linked
+        to what the agent named), ended once the batch holding the result commits (_end_stored)."""
         assert self._tracer is not None
-        parent = rec.trace or (task.metadata or {}).get("trace")
-        span = tracing.start_span(self._tracer, "dtf.stored", parent, kind="consumer", attributes={
+        parent, links = tracing.reported_parent((task.metadata or {}).get("trace"), rec.trace)
+        span = tracing.start_span(self._tracer, "dtf.stored", parent, kind="consumer", links=links, attributes={
             "dtf.task_id": rec.task_id, "dtf.result_id": rec.result_id, "dtf.worker_id": worker_id,
             "dtf.attempt": rec.attempt, "dtf.status": rec.status})
         self._stored_spans.append((self.store.taken + 1, span))
@@ -1140,7 +1145,6 @@ class Coordinator:
             self._end_stored()
 
     def _send(self, out: _Outgoing) -> None:
-        sent_to: set[str] = set()
         for wid, specs in out.assigns.items():
             w = self.workers.get(wid)
             # A worker found lost after this batch was queued has had its tasks requeued by the
@@ -1148,9 +1152,8 @@ class Coordinator:
             if w is not None and w.online:
                 acks = out.acks.pop(w.identity, [])
                 self._send_agent(w.identity, p.Assign(tasks=specs, acks=acks))
-                sent_to.add(wid)
         if self._dispatch_spans:
-            self._trace_sent(out, sent_to)
+            self._trace_sent(out)
         if out.assigned:
             sent = time.perf_counter()
             for task in out.assigned:

@@ -12,9 +12,11 @@ import json
 import os
 import subprocess
 import sys
+import types
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -23,7 +25,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from dtf_agent import protocol as p
 from dtf_agent import tracing
+from dtf_gui.coordinator import server as server_module
+from dtf_gui.coordinator.api import ApiError
 from dtf_gui.coordinator.config import ephemeral_settings
+from dtf_gui.coordinator.records import TaskRecord
 from dtf_gui.coordinator.server import Coordinator
 from tests.helpers import FakeAgent, ProcessTracker, dtf_command, wait_until
 
@@ -205,6 +210,126 @@ def test_a_client_can_hang_the_task_from_a_trace_of_its_own(spans: InMemorySpanE
     assert submit["context"]["trace_id"] == "0x0af7651916cd43dd8448eb211c80319c"
     assert submit["parent_id"] == "0xb7ad6b7169203331"
     assert submit["attributes"]["dtf.task_id"] == tid
+
+
+def test_a_result_cannot_move_its_stored_span_out_of_the_tasks_trace(
+        spans: InMemorySpanExporter, coordinator: Callable[..., Coordinator]) -> None:
+    """The trace context of a result is the agent's word: its stored span joins the agent's
+    result span only within the task's own trace, and keeps the sampling of the task's trace.
+    Anything else hangs from the task's own context, with a link to what the agent named."""
+    c = coordinator(task_scheduler={"retry_limit": 0})
+    fake = FakeAgent(c.endpoint("agents"), "liar")
+    try:
+        fake.register_until_welcomed(p.Register(protocol_version=p.PROTOCOL_VERSION, worker_id="liar",
+                                                hostname="h", slots=3))
+        foreign, unsampled, honest = (c.request("create_task", {"type": "noop"})["task_id"] for _ in range(3))
+        specs: dict[str, p.RunSpec] = {}
+        while len(specs) < 3:
+            specs.update((spec.task_id, spec) for spec in fake.recv(p.Assign).tasks)
+        own = {tid: spec.trace["traceparent"].split("-")[1] for tid, spec in specs.items()}
+        elsewhere = "0af7651916cd43dd8448eb211c80319c"
+        assert elsewhere not in own.values()
+        claimed = {foreign: f"00-{elsewhere}-b7ad6b7169203331-01",
+                   unsampled: f"00-{own[unsampled]}-00f067aa0ba902b7-00",  # "do not record the stored span"
+                   honest: f"00-{own[honest]}-53995c3f42cd8ad8-01"}
+        fake.send(p.Results(results=[
+            p.ResultRecord(result_id=f"r-{tid}", task_id=tid, status="success", attempt=specs[tid].attempt,
+                           trace={"traceparent": claimed[tid]}) for tid in (foreign, unsampled, honest)]))
+        fake.recv(p.ResultAck)
+    finally:
+        fake.close()
+    assert c.request("wait", {"task_ids": [foreign, unsampled, honest], "timeout": 20})["finished"] == dict.fromkeys(
+        (foreign, unsampled, honest), "completed")
+    wait_until(lambda: not c._stored_spans, 10)
+    finished = spans.get_finished_spans()
+    ours = [as_dict(s) for s in finished]
+    stored = {tid: chain(ours, tid)["dtf.stored"] for tid in (foreign, unsampled, honest)}
+    assert all(len(v) == 1 for v in stored.values()), "every stored span recorded, the unsampled one's too"
+    for tid in (foreign, unsampled, honest):
+        assert stored[tid][0]["context"]["trace_id"] == f"0x{own[tid]}", f"{tid} left its trace"
+    submit = chain(ours, foreign)["dtf.submit"][0]
+    assert parent_of(stored[foreign][0], submit), "a foreign trace: hung from the task's own context"
+    (raw,) = [s for s in finished if s.name == "dtf.stored" and (s.attributes or {}).get("dtf.task_id") == foreign]
+    assert [(hexid(link.context.trace_id, 32), hexid(link.context.span_id, 16)) for link in raw.links] == [
+        (f"0x{elsewhere}", "0xb7ad6b7169203331")], "the context the agent named is kept as a link"
+    assert stored[unsampled][0]["parent_id"] == "0x00f067aa0ba902b7"
+    assert stored[honest][0]["parent_id"] == "0x53995c3f42cd8ad8"
+
+
+def test_a_submission_that_raises_leaves_no_submit_span_open(
+        spans: InMemorySpanExporter, coordinator: Callable[..., Coordinator],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    c = coordinator()
+
+    def submit(tasks: Any) -> dict[str, str]:
+        raise RuntimeError("the scheduler broke")
+
+    monkeypatch.setattr(c, "submit", submit)  # what the API calls (its commands are the coordinator)
+    for op, args in (("create_task", {"type": "noop"}), ("create_tasks", {"tasks": [{"type": "noop"}] * 2})):
+        with pytest.raises(ApiError):
+            c.request(op, args)
+    ended = [as_dict(s) for s in spans.get_finished_spans() if s.name == "dtf.submit"]
+    assert len(ended) == 3, "every submit span ended (the in-memory exporter sees ended ones only)"
+    for span in ended:
+        assert span["status"]["status_code"] == "ERROR"
+        assert "the scheduler broke" in span["status"]["description"]
+
+
+def test_sending_an_assignment_builds_nothing_for_tracing_while_it_is_off(
+        coordinator: Callable[..., Coordinator], monkeypatch: pytest.MonkeyPatch) -> None:
+    """_send runs for every batch of assignments: with tracing off it makes nothing for it (the
+    set of workers an assignment reached is for the dispatch spans)."""
+    c = coordinator()
+    assert c._tracer is None
+    made: list[object] = []
+
+    class CountedSet(set[Any]):
+        def __init__(self, *args: Any) -> None:
+            made.append(self)
+            super().__init__(*args)
+
+    def send() -> None:  # on the loop thread, where _send runs
+        out = server_module._Outgoing(assigns={"gone": [p.RunSpec(task_id="t1")]})
+        with monkeypatch.context() as m:
+            m.setattr(server_module, "set", CountedSet, raising=False)
+            c._send(out)
+        done.set_result(None)
+
+    done: Future[None] = Future()
+    c.inbox.put(send)
+    done.result(10)
+    assert made == []
+
+
+def test_an_assignment_that_finds_its_worker_gone_ends_its_dispatch_span_saying_so(
+        spans: InMemorySpanExporter, coordinator: Callable[..., Coordinator]) -> None:
+    c = coordinator()
+    fake = FakeAgent(c.endpoint("agents"), "here")
+    try:
+        fake.register_until_welcomed(p.Register(protocol_version=p.PROTOCOL_VERSION, worker_id="here",
+                                                hostname="h", slots=1))
+
+        def send() -> None:  # on the loop thread, where _send runs
+            assert c._tracer is not None
+            # _send reads a task's id and worker (and stamps when it left): a stand-in does.
+            tasks = [types.SimpleNamespace(task_id=f"t-{w}", worker_id=w) for w in ("here", "gone")]
+            for t in tasks:
+                c._dispatch_spans[t.task_id] = tracing.start_span(c._tracer, "dtf.dispatch",
+                                                                  attributes={"dtf.task_id": t.task_id})
+            c._send(server_module._Outgoing(assigns={t.worker_id: [p.RunSpec(task_id=t.task_id)] for t in tasks},
+                                            assigned=cast(list[TaskRecord], tasks)))
+            done.set_result(None)
+
+        done: Future[None] = Future()
+        c.inbox.put(send)
+        done.result(10)
+        assert [s.task_id for s in fake.recv(p.Assign).tasks] == ["t-here"]
+    finally:
+        fake.close()
+    ended = {s["attributes"]["dtf.task_id"]: s["status"] for s in map(as_dict, spans.get_finished_spans())}
+    assert ended["t-here"]["status_code"] == "UNSET"
+    assert ended["t-gone"]["status_code"] == "ERROR" and "worker was gone" in ended["t-gone"]["description"]
+    assert not c._dispatch_spans
 
 
 # ---------------------------------------------------------------------------------------- off
