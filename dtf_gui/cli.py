@@ -811,14 +811,15 @@ def gui_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--key", metavar="FILE",
                     help="client key file for --connect (default: $DTF_CLIENT_KEY, else this home's admin key)")
     args = ap.parse_args(argv)
-    configure_logging(args, "dtf-gui")
     # Before Qt is imported: without a display Qt aborts with a plugin message that does not say so.
+    # And before the log file: nothing is written to the home of a window that cannot open.
     problem = _mod("display").display_problem()
     if problem:
         print(f"dtf-gui: {problem}", file=sys.stderr)
         return 2
+    configure_logging(args, "dtf-gui")
     if args.connect or args.key:
-        embedded = [f for f in ("config", "host", "port", "agent_port", "events_port", "db")
+        embedded = [f for f in ("config", "host", "port", "agent_port", "events_port", "metrics_port", "db")
                     if getattr(args, f) is not None] + [f for f in ("no_mdns", "insecure", "no_local_agent")
                                                         if getattr(args, f)]
         if embedded:
