@@ -406,3 +406,20 @@ def pause(seconds: float) -> None:
     """A deliberate pause in a schedule the test itself sets (the gap between two injected faults,
     a random delay to aim one), never a wait for something to happen: that is wait_until's job."""
     time.sleep(seconds)
+
+
+def scrape(url: str) -> dict[str, float]:
+    """{sample name with its labels as written: value} of one Prometheus scrape."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from dtf_agent import protocol as p
-from tests.helpers import FakeAgent, wait_until
+from tests.helpers import FakeAgent, scrape, wait_until
 
 CONFIG = """\
 server:
@@ -27,17 +26,6 @@ health_monitor:
   heartbeat_interval: 1
   heartbeat_timeout: 5
 """
-
-
-def scrape(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-    return out
 
 
 def db_rows(serve: Any, sql: str) -> list[tuple[Any, ...]]:

@@ -36,22 +36,9 @@ from dtf_gui.coordinator.server import Coordinator
 from dtf_gui.coordinator.store import Store
 from dtf_gui.coordinator.telemetry import Counters
 from dtf_gui.coordinator.trust import REFUSALS
-from tests.helpers import FakeAgent, wait_until
+from tests.helpers import FakeAgent, scrape, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def scrape(url: str) -> dict[str, float]:
-    """{sample name with its labels as written: value} of one scrape."""
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        assert resp.headers["Content-Type"].startswith("text/plain")
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-    return out
 
 
 def family_names(url: str) -> set[str]:
