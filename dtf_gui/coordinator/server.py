@@ -45,6 +45,7 @@ from dtf_gui.coordinator.api import READ_ONLY_OPS, ApiError, ClientApi, Waiting
 from dtf_gui.coordinator.config import ServerSettings
 from dtf_gui.coordinator.events import EventHub, EventSink
 from dtf_gui.coordinator.health import LOST, WorkerTable, worker_spec
+from dtf_gui.coordinator.loop_traces import LoopTraces
 from dtf_gui.coordinator.outputs import TaskOutputs
 from dtf_gui.coordinator.records import Result, TaskRecord, WorkerRecord
 from dtf_gui.coordinator.runs import Runs
@@ -58,8 +59,6 @@ from dtf_gui.coordinator.views_api import ViewsApi
 from dtf_gui.coordinator.waiters import Waiters
 
 if TYPE_CHECKING:  # imported when server.metrics_port is set (prometheus-client is the [server] extra's)
-    from opentelemetry.trace import Span, Tracer
-
     from dtf_gui.coordinator.metrics import LoopFigures, Metrics, Snapshot
 
 log = logging.getLogger(__name__)
@@ -125,12 +124,8 @@ class Coordinator:
         # while metrics are off, which is all the hot paths test.
         self.metrics: Metrics | None = None
         self._figures: LoopFigures | None = None
-        # Tracing (dtf_agent/tracing.py), None when off: the dispatch span of each task whose
-        # assignment has not left yet, and the stored spans waiting for their batch's commit
-        # (batch number, span), in batch order.
-        self._tracer: Tracer | None = None
-        self._dispatch_spans: dict[str, Span] = {}
-        self._stored_spans: collections.deque[tuple[int, Span]] = collections.deque()
+        # The loop's open spans (loop_traces.py): None while tracing is off.
+        self.traces: LoopTraces | None = None
         # Everything below belongs to the loop thread.
         self.tasks = TaskTable()
         self.sched = sch.Scheduler(settings.scheduler)
@@ -279,7 +274,8 @@ class Coordinator:
         srv, db = cfg.server, cfg.database
         # First: a handler path that does not load is a start error naming the key, with nothing to undo.
         handlers = AlertHandlers(cfg.health_monitor.alert_handlers)
-        self._tracer = tracing.setup("dtf-coordinator")
+        tracer = tracing.setup("dtf-coordinator")
+        self.traces = LoopTraces(tracer) if tracer is not None else None
         self.store = Store(self.s.db_path, batch_size=db.batch_size, flush_interval=db.flush_interval,
                            background=True, durability=db.durability, on_commit=self.inbox.wake)
         self.workers = WorkerTable(self.store, self.hub, cfg.health_monitor.heartbeat_timeout)
@@ -334,7 +330,7 @@ class Coordinator:
                              queries=self.analysis.queries, commands=self, coordinator_id=self.s.coordinator_id,
                              trust=self.trust, runs_api=runs_api, views_api=self.views,
                              alerts_api=self.alerts)
-        self.api.tracer = self._tracer
+        self.api.tracer = tracer
         self.workers.mark_stored_offline()
         self.alerts.restore()
         self._recover()
@@ -426,8 +422,8 @@ class Coordinator:
             self.outputs.stop()
         if "alerts" in made:
             self.alerts.close()
-        if self._tracer is not None:
-            self._end_traces()
+        if self.traces is not None:
+            self.traces.close(self.store.committed if "store" in made else 0)
         self.inbox.close()
         try:
             if "workers" in made:
@@ -441,59 +437,6 @@ class Coordinator:
                 if sock is not None:
                     sock.close(linger=0)
             self.ctx.term()
-
-    # -- tracing (only while self._tracer is set) ----------------------------------------------------
-
-    def _trace_dispatch(self, task: TaskRecord, ins: sch.Dispatch) -> dict[str, str]:
-        """The attempt's dispatch span (a child of the task's submit span, whose context its metadata
-        keeps); returns its context, which the assignment carries to the agent's run span."""
-        assert self._tracer is not None
-        old = self._dispatch_spans.pop(task.task_id, None)
-        if old is not None:
-            tracing.end_span(old, "dispatched again before the assignment left")
-        span = tracing.start_span(self._tracer, "dtf.dispatch", (task.metadata or {}).get("trace"), kind="producer",
-                                  attributes={"dtf.task_id": task.task_id, "dtf.worker_id": ins.worker_id,
-                                              "dtf.attempt": ins.attempt})
-        self._dispatch_spans[task.task_id] = span
-        return tracing.context_of(span)
-
-    def _trace_sent(self, out: _Outgoing) -> None:
-        """Each assignment that left ends its dispatch span; one whose worker was gone, with why.
-        Which left is worked out here, as _send decided it (nothing changed since), so that _send
-        builds nothing for tracing while it is off."""
-        sent_to = {wid for wid in out.assigns if (w := self.workers.get(wid)) is not None and w.online}
-        for task in out.assigned:
-            span = self._dispatch_spans.pop(task.task_id, None)
-            if span is not None:
-                tracing.end_span(span, None if task.worker_id in sent_to else "the worker was gone before the "
-                                 "assignment left; the task went back to the queue")
-
-    def _trace_stored(self, rec: p.ResultRecord, task: TaskRecord, worker_id: str) -> None:
-        """The stored span: the agent's result span's child when that span is in the task's own
-        trace (else, or for an agent that sends none, the child of the task's own context, linked
-        to what the agent named), ended once the batch holding the result commits (_end_stored)."""
-        assert self._tracer is not None
-        parent, links = tracing.reported_parent((task.metadata or {}).get("trace"), rec.trace)
-        span = tracing.start_span(self._tracer, "dtf.stored", parent, kind="consumer", links=links, attributes={
-            "dtf.task_id": rec.task_id, "dtf.result_id": rec.result_id, "dtf.worker_id": worker_id,
-            "dtf.attempt": rec.attempt, "dtf.status": rec.status})
-        self._stored_spans.append((self.store.taken + 1, span))
-
-    def _end_stored(self) -> None:
-        spans, committed = self._stored_spans, self.store.committed
-        while spans and spans[0][0] <= committed:
-            tracing.end_span(spans.popleft()[1])
-
-    def _end_traces(self) -> None:
-        """At stop: every span still open ends, saying why."""
-        self._end_stored()
-        for span in self._dispatch_spans.values():
-            tracing.end_span(span, "the coordinator stopped before the assignment left")
-        self._dispatch_spans.clear()
-        while self._stored_spans:
-            tracing.end_span(self._stored_spans.popleft()[1], "the coordinator stopped before the result was "
-                             "committed (the agent sends it again)")
-        tracing.flush()
 
     def _recover(self) -> None:
         ins, self._held_for = recover(self.store, self.sched, self.tasks,
@@ -841,7 +784,7 @@ class Coordinator:
         events: list[sch.Event] = []
         store = self.store
         figures = self._figures
-        tracer = self._tracer
+        traces = self.traces
         # The scheduler hears of this frame's results only after the loop, so a task's status
         # still reads "running" for a second copy of its result within the same frame.
         finished_here: set[str] = set()
@@ -868,8 +811,8 @@ class Coordinator:
                 if test.metrics:
                     self.analysis.result_stored(test)
             self._owed[rec.task_id] = store.taken + 1
-            if tracer is not None:
-                self._trace_stored(rec, task, w.worker_id)
+            if traces is not None:
+                traces.stored(rec, task, w.worker_id, store.taken + 1)
             finished_here.add(rec.task_id)
             self.analysis.result_stored(result)
             self.counters.results_stored += 1
@@ -1035,7 +978,7 @@ class Coordinator:
             else:
                 del self._owed[task.task_id]
         self.outputs.dispatched(ins.worker_id, task.parameters)
-        trace = self._trace_dispatch(task, ins) if self._tracer is not None else {}
+        trace = self.traces.dispatched(task, ins.worker_id, ins.attempt) if self.traces is not None else {}
         out.assigns.setdefault(ins.worker_id, []).append(
             p.RunSpec(task_id=task.task_id, type=task.type, parameters=task.parameters, timeout=task.timeout,
                       attempt=ins.attempt, trace=trace))
@@ -1141,8 +1084,13 @@ class Coordinator:
         committed = self.store.committed
         while held and held[0].seq <= committed:
             self._send(held.popleft())
-        if self._stored_spans:
-            self._end_stored()
+        if self.traces is not None and self.traces.storing:
+            self.traces.committed(committed)
+
+    def _reached(self, worker_id: str) -> bool:
+        """Whether an assignment for ``worker_id`` goes out (_send's own test)."""
+        w = self.workers.get(worker_id)
+        return w is not None and w.online
 
     def _send(self, out: _Outgoing) -> None:
         for wid, specs in out.assigns.items():
@@ -1152,8 +1100,8 @@ class Coordinator:
             if w is not None and w.online:
                 acks = out.acks.pop(w.identity, [])
                 self._send_agent(w.identity, p.Assign(tasks=specs, acks=acks))
-        if self._dispatch_spans:
-            self._trace_sent(out)
+        if self.traces is not None and self.traces.dispatching:
+            self.traces.sent(out.assigns, out.assigned, self._reached)
         if out.assigned:
             sent = time.perf_counter()
             for task in out.assigned:

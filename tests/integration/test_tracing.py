@@ -96,7 +96,7 @@ def parent_of(child: dict[str, Any], parent: dict[str, Any]) -> bool:
 def test_one_trace_per_task_across_coordinator_and_agent(spans: InMemorySpanExporter, procs: ProcessTracker,
                                                          coordinator: Callable[..., Coordinator]) -> None:
     c = coordinator(task_scheduler={"retry_limit": 0})
-    assert c._tracer is not None, "the installed provider traces"
+    assert c.traces is not None, "the installed provider traces"
     start_agent(procs, c, "tr-a", slots=4)
     wait_until(lambda: c.request("get_status")["workers_online"] == 1, 30, message=procs.logs)
     ok = c.request("create_task", {"command": "true"})["task_id"]
@@ -107,7 +107,7 @@ def test_one_trace_per_task_across_coordinator_and_agent(spans: InMemorySpanExpo
     c.request("cancel_task", {"task_id": slow})
     done = c.request("wait", {"task_ids": [ok, noop, bad, slow], "timeout": 30})["finished"]
     assert done == {ok: "completed", noop: "completed", bad: "failed", slow: "cancelled"}
-    wait_until(lambda: not c._dispatch_spans and not c._stored_spans, 10)
+    wait_until(lambda: c.traces is not None and not c.traces.dispatching and not c.traces.storing, 10)
     # Each result span ends when its ack arrives (the cancelled run's result is acknowledged, not
     # stored); the console exporter writes a span as it ends.
     wait_until(lambda: sum(s["name"] == "dtf.result" for s in agent_spans(procs, "tr-a")) == 4, 10,
@@ -159,7 +159,7 @@ def test_a_lost_worker_leaves_no_open_span_and_the_retry_joins_the_trace(
     wait_until(lambda: c.request("get_task", {"task_id": tid})["status"] == "pending", 20)
     start_agent(procs, c, "tr-heir", slots=1)
     assert c.request("wait", {"task_ids": [tid], "timeout": 40})["finished"] == {tid: "completed"}
-    wait_until(lambda: not c._dispatch_spans and not c._stored_spans, 10)
+    wait_until(lambda: c.traces is not None and not c.traces.dispatching and not c.traces.storing, 10)
     assert procs.stop(procs.procs[1][1]) == 0
     got = chain([as_dict(s) for s in spans.get_finished_spans()] + agent_spans(procs, "tr-heir"), tid)
     submit = got["dtf.submit"][0]
@@ -240,7 +240,7 @@ def test_a_result_cannot_move_its_stored_span_out_of_the_tasks_trace(
         fake.close()
     assert c.request("wait", {"task_ids": [foreign, unsampled, honest], "timeout": 20})["finished"] == dict.fromkeys(
         (foreign, unsampled, honest), "completed")
-    wait_until(lambda: not c._stored_spans, 10)
+    wait_until(lambda: c.traces is not None and not c.traces.storing, 10)
     finished = spans.get_finished_spans()
     ours = [as_dict(s) for s in finished]
     stored = {tid: chain(ours, tid)["dtf.stored"] for tid in (foreign, unsampled, honest)}
@@ -280,7 +280,7 @@ def test_sending_an_assignment_builds_nothing_for_tracing_while_it_is_off(
     """_send runs for every batch of assignments: with tracing off it makes nothing for it (the
     set of workers an assignment reached is for the dispatch spans)."""
     c = coordinator()
-    assert c._tracer is None
+    assert c.traces is None
     made: list[object] = []
 
     class CountedSet(set[Any]):
@@ -310,12 +310,12 @@ def test_an_assignment_that_finds_its_worker_gone_ends_its_dispatch_span_saying_
                                                 hostname="h", slots=1))
 
         def send() -> None:  # on the loop thread, where _send runs
-            assert c._tracer is not None
+            assert c.traces is not None
             # _send reads a task's id and worker (and stamps when it left): a stand-in does.
             tasks = [types.SimpleNamespace(task_id=f"t-{w}", worker_id=w) for w in ("here", "gone")]
             for t in tasks:
-                c._dispatch_spans[t.task_id] = tracing.start_span(c._tracer, "dtf.dispatch",
-                                                                  attributes={"dtf.task_id": t.task_id})
+                c.traces.dispatching[t.task_id] = tracing.start_span(c.traces.tracer, "dtf.dispatch",
+                                                                     attributes={"dtf.task_id": t.task_id})
             c._send(server_module._Outgoing(assigns={t.worker_id: [p.RunSpec(task_id=t.task_id)] for t in tasks},
                                             assigned=cast(list[TaskRecord], tasks)))
             done.set_result(None)
@@ -329,7 +329,7 @@ def test_an_assignment_that_finds_its_worker_gone_ends_its_dispatch_span_saying_
     ended = {s["attributes"]["dtf.task_id"]: s["status"] for s in map(as_dict, spans.get_finished_spans())}
     assert ended["t-here"]["status_code"] == "UNSET"
     assert ended["t-gone"]["status_code"] == "ERROR" and "worker was gone" in ended["t-gone"]["description"]
-    assert not c._dispatch_spans
+    assert c.traces is not None and not c.traces.dispatching
 
 
 # ---------------------------------------------------------------------------------------- off
